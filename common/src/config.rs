@@ -1,0 +1,478 @@
+//! Configuration shared by every framefleet binary.
+//!
+//! Sources, later ones winning: the built-in defaults of [`Config::default`], a TOML file
+//! (`framefleet.toml` or the one named on the command line), then environment variables
+//! prefixed `FRAMEFLEET_` with `__` between levels (`FRAMEFLEET_DISPATCH__MAX_ATTEMPTS=5`).
+//! Unknown keys and bad values are rejected with the offending key named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A configuration that could not be loaded or does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a key has the wrong type or name.
+    #[error("invalid configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// A key parsed but its value cannot work.
+    #[error("invalid configuration: `{key}` {reason}")]
+    Invalid {
+        /// Dotted path of the offending key, e.g. `dispatch.max_attempts`.
+        key: String,
+        /// What is wrong with its value and what would be accepted.
+        reason: String,
+    },
+}
+
+/// Everything a framefleet process can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The orchestrator's server and job handling.
+    pub orchestrator: OrchestratorConfig,
+    /// A GPU worker's server and how it joins the fleet.
+    pub worker: WorkerConfig,
+    /// Object storage credentials and upload tuning.
+    pub storage: StorageConfig,
+    /// How many chunks a job is cut into.
+    pub planner: PlannerConfig,
+    /// Retries and deadlines of chunk dispatch.
+    pub dispatch: DispatchConfig,
+    /// USD per second of one GPU, by GPU type (`cpu` for CPU workers).
+    pub pricing: BTreeMap<String, f64>,
+    /// Logging and tracing.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The orchestrator's own settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Address the gRPC server binds (Orchestrator, Fleet, health, reflection).
+    pub listen: SocketAddr,
+    /// Where temporary chunk objects go (`file:///dir` or `s3://bucket/prefix`); empty puts
+    /// them beside each job's output, under `.framefleet/`.
+    pub scratch_uri: String,
+    /// Seconds a worker's lease lasts without a heartbeat before it is dropped.
+    pub lease_seconds: f64,
+}
+
+/// A worker's own settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Address the worker's gRPC server binds; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Address the orchestrator should dial; empty derives it from the bound address.
+    pub advertise_url: String,
+    /// The orchestrator this worker registers with.
+    pub orchestrator_url: String,
+    /// Name shown in reports; empty uses the host name and port.
+    pub name: String,
+    /// GPU type used for pricing (`cpu` for CPU-only workers).
+    pub gpu_type: String,
+    /// Chunks processed at once.
+    pub slots: u32,
+    /// GPUs one slot holds; GPU-seconds are wall seconds times this.
+    pub gpus_per_slot: u32,
+    /// Frames per processing batch.
+    pub batch_frames: u32,
+}
+
+/// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` when not set here.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// S3-compatible endpoint, e.g. `https://<account>.r2.cloudflarestorage.com`; empty
+    /// uses AWS.
+    pub s3_endpoint: String,
+    /// Signing region; Cloudflare R2 wants `auto`.
+    pub s3_region: String,
+    /// Access key id.
+    pub s3_access_key_id: String,
+    /// Secret access key (never logged).
+    pub s3_secret_access_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub s3_force_path_style: bool,
+    /// Size of one multipart upload part, in bytes (S3 needs at least 5 MiB).
+    pub multipart_part_bytes: u64,
+    /// Size of one ranged read, in bytes.
+    pub read_block_bytes: u64,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field("s3_secret_access_key", &"<redacted>")
+            .field("s3_force_path_style", &self.s3_force_path_style)
+            .field("multipart_part_bytes", &self.multipart_part_bytes)
+            .field("read_block_bytes", &self.read_block_bytes)
+            .finish()
+    }
+}
+
+/// Chunk-count rules.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannerConfig {
+    /// Upper bound on the chunks of any job.
+    pub max_chunks: u32,
+    /// Duration thresholds per profile (`neural`, `light`, or your own).
+    pub profiles: BTreeMap<String, ProfileConfig>,
+}
+
+/// Duration thresholds of one profile: the first threshold the input is shorter than wins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// `(below_seconds, chunks)` pairs in increasing order of `below_seconds`.
+    pub thresholds: Vec<Threshold>,
+    /// Chunks for inputs at least as long as every threshold.
+    pub otherwise: u32,
+}
+
+/// Inputs shorter than `below_seconds` get `chunks` chunks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Exclusive upper bound on the input's duration, in seconds.
+    pub below_seconds: f64,
+    /// Chunk count for inputs below it.
+    pub chunks: u32,
+}
+
+/// Retries and deadlines of chunk dispatch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Attempts per chunk, the first included.
+    pub max_attempts: u32,
+    /// First retry delay, in milliseconds (doubles each retry, with jitter).
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Seconds a chunk waits for an idle worker before the job fails.
+    pub worker_wait_seconds: f64,
+    /// Seconds without any event from a worker before its attempt is abandoned.
+    pub event_timeout_seconds: f64,
+}
+
+/// Logging and tracing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `tracing` filter directive, e.g. `info` or `framefleet_worker=debug`.
+    pub log: String,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            scratch_uri: String::new(),
+            lease_seconds: 10.0,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_url: String::new(),
+            orchestrator_url: "http://127.0.0.1:50051".into(),
+            name: String::new(),
+            gpu_type: "cpu".into(),
+            slots: 1,
+            gpus_per_slot: 1,
+            batch_frames: 4,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            s3_endpoint: String::new(),
+            s3_region: "auto".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_force_path_style: true,
+            multipart_part_bytes: 8 * 1024 * 1024,
+            read_block_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        let profile = |pairs: &[(f64, u32)], otherwise| ProfileConfig {
+            thresholds: pairs
+                .iter()
+                .map(|&(below_seconds, chunks)| Threshold {
+                    below_seconds,
+                    chunks,
+                })
+                .collect(),
+            otherwise,
+        };
+        Self {
+            max_chunks: 4,
+            profiles: BTreeMap::from([
+                ("neural".to_string(), profile(&[(3.0, 1), (10.0, 2)], 4)),
+                ("light".to_string(), profile(&[(30.0, 1), (90.0, 2)], 4)),
+            ]),
+        }
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 5_000,
+            worker_wait_seconds: 60.0,
+            event_timeout_seconds: 60.0,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log: "info".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            orchestrator: OrchestratorConfig::default(),
+            worker: WorkerConfig::default(),
+            storage: StorageConfig::default(),
+            planner: PlannerConfig::default(),
+            dispatch: DispatchConfig::default(),
+            pricing: default_pricing(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// Per-second USD prices of one GPU from public serverless price lists; `cpu` is free.
+pub fn default_pricing() -> BTreeMap<String, f64> {
+    [
+        ("cpu", 0.0),
+        ("T4", 0.000164),
+        ("L4", 0.000222),
+        ("L40S", 0.000542),
+        ("A100-80GB", 0.000694),
+        ("H100", 0.001097),
+    ]
+    .into_iter()
+    .map(|(gpu, price)| (gpu.to_string(), price))
+    .collect()
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given; it must exist), then `FRAMEFLEET_*`
+    /// variables, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    reason: format!("names {}, which is not a readable file", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::from_figment(figment.merge(Env::prefixed("FRAMEFLEET_").split("__")))
+    }
+
+    /// Extracts and validates a configuration from any figment (used by tests too).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        if !(self.orchestrator.lease_seconds > 0.5) {
+            return invalid("orchestrator.lease_seconds", "must be more than 0.5");
+        }
+        if self.worker.slots == 0 {
+            return invalid("worker.slots", "must be at least 1");
+        }
+        if self.worker.gpus_per_slot == 0 {
+            return invalid("worker.gpus_per_slot", "must be at least 1");
+        }
+        if self.worker.batch_frames == 0 {
+            return invalid("worker.batch_frames", "must be at least 1");
+        }
+        if !self.pricing.contains_key(&self.worker.gpu_type) {
+            return invalid(
+                "worker.gpu_type",
+                &format!(
+                    "is `{}`, which has no price in `pricing`; add one or use one of: {}",
+                    self.worker.gpu_type,
+                    self.pricing.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        if let Some((gpu, _)) = self
+            .pricing
+            .iter()
+            .find(|(_, price)| !(price.is_finite() && **price >= 0.0))
+        {
+            return invalid(
+                &format!("pricing.{gpu}"),
+                "must be a non-negative number of USD per second",
+            );
+        }
+        if self.storage.multipart_part_bytes < 5 * 1024 * 1024 {
+            return invalid(
+                "storage.multipart_part_bytes",
+                "must be at least 5 MiB (5242880), the S3 minimum part size",
+            );
+        }
+        if self.storage.read_block_bytes < 4096 {
+            return invalid("storage.read_block_bytes", "must be at least 4096");
+        }
+        self.planner.validate()?;
+        self.dispatch.validate()
+    }
+}
+
+impl PlannerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_chunks == 0 {
+            return Err(ConfigError::Invalid {
+                key: "planner.max_chunks".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        for required in ["neural", "light"] {
+            if !self.profiles.contains_key(required) {
+                return Err(ConfigError::Invalid {
+                    key: format!("planner.profiles.{required}"),
+                    reason: "is required (jobs pick it by processor)".into(),
+                });
+            }
+        }
+        for (name, profile) in &self.profiles {
+            let key = format!("planner.profiles.{name}");
+            let increasing = profile
+                .thresholds
+                .windows(2)
+                .all(|pair| pair[0].below_seconds < pair[1].below_seconds);
+            let positive = profile.otherwise > 0
+                && profile
+                    .thresholds
+                    .iter()
+                    .all(|t| t.chunks > 0 && t.below_seconds.is_finite());
+            if !increasing || !positive {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "needs thresholds in increasing order of below_seconds and chunk \
+                             counts of at least 1"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DispatchConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("dispatch.{key}"),
+                reason: reason.into(),
+            })
+        };
+        if self.max_attempts == 0 {
+            return invalid("max_attempts", "must be at least 1");
+        }
+        if self.backoff_initial_ms > self.backoff_max_ms {
+            return invalid("backoff_initial_ms", "must not exceed backoff_max_ms");
+        }
+        if !(self.worker_wait_seconds > 0.0) {
+            return invalid("worker_wait_seconds", "must be positive");
+        }
+        if !(self.event_timeout_seconds > 0.0) {
+            return invalid("event_timeout_seconds", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    #[test]
+    fn defaults_validate_and_match_the_documented_thresholds() {
+        let config = Config::default();
+        config.validate().expect("defaults are valid");
+        let neural = &config.planner.profiles["neural"];
+        assert_eq!(neural.thresholds[0].below_seconds, 3.0);
+        assert_eq!(neural.otherwise, 4);
+        assert_eq!(config.pricing["H100"], 0.001097);
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let config = from_toml("[dispatch]\nmax_attempts = 7\n").expect("valid");
+        assert_eq!(config.dispatch.max_attempts, 7);
+        assert_eq!(config.dispatch.backoff_max_ms, 5_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let error = from_toml("[dispatch]\nmax_attempt = 7\n").expect_err("unknown key");
+        assert!(error.to_string().contains("max_attempt"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let error = from_toml("[worker]\nslots = 0\n").expect_err("zero slots");
+        assert!(error.to_string().contains("worker.slots"), "{error}");
+        let error = from_toml("[worker]\ngpu_type = \"B200\"\n").expect_err("no price");
+        assert!(error.to_string().contains("worker.gpu_type"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let storage = StorageConfig {
+            s3_secret_access_key: "hunter2-secret".into(),
+            ..StorageConfig::default()
+        };
+        assert!(!format!("{storage:?}").contains("hunter2"));
+    }
+}

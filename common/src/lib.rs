@@ -1,0 +1,19 @@
+//! framefleet-common: the pieces every framefleet process shares.
+//!
+//! - [`proto`]: the generated gRPC code for `proto/framefleet/v1`, the only wire contract
+//!   between the CLI, the orchestrator and the workers.
+//! - [`config`]: one configuration for every binary (built-in defaults, then
+//!   `framefleet.toml`, then `FRAMEFLEET_*` environment variables), validated at start.
+//! - [`storage`]: object URIs (`file://`, `s3://`) and the storage client: ranged reads for
+//!   FFmpeg, multipart uploads, prefix deletes, with byte accounting.
+//! - [`media`]: FFmpeg set-up, bounded packet reading and the probe that lists every frame's
+//!   timestamp of a video.
+//! - [`cost`]: the cost report a job produces and the GPU price table.
+//! - [`telemetry`]: tracing set-up shared by the binaries.
+
+pub mod config;
+pub mod cost;
+pub mod media;
+pub mod proto;
+pub mod storage;
+pub mod telemetry;

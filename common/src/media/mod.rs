@@ -1,0 +1,99 @@
+//! FFmpeg plumbing shared by the probe, the worker's decoder and the orchestrator's stitch:
+//! one-time initialisation, opening an input through framefleet's own I/O, and a packet
+//! reader that surfaces errors and never spins.
+//!
+//! `Input::packets()` retries forever on `InvalidData` and ends silently on other errors,
+//! so framefleet never uses it on input a user gave: [`PacketReader`] reads with
+//! `Packet::read`, gives up after a few consecutive errors and says why.
+
+mod probe;
+
+use std::io::{Read, Seek};
+use std::sync::Once;
+
+use ffmpeg_next as ffmpeg;
+
+pub use probe::{probe, AudioInfo, FrameStamp, MediaInfo, ProbeError, VideoInfo};
+
+/// Bytes FFmpeg asks for per read from framefleet's I/O.
+const IO_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Consecutive read errors tolerated before an input is declared corrupt.
+const MAX_CONSECUTIVE_READ_ERRORS: u32 = 8;
+
+/// Initialises FFmpeg once per process and keeps its log to errors.
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if let Err(e) = ffmpeg::init() {
+            tracing::error!(error = %e, "FFmpeg failed to initialise");
+        }
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
+    });
+}
+
+/// Opens a demuxer over any seekable reader (an [`ObjectReader`](crate::storage::ObjectReader)
+/// in practice). `name` (the object's file name) helps format detection.
+pub fn open_input<R>(reader: R, name: &str) -> Result<ffmpeg::format::context::Input, ffmpeg::Error>
+where
+    R: Read + Seek + Send + 'static,
+{
+    init();
+    let io = ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
+    ffmpeg::format::input_from_stream(io, Some(name), None)
+}
+
+/// Reads packets one by one, surfacing read errors instead of looping on them.
+#[derive(Debug, Default)]
+pub struct PacketReader {
+    packets: u64,
+}
+
+/// Reading packets failed for good.
+#[derive(Debug, thiserror::Error)]
+#[error("reading packet {packet} failed: {source}; the file is corrupt or truncated")]
+pub struct ReadError {
+    /// Packets read successfully before the failure.
+    pub packet: u64,
+    /// FFmpeg's error.
+    #[source]
+    pub source: ffmpeg::Error,
+}
+
+impl PacketReader {
+    /// The next packet, `None` at the end of the input.
+    pub fn next(
+        &mut self,
+        input: &mut ffmpeg::format::context::Input,
+    ) -> Result<Option<ffmpeg::Packet>, ReadError> {
+        let mut errors = 0;
+        loop {
+            let mut packet = ffmpeg::Packet::empty();
+            match packet.read(input) {
+                Ok(()) => {
+                    self.packets += 1;
+                    return Ok(Some(packet));
+                }
+                Err(ffmpeg::Error::Eof) => return Ok(None),
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN && errors < 64 => {
+                    errors += 1;
+                }
+                Err(source) => {
+                    errors += 1;
+                    if errors >= MAX_CONSECUTIVE_READ_ERRORS {
+                        return Err(ReadError {
+                            packet: self.packets,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Presentation timestamp of a decoded frame: FFmpeg's best-effort timestamp, which is the
+/// packet's pts when there is one.
+pub fn frame_pts(frame: &ffmpeg::frame::Video) -> Option<i64> {
+    frame.timestamp().or_else(|| frame.pts())
+}

@@ -1,0 +1,71 @@
+//! Generated gRPC code for `framefleet.v1`, plus small conversions used on both sides.
+
+#[allow(missing_docs, clippy::all)]
+mod generated {
+    tonic::include_proto!("framefleet.v1");
+}
+
+pub use generated::*;
+
+/// Encoded file descriptor set of `framefleet.v1`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("framefleet_descriptor");
+
+impl Phase {
+    /// Lower-case name used in reports and progress output, e.g. `"decode"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Unspecified => "unspecified",
+            Phase::Download => "download",
+            Phase::Init => "init",
+            Phase::Decode => "decode",
+            Phase::Process => "process",
+            Phase::Encode => "encode",
+            Phase::Upload => "upload",
+        }
+    }
+
+    /// Every real phase, in pipeline order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Download,
+        Phase::Init,
+        Phase::Decode,
+        Phase::Process,
+        Phase::Encode,
+        Phase::Upload,
+    ];
+}
+
+impl JobState {
+    /// True for `SUCCEEDED`, `FAILED` and `CANCELLED`: the job will never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Short upper-case name for people, e.g. `"RUNNING"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Unspecified => "UNSPECIFIED",
+            JobState::Queued => "QUEUED",
+            JobState::Probing => "PROBING",
+            JobState::Running => "RUNNING",
+            JobState::Stitching => "STITCHING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl Rational {
+    /// The value as a float, 0 when the denominator is 0.
+    pub fn as_f64(&self) -> f64 {
+        if self.den == 0 {
+            0.0
+        } else {
+            f64::from(self.num) / f64::from(self.den)
+        }
+    }
+}

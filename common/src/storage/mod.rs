@@ -1,0 +1,355 @@
+//! Object storage: one client for `file://` (the embedded default) and `s3://` (Cloudflare
+//! R2, AWS, Garage, MinIO, any S3), with byte accounting on every request.
+//!
+//! - [`Storage::read_range`] serves ranged reads; [`ObjectReader`] wraps it as a blocking
+//!   `Read + Seek` for FFmpeg's custom I/O, so a chunk reads only the bytes it needs.
+//! - [`Upload`] streams bytes out: a temporary file renamed into place, or an S3 multipart
+//!   upload (a single PUT when the object is small).
+//! - Every request adds to the [`IoCounters`] the client was made with.
+
+mod reader;
+mod s3;
+mod upload;
+mod uri;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::StorageConfig;
+use s3::S3Ops;
+pub use reader::ObjectReader;
+pub use upload::Upload;
+pub use uri::ObjectUri;
+
+/// A storage request that failed, or a URI that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The URI does not parse or escapes its root.
+    #[error("invalid object URI `{uri}`: {reason}")]
+    BadUri {
+        /// The URI as given.
+        uri: String,
+        /// Why it was refused and what would be accepted.
+        reason: String,
+    },
+    /// The object does not exist.
+    #[error("object {uri} does not exist; check the URI and that it was uploaded")]
+    NotFound {
+        /// The missing object.
+        uri: String,
+    },
+    /// `s3://` was used but no credentials are configured.
+    #[error(
+        "{uri} needs S3 credentials: set storage.s3_access_key_id and \
+         storage.s3_secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    )]
+    NoS3Credentials {
+        /// The URI that needed them.
+        uri: String,
+    },
+    /// The storage service or the file system refused or failed the request.
+    #[error("{operation} {uri} failed: {message}")]
+    Request {
+        /// What was being done, e.g. `GET`.
+        operation: &'static str,
+        /// The object concerned.
+        uri: String,
+        /// The service's or the system's own message.
+        message: String,
+        /// Whether retrying the same request may succeed (5xx, timeouts, resets).
+        transient: bool,
+    },
+}
+
+impl StorageError {
+    /// True when the same request may succeed if retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Request { transient: true, .. })
+    }
+
+    fn io(operation: &'static str, uri: &ObjectUri, error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            return StorageError::NotFound {
+                uri: uri.to_string(),
+            };
+        }
+        StorageError::Request {
+            operation,
+            uri: uri.to_string(),
+            transient: matches!(
+                error.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+            ),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Bytes and requests moved through one [`Storage`] handle (a chunk, a probe, a stitch).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl IoCounters {
+    /// Bytes received from storage.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent to storage.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Requests made (GET, HEAD, PUT, part, DELETE, LIST).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, read: u64, written: u64) {
+        self.bytes_read.fetch_add(read, Ordering::Relaxed);
+        self.bytes_written.fetch_add(written, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A storage client bound to one set of counters. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    s3: Option<aws_sdk_s3::Client>,
+    part_bytes: u64,
+    block_bytes: u64,
+    counters: Arc<IoCounters>,
+}
+
+impl Storage {
+    /// Builds a client from configuration; S3 is available when credentials are set in it
+    /// or in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub fn new(config: &StorageConfig) -> Self {
+        Self {
+            s3: s3::client(config),
+            part_bytes: config.multipart_part_bytes,
+            block_bytes: config.read_block_bytes,
+            counters: Arc::default(),
+        }
+    }
+
+    /// The same client, counting into fresh counters (one per chunk, probe or stitch).
+    pub fn counted(&self) -> Self {
+        Self {
+            counters: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// What this handle has moved so far.
+    pub fn counters(&self) -> &IoCounters {
+        &self.counters
+    }
+
+    /// Size of an object in bytes.
+    pub async fn size(&self, uri: &ObjectUri) -> Result<u64, StorageError> {
+        let size = match uri {
+            ObjectUri::File(path) => tokio::fs::metadata(path)
+                .await
+                .map_err(|e| StorageError::io("STAT", uri, e))
+                .and_then(|meta| {
+                    if meta.is_file() {
+                        Ok(meta.len())
+                    } else {
+                        Err(StorageError::Request {
+                            operation: "STAT",
+                            uri: uri.to_string(),
+                            message: "not a regular file".into(),
+                            transient: false,
+                        })
+                    }
+                })?,
+            ObjectUri::S3 { bucket, key } => self.s3(uri)?.size(bucket, key, uri).await?,
+        };
+        self.counters.record(0, 0);
+        Ok(size)
+    }
+
+    /// Reads `len` bytes at `offset` (fewer at the end of the object).
+    pub async fn read_range(
+        &self,
+        uri: &ObjectUri,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        let bytes = match uri {
+            ObjectUri::File(path) => {
+                let path = path.clone();
+                let uri_for_error = uri.clone();
+                tokio::task::spawn_blocking(move || read_file_range(&path, offset, len))
+                    .await
+                    .map_err(|e| StorageError::Request {
+                        operation: "GET",
+                        uri: uri.to_string(),
+                        message: e.to_string(),
+                        transient: false,
+                    })?
+                    .map_err(|e| StorageError::io("GET", &uri_for_error, e))?
+            }
+            ObjectUri::S3 { bucket, key } => {
+                self.s3(uri)?
+                    .read_range(bucket, key, offset, len, uri)
+                    .await?
+            }
+        };
+        self.counters.record(bytes.len() as u64, 0);
+        tracing::debug!(%uri, offset, asked = len, got = bytes.len(), "storage GET");
+        Ok(bytes)
+    }
+
+    /// Starts a streaming upload to `uri`; nothing is visible there until
+    /// [`Upload::finish`].
+    pub fn upload(&self, uri: &ObjectUri) -> Result<Upload, StorageError> {
+        Upload::new(self.clone(), uri.clone())
+    }
+
+    /// Uploads a local file to `uri` and returns its size.
+    pub async fn upload_file(&self, path: &Path, uri: &ObjectUri) -> Result<u64, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let local = ObjectUri::File(path.to_path_buf());
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| StorageError::io("READ", &local, e))?;
+        let mut upload = self.upload(uri)?;
+        let mut buffer = vec![0u8; 1024 * 1024];
+        loop {
+            let n = match file.read(&mut buffer).await {
+                Ok(n) => n,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(StorageError::io("READ", &local, e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = upload.write(&buffer[..n]).await {
+                upload.abort().await;
+                return Err(e);
+            }
+        }
+        upload.finish().await
+    }
+
+    /// Every object under a prefix (a directory for `file://`), as URIs.
+    pub async fn list(&self, prefix: &ObjectUri) -> Result<Vec<ObjectUri>, StorageError> {
+        self.counters.record(0, 0);
+        match prefix {
+            ObjectUri::File(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || list_files(&dir))
+                    .await
+                    .map_err(|e| StorageError::Request {
+                        operation: "LIST",
+                        uri: prefix.to_string(),
+                        message: e.to_string(),
+                        transient: false,
+                    })?
+                    .map_err(|e| StorageError::io("LIST", prefix, e))
+            }
+            ObjectUri::S3 { bucket, key } => {
+                let keys = self.s3(prefix)?.list(bucket, key, prefix).await?;
+                Ok(keys
+                    .into_iter()
+                    .map(|key| ObjectUri::S3 {
+                        bucket: bucket.clone(),
+                        key,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Deletes one object; a missing object is not an error.
+    pub async fn delete(&self, uri: &ObjectUri) -> Result<(), StorageError> {
+        self.counters.record(0, 0);
+        match uri {
+            ObjectUri::File(path) => match tokio::fs::remove_file(path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::io("DELETE", uri, e)),
+            },
+            ObjectUri::S3 { bucket, key } => self.s3(uri)?.delete(bucket, key, uri).await,
+        }
+    }
+
+    /// Deletes every object under a prefix (for `file://`, the directory and all in it) and
+    /// returns how many objects went.
+    pub async fn delete_prefix(&self, prefix: &ObjectUri) -> Result<usize, StorageError> {
+        let objects = match self.list(prefix).await {
+            Err(StorageError::NotFound { .. }) => return Ok(0),
+            other => other?,
+        };
+        for object in &objects {
+            self.delete(object).await?;
+        }
+        if let ObjectUri::File(dir) = prefix {
+            match tokio::fs::remove_dir_all(dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("DELETE", prefix, e)),
+            }
+        }
+        Ok(objects.len())
+    }
+
+    /// A blocking `Read + Seek` over an object for FFmpeg. Call it from a dedicated
+    /// thread (not from async code): its reads block on `runtime`.
+    pub fn open_reader(
+        &self,
+        uri: &ObjectUri,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<ObjectReader, StorageError> {
+        ObjectReader::open(self.clone(), uri.clone(), runtime, self.block_bytes)
+    }
+
+    fn s3(&self, uri: &ObjectUri) -> Result<&aws_sdk_s3::Client, StorageError> {
+        self.s3.as_ref().ok_or_else(|| StorageError::NoS3Credentials {
+            uri: uri.to_string(),
+        })
+    }
+
+    fn record_write(&self, bytes: u64) {
+        self.counters.record(0, bytes);
+    }
+}
+
+fn read_file_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let len = len.min(size.saturating_sub(offset));
+    let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut buffer, offset)?;
+    Ok(Bytes::from(buffer))
+}
+
+fn list_files(dir: &Path) -> std::io::Result<Vec<ObjectUri>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push(ObjectUri::File(entry.path()));
+            }
+        }
+    }
+    found.sort_by_key(ToString::to_string);
+    Ok(found)
+}
