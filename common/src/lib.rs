@@ -10,10 +10,12 @@
 //!   timestamp of a video.
 //! - [`cost`]: the cost report a job produces and the GPU price table.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
+//! - [`signals`]: the Ctrl-C / SIGTERM future servers shut down on.
 
 pub mod config;
 pub mod cost;
 pub mod media;
 pub mod proto;
+pub mod signals;
 pub mod storage;
 pub mod telemetry;

@@ -1,0 +1,33 @@
+//! framefleet-worker: a GPU worker process.
+//!
+//! A worker registers itself with the orchestrator ([`registration`]), serves the `Worker`
+//! gRPC service ([`service`], [`server`]), and runs each chunk it accepts through the
+//! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk,
+//! [`processor`] (lanczos, and neural models in later work), x264 encode and a streaming
+//! upload, with measured [`progress`] streamed back as it goes.
+
+pub mod args;
+pub mod pipeline;
+pub mod processor;
+pub mod progress;
+pub mod registration;
+pub mod server;
+pub mod service;
+
+pub use args::WorkerArgs;
+pub use server::{serve, ServeError};
+
+/// Runs a worker from its command-line arguments until Ctrl-C or SIGTERM.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = args.load_config()?;
+    framefleet_common::telemetry::init(&config.telemetry.log);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        framefleet_common::signals::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        signal.cancel();
+    });
+    serve(config, shutdown).await?;
+    Ok(())
+}

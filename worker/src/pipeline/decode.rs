@@ -1,0 +1,217 @@
+//! The decode stage: reads the input through ranged storage reads, seeks to the keyframe at
+//! or before the chunk's first frame, decodes, drops frames before the range and stops at
+//! its end.
+//!
+//! Frames are selected by presentation timestamp, `[start_pts, end_pts)`, which is exact for
+//! variable frame rate input. If a seek lands after the range's start (a container whose
+//! index disagrees with its packets), the stage starts again from the beginning of the
+//! input rather than lose frames.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg::frame::Video as VideoFrame;
+use ffmpeg::Rescale;
+
+use framefleet_common::media::{frame_pts, open_input, PacketReader};
+use framefleet_common::proto::Phase;
+use framefleet_common::storage::Storage;
+
+use super::{ChunkError, ChunkSpec, PhaseClock, StageContext};
+
+/// Decoder errors on single packets tolerated before the input is declared corrupt.
+const MAX_PACKET_ERRORS: u32 = 32;
+
+/// Runs the stage; every frame of the range goes to `frames`, in order.
+pub(super) fn run(
+    spec: &ChunkSpec,
+    storage: &Storage,
+    runtime: tokio::runtime::Handle,
+    context: &StageContext,
+    frames: SyncSender<VideoFrame>,
+) -> Result<(), ChunkError> {
+    let seek = spec.range.start_frame > 0;
+    match decode_range(spec, storage, runtime.clone(), context, &frames, seek)? {
+        Decoded::Done => Ok(()),
+        Decoded::SeekOvershot { first_pts } => {
+            tracing::warn!(
+                first_pts,
+                start_pts = spec.range.start_pts,
+                "seek landed after the chunk start; decoding from the beginning instead"
+            );
+            match decode_range(spec, storage, runtime, context, &frames, false)? {
+                Decoded::Done => Ok(()),
+                Decoded::SeekOvershot { first_pts } => Err(ChunkError::Decode(format!(
+                    "the first decodable frame (pts {first_pts}) comes after the chunk start \
+                     (pts {}); the input's timestamps do not match its probe",
+                    spec.range.start_pts
+                ))),
+            }
+        }
+    }
+}
+
+enum Decoded {
+    Done,
+    SeekOvershot { first_pts: i64 },
+}
+
+fn decode_range(
+    spec: &ChunkSpec,
+    storage: &Storage,
+    runtime: tokio::runtime::Handle,
+    context: &StageContext,
+    frames: &SyncSender<VideoFrame>,
+    seek: bool,
+) -> Result<Decoded, ChunkError> {
+    let setup_started = Instant::now();
+    let reader = TimedReader {
+        inner: storage.open_reader(&spec.input, runtime)?,
+        clock: context.clock.clone(),
+    };
+    let mut input = open_input(reader, spec.input.file_name())
+        .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
+    let stream = input.stream(spec.stream_index).ok_or_else(|| {
+        ChunkError::Invalid(format!(
+            "{} has no stream {}",
+            spec.input, spec.stream_index
+        ))
+    })?;
+    let time_base = stream.time_base();
+    let mut context_builder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| ChunkError::Decode(format!("no decoder for the video stream: {e}")))?;
+    context_builder.set_threading(ffmpeg::codec::threading::Config::kind(
+        ffmpeg::codec::threading::Type::Frame,
+    ));
+    let mut decoder = context_builder
+        .decoder()
+        .video()
+        .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
+    if seek {
+        let target = spec.range.keyframe_pts.rescale_with(
+            time_base,
+            ffmpeg::rescale::TIME_BASE,
+            ffmpeg::Rounding::Down,
+        );
+        input
+            .seek(target, ..target)
+            .map_err(|e| ChunkError::Decode(format!("seeking to pts {target} failed: {e}")))?;
+    }
+    context.progress.finish(Phase::Download);
+    add_setup_time(&context.clock, setup_started);
+
+    let expected = spec.frames();
+    let (start, end) = (spec.range.start_pts, spec.range.end_pts);
+    let mut packets = PacketReader::default();
+    let mut sent = 0u64;
+    let mut first_frame = true;
+    let mut packet_errors = 0u32;
+    let mut at_end = false;
+    let mut decoded = VideoFrame::empty();
+    loop {
+        context.check_cancelled()?;
+        if !at_end {
+            let busy = Instant::now();
+            let reading_before = context.clock.seconds()[0];
+            let packet = packets
+                .next(&mut input)
+                .map_err(|e| ChunkError::Decode(e.to_string()))?;
+            match packet {
+                Some(packet) if packet.stream() == spec.stream_index => {
+                    if let Err(e) = decoder.send_packet(&packet) {
+                        packet_errors += 1;
+                        if packet_errors > MAX_PACKET_ERRORS {
+                            return Err(ChunkError::Decode(format!(
+                                "too many undecodable packets ({e}); the input is corrupt"
+                            )));
+                        }
+                    }
+                }
+                Some(_) => continue,
+                None => {
+                    at_end = true;
+                    let _ = decoder.send_eof();
+                }
+            }
+            let reading = context.clock.seconds()[0] - reading_before;
+            context.clock.add(
+                Phase::Decode,
+                busy.elapsed()
+                    .saturating_sub(Duration::from_secs_f64(reading.max(0.0))),
+            );
+        }
+        loop {
+            let busy = Instant::now();
+            let received = decoder.receive_frame(&mut decoded).is_ok();
+            context.clock.add(Phase::Decode, busy.elapsed());
+            if !received {
+                break;
+            }
+            let Some(pts) = frame_pts(&decoded) else {
+                continue;
+            };
+            if first_frame && seek && pts > start {
+                return Ok(Decoded::SeekOvershot { first_pts: pts });
+            }
+            first_frame = false;
+            if pts < start {
+                continue;
+            }
+            if pts >= end {
+                return finish(sent, expected);
+            }
+            let mut frame = std::mem::replace(&mut decoded, VideoFrame::empty());
+            frame.set_pts(Some(pts));
+            frames.send(frame).map_err(|_| ChunkError::Disconnected)?;
+            sent += 1;
+            context.progress.set(Phase::Decode, sent);
+            if sent == expected {
+                return finish(sent, expected);
+            }
+        }
+        if at_end {
+            return finish(sent, expected);
+        }
+    }
+}
+
+fn finish(sent: u64, expected: u64) -> Result<Decoded, ChunkError> {
+    if sent == expected {
+        Ok(Decoded::Done)
+    } else {
+        Err(ChunkError::FrameCount {
+            phase: "decode",
+            got: sent,
+            expected,
+        })
+    }
+}
+
+/// Setup time that was not spent reading counts as `init`.
+fn add_setup_time(clock: &Arc<PhaseClock>, started: Instant) {
+    let reading = clock.seconds()[0];
+    let setup = started.elapsed().as_secs_f64() - reading;
+    clock.add(Phase::Init, Duration::from_secs_f64(setup.max(0.0)));
+}
+
+/// A reader that counts the time spent in storage reads as `download`.
+struct TimedReader<R> {
+    inner: R,
+    clock: Arc<PhaseClock>,
+}
+
+impl<R: Read> Read for TimedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let clock = self.clock.clone();
+        clock.time(Phase::Download, || self.inner.read(buf))
+    }
+}
+
+impl<R: Seek> Seek for TimedReader<R> {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(position)
+    }
+}

@@ -1,0 +1,250 @@
+//! The encode stage: libx264 with the job's settings, muxed into NUT and streamed to the
+//! upload stage.
+//!
+//! Every chunk of a job uses the same encoder settings and the input's own time base, so
+//! each output frame keeps its input timestamp exactly and the chunks can be joined without
+//! re-encoding. NUT is the chunk container because it keeps any time base (Matroska would
+//! round to milliseconds) and needs no seeking, so it can be written as a stream.
+//! x264 on FFmpeg 5.1 leaves packet durations at 0: each packet gets its frame's duration
+//! (the gap to the next frame, or to the range end for the last one) before rescaling.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::mpsc::Receiver;
+
+use bytes::Bytes;
+use ffmpeg_next as ffmpeg;
+use ffmpeg::frame::Video as VideoFrame;
+use tokio::sync::mpsc;
+
+use framefleet_common::proto::Phase;
+
+use super::{ChunkError, ChunkSpec, StageContext, UPLOAD_PIECE_BYTES};
+
+/// Default constant rate factor when a job gives none.
+pub const DEFAULT_CRF: u32 = 18;
+
+/// Default x264 preset when a job gives none.
+pub const DEFAULT_PRESET: &str = "medium";
+
+/// What the stage produced.
+pub(super) struct Encoded {
+    pub frames: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Runs the stage until the process stage closes its channel.
+pub(super) fn run(
+    spec: &ChunkSpec,
+    context: &StageContext,
+    frames: Receiver<VideoFrame>,
+    pieces: mpsc::Sender<Bytes>,
+) -> Result<Encoded, ChunkError> {
+    let Ok(first) = frames.recv() else {
+        return Err(ChunkError::Disconnected);
+    };
+    let (width, height) = (first.width(), first.height());
+    let mut session = context
+        .clock
+        .time(Phase::Init, || EncodeSession::open(spec, width, height, pieces))?;
+    let mut pending = first;
+    for next in frames.iter() {
+        context.check_cancelled()?;
+        let duration = pts(&next) - pts(&pending);
+        let frame = std::mem::replace(&mut pending, next);
+        context
+            .clock
+            .time(Phase::Encode, || session.encode(Some((frame, duration))))?;
+        context.progress.set(Phase::Encode, session.written);
+    }
+    let last_duration = spec.range.end_pts - pts(&pending);
+    context.clock.time(Phase::Encode, || {
+        session.encode(Some((pending, last_duration)))?;
+        session.encode(None)
+    })?;
+    context.progress.set(Phase::Encode, session.written);
+    let written = session.finish()?;
+    if written != spec.frames() {
+        return Err(ChunkError::FrameCount {
+            phase: "encode",
+            got: written,
+            expected: spec.frames(),
+        });
+    }
+    Ok(Encoded {
+        frames: written,
+        width,
+        height,
+    })
+}
+
+fn pts(frame: &VideoFrame) -> i64 {
+    frame.pts().unwrap_or(0)
+}
+
+fn encode_error(what: &str) -> impl Fn(ffmpeg::Error) -> ChunkError + '_ {
+    move |e| ChunkError::Encode(format!("{what}: {e}"))
+}
+
+/// An open encoder and muxer.
+struct EncodeSession {
+    encoder: ffmpeg::encoder::video::Encoder,
+    output: ffmpeg::format::context::Output,
+    encoder_time_base: ffmpeg::Rational,
+    stream_time_base: ffmpeg::Rational,
+    durations: HashMap<i64, i64>,
+    written: u64,
+}
+
+impl EncodeSession {
+    fn open(
+        spec: &ChunkSpec,
+        width: u32,
+        height: u32,
+        pieces: mpsc::Sender<Bytes>,
+    ) -> Result<Self, ChunkError> {
+        let codec = ffmpeg::encoder::find_by_name("libx264").ok_or_else(|| {
+            ChunkError::Encode("FFmpeg was built without libx264; install libavcodec with x264".into())
+        })?;
+        let io = ffmpeg::format::context::StreamIo::from_write(PieceWriter {
+            pieces,
+            buffer: Vec::with_capacity(UPLOAD_PIECE_BYTES),
+        })
+        .map_err(encode_error("cannot create the output stream"))?;
+        let mut output = ffmpeg::format::output_to_stream(io, None, Some("nut"))
+            .map_err(encode_error("cannot create the NUT muxer"))?;
+        let global_header = output
+            .format()
+            .flags()
+            .contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+        let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(encode_error("cannot create the x264 encoder"))?;
+        encoder.set_width(width);
+        encoder.set_height(height);
+        encoder.set_format(ffmpeg::format::Pixel::YUV420P);
+        encoder.set_time_base(spec.time_base);
+        if spec.frame_rate.numerator() > 0 && spec.frame_rate.denominator() > 0 {
+            encoder.set_frame_rate(Some(spec.frame_rate));
+        }
+        if global_header {
+            encoder.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
+        }
+        let settings = &spec.encoder;
+        let mut options = ffmpeg::Dictionary::new();
+        let preset = if settings.preset.is_empty() {
+            DEFAULT_PRESET
+        } else {
+            settings.preset.as_str()
+        };
+        options.set("preset", preset);
+        if settings.lossless {
+            options.set("qp", "0");
+        } else {
+            let crf = if settings.crf == 0 { DEFAULT_CRF } else { settings.crf };
+            options.set("crf", &crf.to_string());
+        }
+        let encoder = encoder
+            .open_as_with(codec, options)
+            .map_err(encode_error("x264 refused the settings (check preset and crf)"))?;
+        {
+            let mut stream = output
+                .add_stream(codec)
+                .map_err(encode_error("cannot add the video stream"))?;
+            stream.set_parameters(&encoder);
+            stream.set_time_base(spec.time_base);
+        }
+        output
+            .write_header()
+            .map_err(encode_error("cannot write the chunk header"))?;
+        let stream_time_base = output
+            .stream(0)
+            .map(|s| s.time_base())
+            .unwrap_or(spec.time_base);
+        Ok(Self {
+            encoder,
+            output,
+            encoder_time_base: spec.time_base,
+            stream_time_base,
+            durations: HashMap::new(),
+            written: 0,
+        })
+    }
+
+    /// Sends one frame with its duration (or the end of stream) and writes what comes out.
+    fn encode(&mut self, frame: Option<(VideoFrame, i64)>) -> Result<(), ChunkError> {
+        match frame {
+            Some((mut frame, duration)) => {
+                frame.set_kind(ffmpeg::picture::Type::None);
+                self.durations.insert(pts(&frame), duration.max(1));
+                self.encoder
+                    .send_frame(&frame)
+                    .map_err(encode_error("x264 rejected a frame"))?;
+            }
+            None => self
+                .encoder
+                .send_eof()
+                .map_err(encode_error("flushing x264 failed"))?,
+        }
+        let mut packet = ffmpeg::Packet::empty();
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            let duration = packet
+                .pts()
+                .and_then(|pts| self.durations.remove(&pts))
+                .unwrap_or(0);
+            packet.set_duration(duration);
+            packet.set_stream(0);
+            packet.rescale_ts(self.encoder_time_base, self.stream_time_base);
+            packet
+                .write_interleaved(&mut self.output)
+                .map_err(encode_error("writing a packet failed"))?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the trailer and flushes everything to the upload stage.
+    fn finish(mut self) -> Result<u64, ChunkError> {
+        self.output
+            .write_trailer()
+            .map_err(encode_error("cannot write the chunk trailer"))?;
+        Ok(self.written)
+    }
+}
+
+/// Hands muxed bytes to the upload stage in pieces of [`UPLOAD_PIECE_BYTES`].
+struct PieceWriter {
+    pieces: mpsc::Sender<Bytes>,
+    buffer: Vec<u8>,
+}
+
+impl PieceWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(UPLOAD_PIECE_BYTES),
+        ));
+        self.pieces.blocking_send(piece).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stage stopped")
+        })
+    }
+}
+
+impl Write for PieceWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= UPLOAD_PIECE_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}

@@ -1,0 +1,377 @@
+//! The chunk pipeline: fetch -> decode -> process -> encode -> upload.
+//!
+//! Decode, process and encode each run on a dedicated thread; upload runs on the async
+//! runtime. Bounded channels join them, so a slow stage holds the ones before it back
+//! instead of filling memory, and the model works while the next frames are decoded and
+//! the previous ones are encoded and uploaded. Every stage records the time it is busy
+//! (not the time it waits on its neighbours) into a [`PhaseClock`], and its frames done into
+//! the chunk's [`ChunkProgressCounters`].
+//!
+//! A chunk is done only when exactly `end_frame - start_frame` frames went through every
+//! stage and the object is uploaded; anything else is an error and the upload is aborted.
+
+mod decode;
+mod encode;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ffmpeg_next::frame::Video as VideoFrame;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec};
+use framefleet_common::storage::{ObjectUri, Storage, StorageError, Upload};
+
+use crate::processor::{self, ProcessError};
+use crate::progress::ChunkProgressCounters;
+
+/// Encoded bytes are handed to the uploader in pieces of about this size.
+const UPLOAD_PIECE_BYTES: usize = 256 * 1024;
+
+/// Why a chunk failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The request itself cannot work (bad URI, unknown model, bad settings).
+    #[error("invalid chunk request: {0}")]
+    Invalid(String),
+    /// Reading the input or writing the output failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The input could not be opened or decoded.
+    #[error("decoding the input failed: {0}")]
+    Decode(String),
+    /// The processor failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The encoder or muxer failed.
+    #[error("encoding the chunk failed: {0}")]
+    Encode(String),
+    /// Fewer or more frames came out than the range holds.
+    #[error("chunk produced {got} frames in {phase}, expected {expected}")]
+    FrameCount {
+        /// Stage that counted.
+        phase: &'static str,
+        /// Frames counted.
+        got: u64,
+        /// Frames in the range.
+        expected: u64,
+    },
+    /// The orchestrator went away or cancelled the chunk.
+    #[error("the chunk was cancelled")]
+    Cancelled,
+    /// A neighbouring stage stopped first; its own error is the one to report.
+    #[error("a neighbouring pipeline stage stopped")]
+    Disconnected,
+    /// A stage thread could not start or died.
+    #[error("pipeline stage {0} crashed")]
+    Crashed(&'static str),
+}
+
+/// Everything a worker needs to process one chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkSpec {
+    /// The job's input.
+    pub input: ObjectUri,
+    /// Where the encoded chunk goes.
+    pub output: ObjectUri,
+    /// The frames to produce.
+    pub range: ChunkRange,
+    /// Index of the video stream in the input.
+    pub stream_index: usize,
+    /// What to do to each frame.
+    pub processor: ProcessorSpec,
+    /// How to encode.
+    pub encoder: EncoderSettings,
+    /// Frames per processing batch.
+    pub batch_frames: usize,
+    /// Time base of the input's video stream, kept for the output.
+    pub time_base: ffmpeg_next::Rational,
+    /// Average frame rate of the input, `0/1` when unknown.
+    pub frame_rate: ffmpeg_next::Rational,
+}
+
+impl ChunkSpec {
+    /// Frames the chunk must produce.
+    pub fn frames(&self) -> u64 {
+        self.range.end_frame.saturating_sub(self.range.start_frame)
+    }
+}
+
+/// What a finished chunk produced.
+#[derive(Debug, Clone)]
+pub struct ChunkOutput {
+    /// Frames encoded and uploaded.
+    pub frames: u64,
+    /// Output frame size.
+    pub width: u32,
+    /// Output frame height.
+    pub height: u32,
+    /// Busy seconds per phase, in [`Phase::ALL`] order.
+    pub phase_seconds: [f64; 6],
+    /// Where processing ran.
+    pub device: &'static str,
+}
+
+/// Busy time per phase, added to by every stage.
+#[derive(Debug, Default)]
+pub struct PhaseClock {
+    nanos: [AtomicU64; 6],
+}
+
+impl PhaseClock {
+    /// Adds `elapsed` to `phase`.
+    pub fn add(&self, phase: Phase, elapsed: Duration) {
+        if let Some(i) = Phase::ALL.iter().position(|&p| p == phase) {
+            let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            self.nanos[i].fetch_add(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `work` and adds its duration to `phase`.
+    pub fn time<T>(&self, phase: Phase, work: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = work();
+        self.add(phase, started.elapsed());
+        result
+    }
+
+    /// Seconds per phase, in [`Phase::ALL`] order.
+    pub fn seconds(&self) -> [f64; 6] {
+        std::array::from_fn(|i| self.nanos[i].load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}
+
+/// What every stage shares: progress, timing and the cancel signal.
+#[derive(Clone)]
+pub(crate) struct StageContext {
+    pub progress: Arc<ChunkProgressCounters>,
+    pub clock: Arc<PhaseClock>,
+    pub cancel: CancellationToken,
+}
+
+impl StageContext {
+    pub(crate) fn check_cancelled(&self) -> Result<(), ChunkError> {
+        if self.cancel.is_cancelled() {
+            Err(ChunkError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs one chunk to the end: on success the chunk object exists at `spec.output`, on
+/// failure nothing is left there.
+pub async fn run_chunk(
+    spec: ChunkSpec,
+    storage: Storage,
+    progress: Arc<ChunkProgressCounters>,
+    clock: Arc<PhaseClock>,
+    cancel: CancellationToken,
+) -> Result<ChunkOutput, ChunkError> {
+    let context = StageContext {
+        progress,
+        clock,
+        cancel,
+    };
+    if spec.frames() == 0 {
+        return Err(ChunkError::Invalid("the chunk range holds no frames".into()));
+    }
+    let batch = spec.batch_frames.max(1);
+    let upload = storage.upload(&spec.output)?;
+    let (decoded_tx, decoded_rx) = sync_channel::<VideoFrame>(batch * 2);
+    let (processed_tx, processed_rx) = sync_channel::<VideoFrame>(batch * 2);
+    let (bytes_tx, bytes_rx) = mpsc::channel::<bytes::Bytes>(16);
+    let runtime = tokio::runtime::Handle::current();
+
+    let decoding = {
+        let (spec, storage, context) = (spec.clone(), storage.clone(), context.clone());
+        spawn_stage("decode", move || {
+            decode::run(&spec, &storage, runtime, &context, decoded_tx)
+        })
+    };
+    let processing = {
+        let (spec, context) = (spec.clone(), context.clone());
+        spawn_stage("process", move || {
+            process(&spec, &context, decoded_rx, processed_tx)
+        })
+    };
+    let encoding = {
+        let (spec, context) = (spec.clone(), context.clone());
+        spawn_stage("encode", move || {
+            encode::run(&spec, &context, processed_rx, bytes_tx)
+        })
+    };
+    let uploaded = feed_upload(upload, bytes_rx, &context).await;
+    let results = (
+        decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
+        processing.await.unwrap_or(Err(ChunkError::Crashed("process"))),
+        encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
+    );
+    let (upload, encoded, device) = match (uploaded, results) {
+        (Ok(upload), (Ok(()), Ok(device), Ok(encoded))) => (upload, encoded, device),
+        (uploaded, (decoded, processed, encoded)) => {
+            let upload_error = match uploaded {
+                Ok(upload) => {
+                    upload.abort().await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            return Err(first_cause([
+                decoded.err(),
+                processed.err(),
+                encoded.err(),
+                upload_error.err(),
+            ]));
+        }
+    };
+    context.check_cancelled()?;
+    let started = Instant::now();
+    upload.finish().await?;
+    context.clock.add(Phase::Upload, started.elapsed());
+    context.progress.finish(Phase::Upload);
+    Ok(ChunkOutput {
+        frames: encoded.frames,
+        width: encoded.width,
+        height: encoded.height,
+        phase_seconds: context.clock.seconds(),
+        device,
+    })
+}
+
+/// The error that started a failure: the first one that is not a neighbour's disconnect.
+fn first_cause(errors: [Option<ChunkError>; 4]) -> ChunkError {
+    let mut errors: Vec<ChunkError> = errors.into_iter().flatten().collect();
+    let cause = errors
+        .iter()
+        .position(|e| matches!(e, ChunkError::Cancelled))
+        .or_else(|| {
+            errors
+                .iter()
+                .position(|e| !matches!(e, ChunkError::Disconnected))
+        });
+    match cause {
+        Some(i) => errors.swap_remove(i),
+        None => ChunkError::Disconnected,
+    }
+}
+
+/// Runs a stage on a named thread of its own and hands its result back to async code.
+fn spawn_stage<T, F>(name: &'static str, work: F) -> oneshot::Receiver<Result<T, ChunkError>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ChunkError> + Send + 'static,
+{
+    let (done_tx, done_rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("chunk-{name}"))
+        .spawn(move || {
+            let _ = done_tx.send(work());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(stage = name, error = %e, "could not start a pipeline thread");
+    }
+    done_rx
+}
+
+/// The process stage: batches decoded frames through the job's processor.
+fn process(
+    spec: &ChunkSpec,
+    context: &StageContext,
+    decoded: Receiver<VideoFrame>,
+    processed: SyncSender<VideoFrame>,
+) -> Result<&'static str, ChunkError> {
+    let mut processor = context
+        .clock
+        .time(Phase::Init, || processor::build(&spec.processor))?;
+    let batch_size = spec.batch_frames.max(1);
+    let mut done = 0u64;
+    while let Ok(first) = decoded.recv() {
+        context.check_cancelled()?;
+        let mut batch = vec![first];
+        while batch.len() < batch_size {
+            match decoded.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        let expected = batch.len();
+        let frames = context
+            .clock
+            .time(Phase::Process, || processor.process(batch))?;
+        if frames.len() != expected {
+            return Err(ChunkError::FrameCount {
+                phase: "process",
+                got: frames.len() as u64,
+                expected: expected as u64,
+            });
+        }
+        for frame in frames {
+            processed.send(frame).map_err(|_| ChunkError::Disconnected)?;
+            done += 1;
+        }
+        context.progress.set(Phase::Process, done);
+    }
+    if done != spec.frames() {
+        return Err(ChunkError::FrameCount {
+            phase: "process",
+            got: done,
+            expected: spec.frames(),
+        });
+    }
+    Ok(processor.device())
+}
+
+/// The upload stage: streams encoded bytes into the upload as they come.
+async fn feed_upload(
+    mut upload: Upload,
+    mut pieces: mpsc::Receiver<bytes::Bytes>,
+    context: &StageContext,
+) -> Result<Upload, ChunkError> {
+    while let Some(piece) = pieces.recv().await {
+        let started = Instant::now();
+        if let Err(e) = upload.write(&piece).await {
+            upload.abort().await;
+            return Err(e.into());
+        }
+        context.clock.add(Phase::Upload, started.elapsed());
+        let encoded = context.progress.get(Phase::Encode);
+        context.progress.set(Phase::Upload, encoded.saturating_sub(1));
+    }
+    Ok(upload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_real_error_wins_over_disconnects() {
+        let error = first_cause([
+            Some(ChunkError::Disconnected),
+            Some(ChunkError::Encode("x264 refused".into())),
+            None,
+            None,
+        ]);
+        assert!(error.to_string().contains("x264 refused"));
+        let error = first_cause([
+            Some(ChunkError::Decode("bad".into())),
+            Some(ChunkError::Cancelled),
+            None,
+            None,
+        ]);
+        assert!(matches!(error, ChunkError::Cancelled));
+    }
+
+    #[test]
+    fn phase_clock_adds_per_phase() {
+        let clock = PhaseClock::default();
+        clock.add(Phase::Decode, Duration::from_millis(1500));
+        clock.add(Phase::Decode, Duration::from_millis(500));
+        assert_eq!(clock.seconds()[2], 2.0);
+        assert_eq!(clock.seconds()[0], 0.0);
+    }
+}

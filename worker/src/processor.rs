@@ -1,0 +1,171 @@
+//! Frame processors: a batch of decoded frames in, a batch of processed frames out.
+//!
+//! A processor is built inside the processing thread and stays there (FFmpeg's scaler
+//! contexts are not thread-safe), so the trait has no `Send` bound. Every processor emits
+//! `yuv420p` frames, the encoder's input format, and keeps each frame's timestamp.
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg::format::Pixel;
+use ffmpeg::frame::Video as VideoFrame;
+use ffmpeg::software::scaling;
+
+use framefleet_common::proto::ProcessorSpec;
+
+/// A processor could not be built or failed on a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The job names a model this worker does not have.
+    #[error("unknown model `{0}`; this worker offers: lanczos")]
+    UnknownModel(String),
+    /// The job's parameters cannot work.
+    #[error("invalid processor settings: {0}")]
+    Invalid(String),
+    /// FFmpeg failed on a frame.
+    #[error("processing a frame failed: {0}")]
+    Frame(#[from] ffmpeg::Error),
+}
+
+/// One per-frame operation. Implementations keep state (scalers, models) across batches.
+pub trait FrameProcessor {
+    /// Output size for an input of `width` x `height`.
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32);
+    /// Processes a batch in order; the output has one frame per input frame, with the same
+    /// timestamps.
+    fn process(&mut self, frames: Vec<VideoFrame>) -> Result<Vec<VideoFrame>, ProcessError>;
+    /// Where the work runs: `cpu` or `cuda`.
+    fn device(&self) -> &'static str;
+}
+
+/// Builds the processor a job asks for.
+pub fn build(spec: &ProcessorSpec) -> Result<Box<dyn FrameProcessor>, ProcessError> {
+    match spec.model.as_str() {
+        "" | "lanczos" => Ok(Box::new(Lanczos::new(spec.scale)?)),
+        other => Err(ProcessError::UnknownModel(other.to_string())),
+    }
+}
+
+/// Rounds a scaled dimension to the nearest even number of at least 2, as `yuv420p` needs.
+pub fn scaled_dimension(size: u32, scale: f64) -> u32 {
+    let scaled = (f64::from(size) * scale).round().max(2.0) as u32;
+    scaled + scaled % 2
+}
+
+/// Lanczos resampling through swscale: the model-free default, always available.
+pub struct Lanczos {
+    scale: f64,
+    scaler: Option<(Pixel, u32, u32, scaling::Context)>,
+}
+
+impl Lanczos {
+    /// A scaler by `scale` (1.0 only converts to `yuv420p`).
+    pub fn new(scale: f64) -> Result<Self, ProcessError> {
+        let scale = if scale == 0.0 { 1.0 } else { scale };
+        if !(scale.is_finite() && (0.05..=16.0).contains(&scale)) {
+            return Err(ProcessError::Invalid(format!(
+                "scale {scale} is outside 0.05-16"
+            )));
+        }
+        Ok(Self {
+            scale,
+            scaler: None,
+        })
+    }
+
+    fn scaler_for(&mut self, frame: &VideoFrame) -> Result<&mut scaling::Context, ProcessError> {
+        let key = (frame.format(), frame.width(), frame.height());
+        let stale = self
+            .scaler
+            .as_ref()
+            .is_none_or(|(format, w, h, _)| (*format, *w, *h) != key);
+        if stale {
+            let (out_w, out_h) = self.output_size(key.1, key.2);
+            let context = scaling::Context::get(
+                key.0,
+                key.1,
+                key.2,
+                Pixel::YUV420P,
+                out_w,
+                out_h,
+                scaling::Flags::LANCZOS | scaling::Flags::ACCURATE_RND | scaling::Flags::FULL_CHR_H_INT,
+            )?;
+            self.scaler = Some((key.0, key.1, key.2, context));
+        }
+        match &mut self.scaler {
+            Some((_, _, _, context)) => Ok(context),
+            None => Err(ProcessError::Invalid("scaler missing".into())),
+        }
+    }
+}
+
+impl FrameProcessor for Lanczos {
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        (
+            scaled_dimension(width, self.scale),
+            scaled_dimension(height, self.scale),
+        )
+    }
+
+    fn process(&mut self, frames: Vec<VideoFrame>) -> Result<Vec<VideoFrame>, ProcessError> {
+        frames
+            .into_iter()
+            .map(|frame| {
+                let scaler = self.scaler_for(&frame)?;
+                let mut out = VideoFrame::empty();
+                scaler.run(&frame, &mut out)?;
+                out.set_pts(frame.pts());
+                Ok(out)
+            })
+            .collect()
+    }
+
+    fn device(&self) -> &'static str {
+        "cpu"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(width: u32, height: u32, pts: i64) -> VideoFrame {
+        let mut frame = VideoFrame::new(Pixel::YUV420P, width, height);
+        for plane in 0..3 {
+            let stride = frame.stride(plane);
+            let data = frame.data_mut(plane);
+            for (i, byte) in data.iter_mut().enumerate() {
+                *byte = ((i % stride) * 3 + i / stride) as u8;
+            }
+        }
+        frame.set_pts(Some(pts));
+        frame
+    }
+
+    #[test]
+    fn lanczos_scales_size_keeps_timestamps_and_is_deterministic() {
+        framefleet_common::media::init();
+        let mut lanczos = Lanczos::new(2.0).expect("valid scale");
+        let out = lanczos
+            .process(vec![gradient(33, 17, 7), gradient(33, 17, 9)])
+            .expect("scales");
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].width(), out[0].height()), (66, 34));
+        assert_eq!(out[0].format(), Pixel::YUV420P);
+        assert_eq!((out[0].pts(), out[1].pts()), (Some(7), Some(9)));
+        let again = lanczos.process(vec![gradient(33, 17, 7)]).expect("scales");
+        assert_eq!(out[0].data(0), again[0].data(0));
+    }
+
+    #[test]
+    fn odd_results_round_to_even_and_bad_settings_are_refused() {
+        assert_eq!(scaled_dimension(321, 1.0), 322);
+        assert_eq!(scaled_dimension(321, 2.0), 642);
+        assert!(Lanczos::new(f64::NAN).is_err());
+        let error = build(&ProcessorSpec {
+            model: "magic".into(),
+            scale: 2.0,
+        })
+        .err()
+        .expect("unknown model");
+        assert!(error.to_string().contains("magic"));
+    }
+}

@@ -1,0 +1,91 @@
+//! Joining the fleet: register with the orchestrator, renew the lease with heartbeats,
+//! register again when the orchestrator forgets the worker (restart, lapsed lease), and
+//! deregister on shutdown. Every call retries with exponential backoff and jitter.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use framefleet_common::proto::fleet_client::FleetClient;
+use framefleet_common::proto::{DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest};
+
+/// Deadline of one Fleet call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps the worker registered until `shutdown`, then deregisters it.
+pub async fn keep_registered(
+    orchestrator_url: String,
+    registration: RegisterWorkerRequest,
+    shutdown: CancellationToken,
+) {
+    let channel = match Channel::from_shared(orchestrator_url.clone()) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy(),
+        Err(e) => {
+            tracing::error!(url = %orchestrator_url, error = %e, "the orchestrator URL is invalid; this worker cannot join the fleet");
+            return;
+        }
+    };
+    let client = FleetClient::new(channel);
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times();
+    while !shutdown.is_cancelled() {
+        let register = || {
+            let mut client = client.clone();
+            let request = registration.clone();
+            async move { client.register_worker(request).await }
+        };
+        let registered = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = register
+                .retry(backoff)
+                .notify(|error, delay| tracing::warn!(url = %orchestrator_url, %error, ?delay, "cannot register with the orchestrator; retrying")) => result,
+        };
+        let Ok(registered) = registered.map(tonic::Response::into_inner) else {
+            continue;
+        };
+        let worker_id = registered.worker_id;
+        tracing::info!(%worker_id, url = %orchestrator_url, "registered with the orchestrator");
+        let mut lease = Duration::from_secs_f64(registered.lease_seconds.max(1.0));
+        let mut since_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let mut client = client.clone();
+                    let request = DeregisterRequest { worker_id: worker_id.clone() };
+                    if let Err(error) = client.deregister(request).await {
+                        tracing::warn!(%error, "deregistering failed; the lease will lapse instead");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(lease / 3) => {}
+            }
+            let mut client = client.clone();
+            let request = HeartbeatRequest {
+                worker_id: worker_id.clone(),
+            };
+            match client.heartbeat(request).await.map(tonic::Response::into_inner) {
+                Ok(reply) if reply.known => {
+                    lease = Duration::from_secs_f64(reply.lease_seconds.max(1.0));
+                    since_renewal = tokio::time::Instant::now();
+                }
+                Ok(_) => {
+                    tracing::warn!(%worker_id, "the orchestrator no longer knows this worker; registering again");
+                    break;
+                }
+                Err(error) if since_renewal.elapsed() > lease => {
+                    tracing::warn!(%error, "the lease lapsed without a heartbeat; registering again");
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, "heartbeat failed; retrying"),
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Serving a worker: the `Worker` service with health and reflection on one listener,
+//! registered with the orchestrator, until the shutdown token fires.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use framefleet_common::config::Config;
+use framefleet_common::proto::worker_server::WorkerServer;
+use framefleet_common::proto::{RegisterWorkerRequest, FILE_DESCRIPTOR_SET};
+use framefleet_common::storage::Storage;
+
+use crate::registration::keep_registered;
+use crate::service::{WorkerService, WorkerState};
+
+/// The worker could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}; pick a free address with worker.listen")]
+    Bind {
+        /// The address asked for.
+        address: SocketAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the worker's gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up.
+    #[error("gRPC reflection could not be built: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Binds `config.worker.listen`, serves, registers with the orchestrator, and returns once
+/// `shutdown` is cancelled and in-flight chunks have stopped.
+pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    framefleet_common::media::init();
+    let address = config.worker.listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let advertise = if config.worker.advertise_url.is_empty() {
+        format!("http://{bound}")
+    } else {
+        config.worker.advertise_url.clone()
+    };
+    if config.worker.name.is_empty() {
+        config.worker.name = format!("worker-{}", bound.port());
+    }
+    let worker = &config.worker;
+    tracing::info!(address = %bound, name = %worker.name, gpu_type = %worker.gpu_type, "worker listening");
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<WorkerServer<WorkerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let state = WorkerState::new(
+        worker.clone(),
+        Storage::new(&config.storage),
+        shutdown.clone(),
+    );
+    let registration = tokio::spawn(keep_registered(
+        worker.orchestrator_url.clone(),
+        RegisterWorkerRequest {
+            address: advertise,
+            name: worker.name.clone(),
+            gpu_type: worker.gpu_type.clone(),
+            slots: worker.slots,
+            gpus_per_slot: worker.gpus_per_slot,
+        },
+        shutdown.clone(),
+    ));
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(WorkerServer::new(WorkerService::new(state)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    let _ = registration.await;
+    served.map_err(ServeError::from)
+}

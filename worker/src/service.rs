@@ -1,0 +1,324 @@
+//! The `Worker` gRPC service: accepts a chunk when a slot is free, runs the pipeline, and
+//! streams measured progress followed by exactly one result (or a gRPC error).
+//!
+//! When the orchestrator drops the stream (it gave the chunk up, or the job was cancelled)
+//! or the worker shuts down, the chunk's pipeline is cancelled and its upload aborted.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use framefleet_common::config::WorkerConfig;
+use framefleet_common::proto::worker_server::Worker;
+use framefleet_common::proto::{
+    chunk_event, ChunkEvent, ChunkResult, Phase, PhaseTiming, ProcessChunkRequest,
+    WorkerStatus, WorkerStatusRequest,
+};
+use framefleet_common::storage::{ObjectUri, Storage, StorageError};
+
+use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
+use crate::progress::ChunkProgressCounters;
+
+/// How often progress is sampled and streamed.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Longest silence on a chunk's stream: progress is repeated at least this often so the
+/// orchestrator can tell a slow chunk from a dead worker.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// State shared by the service's requests.
+pub struct WorkerState {
+    config: WorkerConfig,
+    storage: Storage,
+    slots: Arc<Semaphore>,
+    chunks_done: AtomicU64,
+    current: Mutex<BTreeSet<String>>,
+    shutdown: CancellationToken,
+}
+
+impl WorkerState {
+    /// State for a worker with `config`'s slots, cancelled with `shutdown`.
+    pub fn new(config: WorkerConfig, storage: Storage, shutdown: CancellationToken) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(config.slots as usize));
+        Arc::new(Self {
+            config,
+            storage,
+            slots,
+            chunks_done: AtomicU64::new(0),
+            current: Mutex::default(),
+            shutdown,
+        })
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The gRPC `Worker` service.
+pub struct WorkerService {
+    state: Arc<WorkerState>,
+}
+
+impl WorkerService {
+    /// A service over shared state.
+    pub fn new(state: Arc<WorkerState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    type ProcessChunkStream = ReceiverStream<Result<ChunkEvent, Status>>;
+
+    async fn process_chunk(
+        &self,
+        request: Request<ProcessChunkRequest>,
+    ) -> Result<Response<Self::ProcessChunkStream>, Status> {
+        if self.state.shutdown.is_cancelled() {
+            return Err(Status::unavailable("worker is shutting down"));
+        }
+        let request = request.into_inner();
+        let spec = chunk_spec(&request, self.state.config.batch_frames as usize)?;
+        let permit = self
+            .state
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("worker busy: every slot holds a chunk"))?;
+        let label = format!("{}/{}", request.job_id, spec.range.index);
+        tracing::info!(chunk = %label, attempt = request.attempt, frames = spec.frames(), "chunk accepted");
+        let (events, stream) = mpsc::channel(64);
+        tokio::spawn(run_and_report(self.state.clone(), spec, label, permit, events));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<WorkerStatusRequest>,
+    ) -> Result<Response<WorkerStatus>, Status> {
+        let state = &self.state;
+        let slots = state.config.slots;
+        Ok(Response::new(WorkerStatus {
+            name: state.config.name.clone(),
+            gpu_type: state.config.gpu_type.clone(),
+            slots,
+            busy_slots: slots.saturating_sub(state.slots.available_permits() as u32),
+            device: "cpu".into(),
+            chunks_done: state.chunks_done.load(Ordering::Relaxed),
+            current_chunks: state.current().iter().cloned().collect(),
+        }))
+    }
+}
+
+/// Turns a request into a validated [`ChunkSpec`].
+fn chunk_spec(request: &ProcessChunkRequest, batch_frames: usize) -> Result<ChunkSpec, Status> {
+    let parse = |uri: &str| {
+        uri.parse::<ObjectUri>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    };
+    let range = request
+        .range
+        .ok_or_else(|| Status::invalid_argument("the request has no chunk range"))?;
+    if range.end_frame <= range.start_frame || range.end_pts <= range.start_pts {
+        return Err(Status::invalid_argument(format!(
+            "chunk range frames [{}, {}) pts [{}, {}) is empty",
+            range.start_frame, range.end_frame, range.start_pts, range.end_pts
+        )));
+    }
+    let time_base = request
+        .time_base
+        .filter(|tb| tb.num > 0 && tb.den > 0)
+        .ok_or_else(|| Status::invalid_argument("the request has no valid time base"))?;
+    let frame_rate = request.frame_rate.unwrap_or_default();
+    Ok(ChunkSpec {
+        input: parse(&request.input_uri)?,
+        output: parse(&request.output_uri)?,
+        range,
+        stream_index: request.video_stream_index as usize,
+        processor: request.processor.clone().unwrap_or_default(),
+        encoder: request.encoder.clone().unwrap_or_default(),
+        batch_frames,
+        time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
+        frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
+    })
+}
+
+/// Runs one chunk while streaming its progress, then sends its result.
+async fn run_and_report(
+    state: Arc<WorkerState>,
+    spec: ChunkSpec,
+    label: String,
+    permit: OwnedSemaphorePermit,
+    events: mpsc::Sender<Result<ChunkEvent, Status>>,
+) {
+    let accepted = Instant::now();
+    state.current().insert(label.clone());
+    let progress = Arc::new(ChunkProgressCounters::new(spec.frames()));
+    let clock = Arc::new(PhaseClock::default());
+    let cancel = state.shutdown.child_token();
+    let storage = state.storage.counted();
+    let chunk = run_chunk(
+        spec,
+        storage.clone(),
+        progress.clone(),
+        clock,
+        cancel.clone(),
+    );
+    tokio::pin!(chunk);
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut last = [0u64; 6];
+    let mut last_sent = Instant::now();
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut chunk => break outcome,
+            _ = ticker.tick() => {
+                let mut changes = progress.changes(&mut last);
+                if changes.is_empty() && last_sent.elapsed() >= KEEPALIVE_INTERVAL {
+                    changes = progress.changes(&mut [u64::MAX; 6]);
+                }
+                for change in changes {
+                    last_sent = Instant::now();
+                    let event = ChunkEvent { event: Some(chunk_event::Event::Progress(change)) };
+                    if events.send(Ok(event)).await.is_err() {
+                        cancel.cancel();
+                    }
+                }
+            }
+            _ = events.closed(), if !cancel.is_cancelled() => {
+                tracing::info!(chunk = %label, "the orchestrator gave the chunk up; cancelling");
+                cancel.cancel();
+            }
+        }
+    };
+    let gpu_seconds = accepted.elapsed().as_secs_f64() * f64::from(state.config.gpus_per_slot);
+    drop(permit);
+    state.current().remove(&label);
+    let reply = match outcome {
+        Ok(output) => {
+            state.chunks_done.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(chunk = %label, frames = output.frames, gpu_seconds, "chunk done");
+            for change in progress.changes(&mut last) {
+                let _ = events
+                    .send(Ok(ChunkEvent {
+                        event: Some(chunk_event::Event::Progress(change)),
+                    }))
+                    .await;
+            }
+            Ok(ChunkEvent {
+                event: Some(chunk_event::Event::Result(chunk_result(
+                    &state.config,
+                    &output,
+                    &storage,
+                    gpu_seconds,
+                ))),
+            })
+        }
+        Err(error) => {
+            tracing::warn!(chunk = %label, %error, "chunk failed");
+            Err(status_of(&error))
+        }
+    };
+    let _ = events.send(reply).await;
+}
+
+fn chunk_result(
+    config: &WorkerConfig,
+    output: &ChunkOutput,
+    storage: &Storage,
+    gpu_seconds: f64,
+) -> ChunkResult {
+    ChunkResult {
+        frames: output.frames,
+        phases: Phase::ALL
+            .iter()
+            .zip(output.phase_seconds)
+            .map(|(&phase, seconds)| PhaseTiming {
+                phase: phase as i32,
+                seconds,
+            })
+            .collect(),
+        bytes_read: storage.counters().bytes_read(),
+        bytes_written: storage.counters().bytes_written(),
+        gpu_seconds,
+        gpu_type: config.gpu_type.clone(),
+        worker_name: config.name.clone(),
+        output_width: output.width,
+        output_height: output.height,
+        device: output.device.to_string(),
+    }
+}
+
+/// The gRPC status for a failed chunk. The orchestrator retries everything but
+/// `INVALID_ARGUMENT`, `NOT_FOUND` and `FAILED_PRECONDITION`.
+fn status_of(error: &ChunkError) -> Status {
+    let message = error.to_string();
+    match error {
+        ChunkError::Invalid(_) | ChunkError::Process(crate::processor::ProcessError::UnknownModel(_)) => {
+            Status::invalid_argument(message)
+        }
+        ChunkError::Process(crate::processor::ProcessError::Invalid(_)) => {
+            Status::invalid_argument(message)
+        }
+        ChunkError::Storage(StorageError::NotFound { .. }) => Status::not_found(message),
+        ChunkError::Storage(StorageError::BadUri { .. } | StorageError::NoS3Credentials { .. }) => {
+            Status::failed_precondition(message)
+        }
+        ChunkError::Cancelled => Status::cancelled(message),
+        _ => Status::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use framefleet_common::proto::{ChunkRange, Rational};
+
+    fn request() -> ProcessChunkRequest {
+        ProcessChunkRequest {
+            job_id: "j".into(),
+            input_uri: "file:///tmp/in.mp4".into(),
+            output_uri: "file:///tmp/out.nut".into(),
+            range: Some(ChunkRange {
+                index: 0,
+                start_frame: 0,
+                end_frame: 10,
+                start_pts: 0,
+                end_pts: 5120,
+                keyframe_pts: 0,
+            }),
+            time_base: Some(Rational { num: 1, den: 15360 }),
+            ..ProcessChunkRequest::default()
+        }
+    }
+
+    #[test]
+    fn requests_are_validated_with_actionable_messages() {
+        assert!(chunk_spec(&request(), 4).is_ok());
+        let mut bad = request();
+        bad.input_uri = "ftp://x/y".into();
+        let status = chunk_spec(&bad, 4).expect_err("bad scheme");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("ftp://x/y"));
+        let mut empty = request();
+        empty.range = Some(ChunkRange { end_frame: 0, ..empty.range.unwrap_or_default() });
+        assert!(chunk_spec(&empty, 4).is_err());
+        let mut no_time_base = request();
+        no_time_base.time_base = None;
+        assert!(chunk_spec(&no_time_base, 4).is_err());
+    }
+
+    #[test]
+    fn permanent_and_retryable_failures_map_to_distinct_codes() {
+        assert_eq!(status_of(&ChunkError::Invalid("x".into())).code(), tonic::Code::InvalidArgument);
+        let missing = ChunkError::Storage(StorageError::NotFound { uri: "s3://b/k".into() });
+        assert_eq!(status_of(&missing).code(), tonic::Code::NotFound);
+        assert_eq!(status_of(&ChunkError::Decode("x".into())).code(), tonic::Code::Internal);
+    }
+}
