@@ -1,0 +1,307 @@
+//! Dispatch of one chunk: get a slot, stream the chunk to its worker, accept the result only
+//! after checking the chunk object holds exactly the range's frames at the range's
+//! timestamps, and retry anything else on another worker with exponential backoff and
+//! jitter (backon), up to `dispatch.max_attempts`.
+//!
+//! Every wait has a deadline: the slot (no worker registered for `worker_wait_seconds`),
+//! the call, and each event of the stream (`event_timeout_seconds`). Errors the worker
+//! marks as permanent (`INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`) fail the
+//! chunk at once: retrying a bad request elsewhere cannot help.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use ffmpeg_next::Rescale;
+use tonic::Code;
+
+use framefleet_common::config::DispatchConfig;
+use framefleet_common::media;
+use framefleet_common::proto::{chunk_event, ChunkRange, ChunkResult, ProcessChunkRequest};
+use framefleet_common::storage::{ObjectUri, Storage};
+
+use crate::fleet::{AcquireError, Fleet, QueuePriority, SlotGrant};
+use crate::job::JobRecord;
+
+/// A chunk that could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// Every attempt failed.
+    #[error("chunk {index} failed after {attempts} attempts; last error: {last}")]
+    Exhausted {
+        /// Chunk index.
+        index: u32,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: String,
+    },
+    /// The worker said the request cannot succeed anywhere.
+    #[error("chunk {index} cannot be processed: {message}")]
+    Permanent {
+        /// Chunk index.
+        index: u32,
+        /// The worker's message.
+        message: String,
+    },
+    /// No slot could be had.
+    #[error(transparent)]
+    NoSlot(#[from] AcquireError),
+}
+
+/// What dispatch needs from the orchestrator.
+pub struct DispatchContext {
+    /// The workers.
+    pub fleet: Arc<Fleet>,
+    /// Storage, counting the orchestrator's own reads (chunk checks).
+    pub storage: Storage,
+    /// Retry and deadline settings.
+    pub config: DispatchConfig,
+}
+
+/// One chunk of a job, ready to send.
+pub struct ChunkWork {
+    /// The job, for progress and priority.
+    pub job: Arc<JobRecord>,
+    /// The request without attempt number and output (filled per attempt).
+    pub request: ProcessChunkRequest,
+    /// The frames to produce.
+    pub range: ChunkRange,
+    /// The job's scratch prefix; chunk objects go under `chunks/`.
+    pub scratch: ObjectUri,
+    /// Time base of the input's video stream.
+    pub time_base: ffmpeg_next::Rational,
+}
+
+/// A chunk whose object was checked and accepted.
+#[derive(Debug, Clone)]
+pub struct AcceptedChunk {
+    /// The range it holds.
+    pub range: ChunkRange,
+    /// The worker's report of the accepted attempt.
+    pub result: ChunkResult,
+    /// The chunk object.
+    pub output: ObjectUri,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    /// GPU-seconds of failed attempts, measured here.
+    pub wasted_gpu_seconds: f64,
+}
+
+enum AttemptError {
+    Retry {
+        message: String,
+        worker: Option<String>,
+        held_gpu_seconds: f64,
+    },
+    Permanent(String),
+    NoSlot(AcquireError),
+}
+
+/// Runs a chunk to acceptance or to its final failure.
+pub async fn run_chunk(context: &DispatchContext, work: &ChunkWork) -> Result<AcceptedChunk, DispatchError> {
+    let config = &context.config;
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(config.backoff_initial_ms))
+        .with_max_delay(Duration::from_millis(config.backoff_max_ms))
+        .with_jitter()
+        .with_max_times(config.max_attempts.saturating_sub(1) as usize)
+        .build();
+    let index = work.range.index;
+    let mut avoid = HashSet::new();
+    let mut wasted = 0.0;
+    for attempt in 1.. {
+        match attempt_once(context, work, attempt, &avoid).await {
+            Ok(mut accepted) => {
+                accepted.attempts = attempt;
+                accepted.wasted_gpu_seconds = wasted;
+                work.job.chunk_done(index);
+                return Ok(accepted);
+            }
+            Err(AttemptError::Retry {
+                message,
+                worker,
+                held_gpu_seconds,
+            }) => {
+                wasted += held_gpu_seconds;
+                avoid.extend(worker);
+                match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(job = %work.job.id, chunk = index, attempt, error = %message, ?delay, "chunk attempt failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        return Err(DispatchError::Exhausted {
+                            index,
+                            attempts: attempt,
+                            last: message,
+                        })
+                    }
+                }
+            }
+            Err(AttemptError::Permanent(message)) => {
+                return Err(DispatchError::Permanent { index, message })
+            }
+            Err(AttemptError::NoSlot(error)) => return Err(error.into()),
+        }
+    }
+    unreachable!("the attempt loop only ends by returning")
+}
+
+async fn attempt_once(
+    context: &DispatchContext,
+    work: &ChunkWork,
+    attempt: u32,
+    avoid: &HashSet<String>,
+) -> Result<AcceptedChunk, AttemptError> {
+    let range = work.range;
+    let priority = QueuePriority {
+        job_seq: work.job.seq,
+        neg_frames: -((range.end_frame - range.start_frame) as i64),
+        index: range.index,
+    };
+    let wait = Duration::from_secs_f64(context.config.worker_wait_seconds);
+    let grant = context
+        .fleet
+        .acquire(priority, avoid.clone(), wait)
+        .await
+        .map_err(AttemptError::NoSlot)?;
+    let output = work
+        .scratch
+        .join(&format!("chunks/{:05}-a{attempt}.nut", range.index))
+        .map_err(|e| AttemptError::Permanent(e.to_string()))?;
+    let mut request = work.request.clone();
+    request.attempt = attempt;
+    request.output_uri = output.to_string();
+    request.range = Some(range);
+    let started = Instant::now();
+    let result = stream_chunk(context, work, &grant, request).await;
+    let held_gpu_seconds = started.elapsed().as_secs_f64() * f64::from(grant.worker.gpus_per_slot);
+    let worker_id = grant.worker.id.clone();
+    drop(grant);
+    let retry = |message: String| AttemptError::Retry {
+        message,
+        worker: Some(worker_id.clone()),
+        held_gpu_seconds,
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(StreamError::Permanent(message)) => return Err(AttemptError::Permanent(message)),
+        Err(StreamError::Retry(message)) => return Err(retry(message)),
+    };
+    if let Err(message) = verify_chunk(&context.storage, &output, &range, work.time_base).await {
+        return Err(retry(message));
+    }
+    Ok(AcceptedChunk {
+        range,
+        result,
+        output,
+        attempts: attempt,
+        wasted_gpu_seconds: 0.0,
+    })
+}
+
+enum StreamError {
+    Retry(String),
+    Permanent(String),
+}
+
+/// Sends the request and follows its event stream to the result.
+async fn stream_chunk(
+    context: &DispatchContext,
+    work: &ChunkWork,
+    grant: &SlotGrant,
+    request: ProcessChunkRequest,
+) -> Result<ChunkResult, StreamError> {
+    let worker = &grant.worker;
+    let deadline = Duration::from_secs_f64(context.config.event_timeout_seconds);
+    let mut client = worker.client.clone();
+    let classify = |status: tonic::Status| -> StreamError {
+        let message = format!("worker {}: {}", worker.name, status.message());
+        match status.code() {
+            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
+                StreamError::Permanent(status.message().to_string())
+            }
+            Code::Unavailable | Code::Unknown => {
+                context.fleet.remove(&worker.id, "its connection failed");
+                StreamError::Retry(message)
+            }
+            _ => StreamError::Retry(message),
+        }
+    };
+    let mut stream = match tokio::time::timeout(deadline, client.process_chunk(request)).await {
+        Err(_) => {
+            return Err(StreamError::Retry(format!(
+                "worker {} did not answer within {:.0} s",
+                worker.name,
+                deadline.as_secs_f64()
+            )))
+        }
+        Ok(Err(status)) => return Err(classify(status)),
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    loop {
+        match tokio::time::timeout(deadline, stream.message()).await {
+            Err(_) => {
+                return Err(StreamError::Retry(format!(
+                    "worker {} sent nothing for {:.0} s",
+                    worker.name,
+                    deadline.as_secs_f64()
+                )))
+            }
+            Ok(Err(status)) => return Err(classify(status)),
+            Ok(Ok(None)) => {
+                return Err(StreamError::Retry(format!(
+                    "worker {} closed the stream without a result",
+                    worker.name
+                )))
+            }
+            Ok(Ok(Some(event))) => match event.event {
+                Some(chunk_event::Event::Progress(progress)) => {
+                    work.job.chunk_progress(work.range.index, &progress)
+                }
+                Some(chunk_event::Event::Result(result)) => return Ok(result),
+                None => {}
+            },
+        }
+    }
+}
+
+/// Checks a chunk object: exactly the range's frame count, starting and ending at the
+/// range's timestamps.
+async fn verify_chunk(
+    storage: &Storage,
+    output: &ObjectUri,
+    range: &ChunkRange,
+    time_base: ffmpeg_next::Rational,
+) -> Result<(), String> {
+    let storage = storage.clone();
+    let object = output.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let probed = tokio::task::spawn_blocking(move || {
+        let reader = storage.open_reader(&object, runtime).map_err(|e| e.to_string())?;
+        media::probe(reader, object.file_name()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("checking chunk {} crashed: {e}", range.index))?
+    .map_err(|e| format!("chunk {} output is unreadable: {e}", range.index))?;
+    let video = &probed.video;
+    let expected = range.end_frame - range.start_frame;
+    if video.frames.len() as u64 != expected {
+        return Err(format!(
+            "chunk {} output holds {} frames, expected {expected}",
+            range.index,
+            video.frames.len()
+        ));
+    }
+    let chunk_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
+    let first = video.frames.first().map_or(0, |f| f.pts.rescale(chunk_base, time_base));
+    if first != range.start_pts {
+        return Err(format!(
+            "chunk {} output starts at pts {first}, expected {}",
+            range.index, range.start_pts
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! The fleet: registered workers, their leases, and the queue of chunks waiting for a slot.
+//!
+//! Workers register themselves and renew a lease with heartbeats; a worker whose lease
+//! lapses, or whose connection fails, is dropped (it registers again if it is alive). Each
+//! worker has `slots` GPU slots. Chunks ask for a slot with [`Fleet::acquire`] and wait in
+//! one queue ordered by job (first submitted first), then longest chunk first; a slot is
+//! handed back when its [`SlotGrant`] is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use framefleet_common::proto::worker_client::WorkerClient;
+use framefleet_common::proto::RegisterWorkerRequest;
+
+/// Deadline for connecting to a worker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a waiting chunk re-checks that some worker is registered at all.
+const EMPTY_FLEET_CHECK: Duration = Duration::from_millis(500);
+
+/// A registered worker, as dispatch sees it.
+#[derive(Clone, Debug)]
+pub struct WorkerInfo {
+    /// Id given at registration.
+    pub id: String,
+    /// Name for reports.
+    pub name: String,
+    /// Address dialled.
+    pub address: String,
+    /// GPU type for pricing.
+    pub gpu_type: String,
+    /// Chunks it runs at once.
+    pub slots: u32,
+    /// GPUs one slot holds.
+    pub gpus_per_slot: u32,
+    /// gRPC client (a lazily connected channel).
+    pub client: WorkerClient<Channel>,
+}
+
+/// Where a chunk stands in the queue: lower sorts first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueuePriority {
+    /// Submission order of the job.
+    pub job_seq: u64,
+    /// Longest chunk first: the chunk's frame count, negated.
+    pub neg_frames: i64,
+    /// Then by chunk index.
+    pub index: u32,
+}
+
+/// A chunk could not get a slot.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// No worker was registered for the whole deadline.
+    #[error(
+        "no worker registered within {0:.0} s; start workers pointed at this orchestrator \
+         (framefleet-worker --orchestrator URL)"
+    )]
+    NoWorker(f64),
+    /// The fleet is shutting down.
+    #[error("the orchestrator is shutting down")]
+    Closed,
+}
+
+/// A worker's registration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid worker registration: {0}")]
+pub struct RegisterError(String);
+
+struct Entry {
+    info: WorkerInfo,
+    busy: u32,
+    expires: Instant,
+}
+
+struct Waiter {
+    id: u64,
+    priority: QueuePriority,
+    avoid: HashSet<String>,
+    grant: oneshot::Sender<SlotGrant>,
+}
+
+#[derive(Default)]
+struct State {
+    workers: HashMap<String, Entry>,
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
+    closed: bool,
+}
+
+/// The registry of workers and the slot queue.
+pub struct Fleet {
+    state: Mutex<State>,
+    lease: Duration,
+}
+
+/// One slot of one worker, held until dropped.
+pub struct SlotGrant {
+    /// The worker holding the chunk.
+    pub worker: WorkerInfo,
+    fleet: Arc<Fleet>,
+    armed: bool,
+}
+
+impl Drop for SlotGrant {
+    fn drop(&mut self) {
+        if self.armed {
+            self.fleet.release(&self.worker.id);
+        }
+    }
+}
+
+impl Fleet {
+    /// An empty fleet whose leases last `lease`.
+    pub fn new(lease: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            lease,
+        })
+    }
+
+    /// The lease length workers must renew within.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a worker and returns its id.
+    pub fn register(self: &Arc<Self>, request: RegisterWorkerRequest) -> Result<String, RegisterError> {
+        if request.slots == 0 {
+            return Err(RegisterError("slots must be at least 1".into()));
+        }
+        let endpoint = Channel::from_shared(request.address.clone())
+            .map_err(|e| RegisterError(format!("address `{}` is not a URL: {e}", request.address)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let id = format!("w-{}", uuid::Uuid::new_v4().simple());
+        let info = WorkerInfo {
+            id: id.clone(),
+            name: if request.name.is_empty() {
+                request.address.clone()
+            } else {
+                request.name
+            },
+            address: request.address,
+            gpu_type: request.gpu_type,
+            slots: request.slots,
+            gpus_per_slot: request.gpus_per_slot.max(1),
+            client: WorkerClient::new(endpoint.connect_lazy()),
+        };
+        tracing::info!(worker = %info.name, address = %info.address, slots = info.slots, gpu_type = %info.gpu_type, "worker registered");
+        let mut state = self.lock();
+        state.workers.insert(
+            id.clone(),
+            Entry {
+                info,
+                busy: 0,
+                expires: Instant::now() + self.lease,
+            },
+        );
+        self.match_waiters(&mut state);
+        Ok(id)
+    }
+
+    /// Renews a lease; false when the worker is unknown (it must register again).
+    pub fn heartbeat(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        match state.workers.get_mut(id) {
+            Some(entry) => {
+                entry.expires = Instant::now() + self.lease;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops a worker (deregistered, lease lapsed, or unreachable). Chunks it holds fail
+    /// on their own streams and are retried elsewhere.
+    pub fn remove(&self, id: &str, why: &str) {
+        if let Some(entry) = self.lock().workers.remove(id) {
+            tracing::info!(worker = %entry.info.name, why, "worker left the fleet");
+        }
+    }
+
+    /// Drops every worker whose lease has lapsed.
+    pub fn reap_expired(&self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .lock()
+            .workers
+            .iter()
+            .filter(|(_, entry)| entry.expires < now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.remove(&id, "lease lapsed");
+        }
+    }
+
+    /// Workers registered now.
+    pub fn len(&self) -> usize {
+        self.lock().workers.len()
+    }
+
+    /// True when no worker is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Chunks waiting for a slot.
+    pub fn queue_depth(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// Refuses new waiters and fails the waiting ones (shutdown).
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.waiters.clear();
+    }
+
+    /// Waits for a free slot, preferring workers not in `avoid` (those that already failed
+    /// this chunk). Fails when no worker at all is registered for `empty_deadline`; while
+    /// workers exist but are busy, the chunk keeps its place in the queue.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        priority: QueuePriority,
+        avoid: HashSet<String>,
+        empty_deadline: Duration,
+    ) -> Result<SlotGrant, AcquireError> {
+        let (grant_tx, mut grant_rx) = oneshot::channel();
+        let waiter_id = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(AcquireError::Closed);
+            }
+            let id = state.next_waiter;
+            state.next_waiter += 1;
+            state.waiters.push(Waiter {
+                id,
+                priority,
+                avoid,
+                grant: grant_tx,
+            });
+            self.match_waiters(&mut state);
+            id
+        };
+        let mut empty_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                grant = &mut grant_rx => {
+                    return grant.map_err(|_| AcquireError::Closed);
+                }
+                _ = tokio::time::sleep(EMPTY_FLEET_CHECK) => {
+                    if !self.is_empty() {
+                        empty_since = None;
+                        continue;
+                    }
+                    let since = *empty_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= empty_deadline {
+                        self.lock().waiters.retain(|w| w.id != waiter_id);
+                        // A grant may have raced in just before the waiter left.
+                        if let Ok(grant) = grant_rx.try_recv() {
+                            return Ok(grant);
+                        }
+                        return Err(AcquireError::NoWorker(empty_deadline.as_secs_f64()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, id: &str) {
+        let mut state = self.lock();
+        if let Some(entry) = state.workers.get_mut(id) {
+            entry.busy = entry.busy.saturating_sub(1);
+        }
+        self.match_waiters(&mut state);
+    }
+
+    /// Hands free slots to waiters, best priority first.
+    fn match_waiters(self: &Arc<Self>, state: &mut State) {
+        state.waiters.retain(|w| !w.grant.is_closed());
+        state.waiters.sort_by_key(|w| w.priority);
+        let mut index = 0;
+        while index < state.waiters.len() {
+            let Some(worker_id) = pick_worker(&state.workers, &state.waiters[index].avoid) else {
+                index += 1;
+                continue;
+            };
+            let waiter = state.waiters.remove(index);
+            let Some(entry) = state.workers.get_mut(&worker_id) else {
+                continue;
+            };
+            entry.busy += 1;
+            let grant = SlotGrant {
+                worker: entry.info.clone(),
+                fleet: self.clone(),
+                armed: true,
+            };
+            if let Err(mut unsent) = waiter.grant.send(grant) {
+                // The waiter gave up; take the slot back without re-entering the lock.
+                unsent.armed = false;
+                entry.busy = entry.busy.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The least loaded idle worker, avoiding `avoid` unless every worker is in it.
+fn pick_worker(workers: &HashMap<String, Entry>, avoid: &HashSet<String>) -> Option<String> {
+    let everyone_avoided = workers.keys().all(|id| avoid.contains(id));
+    workers
+        .iter()
+        .filter(|(id, entry)| entry.busy < entry.info.slots && (everyone_avoided || !avoid.contains(*id)))
+        .min_by(|(a_id, a), (b_id, b)| {
+            let load = |e: &Entry| f64::from(e.busy) / f64::from(e.info.slots);
+            load(a).total_cmp(&load(b)).then_with(|| a_id.cmp(b_id))
+        })
+        .map(|(id, _)| id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(name: &str, slots: u32) -> RegisterWorkerRequest {
+        RegisterWorkerRequest {
+            address: "http://127.0.0.1:1".into(),
+            name: name.into(),
+            gpu_type: "cpu".into(),
+            slots,
+            gpus_per_slot: 1,
+        }
+    }
+
+    fn priority(job_seq: u64, frames: i64, index: u32) -> QueuePriority {
+        QueuePriority {
+            job_seq,
+            neg_frames: -frames,
+            index,
+        }
+    }
+
+    #[tokio::test]
+    async fn longest_chunk_gets_the_first_free_slot() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let id = fleet.register(registration("a", 1)).expect("registers");
+        let held = fleet
+            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
+            .await
+            .expect("slot");
+        let short = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                fleet.acquire(priority(0, 10, 1), HashSet::new(), Duration::from_secs(5)).await
+            })
+        };
+        let long = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                fleet.acquire(priority(0, 90, 2), HashSet::new(), Duration::from_secs(5)).await
+            })
+        };
+        while fleet.queue_depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let first = long.await.expect("joins").expect("slot");
+        assert_eq!(first.worker.id, id);
+        assert!(!short.is_finished());
+        drop(first);
+        short.await.expect("joins").expect("slot");
+    }
+
+    #[tokio::test]
+    async fn retries_avoid_workers_that_failed_the_chunk() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let a = fleet.register(registration("a", 1)).expect("registers");
+        let b = fleet.register(registration("b", 1)).expect("registers");
+        let grant = fleet
+            .acquire(priority(0, 1, 0), HashSet::from([a.clone()]), Duration::from_secs(1))
+            .await
+            .expect("slot");
+        assert_eq!(grant.worker.id, b);
+        drop(grant);
+        // With every worker avoided, any idle one is used rather than none.
+        let grant = fleet
+            .acquire(priority(0, 1, 0), HashSet::from([a, b]), Duration::from_secs(1))
+            .await;
+        assert!(grant.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_empty_fleet_fails_after_the_deadline_with_a_clear_message() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let error = fleet
+            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_millis(600))
+            .await
+            .err()
+            .expect("no workers");
+        assert!(error.to_string().contains("no worker registered within"));
+        assert_eq!(fleet.queue_depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn lapsed_leases_drop_workers() {
+        let fleet = Fleet::new(Duration::from_millis(1));
+        let id = fleet.register(registration("a", 1)).expect("registers");
+        std::thread::sleep(Duration::from_millis(5));
+        fleet.reap_expired();
+        assert!(fleet.is_empty());
+        assert!(!fleet.heartbeat(&id));
+    }
+}

@@ -1,0 +1,39 @@
+//! framefleet-orchestrator: turns one long GPU job into N short ones.
+//!
+//! - [`service`] and [`server`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
+//!   services, with health and reflection.
+//! - [`runner`]: accepts jobs ([`validate`], [`store`]) and runs each one: probe,
+//!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`], cleanup and the
+//!   cost [`report`]; [`job`] holds a job's state, progress and report.
+
+pub mod args;
+pub mod dispatch;
+pub mod fleet;
+pub mod job;
+pub mod planner;
+pub mod report;
+pub mod runner;
+pub mod server;
+pub mod service;
+pub mod stitch;
+pub mod store;
+pub mod validate;
+
+pub use args::OrchestratorArgs;
+pub use runner::Orchestrator;
+pub use server::{serve, serve_on, ServeError};
+
+/// Runs the orchestrator from its command-line arguments until Ctrl-C or SIGTERM.
+pub async fn run(args: OrchestratorArgs) -> anyhow::Result<()> {
+    let config = args.load_config()?;
+    framefleet_common::telemetry::init(&config.telemetry.log);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        framefleet_common::signals::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        signal.cancel();
+    });
+    serve(config, shutdown).await?;
+    Ok(())
+}

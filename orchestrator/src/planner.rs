@@ -1,0 +1,193 @@
+//! The planner: how many chunks a job gets and which frames each one holds.
+//!
+//! The count comes from the duration thresholds of the job's profile (or the job's own fixed
+//! count), capped by `max_chunks` and by the number of frames. Frames are then cut into
+//! contiguous ranges of near-equal length, each carried as frame indices and as timestamps
+//! (with the keyframe to start decoding from), so variable frame rate input stays exact.
+
+use framefleet_common::config::PlannerConfig;
+use framefleet_common::media::VideoInfo;
+use framefleet_common::proto::{ChunkRange, Plan};
+
+/// A job's plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The job names a profile the configuration does not have.
+    #[error("unknown planner profile `{profile}`; configured profiles: {known}")]
+    UnknownProfile {
+        /// The profile asked for.
+        profile: String,
+        /// Profiles that exist.
+        known: String,
+    },
+    /// The input holds no frames.
+    #[error("the input has no video frames to process")]
+    NoFrames,
+}
+
+/// The profile a job uses: its own, or `light` for lanczos and `neural` for models.
+pub fn profile_for(requested: &str, model: &str) -> String {
+    if !requested.is_empty() {
+        requested.to_string()
+    } else if model.is_empty() || model == "lanczos" {
+        "light".to_string()
+    } else {
+        "neural".to_string()
+    }
+}
+
+/// Cuts `video` into chunks: `requested` chunks when non-zero, else by `profile`'s
+/// thresholds.
+pub fn plan(
+    video: &VideoInfo,
+    requested: u32,
+    profile: &str,
+    config: &PlannerConfig,
+) -> Result<Plan, PlanError> {
+    let frames = video.frames.len() as u64;
+    if frames == 0 {
+        return Err(PlanError::NoFrames);
+    }
+    let duration = video.duration_seconds();
+    let (mut count, mut rule) = if requested > 0 {
+        (requested, format!("fixed: the job asked for {requested}"))
+    } else {
+        let thresholds = config
+            .profiles
+            .get(profile)
+            .ok_or_else(|| PlanError::UnknownProfile {
+                profile: profile.to_string(),
+                known: config.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
+        match thresholds
+            .thresholds
+            .iter()
+            .find(|t| duration < t.below_seconds)
+        {
+            Some(t) => (
+                t.chunks,
+                format!(
+                    "{profile}: duration {duration:.2} s < {} s -> {}",
+                    t.below_seconds, t.chunks
+                ),
+            ),
+            None => (
+                thresholds.otherwise,
+                format!(
+                    "{profile}: duration {duration:.2} s >= every threshold -> {}",
+                    thresholds.otherwise
+                ),
+            ),
+        }
+    };
+    if count > config.max_chunks {
+        count = config.max_chunks;
+        rule.push_str(&format!(", capped by max_chunks {}", config.max_chunks));
+    }
+    if u64::from(count) > frames {
+        count = frames as u32;
+        rule.push_str(&format!(", limited to the {frames} frames of the input"));
+    }
+    let count = count.max(1);
+    let ranges = (0..count)
+        .map(|index| {
+            let start = frames * u64::from(index) / u64::from(count);
+            let end = frames * u64::from(index + 1) / u64::from(count);
+            let end_pts = match video.frames.get(end as usize) {
+                Some(next) => next.pts,
+                None => video.end_pts,
+            };
+            ChunkRange {
+                index,
+                start_frame: start,
+                end_frame: end,
+                start_pts: video.frames[start as usize].pts,
+                end_pts,
+                keyframe_pts: video.keyframe_at_or_before(start as usize),
+            }
+        })
+        .collect();
+    Ok(Plan {
+        chunks: count,
+        rule,
+        ranges,
+        frames,
+        duration_seconds: duration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use framefleet_common::media::FrameStamp;
+
+    fn video(frames: usize, step: i64, time_base: (i32, i32)) -> VideoInfo {
+        VideoInfo {
+            stream_index: 0,
+            codec: "h264".into(),
+            width: 64,
+            height: 48,
+            time_base,
+            frame_rate: (0, 1),
+            frames: (0..frames)
+                .map(|i| FrameStamp {
+                    pts: i as i64 * step + (i as i64 % 3),
+                    keyframe: i % 10 == 0,
+                })
+                .collect(),
+            end_pts: frames as i64 * step,
+        }
+    }
+
+    #[test]
+    fn thresholds_choose_the_count_and_the_rule_says_why() {
+        let config = PlannerConfig::default();
+        // 1/1000 time base, 40 ms frames.
+        let short = video(50, 40, (1, 1000)); // 2 s
+        let medium = video(125, 40, (1, 1000)); // 5 s
+        let long = video(500, 40, (1, 1000)); // 20 s
+        assert_eq!(plan(&short, 0, "neural", &config).expect("plan").chunks, 1);
+        assert_eq!(plan(&medium, 0, "neural", &config).expect("plan").chunks, 2);
+        let neural_long = plan(&long, 0, "neural", &config).expect("plan");
+        assert_eq!(neural_long.chunks, 4);
+        assert!(neural_long.rule.starts_with("neural: duration 20.00 s"), "{}", neural_long.rule);
+        assert_eq!(plan(&long, 0, "light", &config).expect("plan").chunks, 1);
+    }
+
+    #[test]
+    fn ranges_cover_every_frame_once_with_exact_timestamps() {
+        let config = PlannerConfig::default();
+        let input = video(103, 512, (1, 15360));
+        for requested in 1..=4 {
+            let plan = plan(&input, requested, "light", &config).expect("plan");
+            assert_eq!(plan.ranges.len(), requested as usize);
+            let mut next = 0;
+            for range in &plan.ranges {
+                assert_eq!(range.start_frame, next);
+                assert_eq!(range.start_pts, input.frames[next as usize].pts);
+                assert!(range.keyframe_pts <= range.start_pts);
+                next = range.end_frame;
+            }
+            assert_eq!(next, 103);
+            assert_eq!(plan.ranges.last().map(|r| r.end_pts), Some(input.end_pts));
+            let sizes: Vec<u64> = plan.ranges.iter().map(|r| r.end_frame - r.start_frame).collect();
+            assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1);
+        }
+    }
+
+    #[test]
+    fn counts_are_capped_by_config_and_by_frames() {
+        let config = PlannerConfig {
+            max_chunks: 3,
+            ..PlannerConfig::default()
+        };
+        let capped = plan(&video(100, 1, (1, 30)), 8, "light", &config).expect("plan");
+        assert_eq!(capped.chunks, 3);
+        assert!(capped.rule.contains("max_chunks 3"));
+        let one_frame = plan(&video(1, 1, (1, 30)), 3, "light", &config).expect("plan");
+        assert_eq!(one_frame.chunks, 1);
+        assert!(plan(&video(10, 1, (1, 30)), 0, "nope", &config).is_err());
+        assert_eq!(profile_for("", "lanczos"), "light");
+        assert_eq!(profile_for("", "realesr-animevideov3-x2"), "neural");
+    }
+}

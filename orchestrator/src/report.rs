@@ -1,0 +1,90 @@
+//! Builds a job's cost report from what its run recorded.
+
+use std::collections::BTreeMap;
+
+use framefleet_common::cost::{ChunkCost, CostReport, OrchestratorCost, PlanSummary};
+use framefleet_common::proto::{JobState, Phase, Plan};
+use framefleet_common::storage::IoCounters;
+
+use crate::dispatch::AcceptedChunk;
+use crate::job::JobRecord;
+
+/// What a job's run recorded as it went.
+#[derive(Debug, Default)]
+pub struct RunLog {
+    /// Planner profile used.
+    pub profile: String,
+    /// The plan, once made.
+    pub plan: Option<Plan>,
+    /// Chunks accepted so far.
+    pub accepted: Vec<AcceptedChunk>,
+    /// Seconds spent probing.
+    pub probe_seconds: f64,
+    /// Seconds spent stitching and uploading.
+    pub stitch_seconds: f64,
+}
+
+/// The cost report of `job` as it ends in `state`.
+pub fn build(
+    job: &JobRecord,
+    log: &RunLog,
+    orchestrator_io: &IoCounters,
+    pricing: &BTreeMap<String, f64>,
+    state: JobState,
+) -> CostReport {
+    let plan = log.plan.clone().unwrap_or_default();
+    let mut chunks: Vec<ChunkCost> = log.accepted.iter().map(chunk_cost).collect();
+    chunks.sort_by_key(|c| c.index);
+    let mut report = CostReport {
+        job_id: job.id.clone(),
+        state: state.label().to_string(),
+        input_uri: job.spec.input_uri.clone(),
+        output_uri: job.spec.output_uri.clone(),
+        plan: PlanSummary {
+            chunks: plan.chunks,
+            rule: plan.rule,
+            profile: log.profile.clone(),
+            frames: plan.frames,
+            duration_seconds: plan.duration_seconds,
+        },
+        chunks,
+        orchestrator: OrchestratorCost {
+            probe_seconds: log.probe_seconds,
+            stitch_seconds: log.stitch_seconds,
+            bytes_read: orchestrator_io.bytes_read(),
+            bytes_written: orchestrator_io.bytes_written(),
+        },
+        pricing: pricing.clone(),
+        ..CostReport::default()
+    };
+    report.finalize(job.accepted.elapsed().as_secs_f64());
+    report
+}
+
+fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
+    let result = &chunk.result;
+    ChunkCost {
+        index: chunk.range.index,
+        start_frame: chunk.range.start_frame,
+        end_frame: chunk.range.end_frame,
+        frames: result.frames,
+        attempts: chunk.attempts,
+        worker: result.worker_name.clone(),
+        gpu_type: result.gpu_type.clone(),
+        device: result.device.clone(),
+        gpu_seconds: result.gpu_seconds,
+        wasted_gpu_seconds: chunk.wasted_gpu_seconds,
+        cost_usd: 0.0,
+        phases: result
+            .phases
+            .iter()
+            .filter_map(|timing| {
+                Phase::try_from(timing.phase)
+                    .ok()
+                    .map(|phase| (phase.label().to_string(), timing.seconds))
+            })
+            .collect(),
+        bytes_read: result.bytes_read,
+        bytes_written: result.bytes_written,
+    }
+}

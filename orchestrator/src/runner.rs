@@ -1,0 +1,307 @@
+//! The orchestrator's core: accepts jobs and runs each one end to end.
+//!
+//! A job is probed, planned, its chunks dispatched concurrently (the first chunk that fails
+//! for good fails the job and stops the others), stitched and reported. Whatever happens,
+//! success, failure or cancel, the job's temporary chunk objects are deleted before its
+//! terminal state is published, and exactly one terminal state is published.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use framefleet_common::config::Config;
+use framefleet_common::media::{self, MediaInfo, ProbeError};
+use framefleet_common::proto::{JobSpec, JobState, ProcessChunkRequest, Rational};
+use framefleet_common::storage::{ObjectUri, Storage, StorageError};
+
+use crate::dispatch::{self, AcceptedChunk, ChunkWork, DispatchContext, DispatchError};
+use crate::fleet::Fleet;
+use crate::job::JobRecord;
+use crate::planner::{self, PlanError};
+use crate::report::{self, RunLog};
+use crate::stitch::{self, StitchError};
+use crate::store::{JobStore, KeyConflict};
+use crate::validate::{self, InvalidSpec};
+
+/// Longest a probe may take before the job fails.
+const PROBE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// After a failure or cancel, chunk objects are deleted again after this grace, in case a
+/// worker was finishing an upload as it was told to stop.
+const CLEANUP_GRACE: Duration = Duration::from_millis(1500);
+
+/// Why a job failed, in words a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The input or output storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The input is not a processable video.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// The probe took too long.
+    #[error("probing the input took longer than {0} s; the storage is too slow or the file is pathological")]
+    ProbeTimeout(u64),
+    /// No plan could be made.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A chunk failed for good.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// The chunks could not be joined.
+    #[error(transparent)]
+    Stitch(#[from] StitchError),
+    /// The job was cancelled.
+    #[error("the job was cancelled")]
+    Cancelled,
+    /// The orchestrator stopped first.
+    #[error("the orchestrator shut down before the job finished; submit it again")]
+    ShuttingDown,
+    /// A task of the orchestrator crashed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSpec),
+    /// The idempotency key belongs to another job.
+    #[error(transparent)]
+    Conflict(#[from] KeyConflict),
+    /// The orchestrator is shutting down.
+    #[error("the orchestrator is shutting down and accepts no new jobs")]
+    ShuttingDown,
+}
+
+/// The orchestrator: configuration, storage, workers and jobs.
+pub struct Orchestrator {
+    /// Configuration it was started with.
+    pub config: Arc<Config>,
+    /// Storage client.
+    pub storage: Storage,
+    /// Registered workers.
+    pub fleet: Arc<Fleet>,
+    /// Jobs.
+    pub jobs: JobStore,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Orchestrator {
+    /// An orchestrator with no jobs and no workers, stopping its jobs on `shutdown`.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            storage: Storage::new(&config.storage),
+            fleet: Fleet::new(Duration::from_secs_f64(config.orchestrator.lease_seconds)),
+            config: Arc::new(config),
+            jobs: JobStore::default(),
+            shutdown,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Validates and accepts a job (or returns the one its idempotency key names) and
+    /// starts it.
+    pub fn submit(
+        self: &Arc<Self>,
+        idempotency_key: &str,
+        spec: JobSpec,
+    ) -> Result<(Arc<JobRecord>, bool), SubmitError> {
+        if self.shutdown.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let spec = validate::normalize(spec, &self.config)?;
+        let (job, created) = self.jobs.create(idempotency_key, spec)?;
+        if created {
+            tracing::info!(job = %job.id, input = %job.spec.input_uri, output = %job.spec.output_uri, "job accepted");
+            self.tasks.spawn(self.clone().run_job(job.clone()));
+        }
+        Ok((job, created))
+    }
+
+    /// Stops accepting jobs and waits for running ones to reach a terminal state.
+    pub async fn drain(&self) {
+        self.fleet.close();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn run_job(self: Arc<Self>, job: Arc<JobRecord>) {
+        let io = self.storage.counted();
+        let log = Arc::new(Mutex::new(RunLog::default()));
+        let outcome = tokio::select! {
+            result = self.execute(&job, &io, &log) => result,
+            _ = job.cancel.cancelled() => Err(JobError::Cancelled),
+            _ = self.shutdown.cancelled() => Err(JobError::ShuttingDown),
+        };
+        if let Ok(scratch) = validate::scratch_prefix(&job.spec, &job.id, &self.config) {
+            self.clean_up(&io, &scratch, outcome.is_err()).await;
+        }
+        let (state, error) = match &outcome {
+            Ok(()) => (JobState::Succeeded, None),
+            Err(JobError::Cancelled) => (JobState::Cancelled, None),
+            Err(error) => (JobState::Failed, Some(error.to_string())),
+        };
+        match &error {
+            Some(error) => tracing::warn!(job = %job.id, %error, "job failed"),
+            None => tracing::info!(job = %job.id, state = state.label(), "job ended"),
+        }
+        let report = {
+            let log = log.lock().unwrap_or_else(|p| p.into_inner());
+            report::build(&job, &log, io.counters(), &self.config.pricing, state)
+        };
+        job.finish(state, error, Some(report));
+    }
+
+    async fn clean_up(&self, io: &Storage, scratch: &ObjectUri, after_failure: bool) {
+        let passes = if after_failure { 2 } else { 1 };
+        for pass in 0..passes {
+            if pass > 0 {
+                tokio::time::sleep(CLEANUP_GRACE).await;
+            }
+            match io.delete_prefix(scratch).await {
+                Ok(deleted) if deleted > 0 => {
+                    tracing::debug!(%scratch, deleted, "temporary chunk objects deleted")
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%scratch, %error, "deleting temporary chunk objects failed")
+                }
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        job: &Arc<JobRecord>,
+        io: &Storage,
+        log: &Mutex<RunLog>,
+    ) -> Result<(), JobError> {
+        let spec = &job.spec;
+        let input: ObjectUri = spec.input_uri.parse()?;
+        let output: ObjectUri = spec.output_uri.parse()?;
+        let scratch = validate::scratch_prefix(spec, &job.id, &self.config)?;
+
+        job.set_state(JobState::Probing);
+        let probe_started = Instant::now();
+        let info = Arc::new(probe(io, &input).await?);
+        let processor = spec.processor.clone().unwrap_or_default();
+        let profile = planner::profile_for(&spec.profile, &processor.model);
+        let plan = planner::plan(&info.video, spec.chunks, &profile, &self.config.planner)?;
+        tracing::info!(job = %job.id, frames = plan.frames, chunks = plan.chunks, rule = %plan.rule, "job planned");
+        job.set_plan(&plan);
+        {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.probe_seconds = probe_started.elapsed().as_secs_f64();
+            log.profile = profile;
+            log.plan = Some(plan.clone());
+        }
+
+        job.set_state(JobState::Running);
+        let video = &info.video;
+        let time_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
+        let template = ProcessChunkRequest {
+            job_id: job.id.clone(),
+            input_uri: input.to_string(),
+            processor: Some(processor),
+            encoder: spec.encoder.clone(),
+            video_stream_index: video.stream_index as u32,
+            time_base: Some(Rational {
+                num: video.time_base.0,
+                den: video.time_base.1,
+            }),
+            frame_rate: Some(Rational {
+                num: video.frame_rate.0,
+                den: video.frame_rate.1,
+            }),
+            ..ProcessChunkRequest::default()
+        };
+        let context = DispatchContext {
+            fleet: self.fleet.clone(),
+            storage: io.clone(),
+            config: self.config.dispatch.clone(),
+        };
+        let work: Vec<ChunkWork> = plan
+            .ranges
+            .iter()
+            .map(|range| ChunkWork {
+                job: job.clone(),
+                request: template.clone(),
+                range: *range,
+                scratch: scratch.clone(),
+                time_base,
+            })
+            .collect();
+        let mut accepted: Vec<AcceptedChunk> =
+            futures::future::try_join_all(work.iter().map(|work| async {
+                let chunk = dispatch::run_chunk(&context, work).await?;
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accepted
+                    .push(chunk.clone());
+                Ok::<_, JobError>(chunk)
+            }))
+            .await?;
+        accepted.sort_by_key(|chunk| chunk.range.index);
+
+        job.stitching();
+        let stitch_started = Instant::now();
+        let chunks: Vec<ObjectUri> = accepted.iter().map(|c| c.output.clone()).collect();
+        stitch_and_upload(io, chunks, input, info, &output).await?;
+        log.lock().unwrap_or_else(|p| p.into_inner()).stitch_seconds =
+            stitch_started.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+/// Probes the input on a blocking thread, under [`PROBE_DEADLINE`].
+async fn probe(io: &Storage, input: &ObjectUri) -> Result<MediaInfo, JobError> {
+    let storage = io.clone();
+    let uri = input.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let probing = tokio::task::spawn_blocking(move || -> Result<MediaInfo, JobError> {
+        let reader = storage.open_reader(&uri, runtime)?;
+        Ok(media::probe(reader, uri.file_name())?)
+    });
+    match tokio::time::timeout(PROBE_DEADLINE, probing).await {
+        Err(_) => Err(JobError::ProbeTimeout(PROBE_DEADLINE.as_secs())),
+        Ok(Err(e)) => Err(JobError::Internal(format!("the probe crashed: {e}"))),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// Stitches into a local temporary file on a blocking thread, then uploads it.
+async fn stitch_and_upload(
+    io: &Storage,
+    chunks: Vec<ObjectUri>,
+    input: ObjectUri,
+    info: Arc<MediaInfo>,
+    output: &ObjectUri,
+) -> Result<(), JobError> {
+    let directory = tempfile::Builder::new()
+        .prefix("framefleet-stitch-")
+        .tempdir()
+        .map_err(|e| JobError::Internal(format!("cannot create a temporary directory: {e}")))?;
+    let extension = Path::new(output.file_name())
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("mp4")
+        .to_string();
+    let local = directory.path().join(format!("output.{extension}"));
+    let storage = io.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let target = local.clone();
+    tokio::task::spawn_blocking(move || {
+        stitch::stitch(&storage, &runtime, &chunks, &input, &info, &target)
+    })
+    .await
+    .map_err(|e| JobError::Internal(format!("the stitch crashed: {e}")))??;
+    io.upload_file(&local, output).await?;
+    Ok(())
+}

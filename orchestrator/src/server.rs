@@ -1,0 +1,99 @@
+//! Serving the orchestrator: `Orchestrator` and `Fleet` with health and reflection on one
+//! listener, a lease reaper, and an orderly stop when the shutdown token fires (no new jobs,
+//! running jobs end, then the server closes).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use framefleet_common::config::Config;
+use framefleet_common::proto::fleet_server::FleetServer;
+use framefleet_common::proto::orchestrator_server::OrchestratorServer;
+use framefleet_common::proto::FILE_DESCRIPTOR_SET;
+
+use crate::runner::Orchestrator;
+use crate::service::{FleetService, OrchestratorService};
+
+/// The orchestrator could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}; pick a free address with orchestrator.listen")]
+    Bind {
+        /// The address asked for.
+        address: SocketAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the orchestrator's gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up.
+    #[error("gRPC reflection could not be built: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Binds `config.orchestrator.listen` and serves until `shutdown`.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let address = config.orchestrator.listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let orchestrator = Orchestrator::new(config, shutdown.clone());
+    serve_on(listener, orchestrator, shutdown).await
+}
+
+/// Serves `orchestrator` on an already bound listener until `shutdown`.
+pub async fn serve_on(
+    listener: TcpListener,
+    orchestrator: Arc<Orchestrator>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    framefleet_common::media::init();
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "orchestrator listening");
+    }
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<OrchestratorServer<OrchestratorService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reaper = {
+        let fleet = orchestrator.fleet.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(fleet.lease() / 4);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticks.tick() => fleet.reap_expired(),
+                }
+            }
+        })
+    };
+    let drained = {
+        let orchestrator = orchestrator.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: finishing running jobs");
+            orchestrator.drain().await;
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(OrchestratorServer::new(OrchestratorService::new(orchestrator.clone())))
+        .add_service(FleetServer::new(FleetService::new(orchestrator)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
+        .await;
+    shutdown.cancel();
+    let _ = reaper.await;
+    served.map_err(ServeError::from)
+}

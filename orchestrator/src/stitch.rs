@@ -1,0 +1,289 @@
+//! The stitch: joins the accepted chunks, in index order, into the final file without
+//! re-encoding, and copies the input's audio streams unchanged, once, for the whole job
+//! (audio cut per chunk drifts: AAC priming and per-chunk rounding add up).
+//!
+//! Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
+//! of files. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
+//! are written with the index first (`faststart`), so they play before they are fully
+//! downloaded. The stitch is a pure function of the chunk objects and the input, so it can
+//! be run again.
+
+use std::path::Path;
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg::{format, media, Packet, Rational};
+
+use framefleet_common::media::{open_input, MediaInfo, PacketReader, ReadError};
+use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
+
+/// Why the stitch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StitchError {
+    /// A chunk or the input could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A packet could not be read.
+    #[error("reading {uri} during the stitch failed: {source}")]
+    Read {
+        /// The object being read.
+        uri: String,
+        /// The read error.
+        #[source]
+        source: ReadError,
+    },
+    /// FFmpeg refused the output.
+    #[error("writing the output failed: {0}; check that the output name ends in .mp4, .mov or .mkv")]
+    Write(String),
+    /// The chunks do not add up to the input.
+    #[error("the chunks hold {got} video frames but the input has {expected}")]
+    FrameCount {
+        /// Frames stitched.
+        got: u64,
+        /// Frames in the input.
+        expected: u64,
+    },
+}
+
+/// What the stitch wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stitched {
+    /// Video packets (frames) written.
+    pub video_packets: u64,
+    /// Audio packets copied.
+    pub audio_packets: u64,
+}
+
+fn write_error(what: &str) -> impl Fn(ffmpeg::Error) -> StitchError + '_ {
+    move |e| StitchError::Write(format!("{what}: {e}"))
+}
+
+/// Joins `chunks` and the audio of `input` into the local file `output` (its extension
+/// chooses the container). Blocking: run it on a thread of its own.
+pub fn stitch(
+    storage: &Storage,
+    runtime: &tokio::runtime::Handle,
+    chunks: &[ObjectUri],
+    input: &ObjectUri,
+    info: &MediaInfo,
+    output: &Path,
+) -> Result<Stitched, StitchError> {
+    let open = |uri: &ObjectUri| -> Result<format::context::Input, StitchError> {
+        let reader: ObjectReader = storage.open_reader(uri, runtime.clone())?;
+        open_input(reader, uri.file_name())
+            .map_err(|e| StitchError::Write(format!("cannot open {uri}: {e}")))
+    };
+    let first_chunk = chunks
+        .first()
+        .ok_or_else(|| StitchError::Write("there are no chunks to stitch".into()))?;
+    let video_parameters = {
+        let chunk = open(first_chunk)?;
+        let stream = chunk
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| StitchError::Write(format!("{first_chunk} holds no video")))?;
+        stream.parameters()
+    };
+    let mut source = open(input)?;
+    let mut output_context = format::output(&output).map_err(write_error("cannot create the output"))?;
+    let video_time_base = Rational::new(info.video.time_base.0, info.video.time_base.1);
+    add_copy_stream(&mut output_context, video_parameters, video_time_base)?;
+    let mut audio_map = vec![None; source.nb_streams() as usize];
+    for (position, audio) in info.audio.iter().enumerate() {
+        let Some(stream) = source.stream(audio.stream_index) else {
+            continue;
+        };
+        add_copy_stream(&mut output_context, stream.parameters(), stream.time_base())?;
+        if let Some(slot) = audio_map.get_mut(audio.stream_index) {
+            *slot = Some((position + 1, stream.time_base()));
+        }
+    }
+    output_context.set_metadata(source.metadata().to_owned());
+    let mut options = ffmpeg::Dictionary::new();
+    let name = output_context.format().name().to_string();
+    if name.contains("mp4") || name.contains("mov") {
+        options.set("movflags", "+faststart");
+    }
+    output_context
+        .write_header_with(options)
+        .map_err(write_error("cannot write the output header"))?;
+    let out_time_bases: Vec<Rational> = output_context.streams().map(|s| s.time_base()).collect();
+
+    let mut video = ChunkPackets {
+        chunks,
+        next_chunk: 0,
+        current: None,
+        open: &open,
+    };
+    let mut audio = AudioPackets {
+        input: &mut source,
+        reader: PacketReader::default(),
+        map: &audio_map,
+        uri: input,
+    };
+    let mut next_video = video.next()?;
+    let mut next_audio = audio.next()?;
+    let mut stitched = Stitched::default();
+    let mut last_video_dts: Option<i64> = None;
+    loop {
+        let take_video = match (&next_video, &next_audio) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((v, v_tb)), Some((a, _, a_tb))) => earlier(v, *v_tb, a, *a_tb),
+        };
+        if take_video {
+            let Some((mut packet, time_base)) = next_video.take() else {
+                break;
+            };
+            packet.rescale_ts(time_base, out_time_bases[0]);
+            keep_dts_increasing(&mut packet, &mut last_video_dts);
+            write(&mut packet, 0, &mut output_context)?;
+            stitched.video_packets += 1;
+            next_video = video.next()?;
+        } else {
+            let Some((mut packet, out_index, time_base)) = next_audio.take() else {
+                break;
+            };
+            packet.rescale_ts(time_base, out_time_bases[out_index]);
+            write(&mut packet, out_index, &mut output_context)?;
+            stitched.audio_packets += 1;
+            next_audio = audio.next()?;
+        }
+    }
+    output_context
+        .write_trailer()
+        .map_err(write_error("cannot finish the output"))?;
+    let expected = info.video.frames.len() as u64;
+    if stitched.video_packets != expected {
+        return Err(StitchError::FrameCount {
+            got: stitched.video_packets,
+            expected,
+        });
+    }
+    Ok(stitched)
+}
+
+fn add_copy_stream(
+    output: &mut format::context::Output,
+    parameters: ffmpeg::codec::Parameters,
+    time_base: Rational,
+) -> Result<(), StitchError> {
+    let mut stream = output
+        .add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None))
+        .map_err(write_error("cannot add a stream"))?;
+    stream.set_parameters(parameters);
+    // SAFETY: the stream was just created by this output context and its codec parameters
+    // are allocated and exclusively borrowed through `stream`. A container's codec tag
+    // (NUT's `H264`) is meaningless in another container and must be cleared.
+    unsafe {
+        (*stream.parameters().as_mut_ptr()).codec_tag = 0;
+    }
+    stream.set_time_base(time_base);
+    Ok(())
+}
+
+fn write(
+    packet: &mut Packet,
+    stream: usize,
+    output: &mut format::context::Output,
+) -> Result<(), StitchError> {
+    packet.set_stream(stream);
+    packet.set_position(-1);
+    packet
+        .write_interleaved(output)
+        .map_err(write_error("cannot write a packet"))
+}
+
+/// True when `a` decodes no later than `b` (exact rational comparison of decode times).
+fn earlier(a: &Packet, a_base: Rational, b: &Packet, b_base: Rational) -> bool {
+    let time = |p: &Packet| p.dts().or(p.pts()).unwrap_or(i64::MIN);
+    let left = i128::from(time(a)) * i128::from(a_base.numerator()) * i128::from(b_base.denominator());
+    let right = i128::from(time(b)) * i128::from(b_base.numerator()) * i128::from(a_base.denominator());
+    left <= right
+}
+
+/// Chunks joined end to end can make decode timestamps repeat at a boundary; nudge them
+/// forward by a tick where that keeps them at or before the presentation timestamp.
+fn keep_dts_increasing(packet: &mut Packet, last: &mut Option<i64>) {
+    if let (Some(dts), Some(previous)) = (packet.dts(), *last) {
+        if dts <= previous {
+            let nudged = previous + 1;
+            if packet.pts().is_none_or(|pts| nudged <= pts) {
+                packet.set_dts(Some(nudged));
+            }
+        }
+    }
+    *last = packet.dts().or(*last);
+}
+
+/// Video packets of every chunk in order, one chunk open at a time.
+struct ChunkPackets<'a, F> {
+    chunks: &'a [ObjectUri],
+    next_chunk: usize,
+    current: Option<(format::context::Input, PacketReader, usize, Rational, &'a ObjectUri)>,
+    open: &'a F,
+}
+
+impl<F> ChunkPackets<'_, F>
+where
+    F: Fn(&ObjectUri) -> Result<format::context::Input, StitchError>,
+{
+    fn next(&mut self) -> Result<Option<(Packet, Rational)>, StitchError> {
+        loop {
+            if let Some((input, reader, stream, time_base, uri)) = &mut self.current {
+                match reader.next(input) {
+                    Ok(Some(packet)) if packet.stream() == *stream => {
+                        return Ok(Some((packet, *time_base)))
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => self.current = None,
+                    Err(source) => {
+                        return Err(StitchError::Read {
+                            uri: uri.to_string(),
+                            source,
+                        })
+                    }
+                }
+            }
+            let Some(uri) = self.chunks.get(self.next_chunk) else {
+                return Ok(None);
+            };
+            self.next_chunk += 1;
+            let input = (self.open)(uri)?;
+            let stream = input
+                .streams()
+                .best(media::Type::Video)
+                .ok_or_else(|| StitchError::Write(format!("{uri} holds no video")))?;
+            let (index, time_base) = (stream.index(), stream.time_base());
+            self.current = Some((input, PacketReader::default(), index, time_base, uri));
+        }
+    }
+}
+
+/// The input's audio packets, with the output stream each one goes to.
+struct AudioPackets<'a> {
+    input: &'a mut format::context::Input,
+    reader: PacketReader,
+    map: &'a [Option<(usize, Rational)>],
+    uri: &'a ObjectUri,
+}
+
+impl AudioPackets<'_> {
+    fn next(&mut self) -> Result<Option<(Packet, usize, Rational)>, StitchError> {
+        if self.map.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        loop {
+            let packet = self.reader.next(self.input).map_err(|source| StitchError::Read {
+                uri: self.uri.to_string(),
+                source,
+            })?;
+            let Some(packet) = packet else {
+                return Ok(None);
+            };
+            if let Some(Some((out_index, time_base))) = self.map.get(packet.stream()) {
+                return Ok(Some((packet, *out_index, *time_base)));
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Where jobs live while the orchestrator runs: by id, in submission order, and by
+//! idempotency key, so a repeated submission returns the job it first created.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use framefleet_common::proto::JobSpec;
+
+use crate::job::JobRecord;
+
+/// A submission reused an idempotency key for a different job.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency key `{key}` was already used for job {job_id} with a different spec; use a new key")]
+pub struct KeyConflict {
+    /// The reused key.
+    pub key: String,
+    /// The job it belongs to.
+    pub job_id: String,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, Arc<JobRecord>>,
+    order: Vec<String>,
+    by_key: HashMap<String, String>,
+    next_seq: u64,
+}
+
+/// The jobs of this orchestrator.
+#[derive(Default)]
+pub struct JobStore {
+    state: Mutex<State>,
+}
+
+impl JobStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a job for `spec`, or returns the one an earlier submission with the same
+    /// non-empty `key` created. The flag is true when the job is new.
+    pub fn create(
+        &self,
+        key: &str,
+        spec: JobSpec,
+    ) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
+        let mut state = self.lock();
+        if !key.is_empty() {
+            if let Some(existing) = state.by_key.get(key).and_then(|id| state.jobs.get(id)) {
+                if existing.spec != spec {
+                    return Err(KeyConflict {
+                        key: key.to_string(),
+                        job_id: existing.id.clone(),
+                    });
+                }
+                return Ok((existing.clone(), false));
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let id = format!("job-{}", uuid::Uuid::new_v4().simple());
+        let job = Arc::new(JobRecord::new(id.clone(), seq, spec));
+        state.jobs.insert(id.clone(), job.clone());
+        state.order.push(id.clone());
+        if !key.is_empty() {
+            state.by_key.insert(key.to_string(), id);
+        }
+        Ok((job, true))
+    }
+
+    /// The job with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<JobRecord>> {
+        self.lock().jobs.get(id).cloned()
+    }
+
+    /// Every job, oldest first.
+    pub fn list(&self) -> Vec<Arc<JobRecord>> {
+        let state = self.lock();
+        state
+            .order
+            .iter()
+            .filter_map(|id| state.jobs.get(id).cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(input: &str) -> JobSpec {
+        JobSpec {
+            input_uri: input.into(),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_map_to_one_job() {
+        let store = JobStore::default();
+        let (first, created) = store.create("k1", spec("file:///a")).expect("new");
+        assert!(created);
+        let (again, created) = store.create("k1", spec("file:///a")).expect("same");
+        assert!(!created);
+        assert_eq!(first.id, again.id);
+        let conflict = store.create("k1", spec("file:///b")).err().expect("conflict");
+        assert!(conflict.to_string().contains(&first.id));
+        let (other, created) = store.create("", spec("file:///a")).expect("new");
+        assert!(created);
+        assert_ne!(other.id, first.id);
+        assert_eq!(store.list().len(), 2);
+        assert!(other.seq > first.seq);
+    }
+}

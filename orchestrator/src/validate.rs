@@ -1,0 +1,146 @@
+//! Submission checks: a job is refused at the door, with a message naming what to fix,
+//! rather than failing later. Also fills in defaults, so equal requests compare equal for
+//! idempotency.
+
+use std::path::Path;
+
+use framefleet_common::config::Config;
+use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec};
+use framefleet_common::storage::{ObjectUri, StorageError};
+
+/// Output containers the stitch can write.
+const OUTPUT_EXTENSIONS: [&str; 4] = ["mp4", "m4v", "mov", "mkv"];
+
+/// x264 presets.
+const PRESETS: [&str; 10] = [
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+    "veryslow", "placebo",
+];
+
+/// Most chunks one job may ask for.
+const MAX_REQUESTED_CHUNKS: u32 = 1024;
+
+/// A job spec that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid job: {0}")]
+pub struct InvalidSpec(pub String);
+
+impl From<StorageError> for InvalidSpec {
+    fn from(error: StorageError) -> Self {
+        InvalidSpec(error.to_string())
+    }
+}
+
+/// Checks a spec and fills its defaults (lanczos at scale 1, x264 `medium` at crf 18).
+pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
+    let input: ObjectUri = spec.input_uri.parse()?;
+    let output: ObjectUri = spec.output_uri.parse()?;
+    if input == output {
+        return Err(InvalidSpec("the output would overwrite the input; choose another output".into()));
+    }
+    let extension = Path::new(output.file_name())
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if !OUTPUT_EXTENSIONS.contains(&extension.as_str()) {
+        return Err(InvalidSpec(format!(
+            "the output `{}` must end in one of: .{}",
+            spec.output_uri,
+            OUTPUT_EXTENSIONS.join(", .")
+        )));
+    }
+    let processor = spec.processor.get_or_insert_with(ProcessorSpec::default);
+    if processor.model.is_empty() {
+        processor.model = "lanczos".into();
+    }
+    if processor.scale == 0.0 {
+        processor.scale = 1.0;
+    }
+    if !(processor.scale.is_finite() && (0.05..=16.0).contains(&processor.scale)) {
+        return Err(InvalidSpec(format!(
+            "scale {} is outside 0.05-16",
+            processor.scale
+        )));
+    }
+    let encoder = spec.encoder.get_or_insert_with(EncoderSettings::default);
+    if encoder.preset.is_empty() {
+        encoder.preset = "medium".into();
+    }
+    if !PRESETS.contains(&encoder.preset.as_str()) {
+        return Err(InvalidSpec(format!(
+            "unknown x264 preset `{}`; use one of: {}",
+            encoder.preset,
+            PRESETS.join(", ")
+        )));
+    }
+    if encoder.crf == 0 && !encoder.lossless {
+        encoder.crf = 18;
+    }
+    if encoder.crf > 51 {
+        return Err(InvalidSpec(format!("crf {} is above 51", encoder.crf)));
+    }
+    if spec.chunks > MAX_REQUESTED_CHUNKS {
+        return Err(InvalidSpec(format!(
+            "{} chunks asked; at most {MAX_REQUESTED_CHUNKS}",
+            spec.chunks
+        )));
+    }
+    if !spec.profile.is_empty() && !config.planner.profiles.contains_key(&spec.profile) {
+        return Err(InvalidSpec(format!(
+            "unknown planner profile `{}`; configured: {}",
+            spec.profile,
+            config.planner.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(spec)
+}
+
+/// Where a job's temporary chunk objects go: `<scratch>/jobs/<job>/`, the scratch root being
+/// `orchestrator.scratch_uri` or `.framefleet/` beside the output.
+pub fn scratch_prefix(spec: &JobSpec, job_id: &str, config: &Config) -> Result<ObjectUri, StorageError> {
+    let root = if config.orchestrator.scratch_uri.is_empty() {
+        spec.output_uri.parse::<ObjectUri>()?.parent().join(".framefleet")?
+    } else {
+        config.orchestrator.scratch_uri.parse()?
+    };
+    root.join(&format!("jobs/{job_id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(output: &str) -> JobSpec {
+        JobSpec {
+            input_uri: "s3://bucket/in.mp4".into(),
+            output_uri: output.into(),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_and_bad_specs_name_the_problem() {
+        let config = Config::default();
+        let normal = normalize(spec("s3://bucket/out.mp4"), &config).expect("valid");
+        assert_eq!(normal.processor.as_ref().map(|p| p.scale), Some(1.0));
+        assert_eq!(normal.encoder.as_ref().map(|e| e.crf), Some(18));
+        let error = normalize(spec("s3://bucket/out.avi"), &config).expect_err("avi");
+        assert!(error.to_string().contains(".mp4"), "{error}");
+        let error = normalize(spec("s3://bucket/in.mp4"), &config).expect_err("same");
+        assert!(error.to_string().contains("overwrite"));
+        let mut bad_preset = spec("s3://bucket/out.mp4");
+        bad_preset.encoder = Some(EncoderSettings { preset: "warp".into(), ..Default::default() });
+        assert!(normalize(bad_preset, &config).is_err());
+        let mut escape = spec("file:///tmp/../etc/out.mp4");
+        escape.input_uri = "file:///tmp/in.mp4".into();
+        assert!(normalize(escape, &config).is_err());
+    }
+
+    #[test]
+    fn scratch_defaults_beside_the_output() {
+        let config = Config::default();
+        let prefix = scratch_prefix(&spec("s3://bucket/exports/out.mp4"), "job-1", &config).expect("ok");
+        assert_eq!(prefix.to_string(), "s3://bucket/exports/.framefleet/jobs/job-1");
+    }
+}
