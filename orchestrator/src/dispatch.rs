@@ -169,7 +169,7 @@ async fn attempt_once(
         .map_err(AttemptError::NoSlot)?;
     let output = work
         .scratch
-        .join(&format!("chunks/{:05}-a{attempt}.nut", range.index))
+        .join(&format!("chunks/{:05}-a{attempt}.mp4", range.index))
         .map_err(|e| AttemptError::Permanent(e.to_string()))?;
     let mut request = work.request.clone();
     request.attempt = attempt;

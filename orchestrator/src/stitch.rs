@@ -3,11 +3,13 @@
 //! (audio cut per chunk drifts: AAC priming and per-chunk rounding add up).
 //!
 //! Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
-//! of files. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
+//! of files. Each frame keeps its input timestamp and gets its input duration back from
+//! the probe. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
 //! are written with the index first (`faststart`), so they play before they are fully
 //! downloaded. The stitch is a pure function of the chunk objects and the input, so it can
 //! be run again.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use ffmpeg_next as ffmpeg;
@@ -122,6 +124,7 @@ pub fn stitch(
     };
     let mut next_video = video.next()?;
     let mut next_audio = audio.next()?;
+    let durations = frame_durations(info);
     let mut stitched = Stitched::default();
     let mut last_video_dts: Option<i64> = None;
     loop {
@@ -135,7 +138,11 @@ pub fn stitch(
             let Some((mut packet, time_base)) = next_video.take() else {
                 break;
             };
-            packet.rescale_ts(time_base, out_time_bases[0]);
+            packet.rescale_ts(time_base, video_time_base);
+            if let Some(duration) = packet.pts().and_then(|pts| durations.get(&pts)) {
+                packet.set_duration(*duration);
+            }
+            packet.rescale_ts(video_time_base, out_time_bases[0]);
             keep_dts_increasing(&mut packet, &mut last_video_dts);
             write(&mut packet, 0, &mut output_context)?;
             stitched.video_packets += 1;
@@ -161,6 +168,21 @@ pub fn stitch(
         });
     }
     Ok(stitched)
+}
+
+/// Every input frame's duration by its timestamp: the gap to the next frame, or to the end
+/// of the stream for the last one. Containers do not all keep packet durations, and MP4
+/// needs the last one to get the stream's length right.
+fn frame_durations(info: &MediaInfo) -> HashMap<i64, i64> {
+    let frames = &info.video.frames;
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let next = frames.get(i + 1).map_or(info.video.end_pts, |f| f.pts);
+            (frame.pts, next - frame.pts)
+        })
+        .collect()
 }
 
 fn add_copy_stream(

@@ -1,25 +1,25 @@
-//! The encode stage: libx264 with the job's settings, muxed into NUT and streamed to the
-//! upload stage.
+//! The encode stage: libx264 with the job's settings, muxed into an MP4 chunk file.
 //!
 //! Every chunk of a job uses the same encoder settings and the input's own time base, so
 //! each output frame keeps its input timestamp exactly and the chunks can be joined without
-//! re-encoding. NUT is the chunk container because it keeps any time base (Matroska would
-//! round to milliseconds) and needs no seeking, so it can be written as a stream.
+//! re-encoding. The chunk is a plain (seekable) MP4: it stores exact decode and
+//! presentation timestamps and per-frame durations, and handles the negative decode
+//! timestamps of B-frames at a chunk starting at 0 with an edit list. (NUT loses
+//! durations and early decode timestamps; Matroska rounds to milliseconds; fragmented MP4
+//! rebases timestamps to the fragment.)
 //! x264 on FFmpeg 5.1 leaves packet durations at 0: each packet gets its frame's duration
 //! (the gap to the next frame, or to the range end for the last one) before rescaling.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::path::Path;
 use std::sync::mpsc::Receiver;
 
-use bytes::Bytes;
 use ffmpeg_next as ffmpeg;
 use ffmpeg::frame::Video as VideoFrame;
-use tokio::sync::mpsc;
 
 use framefleet_common::proto::Phase;
 
-use super::{ChunkError, ChunkSpec, StageContext, UPLOAD_PIECE_BYTES};
+use super::{ChunkError, ChunkSpec, StageContext};
 
 /// Default constant rate factor when a job gives none.
 pub const DEFAULT_CRF: u32 = 18;
@@ -34,12 +34,12 @@ pub(super) struct Encoded {
     pub height: u32,
 }
 
-/// Runs the stage until the process stage closes its channel.
+/// Runs the stage until the process stage closes its channel, writing the chunk to `path`.
 pub(super) fn run(
     spec: &ChunkSpec,
     context: &StageContext,
     frames: Receiver<VideoFrame>,
-    pieces: mpsc::Sender<Bytes>,
+    path: &Path,
 ) -> Result<Encoded, ChunkError> {
     let Ok(first) = frames.recv() else {
         return Err(ChunkError::Disconnected);
@@ -47,7 +47,7 @@ pub(super) fn run(
     let (width, height) = (first.width(), first.height());
     let mut session = context
         .clock
-        .time(Phase::Init, || EncodeSession::open(spec, width, height, pieces))?;
+        .time(Phase::Init, || EncodeSession::open(spec, width, height, path))?;
     let mut pending = first;
     for next in frames.iter() {
         context.check_cancelled()?;
@@ -98,22 +98,12 @@ struct EncodeSession {
 }
 
 impl EncodeSession {
-    fn open(
-        spec: &ChunkSpec,
-        width: u32,
-        height: u32,
-        pieces: mpsc::Sender<Bytes>,
-    ) -> Result<Self, ChunkError> {
+    fn open(spec: &ChunkSpec, width: u32, height: u32, path: &Path) -> Result<Self, ChunkError> {
         let codec = ffmpeg::encoder::find_by_name("libx264").ok_or_else(|| {
             ChunkError::Encode("FFmpeg was built without libx264; install libavcodec with x264".into())
         })?;
-        let io = ffmpeg::format::context::StreamIo::from_write(PieceWriter {
-            pieces,
-            buffer: Vec::with_capacity(UPLOAD_PIECE_BYTES),
-        })
-        .map_err(encode_error("cannot create the output stream"))?;
-        let mut output = ffmpeg::format::output_to_stream(io, None, Some("nut"))
-            .map_err(encode_error("cannot create the NUT muxer"))?;
+        let mut output = ffmpeg::format::output_as(&path, "mp4")
+            .map_err(encode_error("cannot create the chunk file"))?;
         let global_header = output
             .format()
             .flags()
@@ -205,46 +195,11 @@ impl EncodeSession {
         Ok(())
     }
 
-    /// Writes the trailer and flushes everything to the upload stage.
+    /// Writes the trailer (the MP4 index) and closes the file.
     fn finish(mut self) -> Result<u64, ChunkError> {
         self.output
             .write_trailer()
             .map_err(encode_error("cannot write the chunk trailer"))?;
         Ok(self.written)
-    }
-}
-
-/// Hands muxed bytes to the upload stage in pieces of [`UPLOAD_PIECE_BYTES`].
-struct PieceWriter {
-    pieces: mpsc::Sender<Bytes>,
-    buffer: Vec<u8>,
-}
-
-impl PieceWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let piece = Bytes::from(std::mem::replace(
-            &mut self.buffer,
-            Vec::with_capacity(UPLOAD_PIECE_BYTES),
-        ));
-        self.pieces.blocking_send(piece).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stage stopped")
-        })
-    }
-}
-
-impl Write for PieceWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= UPLOAD_PIECE_BYTES {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
     }
 }

@@ -1,9 +1,10 @@
 //! The chunk pipeline: fetch -> decode -> process -> encode -> upload.
 //!
-//! Decode, process and encode each run on a dedicated thread; upload runs on the async
-//! runtime. Bounded channels join them, so a slow stage holds the ones before it back
-//! instead of filling memory, and the model works while the next frames are decoded and
-//! the previous ones are encoded and uploaded. Every stage records the time it is busy
+//! Decode, process and encode each run on a dedicated thread, joined by bounded channels,
+//! so a slow stage holds the ones before it back instead of filling memory, and the model
+//! works while the next frames are decoded and the previous ones encoded. The encoder
+//! writes a local MP4 (the container needs to seek back to finish its index), which the
+//! upload stage then sends to storage, as a multipart upload when it is large. Every stage records the time it is busy
 //! (not the time it waits on its neighbours) into a [`PhaseClock`], and its frames done into
 //! the chunk's [`ChunkProgressCounters`].
 //!
@@ -19,17 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ffmpeg_next::frame::Video as VideoFrame;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec};
-use framefleet_common::storage::{ObjectUri, Storage, StorageError, Upload};
+use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::processor::{self, ProcessError};
 use crate::progress::ChunkProgressCounters;
-
-/// Encoded bytes are handed to the uploader in pieces of about this size.
-const UPLOAD_PIECE_BYTES: usize = 256 * 1024;
 
 /// Why a chunk failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,10 +178,13 @@ pub async fn run_chunk(
         return Err(ChunkError::Invalid("the chunk range holds no frames".into()));
     }
     let batch = spec.batch_frames.max(1);
-    let upload = storage.upload(&spec.output)?;
+    let local = tempfile::Builder::new()
+        .prefix("framefleet-chunk-")
+        .suffix(".mp4")
+        .tempfile()
+        .map_err(|e| ChunkError::Encode(format!("cannot create a temporary chunk file: {e}")))?;
     let (decoded_tx, decoded_rx) = sync_channel::<VideoFrame>(batch * 2);
     let (processed_tx, processed_rx) = sync_channel::<VideoFrame>(batch * 2);
-    let (bytes_tx, bytes_rx) = mpsc::channel::<bytes::Bytes>(16);
     let runtime = tokio::runtime::Handle::current();
 
     let decoding = {
@@ -200,37 +201,29 @@ pub async fn run_chunk(
     };
     let encoding = {
         let (spec, context) = (spec.clone(), context.clone());
+        let path = local.path().to_path_buf();
         spawn_stage("encode", move || {
-            encode::run(&spec, &context, processed_rx, bytes_tx)
+            encode::run(&spec, &context, processed_rx, &path)
         })
     };
-    let uploaded = feed_upload(upload, bytes_rx, &context).await;
     let results = (
         decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
         processing.await.unwrap_or(Err(ChunkError::Crashed("process"))),
         encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
     );
-    let (upload, encoded, device) = match (uploaded, results) {
-        (Ok(upload), (Ok(()), Ok(device), Ok(encoded))) => (upload, encoded, device),
-        (uploaded, (decoded, processed, encoded)) => {
-            let upload_error = match uploaded {
-                Ok(upload) => {
-                    upload.abort().await;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            };
-            return Err(first_cause([
-                decoded.err(),
-                processed.err(),
-                encoded.err(),
-                upload_error.err(),
-            ]));
+    let (device, encoded) = match results {
+        (Ok(()), Ok(device), Ok(encoded)) => (device, encoded),
+        (decoded, processed, encoded) => {
+            return Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
         }
     };
     context.check_cancelled()?;
     let started = Instant::now();
-    upload.finish().await?;
+    let upload = storage.upload_file(local.path(), &spec.output);
+    tokio::select! {
+        uploaded = upload => { uploaded?; }
+        _ = context.cancel.cancelled() => return Err(ChunkError::Cancelled),
+    }
     context.clock.add(Phase::Upload, started.elapsed());
     context.progress.finish(Phase::Upload);
     Ok(ChunkOutput {
@@ -243,7 +236,7 @@ pub async fn run_chunk(
 }
 
 /// The error that started a failure: the first one that is not a neighbour's disconnect.
-fn first_cause(errors: [Option<ChunkError>; 4]) -> ChunkError {
+fn first_cause(errors: [Option<ChunkError>; 3]) -> ChunkError {
     let mut errors: Vec<ChunkError> = errors.into_iter().flatten().collect();
     let cause = errors
         .iter()
@@ -325,25 +318,6 @@ fn process(
     Ok(processor.device())
 }
 
-/// The upload stage: streams encoded bytes into the upload as they come.
-async fn feed_upload(
-    mut upload: Upload,
-    mut pieces: mpsc::Receiver<bytes::Bytes>,
-    context: &StageContext,
-) -> Result<Upload, ChunkError> {
-    while let Some(piece) = pieces.recv().await {
-        let started = Instant::now();
-        if let Err(e) = upload.write(&piece).await {
-            upload.abort().await;
-            return Err(e.into());
-        }
-        context.clock.add(Phase::Upload, started.elapsed());
-        let encoded = context.progress.get(Phase::Encode);
-        context.progress.set(Phase::Upload, encoded.saturating_sub(1));
-    }
-    Ok(upload)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,13 +328,11 @@ mod tests {
             Some(ChunkError::Disconnected),
             Some(ChunkError::Encode("x264 refused".into())),
             None,
-            None,
         ]);
         assert!(error.to_string().contains("x264 refused"));
         let error = first_cause([
             Some(ChunkError::Decode("bad".into())),
             Some(ChunkError::Cancelled),
-            None,
             None,
         ]);
         assert!(matches!(error, ChunkError::Cancelled));

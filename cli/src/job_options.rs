@@ -1,0 +1,53 @@
+//! The job flags `local` and `submit` share, and the spec they make.
+
+use std::collections::HashMap;
+
+use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec};
+
+/// How to process and encode a job.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobOptions {
+    /// Processor: `lanczos` (CPU scaling, always available).
+    #[arg(long, default_value = "lanczos")]
+    pub model: String,
+    /// Scale factor for width and height.
+    #[arg(long, default_value_t = 2.0)]
+    pub scale: f64,
+    /// x264 constant rate factor (0-51, lower is better).
+    #[arg(long, default_value_t = 18, conflicts_with = "lossless")]
+    pub crf: u32,
+    /// Lossless x264 encoding (qp 0).
+    #[arg(long)]
+    pub lossless: bool,
+    /// x264 preset.
+    #[arg(long, default_value = "medium")]
+    pub preset: String,
+    /// Fixed chunk count; 0 lets the planner choose from the duration.
+    #[arg(long, default_value_t = 0)]
+    pub chunks: u32,
+    /// Planner profile (`light`, `neural`); empty picks by model.
+    #[arg(long, default_value = "")]
+    pub profile: String,
+}
+
+impl JobOptions {
+    /// The spec for `input` -> `output` with these options.
+    pub fn spec(&self, input: String, output: String, labels: HashMap<String, String>) -> JobSpec {
+        JobSpec {
+            input_uri: input,
+            output_uri: output,
+            processor: Some(ProcessorSpec {
+                model: self.model.clone(),
+                scale: self.scale,
+            }),
+            encoder: Some(EncoderSettings {
+                crf: if self.lossless { 0 } else { self.crf },
+                preset: self.preset.clone(),
+                lossless: self.lossless,
+            }),
+            chunks: self.chunks,
+            profile: self.profile.clone(),
+            labels,
+        }
+    }
+}

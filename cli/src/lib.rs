@@ -1,0 +1,63 @@
+//! framefleet-cli: the `framefleet` command.
+//!
+//! - `local`: one job on this machine, with an in-process orchestrator and worker child
+//!   processes on loopback and `file://` storage ([`local`]).
+//! - `submit`, `watch`, `status`, `cancel`, `cost`, `list`: a client of a running
+//!   orchestrator ([`remote`]).
+//! - `orchestrator`, `worker`: run the servers, as their own binaries do.
+//!
+//! [`render`] draws the progress bar and the cost table.
+
+pub mod job_options;
+pub mod local;
+pub mod remote;
+pub mod render;
+
+use clap::{Parser, Subcommand};
+
+/// framefleet: chunked GPU video processing.
+#[derive(Debug, Parser)]
+#[command(name = "framefleet", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one job on this machine: an orchestrator and N local workers.
+    Local(local::LocalArgs),
+    /// Submit a job to an orchestrator.
+    Submit(remote::SubmitArgs),
+    /// Follow a job's progress until it ends.
+    Watch(remote::JobArgs),
+    /// Show a job's state.
+    Status(remote::JobArgs),
+    /// Cancel a job.
+    Cancel(remote::JobArgs),
+    /// Show a finished job's cost report.
+    Cost(remote::JobArgs),
+    /// List the orchestrator's jobs.
+    List(remote::ListArgs),
+    /// Run an orchestrator.
+    Orchestrator(framefleet_orchestrator::OrchestratorArgs),
+    /// Run a worker.
+    Worker(framefleet_worker::WorkerArgs),
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Local(args) => local::run(args).await,
+        Command::Submit(args) => remote::submit(args).await,
+        Command::Watch(args) => remote::watch(args).await,
+        Command::Status(args) => remote::status(args).await,
+        Command::Cancel(args) => remote::cancel(args).await,
+        Command::Cost(args) => remote::cost(args).await,
+        Command::List(args) => remote::list(args).await,
+        Command::Orchestrator(args) => framefleet_orchestrator::run(args).await,
+        Command::Worker(args) => framefleet_worker::run(args).await,
+    }
+}

@@ -1,0 +1,211 @@
+//! Commands against a running orchestrator: submit, watch, status, cancel, cost, list.
+//! Every command takes `--orchestrator URL`; `--json` prints machine-readable output.
+
+use anyhow::Context as _;
+use tonic::transport::Channel;
+
+use framefleet_common::cost::CostReport;
+use framefleet_common::proto::orchestrator_client::OrchestratorClient;
+use framefleet_common::proto::{
+    CancelJobRequest, GetCostReportRequest, GetJobRequest, Job, JobState, ListJobsRequest,
+    SubmitJobRequest,
+};
+
+use crate::job_options::JobOptions;
+use crate::render;
+
+/// Where the orchestrator is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// Orchestrator URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub orchestrator: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Connection {
+    async fn client(&self) -> anyhow::Result<OrchestratorClient<Channel>> {
+        OrchestratorClient::connect(self.orchestrator.clone())
+            .await
+            .with_context(|| format!("cannot reach the orchestrator at {}; is it running?", self.orchestrator))
+    }
+}
+
+/// `framefleet submit INPUT_URI OUTPUT_URI`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// Input URI (`s3://bucket/key` or `file:///path`).
+    pub input: String,
+    /// Output URI.
+    pub output: String,
+    /// Processing and encoding options.
+    #[command(flatten)]
+    pub job: JobOptions,
+    /// Idempotency key: submitting again with it returns the same job.
+    #[arg(long, default_value = "")]
+    pub idempotency_key: String,
+    /// Labels, `key=value`, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    pub wait: bool,
+    /// The orchestrator to talk to.
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// A command about one job.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// The job id.
+    pub job_id: String,
+    /// The orchestrator to talk to.
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `framefleet list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// The orchestrator to talk to.
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label `{text}` must be key=value"))
+}
+
+/// Submits a job and prints its id (and follows it with `--wait`).
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let spec = args
+        .job
+        .spec(args.input, args.output, args.labels.into_iter().collect());
+    let reply = client
+        .submit_job(SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key: args.idempotency_key,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.connection.json {
+        println!(
+            "{}",
+            serde_json::json!({"job_id": reply.job_id, "created": reply.created})
+        );
+    } else {
+        println!("{}", reply.job_id);
+    }
+    if args.wait {
+        let job = render::follow(&mut client, &reply.job_id).await?;
+        return finished(&job, args.connection.json);
+    }
+    Ok(())
+}
+
+/// Follows a job until it ends; fails when it did not succeed.
+pub async fn watch(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let job = render::follow(&mut client, &args.job_id).await?;
+    finished(&job, args.connection.json)
+}
+
+/// Prints a job's state.
+pub async fn status(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let job = client
+        .get_job(GetJobRequest { job_id: args.job_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_job(&job, args.connection.json)
+}
+
+/// Cancels a job and prints its state.
+pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let job = client
+        .cancel_job(CancelJobRequest { job_id: args.job_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_job(&job, args.connection.json)
+}
+
+/// Prints a finished job's cost report.
+pub async fn cost(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let report = client
+        .get_cost_report(GetCostReportRequest { job_id: args.job_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.connection.json {
+        println!("{}", report.json);
+    } else {
+        let report: CostReport = serde_json::from_str(&report.json)
+            .context("the orchestrator sent a cost report this CLI cannot read")?;
+        print!("{}", render::cost_table(&report));
+    }
+    Ok(())
+}
+
+/// Lists jobs.
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let jobs = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .jobs;
+    for job in &jobs {
+        print_job(job, args.connection.json)?;
+    }
+    Ok(())
+}
+
+fn print_job(job: &Job, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", job_json(job));
+    } else {
+        println!("{}", render::job_line(job));
+    }
+    Ok(())
+}
+
+/// A job snapshot as JSON for scripts.
+pub fn job_json(job: &Job) -> serde_json::Value {
+    let progress = job.progress.clone().unwrap_or_default();
+    serde_json::json!({
+        "job_id": job.id,
+        "state": render::state_of(job).label(),
+        "error": job.error,
+        "percent": progress.percent,
+        "frames_done": progress.frames_done,
+        "frames_total": progress.frames_total,
+        "chunks": job.plan.as_ref().map(|p| p.chunks),
+        "rule": job.plan.as_ref().map(|p| p.rule.clone()),
+    })
+}
+
+fn finished(job: &Job, json: bool) -> anyhow::Result<()> {
+    print_job(job, json)?;
+    match render::state_of(job) {
+        JobState::Succeeded => Ok(()),
+        JobState::Cancelled => anyhow::bail!("job {} was cancelled", job.id),
+        _ => anyhow::bail!("job {} failed: {}", job.id, job.error),
+    }
+}
+
+/// A gRPC error as a one-line message for people.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}

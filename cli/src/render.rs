@@ -1,0 +1,177 @@
+//! What the CLI shows people: a live progress bar fed by `WatchJob`, and the cost report as
+//! a table.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use framefleet_common::cost::CostReport;
+use framefleet_common::proto::orchestrator_client::OrchestratorClient;
+use framefleet_common::proto::{Job, JobState, WatchJobRequest};
+
+/// Follows a job until it ends, drawing its progress (on a terminal), and returns its
+/// final state.
+pub async fn follow(client: &mut OrchestratorClient<Channel>, job_id: &str) -> anyhow::Result<Job> {
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut stream = client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(job) = stream.message().await? {
+        let progress = job.progress.clone().unwrap_or_default();
+        bar.set_position((progress.percent * 10.0).round() as u64);
+        bar.set_message(format!(
+            "{:>5.1}% {} {} frames {}/{} chunks {}/{}",
+            progress.percent,
+            state_of(&job).label(),
+            progress.phase,
+            progress.frames_done,
+            progress.frames_total,
+            progress.chunks_done,
+            progress.chunks_total
+        ));
+        let terminal = state_of(&job).is_terminal();
+        last = Some(job);
+        if terminal {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    last.filter(|job| state_of(job).is_terminal())
+        .ok_or_else(|| anyhow::anyhow!("the orchestrator closed the watch before job {job_id} ended"))
+}
+
+/// The state of a job snapshot.
+pub fn state_of(job: &Job) -> JobState {
+    JobState::try_from(job.state).unwrap_or(JobState::Unspecified)
+}
+
+/// One line about a job, for `status` and `list`.
+pub fn job_line(job: &Job) -> String {
+    let progress = job.progress.clone().unwrap_or_default();
+    let mut line = format!(
+        "{}  {:<9}  {:>5.1}%  frames {}/{}",
+        job.id,
+        state_of(job).label(),
+        progress.percent,
+        progress.frames_done,
+        progress.frames_total
+    );
+    if let Some(plan) = &job.plan {
+        let _ = write!(line, "  chunks {} ({})", plan.chunks, plan.rule);
+    }
+    if !job.error.is_empty() {
+        let _ = write!(line, "\n  error: {}", job.error);
+    }
+    line
+}
+
+/// The cost report as a table: one row per chunk, then the totals.
+pub fn cost_table(report: &CostReport) -> String {
+    let mut out = String::new();
+    let plan = &report.plan;
+    let _ = writeln!(out, "job {}  {}", report.job_id, report.state);
+    let _ = writeln!(
+        out,
+        "plan: {} chunks, {} frames, {:.2} s of video ({})",
+        plan.chunks, plan.frames, plan.duration_seconds, plan.rule
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>7} {:>3} {:<14} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}",
+        "chunk", "frames", "try", "worker", "gpu", "download", "init", "decode", "process",
+        "encode", "upload", "gpu-s", "usd"
+    );
+    for chunk in &report.chunks {
+        let phase = |name: &str| chunk.phases.get(name).copied().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "{:>5} {:>7} {:>3} {:<14} {:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>10.6}",
+            chunk.index,
+            chunk.frames,
+            chunk.attempts,
+            truncate(&chunk.worker, 14),
+            truncate(&chunk.gpu_type, 5),
+            phase("download"),
+            phase("init"),
+            phase("decode"),
+            phase("process"),
+            phase("encode"),
+            phase("upload"),
+            chunk.gpu_seconds + chunk.wasted_gpu_seconds,
+            chunk.cost_usd
+        );
+    }
+    let totals = &report.totals;
+    let _ = writeln!(
+        out,
+        "total: {} frames, {} attempts, {:.2} GPU-s ({:.2} wasted), ${:.6}, wall {:.2} s, \
+         speedup {:.2}x over one chunk (est.)",
+        totals.frames,
+        totals.attempts,
+        totals.gpu_seconds + totals.wasted_gpu_seconds,
+        totals.wasted_gpu_seconds,
+        totals.cost_usd,
+        totals.wall_seconds,
+        totals.speedup
+    );
+    let _ = writeln!(
+        out,
+        "storage: {} read, {} written (probe {:.2} s, stitch {:.2} s)",
+        bytes(totals.bytes_read),
+        bytes(totals.bytes_written),
+        report.orchestrator.probe_seconds,
+        report.orchestrator.stitch_seconds
+    );
+    out
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    text.chars().take(width).collect()
+}
+
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use framefleet_common::cost::ChunkCost;
+
+    #[test]
+    fn the_table_shows_every_chunk_and_the_totals() {
+        let mut report = CostReport {
+            job_id: "job-1".into(),
+            state: "SUCCEEDED".into(),
+            chunks: vec![
+                ChunkCost { index: 0, frames: 10, attempts: 1, gpu_type: "cpu".into(), ..ChunkCost::default() },
+                ChunkCost { index: 1, frames: 12, attempts: 2, gpu_type: "cpu".into(), ..ChunkCost::default() },
+            ],
+            ..CostReport::default()
+        };
+        report.finalize(1.0);
+        let table = cost_table(&report);
+        assert!(table.contains("total: 22 frames, 3 attempts"), "{table}");
+        assert_eq!(table.lines().count(), 7);
+        assert_eq!(bytes(1536), "1.5 KiB");
+    }
+}
