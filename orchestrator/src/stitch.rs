@@ -15,7 +15,7 @@ use std::path::Path;
 use ffmpeg_next as ffmpeg;
 use ffmpeg::{format, media, Packet, Rational};
 
-use framefleet_common::media::{open_input, MediaInfo, PacketReader, ReadError};
+use framefleet_common::media::{mp4_movie_timescale, open_input, MediaInfo, PacketReader, ReadError};
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
 
 /// Why the stitch failed.
@@ -104,6 +104,10 @@ pub fn stitch(
     let name = output_context.format().name().to_string();
     if name.contains("mp4") || name.contains("mov") {
         options.set("movflags", "+faststart");
+        options.set(
+            "movie_timescale",
+            &mp4_movie_timescale(video_time_base).to_string(),
+        );
     }
     output_context
         .write_header_with(options)

@@ -25,6 +25,9 @@ use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
 use crate::progress::ChunkProgressCounters;
 
+/// How long a chunk waits for a slot still held by a chunk being cancelled.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+
 /// How often progress is sampled and streamed.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -86,12 +89,13 @@ impl Worker for WorkerService {
         }
         let request = request.into_inner();
         let spec = chunk_spec(&request, self.state.config.batch_frames as usize)?;
-        let permit = self
-            .state
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("worker busy: every slot holds a chunk"))?;
+        // The orchestrator hands out a slot as soon as it gives a chunk up; the pipeline it
+        // cancelled may need a moment to stop, so wait for it briefly rather than refuse.
+        let permit = tokio::time::timeout(SLOT_WAIT, self.state.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Status::resource_exhausted("worker busy: every slot holds a chunk"))?;
         let label = format!("{}/{}", request.job_id, spec.range.index);
         tracing::info!(chunk = %label, attempt = request.attempt, frames = spec.frames(), "chunk accepted");
         let (events, stream) = mpsc::channel(64);

@@ -92,6 +92,21 @@ impl PacketReader {
     }
 }
 
+/// The `movie_timescale` to give FFmpeg's MP4 muxer for a video stream in `time_base`.
+///
+/// Edit lists (written for B-frames' negative decode times and for streams that do not
+/// start at 0) are expressed in the movie timescale, 1000 by default, which rounds a
+/// chunk's start to the millisecond. The muxer gives the track a timescale of the time
+/// base's denominator, doubled until it reaches 10000; using the same value for the movie
+/// keeps every edit exact.
+pub fn mp4_movie_timescale(time_base: ffmpeg::Rational) -> i64 {
+    let mut timescale = i64::from(time_base.denominator().max(1));
+    while timescale < 10_000 {
+        timescale *= 2;
+    }
+    timescale
+}
+
 /// Presentation timestamp of a decoded frame: FFmpeg's best-effort timestamp, which is the
 /// packet's pts when there is one.
 pub fn frame_pts(frame: &ffmpeg::frame::Video) -> Option<i64> {

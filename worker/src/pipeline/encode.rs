@@ -17,6 +17,7 @@ use std::sync::mpsc::Receiver;
 use ffmpeg_next as ffmpeg;
 use ffmpeg::frame::Video as VideoFrame;
 
+use framefleet_common::media::mp4_movie_timescale;
 use framefleet_common::proto::Phase;
 
 use super::{ChunkError, ChunkSpec, StageContext};
@@ -146,8 +147,13 @@ impl EncodeSession {
             stream.set_parameters(&encoder);
             stream.set_time_base(spec.time_base);
         }
+        let mut muxer_options = ffmpeg::Dictionary::new();
+        muxer_options.set(
+            "movie_timescale",
+            &mp4_movie_timescale(spec.time_base).to_string(),
+        );
         output
-            .write_header()
+            .write_header_with(muxer_options)
             .map_err(encode_error("cannot write the chunk header"))?;
         let stream_time_base = output
             .stream(0)

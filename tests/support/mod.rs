@@ -1,0 +1,571 @@
+//! Test harness for the end-to-end tests: a real Garage S3 server on loopback, real
+//! framefleet processes talking gRPC, media made with FFmpeg's lavfi sources, and ffprobe
+//! to read results back.
+//!
+//! Garage is found through `GARAGE_BIN`, then `~/.cache/framefleet/garage-2.5.0/bin/garage`
+//! (where `.ci/run` builds it), then `PATH`. One Garage is started per test binary, from a
+//! thread that lives as long as the process and with `PR_SET_PDEATHSIG`, so it dies with
+//! the tests. Every child process is killed when its handle drops.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use framefleet_common::config::StorageConfig;
+use framefleet_common::proto::orchestrator_client::OrchestratorClient;
+use framefleet_common::proto::{
+    EncoderSettings, GetCostReportRequest, Job, JobSpec, JobState, ProcessorSpec,
+    SubmitJobRequest, WatchJobRequest,
+};
+use framefleet_common::storage::{ObjectUri, Storage};
+
+/// The test bucket Garage creates at start.
+pub const BUCKET: &str = "framefleet-test";
+const REGION: &str = "garage";
+const ACCESS_KEY: &str = "GK0123456789abcdef01234567";
+const SECRET_KEY: &str = "7a1f0c3e5b9d2846a1f0c3e5b9d2846a1f0c3e5b9d2846a1f0c3e5b9d2846a1f";
+
+/// A running Garage.
+pub struct Garage {
+    /// S3 endpoint, e.g. `http://127.0.0.1:39010`.
+    pub endpoint: String,
+    _directory: PathBuf,
+}
+
+/// The per-binary Garage, started on first use.
+pub fn garage() -> &'static Garage {
+    static GARAGE: OnceLock<Garage> = OnceLock::new();
+    GARAGE.get_or_init(start_garage)
+}
+
+fn garage_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("GARAGE_BIN") {
+        return PathBuf::from(path);
+    }
+    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/framefleet/garage-2.5.0/bin/garage");
+    if cached.is_file() {
+        return cached;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("garage"))
+                .find(|p| p.is_file())
+        })
+        .expect(
+            "the Garage S3 server is needed for these tests: run .ci/run once (it builds \
+             Garage into ~/.cache/framefleet) or set GARAGE_BIN",
+        )
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_garage() -> Garage {
+    let directory = tempfile::Builder::new()
+        .prefix("framefleet-garage-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+    let config = directory.join("garage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metadata_dir = \"{dir}/meta\"\ndata_dir = \"{dir}/data\"\ndb_engine = \"lmdb\"\n\
+             replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+             rpc_public_addr = \"127.0.0.1:{rpc}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\n\
+             api_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n\
+             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            dir = directory.display()
+        ),
+    )
+    .expect("write garage.toml");
+    let binary = garage_binary();
+    let log = std::fs::File::create(directory.join("garage.log")).expect("log file");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    // The child is spawned from a thread that never ends, so PR_SET_PDEATHSIG fires only
+    // when the test process exits.
+    std::thread::spawn(move || {
+        let mut command = Command::new(binary);
+        command
+            .args(["-c"])
+            .arg(&config)
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_RPC_SECRET", "3f".repeat(32))
+            .env("GARAGE_DEFAULT_ACCESS_KEY", ACCESS_KEY)
+            .env("GARAGE_DEFAULT_SECRET_KEY", SECRET_KEY)
+            .env("GARAGE_DEFAULT_BUCKET", BUCKET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        die_with_parent(&mut command);
+        let child = command.spawn();
+        let _ = started_tx.send(child.map(|_| ()));
+        loop {
+            std::thread::park();
+        }
+    });
+    started_rx
+        .recv()
+        .expect("garage thread")
+        .expect("garage starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_status(admin, "/health") != Some(200) {
+        assert!(Instant::now() < deadline, "Garage did not become healthy in 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Garage {
+        endpoint: format!("http://127.0.0.1:{s3}"),
+        _directory: directory,
+    }
+}
+
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Storage settings for framefleet processes and for the tests' own client.
+pub fn storage_config() -> StorageConfig {
+    StorageConfig {
+        s3_endpoint: garage().endpoint.clone(),
+        s3_region: REGION.into(),
+        s3_access_key_id: ACCESS_KEY.into(),
+        s3_secret_access_key: SECRET_KEY.into(),
+        ..StorageConfig::default()
+    }
+}
+
+/// Environment that points a framefleet process at the test Garage.
+pub fn storage_env() -> Vec<(String, String)> {
+    let config = storage_config();
+    vec![
+        ("FRAMEFLEET_STORAGE__S3_ENDPOINT".into(), config.s3_endpoint),
+        ("FRAMEFLEET_STORAGE__S3_REGION".into(), config.s3_region),
+        ("FRAMEFLEET_STORAGE__S3_ACCESS_KEY_ID".into(), config.s3_access_key_id),
+        ("FRAMEFLEET_STORAGE__S3_SECRET_ACCESS_KEY".into(), config.s3_secret_access_key),
+    ]
+}
+
+/// A storage client on the test Garage.
+pub fn storage() -> Storage {
+    Storage::new(&storage_config())
+}
+
+/// `s3://framefleet-test/<key>`.
+pub fn s3(key: &str) -> ObjectUri {
+    format!("s3://{BUCKET}/{key}").parse().expect("valid key")
+}
+
+/// A fresh key prefix for one test.
+pub fn unique_prefix(name: &str) -> String {
+    format!("{name}-{:08x}", rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// Uploads a local file.
+pub async fn upload(path: &Path, uri: &ObjectUri) {
+    storage().upload_file(path, uri).await.expect("upload");
+}
+
+/// Downloads an object to a local file.
+pub async fn download(uri: &ObjectUri, path: &Path) {
+    let storage = storage();
+    let size = storage.size(uri).await.expect("object exists");
+    let bytes = storage.read_range(uri, 0, size).await.expect("download");
+    std::fs::write(path, bytes).expect("write download");
+}
+
+/// Keys under a prefix.
+pub async fn list(prefix: &ObjectUri) -> Vec<String> {
+    storage()
+        .list(prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|uri| uri.to_string())
+        .collect()
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    /// The child.
+    pub child: Child,
+}
+
+impl Process {
+    /// Sends a signal.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `framefleet` binary under test.
+pub fn framefleet() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_framefleet"));
+    command.envs(storage_env()).env("RUST_LOG", "warn");
+    command
+}
+
+/// An orchestrator and its workers, each its own process.
+pub struct Cluster {
+    /// Orchestrator URL.
+    pub url: String,
+    /// Worker gRPC URLs, by index.
+    pub worker_urls: Vec<String>,
+    /// The orchestrator process.
+    pub orchestrator: Process,
+    /// The worker processes.
+    pub workers: Vec<Option<Process>>,
+}
+
+impl Cluster {
+    /// Starts an orchestrator and `workers` workers with extra `FRAMEFLEET_*` settings.
+    pub fn start(workers: usize, settings: &[(&str, &str)]) -> Cluster {
+        garage();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let spawn = |command: &mut Command| {
+            command.envs(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            command.stdin(Stdio::null()).stdout(Stdio::null());
+            Process {
+                child: command.spawn().expect("framefleet starts"),
+            }
+        };
+        let orchestrator = spawn(
+            framefleet()
+                .args(["orchestrator", "--listen"])
+                .arg(format!("127.0.0.1:{port}")),
+        );
+        let mut worker_urls = Vec::new();
+        let mut processes = Vec::new();
+        for index in 0..workers {
+            let worker_port = free_port();
+            worker_urls.push(format!("http://127.0.0.1:{worker_port}"));
+            processes.push(Some(spawn(
+                framefleet()
+                    .args(["worker", "--orchestrator", &url, "--listen"])
+                    .arg(format!("127.0.0.1:{worker_port}"))
+                    .args(["--name", &format!("worker-{index}")]),
+            )));
+        }
+        Cluster {
+            url,
+            worker_urls,
+            orchestrator,
+            workers: processes,
+        }
+    }
+
+    /// A client, retrying while the orchestrator starts.
+    pub async fn client(&self) -> OrchestratorClient<tonic::transport::Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match OrchestratorClient::connect(self.url.clone()).await {
+                Ok(client) => return client,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "orchestrator unreachable: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A job spec: lanczos at `scale`, lossless x264 `ultrafast`, `chunks` fixed chunks.
+pub fn lossless_spec(input: &ObjectUri, output: &ObjectUri, scale: f64, chunks: u32) -> JobSpec {
+    JobSpec {
+        input_uri: input.to_string(),
+        output_uri: output.to_string(),
+        processor: Some(ProcessorSpec {
+            model: "lanczos".into(),
+            scale,
+        }),
+        encoder: Some(EncoderSettings {
+            crf: 0,
+            preset: "ultrafast".into(),
+            lossless: true,
+        }),
+        chunks,
+        ..JobSpec::default()
+    }
+}
+
+/// Submits a job and returns its id.
+pub async fn submit(
+    client: &mut OrchestratorClient<tonic::transport::Channel>,
+    spec: JobSpec,
+) -> String {
+    client
+        .submit_job(SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id
+}
+
+/// Watches a job to its end (within `limit`) and returns every snapshot seen.
+pub async fn watch(
+    client: &mut OrchestratorClient<tonic::transport::Channel>,
+    job_id: &str,
+    limit: Duration,
+) -> Vec<Job> {
+    let mut snapshots = Vec::new();
+    let follow = async {
+        let mut stream = client
+            .watch_job(WatchJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        while let Some(job) = stream.message().await.expect("watch stream") {
+            snapshots.push(job);
+        }
+    };
+    tokio::time::timeout(limit, follow)
+        .await
+        .unwrap_or_else(|_| panic!("job {job_id} did not end within {limit:?}"));
+    snapshots
+}
+
+/// The state of a snapshot.
+pub fn state(job: &Job) -> JobState {
+    JobState::try_from(job.state).expect("known state")
+}
+
+/// A finished job's cost report as JSON.
+pub async fn report(
+    client: &mut OrchestratorClient<tonic::transport::Channel>,
+    job_id: &str,
+) -> serde_json::Value {
+    let json = client
+        .get_cost_report(GetCostReportRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .expect("report")
+        .into_inner()
+        .json;
+    serde_json::from_str(&json).expect("report is JSON")
+}
+
+/// Runs ffmpeg with `args` (quiet, overwrite), panicking with its stderr on failure.
+pub fn ffmpeg(args: &[&str]) {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        output.status.success(),
+        "ffmpeg {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn ffprobe(args: &[&str], path: &Path) -> String {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        output.status.success(),
+        "ffprobe {args:?} {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Timing facts of a file's first video stream, read by ffprobe.
+#[derive(Debug)]
+pub struct VideoTiming {
+    /// Width and height.
+    pub size: (u32, u32),
+    /// Time base denominator over numerator: ticks per second.
+    pub ticks_per_second: f64,
+    /// Presentation times of every frame, in seconds, in presentation order.
+    pub pts_seconds: Vec<f64>,
+    /// Stream duration in seconds.
+    pub duration: f64,
+}
+
+/// Reads a file's video timing.
+pub fn video_timing(path: &Path) -> VideoTiming {
+    let stream = ffprobe(
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height,time_base,duration",
+            "-of",
+            "default=noprint_wrappers=1",
+        ],
+        path,
+    );
+    let field = |name: &str| {
+        stream
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or("0")
+            .to_string()
+    };
+    let time_base = field("time_base");
+    let (num, den) = time_base.split_once('/').unwrap_or(("1", "1"));
+    let packets = ffprobe(
+        &["-select_streams", "v:0", "-show_entries", "packet=pts_time", "-of", "csv=p=0"],
+        path,
+    );
+    let mut pts_seconds: Vec<f64> = packets
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    pts_seconds.sort_by(f64::total_cmp);
+    VideoTiming {
+        size: (field("width").parse().unwrap_or(0), field("height").parse().unwrap_or(0)),
+        ticks_per_second: den.parse::<f64>().unwrap_or(1.0) / num.parse::<f64>().unwrap_or(1.0),
+        pts_seconds,
+        duration: field("duration").parse().unwrap_or(0.0),
+    }
+}
+
+/// Audio packets of every audio stream as `pts seconds,size,payload MD5`. Per-packet
+/// durations are left out: MP4 derives them from sample times, Matroska rounds them to
+/// milliseconds, so they change with the container while the packets do not.
+pub fn audio_packets(path: &Path) -> Vec<String> {
+    ffprobe(
+        &[
+            "-select_streams",
+            "a",
+            "-show_data_hash",
+            "md5",
+            "-show_entries",
+            "packet=pts_time,size,data_hash",
+            "-of",
+            "csv=p=0",
+        ],
+        path,
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// MD5 of every decoded video frame, in order.
+pub fn frame_hashes(path: &Path) -> Vec<String> {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(output.status.success(), "framemd5 of {} failed", path.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_string()))
+        .collect()
+}
+
+/// Checks `output` against `input`: same frame count, every frame at the input's time (to
+/// one tick of the output's time base), the same audio packets, and the scaled size.
+pub fn assert_exact(input: &Path, output: &Path, size: (u32, u32)) {
+    let source = video_timing(input);
+    let result = video_timing(output);
+    assert_eq!(
+        result.pts_seconds.len(),
+        source.pts_seconds.len(),
+        "{}: frame count differs from {}",
+        output.display(),
+        input.display()
+    );
+    let tick = 1.0 / result.ticks_per_second;
+    for (i, (a, b)) in source.pts_seconds.iter().zip(&result.pts_seconds).enumerate() {
+        assert!(
+            (a - b).abs() <= tick + 1e-9,
+            "{}: frame {i} at {b} s, input at {a} s",
+            output.display()
+        );
+    }
+    assert_eq!(result.size, size, "{}: output size", output.display());
+    let (copied, original) = (audio_packets(output), audio_packets(input));
+    assert_eq!(
+        copied.len(),
+        original.len(),
+        "{}: audio packet count differs from the input's",
+        output.display()
+    );
+    if let Some((i, (a, b))) = copied.iter().zip(&original).enumerate().find(|(_, (a, b))| a != b) {
+        panic!("{}: audio packet {i} is {a}, the input's is {b}", output.display());
+    }
+}
+
+/// Sums a numeric field over the report's chunks.
+pub fn chunk_sum(report: &serde_json::Value, field: &str) -> f64 {
+    report["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .map(|c| c[field].as_f64().expect("numeric field"))
+        .sum()
+}
+
+/// Names of the fields of a JSON object, for shape checks.
+pub fn keys(value: &serde_json::Value) -> BTreeMap<String, ()> {
+    value
+        .as_object()
+        .map(|o| o.keys().map(|k| (k.clone(), ())).collect())
+        .unwrap_or_default()
+}
