@@ -143,6 +143,7 @@ where
             name: name.to_string(),
         })?;
     let stream_index = stream.index();
+    let indexed_frames = u64::try_from(stream.frames()).unwrap_or(0);
     let time_base = stream.time_base();
     let rate = stream.avg_frame_rate();
     let parameters = stream.parameters();
@@ -168,6 +169,7 @@ where
     let format = input.format().name().to_string();
 
     let mut frames = Vec::new();
+    let mut discarded = 0u64;
     let mut last_duration = 0;
     let mut max_pts: Option<i64> = None;
     let mut decoded_first = false;
@@ -180,7 +182,11 @@ where
             source,
         })?;
         let Some(packet) = packet else { break };
-        if packet.stream() != stream_index || packet.flags().bits() & PACKET_FLAG_DISCARD != 0 {
+        if packet.stream() != stream_index {
+            continue;
+        }
+        if packet.flags().bits() & PACKET_FLAG_DISCARD != 0 {
+            discarded += 1;
             continue;
         }
         let pts = packet.pts().or(packet.dts()).ok_or_else(|| {
@@ -207,6 +213,13 @@ where
     }
     if frames.is_empty() {
         return Err(unsupported("the video stream has no frames".into()));
+    }
+    let read = frames.len() as u64 + discarded;
+    if indexed_frames > 0 && read < indexed_frames {
+        return Err(unsupported(format!(
+            "the file is truncated: its index lists {indexed_frames} video frames but only \
+             {read} could be read; upload the complete file"
+        )));
     }
     if !decoded_first {
         return Err(unsupported(

@@ -1,0 +1,77 @@
+//! `framefleet local` as a user runs it: plain local paths, the embedded defaults
+//! (`file://` storage, worker child processes), a cost table on stdout, the JSON report on
+//! request, exit code 0 on success and a one-line error otherwise.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn local() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_framefleet"));
+    command.arg("local").env("RUST_LOG", "warn");
+    command
+}
+
+#[test]
+fn local_runs_a_job_end_to_end_on_plain_paths() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("clip with spaces.mov");
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "testsrc2=size=200x112:rate=24000/1001", "-f", "lavfi", "-i",
+        "sine=frequency=523:sample_rate=44100", "-t", "2.5", "-c:v", "libx264", "-pix_fmt",
+        "yuv420p", "-g", "20", "-c:a", "aac", "-shortest", input.to_str().expect("utf-8"),
+    ]);
+    let output = dir.path().join("out.mp4");
+    let report_path = dir.path().join("report.json");
+    let result = local()
+        .arg(&input)
+        .arg(&output)
+        .args(["--workers", "3", "--chunks", "3", "--scale", "2", "--lossless", "--preset", "ultrafast"])
+        .arg("--report-json")
+        .arg(&report_path)
+        .output()
+        .expect("framefleet runs");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "framefleet local failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("SUCCEEDED") && stdout.contains("total: 60 frames"), "{stdout}");
+    assert_exact(&input, &output, (400, 224));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).expect("report written")).expect("JSON");
+    assert_eq!(report["plan"]["chunks"], 3);
+    assert_eq!(report["totals"]["frames"], 60);
+    assert_eq!(report["chunks"].as_array().map(Vec::len), Some(3));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left beside the output: {leftovers:?}");
+}
+
+#[test]
+fn local_fails_with_one_clear_line_on_a_file_that_is_not_video() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("readme.mp4");
+    std::fs::write(&input, "this is not a video\n".repeat(20)).expect("write");
+    let result = local()
+        .arg(&input)
+        .arg(dir.path().join("out.mp4"))
+        .args(["--workers", "1"])
+        .output()
+        .expect("framefleet runs");
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("framefleet: ") && last.contains("not a readable media file"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out.mp4").exists());
+}
