@@ -31,7 +31,9 @@ fn clips() -> Vec<Clip> {
             args: [
                 &["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30"][..],
                 &audio,
-                &["-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "12"],
+                &[
+                    "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "12",
+                ],
                 &["-c:a", "aac", "-shortest"],
             ]
             .concat(),
@@ -41,9 +43,22 @@ fn clips() -> Vec<Clip> {
             extension: "mp4",
             size: (160, 120),
             args: vec![
-                "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30", "-t", "3", "-vf",
-                "select='lt(mod(n\\,7)\\,3)+eq(mod(n\\,11)\\,0)'", "-vsync", "vfr",
-                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=160x120:rate=30",
+                "-t",
+                "3",
+                "-vf",
+                "select='lt(mod(n\\,7)\\,3)+eq(mod(n\\,11)\\,0)'",
+                "-vsync",
+                "vfr",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                "10",
             ],
         },
         Clip {
@@ -51,8 +66,16 @@ fn clips() -> Vec<Clip> {
             extension: "mp4",
             size: (128, 96),
             args: vec![
-                "-f", "lavfi", "-i", "mandelbrot=size=128x96:rate=24", "-t", "1.5",
-                "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                "-f",
+                "lavfi",
+                "-i",
+                "mandelbrot=size=128x96:rate=24",
+                "-t",
+                "1.5",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
             ],
         },
         Clip {
@@ -60,8 +83,16 @@ fn clips() -> Vec<Clip> {
             extension: "mp4",
             size: (96, 64),
             args: vec![
-                "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-frames:v", "1",
-                "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=96x64:rate=25",
+                "-frames:v",
+                "1",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
             ],
         },
         Clip {
@@ -69,8 +100,20 @@ fn clips() -> Vec<Clip> {
             extension: "mp4",
             size: (321, 241),
             args: vec![
-                "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "1",
-                "-vf", "scale=321:241", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-g", "8",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-t",
+                "1",
+                "-vf",
+                "scale=321:241",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv444p",
+                "-g",
+                "8",
             ],
         },
         Clip {
@@ -80,7 +123,9 @@ fn clips() -> Vec<Clip> {
             args: [
                 &["-f", "lavfi", "-i", "smptebars=size=160x90:rate=25"][..],
                 &audio,
-                &["-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"],
+                &[
+                    "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10",
+                ],
                 &["-c:a", "aac", "-shortest"],
             ]
             .concat(),
@@ -138,11 +183,16 @@ async fn output_is_frame_exact_and_independent_of_the_chunk_count() {
         let (_, reference) = &by_count[0];
         assert!(!reference.is_empty(), "{name}: no frames decoded");
         for (chunks, frames) in &by_count[1..] {
-            assert_eq!(frames, reference, "{name}: frames with {chunks} chunks differ from 1 chunk");
+            assert_eq!(
+                frames, reference,
+                "{name}: frames with {chunks} chunks differ from 1 chunk"
+            );
         }
     }
     assert!(
-        list(&s3(&format!("{prefix}/out/.framefleet/"))).await.is_empty(),
+        list(&s3(&format!("{prefix}/out/.framefleet/")))
+            .await
+            .is_empty(),
         "temporary chunk objects were left behind"
     );
 }
@@ -153,8 +203,17 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
     let prefix = unique_prefix("progress");
     let local = dir.path().join("in.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-t", "4", "-c:v", "libx264",
-        "-pix_fmt", "yuv420p", local.to_str().expect("utf-8 path"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-t",
+        "4",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        local.to_str().expect("utf-8 path"),
     ]);
     let input = s3(&format!("{prefix}/in.mp4"));
     let output = s3(&format!("{prefix}/out.mp4"));
@@ -186,7 +245,10 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
     assert!(
         snapshots.iter().any(|s| {
             let p = s.progress.clone().unwrap_or_default();
-            p.frames_done > 0 && p.frames_done < p.frames_total && p.percent > 0.0 && p.percent < 100.0
+            p.frames_done > 0
+                && p.frames_done < p.frames_total
+                && p.percent > 0.0
+                && p.percent < 100.0
         }),
         "no intermediate progress with real frame counts was reported"
     );
@@ -196,7 +258,9 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
         assert!(report.get(key).is_some(), "report lacks `{key}`");
     }
     assert_eq!(report["plan"]["chunks"], 3);
-    assert!(report["plan"]["rule"].as_str().is_some_and(|r| r.contains("fixed")));
+    assert!(report["plan"]["rule"]
+        .as_str()
+        .is_some_and(|r| r.contains("fixed")));
     let chunks = report["chunks"].as_array().expect("chunks");
     assert_eq!(chunks.len(), 3);
     for (index, chunk) in chunks.iter().enumerate() {
@@ -205,24 +269,44 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
         assert_eq!(chunk["frames"], 40);
         assert!(chunk["gpu_seconds"].as_f64().is_some_and(|s| s > 0.0));
         for phase in ["download", "init", "decode", "process", "encode", "upload"] {
-            assert!(chunk["phases"][phase].as_f64().is_some(), "chunk {index} lacks phase {phase}");
+            assert!(
+                chunk["phases"][phase].as_f64().is_some(),
+                "chunk {index} lacks phase {phase}"
+            );
         }
         assert!(chunk["phases"]["encode"].as_f64().is_some_and(|s| s > 0.0));
     }
     let totals = &report["totals"];
     let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
-    assert!(close(totals["gpu_seconds"].as_f64().expect("gpu"), chunk_sum(&report, "gpu_seconds")));
-    assert!(close(totals["cost_usd"].as_f64().expect("cost"), chunk_sum(&report, "cost_usd")));
-    assert_eq!(totals["frames"].as_f64(), Some(chunk_sum(&report, "frames")));
-    assert_eq!(totals["attempts"].as_f64(), Some(chunk_sum(&report, "attempts")));
+    assert!(close(
+        totals["gpu_seconds"].as_f64().expect("gpu"),
+        chunk_sum(&report, "gpu_seconds")
+    ));
+    assert!(close(
+        totals["cost_usd"].as_f64().expect("cost"),
+        chunk_sum(&report, "cost_usd")
+    ));
+    assert_eq!(
+        totals["frames"].as_f64(),
+        Some(chunk_sum(&report, "frames"))
+    );
+    assert_eq!(
+        totals["attempts"].as_f64(),
+        Some(chunk_sum(&report, "attempts"))
+    );
     let orchestrator = &report["orchestrator"];
     assert_eq!(
         totals["bytes_read"].as_f64(),
-        Some(chunk_sum(&report, "bytes_read") + orchestrator["bytes_read"].as_f64().expect("bytes"))
+        Some(
+            chunk_sum(&report, "bytes_read") + orchestrator["bytes_read"].as_f64().expect("bytes")
+        )
     );
     assert_eq!(
         totals["bytes_written"].as_f64(),
-        Some(chunk_sum(&report, "bytes_written") + orchestrator["bytes_written"].as_f64().expect("bytes"))
+        Some(
+            chunk_sum(&report, "bytes_written")
+                + orchestrator["bytes_written"].as_f64().expect("bytes")
+        )
     );
     assert!(totals["wall_seconds"].as_f64().is_some_and(|s| s > 0.0));
     assert!(totals["bytes_read"].as_f64().is_some_and(|b| b > 0.0));
@@ -233,7 +317,12 @@ async fn a_repeated_idempotency_key_returns_the_same_job() {
     let prefix = unique_prefix("idem");
     let cluster = Cluster::start(1, &[]);
     let mut client = cluster.client().await;
-    let spec = lossless_spec(&s3(&format!("{prefix}/missing.mp4")), &s3(&format!("{prefix}/out.mp4")), 1.0, 1);
+    let spec = lossless_spec(
+        &s3(&format!("{prefix}/missing.mp4")),
+        &s3(&format!("{prefix}/out.mp4")),
+        1.0,
+        1,
+    );
     let mut ids = Vec::new();
     for _ in 0..3 {
         let reply = client

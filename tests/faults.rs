@@ -13,9 +13,26 @@ use support::*;
 /// A clip heavy enough that its chunks take a few seconds each on two cores.
 fn heavy_clip(path: &std::path::Path, seconds: &str) {
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i",
-        "sine=frequency=330:sample_rate=44100", "-t", seconds, "-c:v", "libx264", "-pix_fmt",
-        "yuv420p", "-g", "30", "-c:a", "aac", "-shortest", path.to_str().expect("utf-8"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=330:sample_rate=44100",
+        "-t",
+        seconds,
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "30",
+        "-c:a",
+        "aac",
+        "-shortest",
+        path.to_str().expect("utf-8"),
     ]);
 }
 
@@ -77,13 +94,23 @@ async fn a_worker_killed_mid_chunk_costs_one_retry_not_the_job() {
         .iter()
         .map(|c| c["attempts"].as_u64().expect("attempts"))
         .collect();
-    assert!(attempts.contains(&2), "no chunk shows the extra attempt: {attempts:?}");
-    assert_eq!(report["totals"]["attempts"].as_u64(), Some(attempts.iter().sum()));
-    assert!(report["totals"]["wasted_gpu_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(
+        attempts.contains(&2),
+        "no chunk shows the extra attempt: {attempts:?}"
+    );
+    assert_eq!(
+        report["totals"]["attempts"].as_u64(),
+        Some(attempts.iter().sum())
+    );
+    assert!(report["totals"]["wasted_gpu_seconds"]
+        .as_f64()
+        .is_some_and(|s| s > 0.0));
     let downloaded = dir.path().join("out.mp4");
     download(&output, &downloaded).await;
     assert_exact(&local, &downloaded, (1280, 720));
-    assert!(list(&s3(&format!("{prefix}/.framefleet/"))).await.is_empty());
+    assert!(list(&s3(&format!("{prefix}/.framefleet/")))
+        .await
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,12 +119,26 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
     let prefix = unique_prefix("bad");
     let good = dir.path().join("good.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "2", "-c:v", "libx264",
-        "-pix_fmt", "yuv420p", good.to_str().expect("utf-8"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=25",
+        "-t",
+        "2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        good.to_str().expect("utf-8"),
     ]);
     let faststart = dir.path().join("faststart.mp4");
     ffmpeg(&[
-        "-i", good.to_str().expect("utf-8"), "-c", "copy", "-movflags", "+faststart",
+        "-i",
+        good.to_str().expect("utf-8"),
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
         faststart.to_str().expect("utf-8"),
     ]);
     let bytes = std::fs::read(&good).expect("read");
@@ -112,9 +153,21 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
     }
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("corrupt.mp4", noise, &["not a readable media file"]),
-        ("truncated-index-at-end.mp4", bytes[..bytes.len() / 2].to_vec(), &["not a readable media file"]),
-        ("truncated-index-first.mp4", fast[..fast.len() * 6 / 10].to_vec(), &["truncated"]),
-        ("notes.mp4", b"just some text, not a video\n".repeat(50), &["not a readable media file"]),
+        (
+            "truncated-index-at-end.mp4",
+            bytes[..bytes.len() / 2].to_vec(),
+            &["not a readable media file"],
+        ),
+        (
+            "truncated-index-first.mp4",
+            fast[..fast.len() * 6 / 10].to_vec(),
+            &["truncated"],
+        ),
+        (
+            "notes.mp4",
+            b"just some text, not a video\n".repeat(50),
+            &["not a readable media file"],
+        ),
     ];
     let cluster = Cluster::start(3, &[]);
     let mut client = cluster.client().await;
@@ -125,12 +178,25 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
         let input = s3(&format!("{prefix}/in/{name}"));
         upload(&path, &input).await;
         let output = s3(&format!("{prefix}/out/{name}"));
-        jobs.push((name.to_string(), submit(&mut client, lossless_spec(&input, &output, 2.0, 2)).await, *expected));
+        jobs.push((
+            name.to_string(),
+            submit(&mut client, lossless_spec(&input, &output, 2.0, 2)).await,
+            *expected,
+        ));
     }
     let missing_output = s3(&format!("{prefix}/out/missing.mp4"));
     jobs.push((
         "missing".into(),
-        submit(&mut client, lossless_spec(&s3(&format!("{prefix}/in/nope.mp4")), &missing_output, 2.0, 2)).await,
+        submit(
+            &mut client,
+            lossless_spec(
+                &s3(&format!("{prefix}/in/nope.mp4")),
+                &missing_output,
+                2.0,
+                2,
+            ),
+        )
+        .await,
         &["does not exist"],
     ));
     for (name, id, expected) in &jobs {
@@ -138,7 +204,11 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
         let snapshots = watch(&mut client, id, Duration::from_secs(60)).await;
         let last = snapshots.last().expect("snapshots");
         assert_eq!(state(last), JobState::Failed, "{name} should fail");
-        assert!(started.elapsed() < Duration::from_secs(20), "{name} took {:?} to fail", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name} took {:?} to fail",
+            started.elapsed()
+        );
         assert!(
             expected.iter().any(|text| last.error.contains(text)),
             "{name}: error `{}` does not say {expected:?}",
@@ -152,9 +222,14 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
     upload(&good, &input).await;
     let output = s3(&format!("{prefix}/out/good.mp4"));
     let id = submit(&mut client, lossless_spec(&input, &output, 2.0, 2)).await;
-    let last = watch(&mut client, &id, Duration::from_secs(120)).await.pop().expect("snapshots");
+    let last = watch(&mut client, &id, Duration::from_secs(120))
+        .await
+        .pop()
+        .expect("snapshots");
     assert_eq!(state(&last), JobState::Succeeded, "{}", last.error);
-    assert!(list(&s3(&format!("{prefix}/out/.framefleet/"))).await.is_empty());
+    assert!(list(&s3(&format!("{prefix}/out/.framefleet/")))
+        .await
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,17 +255,28 @@ async fn cancel_ends_the_job_and_removes_its_chunks() {
         if progress.chunks_done >= 1 || progress.frames_done > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the job never started processing");
+        assert!(
+            Instant::now() < deadline,
+            "the job never started processing"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client
         .cancel_job(CancelJobRequest { job_id: id.clone() })
         .await
         .expect("cancel");
-    let last = watch(&mut client, &id, Duration::from_secs(30)).await.pop().expect("snapshots");
+    let last = watch(&mut client, &id, Duration::from_secs(30))
+        .await
+        .pop()
+        .expect("snapshots");
     assert_eq!(state(&last), JobState::Cancelled);
-    assert!(list(&s3(&format!("{prefix}/.framefleet/"))).await.is_empty());
-    assert!(list(&output).await.is_empty(), "a cancelled job wrote its output");
+    assert!(list(&s3(&format!("{prefix}/.framefleet/")))
+        .await
+        .is_empty());
+    assert!(
+        list(&output).await.is_empty(),
+        "a cancelled job wrote its output"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,15 +285,33 @@ async fn an_empty_fleet_fails_the_job_at_the_deadline_with_that_message() {
     let prefix = unique_prefix("empty");
     let local = dir.path().join("in.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-t", "1", "-c:v", "libx264",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=25",
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
         local.to_str().expect("utf-8"),
     ]);
     let input = s3(&format!("{prefix}/in.mp4"));
     upload(&local, &input).await;
     let cluster = Cluster::start(0, &[("FRAMEFLEET_DISPATCH__WORKER_WAIT_SECONDS", "2")]);
     let mut client = cluster.client().await;
-    let id = submit(&mut client, lossless_spec(&input, &s3(&format!("{prefix}/out.mp4")), 1.0, 1)).await;
-    let last = watch(&mut client, &id, Duration::from_secs(30)).await.pop().expect("snapshots");
+    let id = submit(
+        &mut client,
+        lossless_spec(&input, &s3(&format!("{prefix}/out.mp4")), 1.0, 1),
+    )
+    .await;
+    let last = watch(&mut client, &id, Duration::from_secs(30))
+        .await
+        .pop()
+        .expect("snapshots");
     assert_eq!(state(&last), JobState::Failed);
-    assert!(last.error.contains("no worker registered within 2 s"), "{}", last.error);
+    assert!(
+        last.error.contains("no worker registered within 2 s"),
+        "{}",
+        last.error
+    );
 }

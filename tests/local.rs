@@ -19,16 +19,43 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("clip with spaces.mov");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=200x112:rate=24000/1001", "-f", "lavfi", "-i",
-        "sine=frequency=523:sample_rate=44100", "-t", "2.5", "-c:v", "libx264", "-pix_fmt",
-        "yuv420p", "-g", "20", "-c:a", "aac", "-shortest", input.to_str().expect("utf-8"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=200x112:rate=24000/1001",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=523:sample_rate=44100",
+        "-t",
+        "2.5",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "20",
+        "-c:a",
+        "aac",
+        "-shortest",
+        input.to_str().expect("utf-8"),
     ]);
     let output = dir.path().join("out.mp4");
     let report_path = dir.path().join("report.json");
     let result = local()
         .arg(&input)
         .arg(&output)
-        .args(["--workers", "3", "--chunks", "3", "--scale", "2", "--lossless", "--preset", "ultrafast"])
+        .args([
+            "--workers",
+            "3",
+            "--chunks",
+            "3",
+            "--scale",
+            "2",
+            "--lossless",
+            "--preset",
+            "ultrafast",
+        ])
         .arg("--report-json")
         .arg(&report_path)
         .output()
@@ -39,10 +66,14 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         "framefleet local failed: {}",
         String::from_utf8_lossy(&result.stderr)
     );
-    assert!(stdout.contains("SUCCEEDED") && stdout.contains("total: 60 frames"), "{stdout}");
+    assert!(
+        stdout.contains("SUCCEEDED") && stdout.contains("total: 60 frames"),
+        "{stdout}"
+    );
     assert_exact(&input, &output, (400, 224));
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("report written")).expect("JSON");
+        serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
+            .expect("JSON");
     assert_eq!(report["plan"]["chunks"], 3);
     assert_eq!(report["totals"]["frames"], 60);
     assert_eq!(report["chunks"].as_array().map(Vec::len), Some(3));
@@ -52,7 +83,10 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "temporary files left beside the output: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left beside the output: {leftovers:?}"
+    );
 }
 
 #[test]

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use framefleet_common::config::Config;
 use framefleet_common::cost::CostReport;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
-use framefleet_common::proto::{CancelJobRequest, GetCostReportRequest, JobState, SubmitJobRequest};
+use framefleet_common::proto::{
+    CancelJobRequest, GetCostReportRequest, JobState, SubmitJobRequest,
+};
 use framefleet_orchestrator::{serve_on, Orchestrator};
 
 use crate::job_options::JobOptions;
@@ -56,12 +58,19 @@ pub struct LocalArgs {
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let input = std::fs::canonicalize(&args.input)
         .with_context(|| format!("cannot read the input {}", args.input.display()))?;
-    anyhow::ensure!(input.is_file(), "the input {} is not a file", input.display());
+    anyhow::ensure!(
+        input.is_file(),
+        "the input {} is not a file",
+        input.display()
+    );
     let output = absolute_output(&args.output)?;
     let mut config = Config::load(args.config.as_deref())?;
     framefleet_common::telemetry::init(if args.verbose { "info" } else { "warn" });
-    let scratch = tempfile::Builder::new().prefix("framefleet-local-").tempdir()?;
-    config.orchestrator.scratch_uri = format!("file://{}", scratch.path().join("scratch").display());
+    let scratch = tempfile::Builder::new()
+        .prefix("framefleet-local-")
+        .tempdir()?;
+    config.orchestrator.scratch_uri =
+        format!("file://{}", scratch.path().join("scratch").display());
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -81,7 +90,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let _ = server.await;
     if result.is_err() && !args.verbose {
         let kept = scratch.keep();
-        eprintln!("framefleet: worker logs kept in {}", kept.join("logs").display());
+        eprintln!(
+            "framefleet: worker logs kept in {}",
+            kept.join("logs").display()
+        );
     }
     result
 }
@@ -144,7 +156,10 @@ async fn stop_workers(workers: Vec<Child>) {
         }
     }
     for mut worker in workers {
-        if tokio::time::timeout(WORKER_STOP_GRACE, worker.wait()).await.is_err() {
+        if tokio::time::timeout(WORKER_STOP_GRACE, worker.wait())
+            .await
+            .is_err()
+        {
             let _ = worker.kill().await;
         }
     }

@@ -29,7 +29,12 @@ impl Connection {
     async fn client(&self) -> anyhow::Result<OrchestratorClient<Channel>> {
         OrchestratorClient::connect(self.orchestrator.clone())
             .await
-            .with_context(|| format!("cannot reach the orchestrator at {}; is it running?", self.orchestrator))
+            .with_context(|| {
+                format!(
+                    "cannot reach the orchestrator at {}; is it running?",
+                    self.orchestrator
+                )
+            })
     }
 }
 
@@ -121,7 +126,9 @@ pub async fn watch(args: JobArgs) -> anyhow::Result<()> {
 pub async fn status(args: JobArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
     let job = client
-        .get_job(GetJobRequest { job_id: args.job_id })
+        .get_job(GetJobRequest {
+            job_id: args.job_id,
+        })
         .await
         .map_err(status_error)?
         .into_inner();
@@ -132,7 +139,9 @@ pub async fn status(args: JobArgs) -> anyhow::Result<()> {
 pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
     let job = client
-        .cancel_job(CancelJobRequest { job_id: args.job_id })
+        .cancel_job(CancelJobRequest {
+            job_id: args.job_id,
+        })
         .await
         .map_err(status_error)?
         .into_inner();
@@ -143,7 +152,9 @@ pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
 pub async fn cost(args: JobArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
     let report = client
-        .get_cost_report(GetCostReportRequest { job_id: args.job_id })
+        .get_cost_report(GetCostReportRequest {
+            job_id: args.job_id,
+        })
         .await
         .map_err(status_error)?
         .into_inner();

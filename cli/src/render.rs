@@ -49,7 +49,9 @@ pub async fn follow(client: &mut OrchestratorClient<Channel>, job_id: &str) -> a
     }
     bar.finish_and_clear();
     last.filter(|job| state_of(job).is_terminal())
-        .ok_or_else(|| anyhow::anyhow!("the orchestrator closed the watch before job {job_id} ended"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("the orchestrator closed the watch before job {job_id} ended")
+        })
 }
 
 /// The state of a job snapshot.
@@ -90,8 +92,19 @@ pub fn cost_table(report: &CostReport) -> String {
     let _ = writeln!(
         out,
         "{:>5} {:>7} {:>3} {:<14} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}",
-        "chunk", "frames", "try", "worker", "gpu", "download", "init", "decode", "process",
-        "encode", "upload", "gpu-s", "usd"
+        "chunk",
+        "frames",
+        "try",
+        "worker",
+        "gpu",
+        "download",
+        "init",
+        "decode",
+        "process",
+        "encode",
+        "upload",
+        "gpu-s",
+        "usd"
     );
     for chunk in &report.chunks {
         let phase = |name: &str| chunk.phases.get(name).copied().unwrap_or(0.0);
@@ -163,8 +176,20 @@ mod tests {
             job_id: "job-1".into(),
             state: "SUCCEEDED".into(),
             chunks: vec![
-                ChunkCost { index: 0, frames: 10, attempts: 1, gpu_type: "cpu".into(), ..ChunkCost::default() },
-                ChunkCost { index: 1, frames: 12, attempts: 2, gpu_type: "cpu".into(), ..ChunkCost::default() },
+                ChunkCost {
+                    index: 0,
+                    frames: 10,
+                    attempts: 1,
+                    gpu_type: "cpu".into(),
+                    ..ChunkCost::default()
+                },
+                ChunkCost {
+                    index: 1,
+                    frames: 12,
+                    attempts: 2,
+                    gpu_type: "cpu".into(),
+                    ..ChunkCost::default()
+                },
             ],
             ..CostReport::default()
         };

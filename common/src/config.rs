@@ -316,7 +316,7 @@ impl Config {
                 reason: reason.into(),
             })
         };
-        if !(self.orchestrator.lease_seconds > 0.5) {
+        if !(self.orchestrator.lease_seconds.is_finite() && self.orchestrator.lease_seconds > 0.5) {
             return invalid("orchestrator.lease_seconds", "must be more than 0.5");
         }
         if self.worker.slots == 0 {
@@ -416,14 +416,19 @@ impl DispatchConfig {
         if self.backoff_initial_ms > self.backoff_max_ms {
             return invalid("backoff_initial_ms", "must not exceed backoff_max_ms");
         }
-        if !(self.worker_wait_seconds > 0.0) {
+        if !positive(self.worker_wait_seconds) {
             return invalid("worker_wait_seconds", "must be positive");
         }
-        if !(self.event_timeout_seconds > 0.0) {
+        if !positive(self.event_timeout_seconds) {
             return invalid("event_timeout_seconds", "must be positive");
         }
         Ok(())
     }
+}
+
+/// A finite number above zero.
+fn positive(value: f64) -> bool {
+    value.is_finite() && value > 0.0
 }
 
 #[cfg(test)]

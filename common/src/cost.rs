@@ -124,7 +124,10 @@ pub struct Totals {
 /// Price of one GPU-second of `gpu_type`; unknown types cost nothing and say so in logs.
 pub fn price_per_second(pricing: &BTreeMap<String, f64>, gpu_type: &str) -> f64 {
     pricing.get(gpu_type).copied().unwrap_or_else(|| {
-        tracing::warn!(gpu_type, "no price configured for this GPU type; counting it as free");
+        tracing::warn!(
+            gpu_type,
+            "no price configured for this GPU type; counting it as free"
+        );
         0.0
     })
 }

@@ -100,7 +100,10 @@ enum AttemptError {
 }
 
 /// Runs a chunk to acceptance or to its final failure.
-pub async fn run_chunk(context: &DispatchContext, work: &ChunkWork) -> Result<AcceptedChunk, DispatchError> {
+pub async fn run_chunk(
+    context: &DispatchContext,
+    work: &ChunkWork,
+) -> Result<AcceptedChunk, DispatchError> {
     let config = &context.config;
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(config.backoff_initial_ms))
@@ -280,7 +283,9 @@ async fn verify_chunk(
     let object = output.clone();
     let runtime = tokio::runtime::Handle::current();
     let probed = tokio::task::spawn_blocking(move || {
-        let reader = storage.open_reader(&object, runtime).map_err(|e| e.to_string())?;
+        let reader = storage
+            .open_reader(&object, runtime)
+            .map_err(|e| e.to_string())?;
         media::probe(reader, object.file_name()).map_err(|e| e.to_string())
     })
     .await
@@ -296,7 +301,10 @@ async fn verify_chunk(
         ));
     }
     let chunk_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
-    let first = video.frames.first().map_or(0, |f| f.pts.rescale(chunk_base, time_base));
+    let first = video
+        .frames
+        .first()
+        .map_or(0, |f| f.pts.rescale(chunk_base, time_base));
     if first != range.start_pts {
         return Err(format!(
             "chunk {} output starts at pts {first}, expected {}",

@@ -129,11 +129,16 @@ impl Fleet {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds a worker and returns its id.
-    pub fn register(self: &Arc<Self>, request: RegisterWorkerRequest) -> Result<String, RegisterError> {
+    pub fn register(
+        self: &Arc<Self>,
+        request: RegisterWorkerRequest,
+    ) -> Result<String, RegisterError> {
         if request.slots == 0 {
             return Err(RegisterError("slots must be at least 1".into()));
         }
@@ -319,7 +324,9 @@ fn pick_worker(workers: &HashMap<String, Entry>, avoid: &HashSet<String>) -> Opt
     let everyone_avoided = workers.keys().all(|id| avoid.contains(id));
     workers
         .iter()
-        .filter(|(id, entry)| entry.busy < entry.info.slots && (everyone_avoided || !avoid.contains(*id)))
+        .filter(|(id, entry)| {
+            entry.busy < entry.info.slots && (everyone_avoided || !avoid.contains(*id))
+        })
         .min_by(|(a_id, a), (b_id, b)| {
             let load = |e: &Entry| f64::from(e.busy) / f64::from(e.info.slots);
             load(a).total_cmp(&load(b)).then_with(|| a_id.cmp(b_id))
@@ -360,13 +367,17 @@ mod tests {
         let short = {
             let fleet = fleet.clone();
             tokio::spawn(async move {
-                fleet.acquire(priority(0, 10, 1), HashSet::new(), Duration::from_secs(5)).await
+                fleet
+                    .acquire(priority(0, 10, 1), HashSet::new(), Duration::from_secs(5))
+                    .await
             })
         };
         let long = {
             let fleet = fleet.clone();
             tokio::spawn(async move {
-                fleet.acquire(priority(0, 90, 2), HashSet::new(), Duration::from_secs(5)).await
+                fleet
+                    .acquire(priority(0, 90, 2), HashSet::new(), Duration::from_secs(5))
+                    .await
             })
         };
         while fleet.queue_depth() < 2 {
@@ -386,14 +397,22 @@ mod tests {
         let a = fleet.register(registration("a", 1)).expect("registers");
         let b = fleet.register(registration("b", 1)).expect("registers");
         let grant = fleet
-            .acquire(priority(0, 1, 0), HashSet::from([a.clone()]), Duration::from_secs(1))
+            .acquire(
+                priority(0, 1, 0),
+                HashSet::from([a.clone()]),
+                Duration::from_secs(1),
+            )
             .await
             .expect("slot");
         assert_eq!(grant.worker.id, b);
         drop(grant);
         // With every worker avoided, any idle one is used rather than none.
         let grant = fleet
-            .acquire(priority(0, 1, 0), HashSet::from([a, b]), Duration::from_secs(1))
+            .acquire(
+                priority(0, 1, 0),
+                HashSet::from([a, b]),
+                Duration::from_secs(1),
+            )
             .await;
         assert!(grant.is_ok());
     }
@@ -402,7 +421,11 @@ mod tests {
     async fn an_empty_fleet_fails_after_the_deadline_with_a_clear_message() {
         let fleet = Fleet::new(Duration::from_secs(10));
         let error = fleet
-            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_millis(600))
+            .acquire(
+                priority(0, 1, 0),
+                HashSet::new(),
+                Duration::from_millis(600),
+            )
             .await
             .err()
             .expect("no workers");

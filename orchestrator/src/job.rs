@@ -143,7 +143,11 @@ impl JobRecord {
     pub fn chunk_done(&self, index: u32) {
         let progress = {
             let mut fold = self.lock_progress();
-            let frames = fold.frames_per_chunk.get(index as usize).copied().unwrap_or(0);
+            let frames = fold
+                .frames_per_chunk
+                .get(index as usize)
+                .copied()
+                .unwrap_or(0);
             if let Some(done) = fold.done.get_mut(index as usize) {
                 *done = [frames; 6];
             }
@@ -167,7 +171,12 @@ impl JobRecord {
 
     /// Ends the job: `SUCCEEDED`, `FAILED` (with `error`) or `CANCELLED`. Only the first call
     /// has any effect; the report is stored before watchers see the terminal state.
-    pub fn finish(&self, state: JobState, error: Option<String>, report: Option<CostReport>) -> bool {
+    pub fn finish(
+        &self,
+        state: JobState,
+        error: Option<String>,
+        report: Option<CostReport>,
+    ) -> bool {
         if self.state().is_terminal() {
             return false;
         }
@@ -199,7 +208,10 @@ impl JobRecord {
 
     /// The cost report, once the job has ended.
     pub fn report(&self) -> Option<CostReport> {
-        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Marks the stitch as started in the progress.
@@ -247,7 +259,9 @@ impl ProgressFold {
             percent: self.percent,
             frames_done,
             frames_total: total,
-            phase: slowest.map_or("stitch", |i| Phase::ALL[i].label()).to_string(),
+            phase: slowest
+                .map_or("stitch", |i| Phase::ALL[i].label())
+                .to_string(),
             chunks_done: self.chunks_done.iter().filter(|&&d| d).count() as u32,
             chunks_total: self.frames_per_chunk.len() as u32,
         }
@@ -299,7 +313,10 @@ mod tests {
         assert_eq!(after_process.phase, "download");
         // A retry starting over does not take progress back.
         job.chunk_progress(0, &event(Phase::Process, 2));
-        assert_eq!(job.snapshot().progress.unwrap_or_default().percent, after_process.percent);
+        assert_eq!(
+            job.snapshot().progress.unwrap_or_default().percent,
+            after_process.percent
+        );
         job.chunk_done(0);
         job.chunk_done(1);
         let chunks_done = job.snapshot().progress.unwrap_or_default();

@@ -57,7 +57,12 @@ pub fn plan(
             .get(profile)
             .ok_or_else(|| PlanError::UnknownProfile {
                 profile: profile.to_string(),
-                known: config.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+                known: config
+                    .profiles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         match thresholds
             .thresholds
@@ -150,7 +155,11 @@ mod tests {
         assert_eq!(plan(&medium, 0, "neural", &config).expect("plan").chunks, 2);
         let neural_long = plan(&long, 0, "neural", &config).expect("plan");
         assert_eq!(neural_long.chunks, 4);
-        assert!(neural_long.rule.starts_with("neural: duration 20.00 s"), "{}", neural_long.rule);
+        assert!(
+            neural_long.rule.starts_with("neural: duration 20.00 s"),
+            "{}",
+            neural_long.rule
+        );
         assert_eq!(plan(&long, 0, "light", &config).expect("plan").chunks, 1);
     }
 
@@ -170,7 +179,11 @@ mod tests {
             }
             assert_eq!(next, 103);
             assert_eq!(plan.ranges.last().map(|r| r.end_pts), Some(input.end_pts));
-            let sizes: Vec<u64> = plan.ranges.iter().map(|r| r.end_frame - r.start_frame).collect();
+            let sizes: Vec<u64> = plan
+                .ranges
+                .iter()
+                .map(|r| r.end_frame - r.start_frame)
+                .collect();
             assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1);
         }
     }

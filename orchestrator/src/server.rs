@@ -89,7 +89,9 @@ pub async fn serve_on(
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(OrchestratorServer::new(OrchestratorService::new(orchestrator.clone())))
+        .add_service(OrchestratorServer::new(OrchestratorService::new(
+            orchestrator.clone(),
+        )))
         .add_service(FleetServer::new(FleetService::new(orchestrator)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await;

@@ -30,10 +30,9 @@ impl OrchestratorService {
     }
 
     fn job(&self, id: &str) -> Result<Arc<JobRecord>, Status> {
-        self.orchestrator
-            .jobs
-            .get(id)
-            .ok_or_else(|| Status::not_found(format!("no job with id `{id}`; list jobs to see the ids")))
+        self.orchestrator.jobs.get(id).ok_or_else(|| {
+            Status::not_found(format!("no job with id `{id}`; list jobs to see the ids"))
+        })
     }
 }
 
@@ -62,7 +61,9 @@ impl OrchestratorApi for OrchestratorService {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.job(&request.into_inner().job_id)?.snapshot()))
+        Ok(Response::new(
+            self.job(&request.into_inner().job_id)?.snapshot(),
+        ))
     }
 
     type WatchJobStream = ReceiverStream<Result<Job, Status>>;
@@ -90,7 +91,10 @@ impl OrchestratorApi for OrchestratorService {
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
-    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
         let job = self.job(&request.into_inner().job_id)?;
         if !job.state().is_terminal() {
             tracing::info!(job = %job.id, "job cancel requested");

@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::{format, media, Packet, Rational};
+use ffmpeg_next as ffmpeg;
 
-use framefleet_common::media::{mp4_movie_timescale, open_input, MediaInfo, PacketReader, ReadError};
+use framefleet_common::media::{
+    mp4_movie_timescale, open_input, MediaInfo, PacketReader, ReadError,
+};
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
 
 /// Why the stitch failed.
@@ -34,7 +36,9 @@ pub enum StitchError {
         source: ReadError,
     },
     /// FFmpeg refused the output.
-    #[error("writing the output failed: {0}; check that the output name ends in .mp4, .mov or .mkv")]
+    #[error(
+        "writing the output failed: {0}; check that the output name ends in .mp4, .mov or .mkv"
+    )]
     Write(String),
     /// The chunks do not add up to the input.
     #[error("the chunks hold {got} video frames but the input has {expected}")]
@@ -86,7 +90,8 @@ pub fn stitch(
         stream.parameters()
     };
     let mut source = open(input)?;
-    let mut output_context = format::output(&output).map_err(write_error("cannot create the output"))?;
+    let mut output_context =
+        format::output(&output).map_err(write_error("cannot create the output"))?;
     let video_time_base = Rational::new(info.video.time_base.0, info.video.time_base.1);
     add_copy_stream(&mut output_context, video_parameters, video_time_base)?;
     let mut audio_map = vec![None; source.nb_streams() as usize];
@@ -223,8 +228,10 @@ fn write(
 /// True when `a` decodes no later than `b` (exact rational comparison of decode times).
 fn earlier(a: &Packet, a_base: Rational, b: &Packet, b_base: Rational) -> bool {
     let time = |p: &Packet| p.dts().or(p.pts()).unwrap_or(i64::MIN);
-    let left = i128::from(time(a)) * i128::from(a_base.numerator()) * i128::from(b_base.denominator());
-    let right = i128::from(time(b)) * i128::from(b_base.numerator()) * i128::from(a_base.denominator());
+    let left =
+        i128::from(time(a)) * i128::from(a_base.numerator()) * i128::from(b_base.denominator());
+    let right =
+        i128::from(time(b)) * i128::from(b_base.numerator()) * i128::from(a_base.denominator());
     left <= right
 }
 
@@ -246,7 +253,13 @@ fn keep_dts_increasing(packet: &mut Packet, last: &mut Option<i64>) {
 struct ChunkPackets<'a, F> {
     chunks: &'a [ObjectUri],
     next_chunk: usize,
-    current: Option<(format::context::Input, PacketReader, usize, Rational, &'a ObjectUri)>,
+    current: Option<(
+        format::context::Input,
+        PacketReader,
+        usize,
+        Rational,
+        &'a ObjectUri,
+    )>,
     open: &'a F,
 }
 
@@ -300,10 +313,13 @@ impl AudioPackets<'_> {
             return Ok(None);
         }
         loop {
-            let packet = self.reader.next(self.input).map_err(|source| StitchError::Read {
-                uri: self.uri.to_string(),
-                source,
-            })?;
+            let packet = self
+                .reader
+                .next(self.input)
+                .map_err(|source| StitchError::Read {
+                    uri: self.uri.to_string(),
+                    source,
+                })?;
             let Some(packet) = packet else {
                 return Ok(None);
             };

@@ -39,11 +39,7 @@ impl JobStore {
 
     /// Creates a job for `spec`, or returns the one an earlier submission with the same
     /// non-empty `key` created. The flag is true when the job is new.
-    pub fn create(
-        &self,
-        key: &str,
-        spec: JobSpec,
-    ) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
+    pub fn create(&self, key: &str, spec: JobSpec) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
         let mut state = self.lock();
         if !key.is_empty() {
             if let Some(existing) = state.by_key.get(key).and_then(|id| state.jobs.get(id)) {
@@ -103,7 +99,10 @@ mod tests {
         let (again, created) = store.create("k1", spec("file:///a")).expect("same");
         assert!(!created);
         assert_eq!(first.id, again.id);
-        let conflict = store.create("k1", spec("file:///b")).err().expect("conflict");
+        let conflict = store
+            .create("k1", spec("file:///b"))
+            .err()
+            .expect("conflict");
         assert!(conflict.to_string().contains(&first.id));
         let (other, created) = store.create("", spec("file:///a")).expect("new");
         assert!(created);

@@ -13,8 +13,16 @@ const OUTPUT_EXTENSIONS: [&str; 4] = ["mp4", "m4v", "mov", "mkv"];
 
 /// x264 presets.
 const PRESETS: [&str; 10] = [
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-    "veryslow", "placebo",
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
 ];
 
 /// Most chunks one job may ask for.
@@ -36,7 +44,9 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
     let input: ObjectUri = spec.input_uri.parse()?;
     let output: ObjectUri = spec.output_uri.parse()?;
     if input == output {
-        return Err(InvalidSpec("the output would overwrite the input; choose another output".into()));
+        return Err(InvalidSpec(
+            "the output would overwrite the input; choose another output".into(),
+        ));
     }
     let extension = Path::new(output.file_name())
         .extension()
@@ -90,7 +100,13 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
         return Err(InvalidSpec(format!(
             "unknown planner profile `{}`; configured: {}",
             spec.profile,
-            config.planner.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            config
+                .planner
+                .profiles
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     Ok(spec)
@@ -98,9 +114,16 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
 
 /// Where a job's temporary chunk objects go: `<scratch>/jobs/<job>/`, the scratch root being
 /// `orchestrator.scratch_uri` or `.framefleet/` beside the output.
-pub fn scratch_prefix(spec: &JobSpec, job_id: &str, config: &Config) -> Result<ObjectUri, StorageError> {
+pub fn scratch_prefix(
+    spec: &JobSpec,
+    job_id: &str,
+    config: &Config,
+) -> Result<ObjectUri, StorageError> {
     let root = if config.orchestrator.scratch_uri.is_empty() {
-        spec.output_uri.parse::<ObjectUri>()?.parent().join(".framefleet")?
+        spec.output_uri
+            .parse::<ObjectUri>()?
+            .parent()
+            .join(".framefleet")?
     } else {
         config.orchestrator.scratch_uri.parse()?
     };
@@ -130,7 +153,10 @@ mod tests {
         let error = normalize(spec("s3://bucket/in.mp4"), &config).expect_err("same");
         assert!(error.to_string().contains("overwrite"));
         let mut bad_preset = spec("s3://bucket/out.mp4");
-        bad_preset.encoder = Some(EncoderSettings { preset: "warp".into(), ..Default::default() });
+        bad_preset.encoder = Some(EncoderSettings {
+            preset: "warp".into(),
+            ..Default::default()
+        });
         assert!(normalize(bad_preset, &config).is_err());
         let mut escape = spec("file:///tmp/../etc/out.mp4");
         escape.input_uri = "file:///tmp/in.mp4".into();
@@ -140,7 +166,11 @@ mod tests {
     #[test]
     fn scratch_defaults_beside_the_output() {
         let config = Config::default();
-        let prefix = scratch_prefix(&spec("s3://bucket/exports/out.mp4"), "job-1", &config).expect("ok");
-        assert_eq!(prefix.to_string(), "s3://bucket/exports/.framefleet/jobs/job-1");
+        let prefix =
+            scratch_prefix(&spec("s3://bucket/exports/out.mp4"), "job-1", &config).expect("ok");
+        assert_eq!(
+            prefix.to_string(),
+            "s3://bucket/exports/.framefleet/jobs/job-1"
+        );
     }
 }

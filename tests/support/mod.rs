@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use framefleet_common::config::StorageConfig;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
-    EncoderSettings, GetCostReportRequest, Job, JobSpec, JobState, ProcessorSpec,
-    SubmitJobRequest, WatchJobRequest,
+    EncoderSettings, GetCostReportRequest, Job, JobSpec, JobState, ProcessorSpec, SubmitJobRequest,
+    WatchJobRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage};
 
@@ -125,7 +125,10 @@ fn start_garage() -> Garage {
         .expect("garage starts");
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_status(admin, "/health") != Some(200) {
-        assert!(Instant::now() < deadline, "Garage did not become healthy in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "Garage did not become healthy in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Garage {
@@ -148,7 +151,11 @@ fn die_with_parent(command: &mut Command) {
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
@@ -171,8 +178,14 @@ pub fn storage_env() -> Vec<(String, String)> {
     vec![
         ("FRAMEFLEET_STORAGE__S3_ENDPOINT".into(), config.s3_endpoint),
         ("FRAMEFLEET_STORAGE__S3_REGION".into(), config.s3_region),
-        ("FRAMEFLEET_STORAGE__S3_ACCESS_KEY_ID".into(), config.s3_access_key_id),
-        ("FRAMEFLEET_STORAGE__S3_SECRET_ACCESS_KEY".into(), config.s3_secret_access_key),
+        (
+            "FRAMEFLEET_STORAGE__S3_ACCESS_KEY_ID".into(),
+            config.s3_access_key_id,
+        ),
+        (
+            "FRAMEFLEET_STORAGE__S3_SECRET_ACCESS_KEY".into(),
+            config.s3_secret_access_key,
+        ),
     ]
 }
 
@@ -465,7 +478,14 @@ pub fn video_timing(path: &Path) -> VideoTiming {
     let time_base = field("time_base");
     let (num, den) = time_base.split_once('/').unwrap_or(("1", "1"));
     let packets = ffprobe(
-        &["-select_streams", "v:0", "-show_entries", "packet=pts_time", "-of", "csv=p=0"],
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ],
         path,
     );
     let mut pts_seconds: Vec<f64> = packets
@@ -474,7 +494,10 @@ pub fn video_timing(path: &Path) -> VideoTiming {
         .collect();
     pts_seconds.sort_by(f64::total_cmp);
     VideoTiming {
-        size: (field("width").parse().unwrap_or(0), field("height").parse().unwrap_or(0)),
+        size: (
+            field("width").parse().unwrap_or(0),
+            field("height").parse().unwrap_or(0),
+        ),
         ticks_per_second: den.parse::<f64>().unwrap_or(1.0) / num.parse::<f64>().unwrap_or(1.0),
         pts_seconds,
         duration: field("duration").parse().unwrap_or(0.0),
@@ -511,7 +534,11 @@ pub fn frame_hashes(path: &Path) -> Vec<String> {
         .args(["-map", "0:v:0", "-f", "framemd5", "-"])
         .output()
         .expect("ffmpeg runs");
-    assert!(output.status.success(), "framemd5 of {} failed", path.display());
+    assert!(
+        output.status.success(),
+        "framemd5 of {} failed",
+        path.display()
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -532,7 +559,12 @@ pub fn assert_exact(input: &Path, output: &Path, size: (u32, u32)) {
         input.display()
     );
     let tick = 1.0 / result.ticks_per_second;
-    for (i, (a, b)) in source.pts_seconds.iter().zip(&result.pts_seconds).enumerate() {
+    for (i, (a, b)) in source
+        .pts_seconds
+        .iter()
+        .zip(&result.pts_seconds)
+        .enumerate()
+    {
         assert!(
             (a - b).abs() <= tick + 1e-9,
             "{}: frame {i} at {b} s, input at {a} s",
@@ -547,8 +579,16 @@ pub fn assert_exact(input: &Path, output: &Path, size: (u32, u32)) {
         "{}: audio packet count differs from the input's",
         output.display()
     );
-    if let Some((i, (a, b))) = copied.iter().zip(&original).enumerate().find(|(_, (a, b))| a != b) {
-        panic!("{}: audio packet {i} is {a}, the input's is {b}", output.display());
+    if let Some((i, (a, b))) = copied
+        .iter()
+        .zip(&original)
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        panic!(
+            "{}: audio packet {i} is {a}, the input's is {b}",
+            output.display()
+        );
     }
 }
 

@@ -4,10 +4,10 @@
 //! contexts are not thread-safe), so the trait has no `Send` bound. Every processor emits
 //! `yuv420p` frames, the encoder's input format, and keeps each frame's timestamp.
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
 
 use framefleet_common::proto::ProcessorSpec;
 
@@ -86,7 +86,9 @@ impl Lanczos {
                 Pixel::YUV420P,
                 out_w,
                 out_h,
-                scaling::Flags::LANCZOS | scaling::Flags::ACCURATE_RND | scaling::Flags::FULL_CHR_H_INT,
+                scaling::Flags::LANCZOS
+                    | scaling::Flags::ACCURATE_RND
+                    | scaling::Flags::FULL_CHR_H_INT,
             )?;
             self.scaler = Some((key.0, key.1, key.2, context));
         }

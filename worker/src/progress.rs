@@ -64,7 +64,10 @@ impl ChunkProgressCounters {
 }
 
 fn slot(done: &[AtomicU64; 6], phase: Phase) -> Option<&AtomicU64> {
-    Phase::ALL.iter().position(|&p| p == phase).map(|i| &done[i])
+    Phase::ALL
+        .iter()
+        .position(|&p| p == phase)
+        .map(|i| &done[i])
 }
 
 #[cfg(test)]

@@ -71,7 +71,11 @@ pub async fn keep_registered(
             let request = HeartbeatRequest {
                 worker_id: worker_id.clone(),
             };
-            match client.heartbeat(request).await.map(tonic::Response::into_inner) {
+            match client
+                .heartbeat(request)
+                .await
+                .map(tonic::Response::into_inner)
+            {
                 Ok(reply) if reply.known => {
                     lease = Duration::from_secs_f64(reply.lease_seconds.max(1.0));
                     since_renewal = tokio::time::Instant::now();

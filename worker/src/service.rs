@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use framefleet_common::config::WorkerConfig;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChunkEvent, ChunkResult, Phase, PhaseTiming, ProcessChunkRequest,
-    WorkerStatus, WorkerStatusRequest,
+    chunk_event, ChunkEvent, ChunkResult, Phase, PhaseTiming, ProcessChunkRequest, WorkerStatus,
+    WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
@@ -60,7 +60,9 @@ impl WorkerState {
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -99,7 +101,13 @@ impl Worker for WorkerService {
         let label = format!("{}/{}", request.job_id, spec.range.index);
         tracing::info!(chunk = %label, attempt = request.attempt, frames = spec.frames(), "chunk accepted");
         let (events, stream) = mpsc::channel(64);
-        tokio::spawn(run_and_report(self.state.clone(), spec, label, permit, events));
+        tokio::spawn(run_and_report(
+            self.state.clone(),
+            spec,
+            label,
+            permit,
+            events,
+        ));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -264,7 +272,8 @@ fn chunk_result(
 fn status_of(error: &ChunkError) -> Status {
     let message = error.to_string();
     match error {
-        ChunkError::Invalid(_) | ChunkError::Process(crate::processor::ProcessError::UnknownModel(_)) => {
+        ChunkError::Invalid(_)
+        | ChunkError::Process(crate::processor::ProcessError::UnknownModel(_)) => {
             Status::invalid_argument(message)
         }
         ChunkError::Process(crate::processor::ProcessError::Invalid(_)) => {
@@ -311,7 +320,10 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("ftp://x/y"));
         let mut empty = request();
-        empty.range = Some(ChunkRange { end_frame: 0, ..empty.range.unwrap_or_default() });
+        empty.range = Some(ChunkRange {
+            end_frame: 0,
+            ..empty.range.unwrap_or_default()
+        });
         assert!(chunk_spec(&empty, 4).is_err());
         let mut no_time_base = request();
         no_time_base.time_base = None;
@@ -320,9 +332,17 @@ mod tests {
 
     #[test]
     fn permanent_and_retryable_failures_map_to_distinct_codes() {
-        assert_eq!(status_of(&ChunkError::Invalid("x".into())).code(), tonic::Code::InvalidArgument);
-        let missing = ChunkError::Storage(StorageError::NotFound { uri: "s3://b/k".into() });
+        assert_eq!(
+            status_of(&ChunkError::Invalid("x".into())).code(),
+            tonic::Code::InvalidArgument
+        );
+        let missing = ChunkError::Storage(StorageError::NotFound {
+            uri: "s3://b/k".into(),
+        });
         assert_eq!(status_of(&missing).code(), tonic::Code::NotFound);
-        assert_eq!(status_of(&ChunkError::Decode("x".into())).code(), tonic::Code::Internal);
+        assert_eq!(
+            status_of(&ChunkError::Decode("x".into())).code(),
+            tonic::Code::Internal
+        );
     }
 }

@@ -39,7 +39,8 @@ where
     R: Read + Seek + Send + 'static,
 {
     init();
-    let io = ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
+    let io =
+        ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
     ffmpeg::format::input_from_stream(io, Some(name), None)
 }
 
@@ -75,7 +76,9 @@ impl PacketReader {
                     return Ok(Some(packet));
                 }
                 Err(ffmpeg::Error::Eof) => return Ok(None),
-                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN && errors < 64 => {
+                Err(ffmpeg::Error::Other { errno })
+                    if errno == ffmpeg::util::error::EAGAIN && errors < 64 =>
+                {
                     errors += 1;
                 }
                 Err(source) => {

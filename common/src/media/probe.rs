@@ -156,7 +156,9 @@ where
         return Err(unsupported("the video stream has no frame size".into()));
     }
     if time_base.numerator() <= 0 || time_base.denominator() <= 0 {
-        return Err(unsupported("the video stream has no valid time base".into()));
+        return Err(unsupported(
+            "the video stream has no valid time base".into(),
+        ));
     }
     let audio = input
         .streams()

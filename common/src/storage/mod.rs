@@ -19,8 +19,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::StorageConfig;
-use s3::S3Ops;
 pub use reader::ObjectReader;
+use s3::S3Ops;
 pub use upload::Upload;
 pub use uri::ObjectUri;
 
@@ -67,7 +67,13 @@ pub enum StorageError {
 impl StorageError {
     /// True when the same request may succeed if retried.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StorageError::Request { transient: true, .. })
+        matches!(
+            self,
+            StorageError::Request {
+                transient: true,
+                ..
+            }
+        )
     }
 
     fn io(operation: &'static str, uri: &ObjectUri, error: std::io::Error) -> Self {
@@ -316,9 +322,11 @@ impl Storage {
     }
 
     fn s3(&self, uri: &ObjectUri) -> Result<&aws_sdk_s3::Client, StorageError> {
-        self.s3.as_ref().ok_or_else(|| StorageError::NoS3Credentials {
-            uri: uri.to_string(),
-        })
+        self.s3
+            .as_ref()
+            .ok_or_else(|| StorageError::NoS3Credentials {
+                uri: uri.to_string(),
+            })
     }
 
     fn record_write(&self, bytes: u64) {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -49,7 +49,11 @@ pub(super) fn client(config: &StorageConfig) -> Option<Client> {
     Some(Client::from_conf(builder.build()))
 }
 
-fn request_error<E>(operation: &'static str, uri: &ObjectUri, error: SdkError<E, HttpResponse>) -> StorageError
+fn request_error<E>(
+    operation: &'static str,
+    uri: &ObjectUri,
+    error: SdkError<E, HttpResponse>,
+) -> StorageError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
@@ -87,10 +91,19 @@ pub(super) trait S3Ops {
         len: u64,
         uri: &ObjectUri,
     ) -> Result<Bytes, StorageError>;
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, uri: &ObjectUri)
-        -> Result<(), StorageError>;
-    async fn start_multipart(&self, bucket: &str, key: &str, uri: &ObjectUri)
-        -> Result<String, StorageError>;
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        uri: &ObjectUri,
+    ) -> Result<(), StorageError>;
+    async fn start_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        uri: &ObjectUri,
+    ) -> Result<String, StorageError>;
     async fn put_part(
         &self,
         target: (&str, &str, &str),
@@ -105,8 +118,12 @@ pub(super) trait S3Ops {
         uri: &ObjectUri,
     ) -> Result<(), StorageError>;
     async fn abort_multipart(&self, target: (&str, &str, &str));
-    async fn list(&self, bucket: &str, prefix: &str, uri: &ObjectUri)
-        -> Result<Vec<String>, StorageError>;
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        uri: &ObjectUri,
+    ) -> Result<Vec<String>, StorageError>;
     async fn delete(&self, bucket: &str, key: &str, uri: &ObjectUri) -> Result<(), StorageError>;
 }
 
@@ -135,7 +152,14 @@ impl S3Ops for Client {
             return Ok(Bytes::new());
         }
         let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let response = match self.get_object().bucket(bucket).key(key).range(range).send().await {
+        let response = match self
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(range)
+            .send()
+            .await
+        {
             Ok(response) => response,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                 return Err(StorageError::NotFound {

@@ -46,10 +46,8 @@ impl Upload {
                     }
                 })?;
                 Target::File {
-                    temporary: path.with_file_name(format!(
-                        ".{name}.partial-{:016x}",
-                        rand::random::<u64>()
-                    )),
+                    temporary: path
+                        .with_file_name(format!(".{name}.partial-{:016x}", rand::random::<u64>())),
                     file: None,
                 }
             }
@@ -116,7 +114,8 @@ impl Upload {
     }
 
     async fn finish_file(&mut self) -> Result<(), StorageError> {
-        let (Target::File { temporary, file }, ObjectUri::File(path)) = (&mut self.target, &self.uri)
+        let (Target::File { temporary, file }, ObjectUri::File(path)) =
+            (&mut self.target, &self.uri)
         else {
             return Ok(());
         };
@@ -146,11 +145,23 @@ impl Upload {
     async fn finish_s3(&mut self) -> Result<(), StorageError> {
         let storage = self.storage.clone();
         let client = storage.s3(&self.uri)?;
-        let started = matches!(&self.target, Target::S3 { multipart: Some(_), .. });
+        let started = matches!(
+            &self.target,
+            Target::S3 {
+                multipart: Some(_),
+                ..
+            }
+        );
         if started && self.buffered() > 0 {
             self.send_part().await?;
         }
-        let Target::S3 { bucket, key, buffer, multipart } = &mut self.target else {
+        let Target::S3 {
+            bucket,
+            key,
+            buffer,
+            multipart,
+        } = &mut self.target
+        else {
             return Ok(());
         };
         match multipart.take() {
@@ -221,7 +232,9 @@ impl Upload {
             storage.record_write(0);
             *multipart = Some((upload_id, Vec::new()));
         }
-        let take = buffer.len().min(usize::try_from(storage.part_bytes).unwrap_or(usize::MAX));
+        let take = buffer
+            .len()
+            .min(usize::try_from(storage.part_bytes).unwrap_or(usize::MAX));
         let body: Bytes = buffer.split_to(take).freeze();
         let size = body.len() as u64;
         if let Some((upload_id, parts)) = multipart {

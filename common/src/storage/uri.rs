@@ -25,7 +25,9 @@ impl ObjectUri {
     pub fn join(&self, name: &str) -> Result<ObjectUri, StorageError> {
         let name = name.trim_start_matches('/');
         match self {
-            ObjectUri::File(path) => parse_file(&path.join(name).to_string_lossy(), &self.to_string()),
+            ObjectUri::File(path) => {
+                parse_file(&path.join(name).to_string_lossy(), &self.to_string())
+            }
             ObjectUri::S3 { bucket, key } => {
                 let key = if key.is_empty() || key.ends_with('/') {
                     format!("{key}{name}")
@@ -80,7 +82,10 @@ impl FromStr for ObjectUri {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
             if !valid_bucket {
-                return Err(bad(uri, "the bucket name must be 3-63 lower-case letters, digits, '-' or '.'"));
+                return Err(bad(
+                    uri,
+                    "the bucket name must be 3-63 lower-case letters, digits, '-' or '.'",
+                ));
             }
             check_key(key, uri)?;
             return Ok(ObjectUri::S3 {
@@ -114,7 +119,10 @@ fn bad(uri: &str, reason: &str) -> StorageError {
 fn parse_file(path: &str, uri: &str) -> Result<ObjectUri, StorageError> {
     let path = Path::new(path);
     if !path.is_absolute() {
-        return Err(bad(uri, "file URIs need an absolute path: file:///dir/name"));
+        return Err(bad(
+            uri,
+            "file URIs need an absolute path: file:///dir/name",
+        ));
     }
     if path
         .components()
@@ -129,7 +137,10 @@ fn check_key(key: &str, uri: &str) -> Result<(), StorageError> {
     if key.len() > 1024 {
         return Err(bad(uri, "the key is longer than 1024 bytes"));
     }
-    if key.split('/').any(|segment| segment == ".." || segment == ".") {
+    if key
+        .split('/')
+        .any(|segment| segment == ".." || segment == ".")
+    {
         return Err(bad(uri, "'..' and '.' are not allowed in keys"));
     }
     if key.chars().any(char::is_control) {
@@ -156,7 +167,10 @@ mod tests {
         assert_eq!(uri.parent().to_string(), "s3://media-bucket/in");
         assert_eq!(uri.file_name(), "clip.mp4");
         let file: ObjectUri = "file:///tmp/a/b.mp4".parse().expect("valid");
-        assert_eq!(file.parent().join("c").expect("join").to_string(), "file:///tmp/a/c");
+        assert_eq!(
+            file.parent().join("c").expect("join").to_string(),
+            "file:///tmp/a/c"
+        );
     }
 
     #[test]

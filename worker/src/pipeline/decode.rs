@@ -12,9 +12,9 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::Rescale;
+use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::{frame_pts, open_input, PacketReader};
 use framefleet_common::proto::Phase;

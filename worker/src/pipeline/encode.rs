@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::frame::Video as VideoFrame;
+use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::mp4_movie_timescale;
 use framefleet_common::proto::Phase;
@@ -46,9 +46,9 @@ pub(super) fn run(
         return Err(ChunkError::Disconnected);
     };
     let (width, height) = (first.width(), first.height());
-    let mut session = context
-        .clock
-        .time(Phase::Init, || EncodeSession::open(spec, width, height, path))?;
+    let mut session = context.clock.time(Phase::Init, || {
+        EncodeSession::open(spec, width, height, path)
+    })?;
     let mut pending = first;
     for next in frames.iter() {
         context.check_cancelled()?;
@@ -101,7 +101,9 @@ struct EncodeSession {
 impl EncodeSession {
     fn open(spec: &ChunkSpec, width: u32, height: u32, path: &Path) -> Result<Self, ChunkError> {
         let codec = ffmpeg::encoder::find_by_name("libx264").ok_or_else(|| {
-            ChunkError::Encode("FFmpeg was built without libx264; install libavcodec with x264".into())
+            ChunkError::Encode(
+                "FFmpeg was built without libx264; install libavcodec with x264".into(),
+            )
         })?;
         let mut output = ffmpeg::format::output_as(&path, "mp4")
             .map_err(encode_error("cannot create the chunk file"))?;
@@ -134,12 +136,16 @@ impl EncodeSession {
         if settings.lossless {
             options.set("qp", "0");
         } else {
-            let crf = if settings.crf == 0 { DEFAULT_CRF } else { settings.crf };
+            let crf = if settings.crf == 0 {
+                DEFAULT_CRF
+            } else {
+                settings.crf
+            };
             options.set("crf", &crf.to_string());
         }
-        let encoder = encoder
-            .open_as_with(codec, options)
-            .map_err(encode_error("x264 refused the settings (check preset and crf)"))?;
+        let encoder = encoder.open_as_with(codec, options).map_err(encode_error(
+            "x264 refused the settings (check preset and crf)",
+        ))?;
         {
             let mut stream = output
                 .add_stream(codec)

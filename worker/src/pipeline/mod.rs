@@ -175,7 +175,9 @@ pub async fn run_chunk(
         cancel,
     };
     if spec.frames() == 0 {
-        return Err(ChunkError::Invalid("the chunk range holds no frames".into()));
+        return Err(ChunkError::Invalid(
+            "the chunk range holds no frames".into(),
+        ));
     }
     let batch = spec.batch_frames.max(1);
     let local = tempfile::Builder::new()
@@ -208,7 +210,9 @@ pub async fn run_chunk(
     };
     let results = (
         decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
-        processing.await.unwrap_or(Err(ChunkError::Crashed("process"))),
+        processing
+            .await
+            .unwrap_or(Err(ChunkError::Crashed("process"))),
         encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
     );
     let (device, encoded) = match results {
@@ -303,7 +307,9 @@ fn process(
             });
         }
         for frame in frames {
-            processed.send(frame).map_err(|_| ChunkError::Disconnected)?;
+            processed
+                .send(frame)
+                .map_err(|_| ChunkError::Disconnected)?;
             done += 1;
         }
         context.progress.set(Phase::Process, done);
