@@ -17,6 +17,7 @@ fn local() -> Command {
 #[test]
 fn local_runs_a_job_end_to_end_on_plain_paths() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let encoded = dir.path().join("encoded.mov");
     let input = dir.path().join("clip with spaces.mov");
     ffmpeg(&[
         "-f",
@@ -38,6 +39,16 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         "-c:a",
         "aac",
         "-shortest",
+        encoded.to_str().expect("utf-8"),
+    ]);
+    // A phone-style display rotation, set on a stream copy as cameras do.
+    ffmpeg(&[
+        "-i",
+        encoded.to_str().expect("utf-8"),
+        "-c",
+        "copy",
+        "-metadata:s:v:0",
+        "rotate=90",
         input.to_str().expect("utf-8"),
     ]);
     let output = dir.path().join("out.mp4");
@@ -71,6 +82,12 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         "{stdout}"
     );
     assert_exact(&input, &output, (400, 224));
+    assert_eq!(
+        rotation(&output),
+        rotation(&input),
+        "the display rotation was lost"
+    );
+    assert_eq!(rotation(&input).as_deref(), Some("90"));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
             .expect("JSON");

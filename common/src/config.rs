@@ -452,6 +452,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_every_default() {
+        let example = include_str!("../../deploy/framefleet.example.toml");
+        let config = from_toml(example).expect("the example parses");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn toml_overrides_defaults() {
         let config = from_toml("[dispatch]\nmax_attempts = 7\n").expect("valid");
         assert_eq!(config.dispatch.max_attempts, 7);

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use ffmpeg::codec::packet::side_data::Type as SideDataType;
 use ffmpeg::{format, media, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
@@ -36,9 +37,7 @@ pub enum StitchError {
         source: ReadError,
     },
     /// FFmpeg refused the output.
-    #[error(
-        "writing the output failed: {0}; check that the output name ends in .mp4, .mov or .mkv"
-    )]
+    #[error("writing the output failed: {0}")]
     Write(String),
     /// The chunks do not add up to the input.
     #[error("the chunks hold {got} video frames but the input has {expected}")]
@@ -94,6 +93,12 @@ pub fn stitch(
         format::output(&output).map_err(write_error("cannot create the output"))?;
     let video_time_base = Rational::new(info.video.time_base.0, info.video.time_base.1);
     add_copy_stream(&mut output_context, video_parameters, video_time_base)?;
+    if let (Some(from), Some(mut to)) = (
+        source.stream(info.video.stream_index),
+        output_context.stream_mut(0),
+    ) {
+        copy_display_side_data(&from, &mut to);
+    }
     let mut audio_map = vec![None; source.nb_streams() as usize];
     for (position, audio) in info.audio.iter().enumerate() {
         let Some(stream) = source.stream(audio.stream_index) else {
@@ -114,9 +119,18 @@ pub fn stitch(
             &mp4_movie_timescale(video_time_base).to_string(),
         );
     }
-    output_context
-        .write_header_with(options)
-        .map_err(write_error("cannot write the output header"))?;
+    output_context.write_header_with(options).map_err(|e| {
+        let audio: Vec<&str> = info.audio.iter().map(|a| a.codec.as_str()).collect();
+        StitchError::Write(format!(
+            "the {name} container cannot hold these streams (video h264, audio: {}): {e}; \
+             choose a .mkv output to keep every audio codec",
+            if audio.is_empty() {
+                "none".to_string()
+            } else {
+                audio.join(", ")
+            }
+        ))
+    })?;
     let out_time_bases: Vec<Rational> = output_context.streams().map(|s| s.time_base()).collect();
 
     let mut video = ChunkPackets {
@@ -192,6 +206,38 @@ fn frame_durations(info: &MediaInfo) -> HashMap<i64, i64> {
             (frame.pts, next - frame.pts)
         })
         .collect()
+}
+
+/// Stream side data that says how to show the video (rotation, HDR, 3D, 360°): kept on the
+/// re-encoded video so phone footage is not shown sideways.
+const DISPLAY_SIDE_DATA: [SideDataType; 5] = [
+    SideDataType::DisplayMatrix,
+    SideDataType::MasteringDisplayMetadata,
+    SideDataType::ContentLightLevel,
+    SideDataType::Stereo3d,
+    SideDataType::DataSpherical,
+];
+
+fn copy_display_side_data(from: &format::stream::Stream, to: &mut format::stream::StreamMut) {
+    for side in from.side_data() {
+        if !DISPLAY_SIDE_DATA.contains(&side.kind()) {
+            continue;
+        }
+        let data = side.data();
+        // SAFETY: `to` is a stream of an output context not yet started; FFmpeg allocates
+        // `data.len()` bytes for the new entry and returns null on failure, and the copy
+        // stays within both buffers.
+        unsafe {
+            let target = ffmpeg::ffi::av_stream_new_side_data(
+                to.as_mut_ptr(),
+                side.kind().into(),
+                data.len(),
+            );
+            if !target.is_null() {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), target, data.len());
+            }
+        }
+    }
 }
 
 fn add_copy_stream(

@@ -526,6 +526,23 @@ pub fn audio_packets(path: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The display rotation of the first video stream, if it has one.
+pub fn rotation(path: &Path) -> Option<String> {
+    ffprobe(
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream_side_data=rotation",
+            "-of",
+            "default=noprint_wrappers=1",
+        ],
+        path,
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("rotation=").map(str::to_string))
+}
+
 /// MD5 of every decoded video frame, in order.
 pub fn frame_hashes(path: &Path) -> Vec<String> {
     let output = Command::new("ffmpeg")

@@ -9,6 +9,7 @@ use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
+use framefleet_common::media::{copy_picture_properties, is_full_range_format};
 use framefleet_common::proto::ProcessorSpec;
 
 /// A processor could not be built or failed on a frame.
@@ -115,6 +116,7 @@ impl FrameProcessor for Lanczos {
                 let mut out = VideoFrame::empty();
                 scaler.run(&frame, &mut out)?;
                 out.set_pts(frame.pts());
+                copy_picture_properties(&frame, &mut out, is_full_range_format(frame.format()));
                 Ok(out)
             })
             .collect()
@@ -139,6 +141,11 @@ mod tests {
             }
         }
         frame.set_pts(Some(pts));
+        frame.set_color_range(ffmpeg::color::Range::JPEG);
+        // SAFETY: the frame owns a valid AVFrame.
+        unsafe {
+            (*frame.as_mut_ptr()).sample_aspect_ratio = ffmpeg::Rational::new(4, 3).into();
+        }
         frame
     }
 
@@ -153,6 +160,8 @@ mod tests {
         assert_eq!((out[0].width(), out[0].height()), (66, 34));
         assert_eq!(out[0].format(), Pixel::YUV420P);
         assert_eq!((out[0].pts(), out[1].pts()), (Some(7), Some(9)));
+        assert_eq!(out[0].aspect_ratio(), ffmpeg::Rational::new(4, 3));
+        assert_eq!(out[0].color_range(), ffmpeg::color::Range::JPEG);
         let again = lanczos.process(vec![gradient(33, 17, 7)]).expect("scales");
         assert_eq!(out[0].data(0), again[0].data(0));
     }

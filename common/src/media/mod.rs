@@ -110,6 +110,41 @@ pub fn mp4_movie_timescale(time_base: ffmpeg::Rational) -> i64 {
     timescale
 }
 
+/// Copies what describes how a frame is displayed (sample aspect ratio, colour matrix,
+/// primaries, transfer and range) from a decoded frame to the frame made from it, which
+/// swscale and the models leave blank. `range_converted` is true when the processor
+/// already converted a full-range (`yuvj`) source to limited range.
+pub fn copy_picture_properties(
+    from: &ffmpeg::frame::Video,
+    to: &mut ffmpeg::frame::Video,
+    range_converted: bool,
+) {
+    to.set_color_space(from.color_space());
+    to.set_color_primaries(from.color_primaries());
+    to.set_color_transfer_characteristic(from.color_transfer_characteristic());
+    to.set_color_range(if range_converted {
+        ffmpeg::color::Range::MPEG
+    } else {
+        from.color_range()
+    });
+    let aspect = from.aspect_ratio();
+    // SAFETY: `to` owns a valid AVFrame; this writes one plain field ffmpeg-next has no
+    // setter for.
+    unsafe {
+        (*to.as_mut_ptr()).sample_aspect_ratio = aspect.into();
+    }
+}
+
+/// True for the deprecated full-range `yuvj*` pixel formats, which swscale converts to
+/// limited range when it outputs plain `yuv*`.
+pub fn is_full_range_format(format: ffmpeg::format::Pixel) -> bool {
+    use ffmpeg::format::Pixel;
+    matches!(
+        format,
+        Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P | Pixel::YUVJ440P | Pixel::YUVJ411P
+    )
+}
+
 /// Presentation timestamp of a decoded frame: FFmpeg's best-effort timestamp, which is the
 /// packet's pts when there is one.
 pub fn frame_pts(frame: &ffmpeg::frame::Video) -> Option<i64> {

@@ -46,9 +46,9 @@ pub(super) fn run(
         return Err(ChunkError::Disconnected);
     };
     let (width, height) = (first.width(), first.height());
-    let mut session = context.clock.time(Phase::Init, || {
-        EncodeSession::open(spec, width, height, path)
-    })?;
+    let mut session = context
+        .clock
+        .time(Phase::Init, || EncodeSession::open(spec, &first, path))?;
     let mut pending = first;
     for next in frames.iter() {
         context.check_cancelled()?;
@@ -99,7 +99,8 @@ struct EncodeSession {
 }
 
 impl EncodeSession {
-    fn open(spec: &ChunkSpec, width: u32, height: u32, path: &Path) -> Result<Self, ChunkError> {
+    /// Opens the encoder for frames like `first` (size, aspect ratio and colour tags).
+    fn open(spec: &ChunkSpec, first: &VideoFrame, path: &Path) -> Result<Self, ChunkError> {
         let codec = ffmpeg::encoder::find_by_name("libx264").ok_or_else(|| {
             ChunkError::Encode(
                 "FFmpeg was built without libx264; install libavcodec with x264".into(),
@@ -115,9 +116,14 @@ impl EncodeSession {
             .encoder()
             .video()
             .map_err(encode_error("cannot create the x264 encoder"))?;
-        encoder.set_width(width);
-        encoder.set_height(height);
+        encoder.set_width(first.width());
+        encoder.set_height(first.height());
         encoder.set_format(ffmpeg::format::Pixel::YUV420P);
+        encoder.set_aspect_ratio(first.aspect_ratio());
+        encoder.set_colorspace(first.color_space());
+        encoder.set_color_range(first.color_range());
+        encoder.set_color_primaries(first.color_primaries());
+        encoder.set_color_transfer_characteristic(first.color_transfer_characteristic());
         encoder.set_time_base(spec.time_base);
         if spec.frame_rate.numerator() > 0 && spec.frame_rate.denominator() > 0 {
             encoder.set_frame_rate(Some(spec.frame_rate));
