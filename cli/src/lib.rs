@@ -4,12 +4,14 @@
 //!   processes on loopback and `file://` storage ([`local`]).
 //! - `submit`, `watch`, `status`, `cancel`, `cost`, `list`: a client of a running
 //!   orchestrator ([`remote`]).
+//! - `models import|list`: the neural model cache ([`models`]).
 //! - `orchestrator`, `worker`: run the servers, as their own binaries do.
 //!
 //! [`render`] draws the progress bar and the cost table.
 
 pub mod job_options;
 pub mod local;
+pub mod models;
 pub mod remote;
 pub mod render;
 
@@ -41,6 +43,8 @@ pub enum Command {
     Cost(remote::JobArgs),
     /// List the orchestrator's jobs.
     List(remote::ListArgs),
+    /// Install and list neural models.
+    Models(models::ModelsArgs),
     /// Run an orchestrator.
     Orchestrator(framefleet_orchestrator::OrchestratorArgs),
     /// Run a worker.
@@ -57,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => remote::cancel(args).await,
         Command::Cost(args) => remote::cost(args).await,
         Command::List(args) => remote::list(args).await,
+        Command::Models(args) => models::run(args),
         Command::Orchestrator(args) => framefleet_orchestrator::run(args).await,
         Command::Worker(args) => framefleet_worker::run(args).await,
     }

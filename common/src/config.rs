@@ -82,6 +82,11 @@ pub struct WorkerConfig {
     pub gpus_per_slot: u32,
     /// Frames per processing batch.
     pub batch_frames: u32,
+    /// Where neural models are installed (`framefleet models import`); empty means
+    /// `~/.cache/framefleet/models`.
+    pub model_dir: String,
+    /// Where neural models run: `auto` (CUDA when libtorch sees a GPU, else CPU) or `cpu`.
+    pub device: String,
 }
 
 /// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
@@ -195,6 +200,8 @@ impl Default for WorkerConfig {
             slots: 1,
             gpus_per_slot: 1,
             batch_frames: 4,
+            model_dir: String::new(),
+            device: "auto".into(),
         }
     }
 }
@@ -324,6 +331,9 @@ impl Config {
         }
         if self.worker.gpus_per_slot == 0 {
             return invalid("worker.gpus_per_slot", "must be at least 1");
+        }
+        if !["auto", "cpu"].contains(&self.worker.device.as_str()) {
+            return invalid("worker.device", "must be `auto` or `cpu`");
         }
         if self.worker.batch_frames == 0 {
             return invalid("worker.batch_frames", "must be at least 1");

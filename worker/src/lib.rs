@@ -7,6 +7,7 @@
 //! upload, with measured [`progress`] streamed back as it goes.
 
 pub mod args;
+pub mod models;
 pub mod pipeline;
 pub mod processor;
 pub mod progress;

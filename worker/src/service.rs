@@ -23,6 +23,7 @@ use framefleet_common::proto::{
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
+use crate::processor::ProcessorSettings;
 use crate::progress::ChunkProgressCounters;
 
 /// How long a chunk waits for a slot still held by a chunk being cancelled.
@@ -90,7 +91,7 @@ impl Worker for WorkerService {
             return Err(Status::unavailable("worker is shutting down"));
         }
         let request = request.into_inner();
-        let spec = chunk_spec(&request, self.state.config.batch_frames as usize)?;
+        let spec = chunk_spec(&request, &self.state.config)?;
         // The orchestrator hands out a slot as soon as it gives a chunk up; the pipeline it
         // cancelled may need a moment to stop, so wait for it briefly rather than refuse.
         let permit = tokio::time::timeout(SLOT_WAIT, self.state.slots.clone().acquire_owned())
@@ -122,15 +123,29 @@ impl Worker for WorkerService {
             gpu_type: state.config.gpu_type.clone(),
             slots,
             busy_slots: slots.saturating_sub(state.slots.available_permits() as u32),
-            device: "cpu".into(),
+            device: device_label(&state.config.device).into(),
             chunks_done: state.chunks_done.load(Ordering::Relaxed),
             current_chunks: state.current().iter().cloned().collect(),
         }))
     }
 }
 
+/// Where this worker runs models: `cuda` when built with libtorch and a GPU is visible
+/// (and `worker.device` allows it), else `cpu`.
+fn device_label(requested: &str) -> &'static str {
+    #[cfg(feature = "torch")]
+    {
+        crate::processor::neural::device_label(crate::processor::neural::select_device(requested))
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = requested;
+        "cpu"
+    }
+}
+
 /// Turns a request into a validated [`ChunkSpec`].
-fn chunk_spec(request: &ProcessChunkRequest, batch_frames: usize) -> Result<ChunkSpec, Status> {
+fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<ChunkSpec, Status> {
     let parse = |uri: &str| {
         uri.parse::<ObjectUri>()
             .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -156,7 +171,11 @@ fn chunk_spec(request: &ProcessChunkRequest, batch_frames: usize) -> Result<Chun
         stream_index: request.video_stream_index as usize,
         processor: request.processor.clone().unwrap_or_default(),
         encoder: request.encoder.clone().unwrap_or_default(),
-        batch_frames,
+        batch_frames: config.batch_frames as usize,
+        settings: ProcessorSettings {
+            model_dir: crate::models::cache_dir(&config.model_dir),
+            device: config.device.clone(),
+        },
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
     })
@@ -313,10 +332,11 @@ mod tests {
 
     #[test]
     fn requests_are_validated_with_actionable_messages() {
-        assert!(chunk_spec(&request(), 4).is_ok());
+        let config = WorkerConfig::default();
+        assert!(chunk_spec(&request(), &config).is_ok());
         let mut bad = request();
         bad.input_uri = "ftp://x/y".into();
-        let status = chunk_spec(&bad, 4).expect_err("bad scheme");
+        let status = chunk_spec(&bad, &config).expect_err("bad scheme");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("ftp://x/y"));
         let mut empty = request();
@@ -324,10 +344,10 @@ mod tests {
             end_frame: 0,
             ..empty.range.unwrap_or_default()
         });
-        assert!(chunk_spec(&empty, 4).is_err());
+        assert!(chunk_spec(&empty, &config).is_err());
         let mut no_time_base = request();
         no_time_base.time_base = None;
-        assert!(chunk_spec(&no_time_base, 4).is_err());
+        assert!(chunk_spec(&no_time_base, &config).is_err());
     }
 
     #[test]

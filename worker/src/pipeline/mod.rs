@@ -85,6 +85,8 @@ pub struct ChunkSpec {
     pub encoder: EncoderSettings,
     /// Frames per processing batch.
     pub batch_frames: usize,
+    /// Where models are and which device runs them.
+    pub settings: processor::ProcessorSettings,
     /// Time base of the input's video stream, kept for the output.
     pub time_base: ffmpeg_next::Rational,
     /// Average frame rate of the input, `0/1` when unknown.
@@ -281,9 +283,9 @@ fn process(
     decoded: Receiver<VideoFrame>,
     processed: SyncSender<VideoFrame>,
 ) -> Result<&'static str, ChunkError> {
-    let mut processor = context
-        .clock
-        .time(Phase::Init, || processor::build(&spec.processor))?;
+    let mut processor = context.clock.time(Phase::Init, || {
+        processor::build(&spec.processor, &spec.settings)
+    })?;
     let batch_size = spec.batch_frames.max(1);
     let mut done = 0u64;
     while let Ok(first) = decoded.recv() {

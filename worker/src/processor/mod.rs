@@ -1,5 +1,9 @@
 //! Frame processors: a batch of decoded frames in, a batch of processed frames out.
 //!
+//! - [`Lanczos`]: swscale on the CPU, the model-free default, always available.
+//! - `neural` (feature `torch`): Real-ESRGAN catalog models and TorchScript modules on
+//!   libtorch, CUDA when present.
+//!
 //! A processor is built inside the processing thread and stays there (FFmpeg's scaler
 //! contexts are not thread-safe), so the trait has no `Send` bound. Every processor emits
 //! `yuv420p` frames, the encoder's input format, and keeps each frame's timestamp.
@@ -7,6 +11,9 @@
 use ffmpeg::format::Pixel;
 use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::software::scaling;
+#[cfg(feature = "torch")]
+pub mod neural;
+
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::{copy_picture_properties, is_full_range_format};
@@ -16,8 +23,11 @@ use framefleet_common::proto::ProcessorSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     /// The job names a model this worker does not have.
-    #[error("unknown model `{0}`; this worker offers: lanczos")]
+    #[error("unknown model `{0}`; this worker offers: {offered}", offered = offered_models())]
     UnknownModel(String),
+    /// The model failed to load or to run.
+    #[error("the model failed: {0}")]
+    Model(String),
     /// The job's parameters cannot work.
     #[error("invalid processor settings: {0}")]
     Invalid(String),
@@ -28,8 +38,6 @@ pub enum ProcessError {
 
 /// One per-frame operation. Implementations keep state (scalers, models) across batches.
 pub trait FrameProcessor {
-    /// Output size for an input of `width` x `height`.
-    fn output_size(&self, width: u32, height: u32) -> (u32, u32);
     /// Processes a batch in order; the output has one frame per input frame, with the same
     /// timestamps.
     fn process(&mut self, frames: Vec<VideoFrame>) -> Result<Vec<VideoFrame>, ProcessError>;
@@ -37,11 +45,47 @@ pub trait FrameProcessor {
     fn device(&self) -> &'static str;
 }
 
+/// What building a processor needs from the worker.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Where neural models are installed.
+    pub model_dir: std::path::PathBuf,
+    /// `auto` (CUDA when present) or `cpu`.
+    pub device: String,
+}
+
+/// The models this worker can run, for error messages.
+fn offered_models() -> String {
+    let mut names = vec!["lanczos"];
+    if cfg!(feature = "torch") {
+        names.extend(crate::models::CATALOG.iter().map(|m| m.name));
+        names.push("/path/to/module.pt (TorchScript)");
+    } else {
+        names.push("(neural models need a worker built with --features torch)");
+    }
+    names.join(", ")
+}
+
 /// Builds the processor a job asks for.
-pub fn build(spec: &ProcessorSpec) -> Result<Box<dyn FrameProcessor>, ProcessError> {
+pub fn build(
+    spec: &ProcessorSpec,
+    settings: &ProcessorSettings,
+) -> Result<Box<dyn FrameProcessor>, ProcessError> {
     match spec.model.as_str() {
         "" | "lanczos" => Ok(Box::new(Lanczos::new(spec.scale)?)),
-        other => Err(ProcessError::UnknownModel(other.to_string())),
+        #[cfg(feature = "torch")]
+        model => {
+            let neural = neural::NeuralSettings {
+                model_dir: settings.model_dir.clone(),
+                device: neural::select_device(&settings.device),
+            };
+            Ok(Box::new(neural::Neural::new(model, &neural)?))
+        }
+        #[cfg(not(feature = "torch"))]
+        other => {
+            let _ = settings;
+            Err(ProcessError::UnknownModel(other.to_string()))
+        }
     }
 }
 
@@ -70,6 +114,14 @@ impl Lanczos {
             scale,
             scaler: None,
         })
+    }
+
+    /// Output size for an input of `width` x `height`.
+    pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        (
+            scaled_dimension(width, self.scale),
+            scaled_dimension(height, self.scale),
+        )
     }
 
     fn scaler_for(&mut self, frame: &VideoFrame) -> Result<&mut scaling::Context, ProcessError> {
@@ -101,13 +153,6 @@ impl Lanczos {
 }
 
 impl FrameProcessor for Lanczos {
-    fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
-        (
-            scaled_dimension(width, self.scale),
-            scaled_dimension(height, self.scale),
-        )
-    }
-
     fn process(&mut self, frames: Vec<VideoFrame>) -> Result<Vec<VideoFrame>, ProcessError> {
         frames
             .into_iter()
@@ -149,6 +194,17 @@ mod tests {
         frame
     }
 
+    /// The visible luma pixels, row by row (stride padding left out).
+    fn luma_rows(frame: &VideoFrame) -> Vec<u8> {
+        let (stride, width) = (frame.stride(0), frame.width() as usize);
+        frame
+            .data(0)
+            .chunks(stride)
+            .take(frame.height() as usize)
+            .flat_map(|row| row[..width].to_vec())
+            .collect()
+    }
+
     #[test]
     fn lanczos_scales_size_keeps_timestamps_and_is_deterministic() {
         framefleet_common::media::init();
@@ -163,7 +219,7 @@ mod tests {
         assert_eq!(out[0].aspect_ratio(), ffmpeg::Rational::new(4, 3));
         assert_eq!(out[0].color_range(), ffmpeg::color::Range::JPEG);
         let again = lanczos.process(vec![gradient(33, 17, 7)]).expect("scales");
-        assert_eq!(out[0].data(0), again[0].data(0));
+        assert_eq!(luma_rows(&out[0]), luma_rows(&again[0]));
     }
 
     #[test]
@@ -171,10 +227,17 @@ mod tests {
         assert_eq!(scaled_dimension(321, 1.0), 322);
         assert_eq!(scaled_dimension(321, 2.0), 642);
         assert!(Lanczos::new(f64::NAN).is_err());
-        let error = build(&ProcessorSpec {
-            model: "magic".into(),
-            scale: 2.0,
-        })
+        let settings = ProcessorSettings {
+            model_dir: std::path::PathBuf::from("/nonexistent"),
+            device: "cpu".into(),
+        };
+        let error = build(
+            &ProcessorSpec {
+                model: "magic".into(),
+                scale: 2.0,
+            },
+            &settings,
+        )
         .err()
         .expect("unknown model");
         assert!(error.to_string().contains("magic"));

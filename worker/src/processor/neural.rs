@@ -1,0 +1,287 @@
+//! Neural processors on libtorch: the Real-ESRGAN catalog models and user TorchScript
+//! modules, batched, fp16 on CUDA, float on CPU.
+//!
+//! Frames go to RGB at their own size with swscale (cheap: input resolution), then to the
+//! device as one `N x 3 x H x W` batch. The model's output is turned into 8-bit YUV 4:2:0
+//! on the device (BT.601 limited range, the inverse of swscale's default conversion in),
+//! so what crosses back to the host is 1.5 bytes per pixel instead of 12 (a 4x frame is 16
+//! times the input's pixels). Each model is loaded once per worker process and kept.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ffmpeg::format::Pixel;
+use ffmpeg::frame::Video as VideoFrame;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+use tch::{Device, Kind, Tensor};
+
+use framefleet_common::media::copy_picture_properties;
+
+use super::{FrameProcessor, ProcessError};
+use crate::models::network::Network;
+use crate::models::{self, ModelError};
+
+/// Where neural models run and where they are installed.
+#[derive(Debug, Clone)]
+pub struct NeuralSettings {
+    /// The model cache.
+    pub model_dir: PathBuf,
+    /// The libtorch device.
+    pub device: Device,
+}
+
+/// Picks CUDA when libtorch sees a GPU (unless `requested` is `cpu`), else the CPU.
+pub fn select_device(requested: &str) -> Device {
+    match requested {
+        "cpu" => Device::Cpu,
+        _ => Device::cuda_if_available(),
+    }
+}
+
+/// Name of a device for reports: `cuda` or `cpu`.
+pub fn device_label(device: Device) -> &'static str {
+    if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+type Shared = Arc<Mutex<Network>>;
+
+/// Loads `model` once per process: a catalog name or a TorchScript file path.
+fn load(model: &str, settings: &NeuralSettings) -> Result<Shared, ProcessError> {
+    static LOADED: OnceLock<Mutex<HashMap<String, Shared>>> = OnceLock::new();
+    let cache = LOADED.get_or_init(Mutex::default);
+    let key = format!("{model}@{:?}", settings.device);
+    if let Some(network) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(network.clone());
+    }
+    let network = if let Some(info) = models::find(model) {
+        let (param, bin) =
+            models::installed_files(&settings.model_dir, model).map_err(model_error)?;
+        let kind = if settings.device.is_cuda() {
+            Kind::Half
+        } else {
+            Kind::Float
+        };
+        Network::from_ncnn(info, &param, &bin, settings.device, kind).map_err(model_error)?
+    } else if is_torchscript_path(model) {
+        let path = model.strip_prefix("file://").unwrap_or(model);
+        Network::from_torchscript(std::path::Path::new(path), settings.device)
+            .map_err(model_error)?
+    } else {
+        return Err(ProcessError::UnknownModel(model.to_string()));
+    };
+    let shared = Arc::new(Mutex::new(network));
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, shared.clone());
+    Ok(shared)
+}
+
+/// True when `model` names a TorchScript file rather than a catalog model.
+pub fn is_torchscript_path(model: &str) -> bool {
+    let path = model.strip_prefix("file://").unwrap_or(model);
+    path.starts_with('/')
+        && [".pt", ".pth", ".ts", ".torchscript"]
+            .iter()
+            .any(|e| path.ends_with(e))
+}
+
+fn model_error(error: ModelError) -> ProcessError {
+    match error {
+        ModelError::NotInstalled { .. } | ModelError::Io { .. } => {
+            ProcessError::Invalid(error.to_string())
+        }
+        other => ProcessError::Model(other.to_string()),
+    }
+}
+
+fn torch_error(error: tch::TchError) -> ProcessError {
+    ProcessError::Model(error.to_string())
+}
+
+/// A neural processor for one model on one device.
+pub struct Neural {
+    network: Shared,
+    device: Device,
+    kind: Kind,
+    to_rgb: Option<(Pixel, u32, u32, scaling::Context)>,
+}
+
+impl Neural {
+    /// Loads (or reuses) `model`.
+    pub fn new(model: &str, settings: &NeuralSettings) -> Result<Self, ProcessError> {
+        Ok(Self {
+            network: load(model, settings)?,
+            device: settings.device,
+            kind: if settings.device.is_cuda() {
+                Kind::Half
+            } else {
+                Kind::Float
+            },
+            to_rgb: None,
+        })
+    }
+
+    fn rgb(&mut self, frame: &VideoFrame) -> Result<VideoFrame, ProcessError> {
+        let key = (frame.format(), frame.width(), frame.height());
+        if self
+            .to_rgb
+            .as_ref()
+            .is_none_or(|(f, w, h, _)| (*f, *w, *h) != key)
+        {
+            let context = scaling::Context::get(
+                key.0,
+                key.1,
+                key.2,
+                Pixel::RGB24,
+                key.1,
+                key.2,
+                scaling::Flags::BICUBIC
+                    | scaling::Flags::ACCURATE_RND
+                    | scaling::Flags::FULL_CHR_H_INT,
+            )?;
+            self.to_rgb = Some((key.0, key.1, key.2, context));
+        }
+        let mut rgb = VideoFrame::empty();
+        if let Some((_, _, _, context)) = &mut self.to_rgb {
+            context.run(frame, &mut rgb)?;
+        }
+        Ok(rgb)
+    }
+
+    /// Runs one batch of same-size frames and returns YUV 4:2:0 planes on the host.
+    fn run_batch(&mut self, frames: &[VideoFrame]) -> Result<Vec<VideoFrame>, ProcessError> {
+        let (width, height) = (frames[0].width() as usize, frames[0].height() as usize);
+        let mut pixels = Vec::with_capacity(frames.len() * width * height * 3);
+        for frame in frames {
+            let rgb = self.rgb(frame)?;
+            let stride = rgb.stride(0);
+            let data = rgb.data(0);
+            for row in 0..height {
+                pixels.extend_from_slice(&data[row * stride..row * stride + width * 3]);
+            }
+        }
+        let n = frames.len() as i64;
+        let input = Tensor::f_from_slice(&pixels)
+            .and_then(|t| t.f_view([n, height as i64, width as i64, 3]))
+            .and_then(|t| t.f_to_device(self.device))
+            .and_then(|t| t.f_permute([0, 3, 1, 2]))
+            .and_then(|t| t.f_to_kind(self.kind))
+            .and_then(|t| t.f_div_scalar(255.0))
+            .map_err(torch_error)?;
+        let output = self
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forward(&input)
+            .map_err(torch_error)?;
+        let planes = yuv420(&output).map_err(torch_error)?;
+        let (out_h, out_w) = (planes.height, planes.width);
+        let mut result = Vec::with_capacity(frames.len());
+        for (index, source) in frames.iter().enumerate() {
+            let mut frame = VideoFrame::new(Pixel::YUV420P, out_w as u32, out_h as u32);
+            for (plane, (data, w, h)) in [
+                (&planes.y, out_w, out_h),
+                (&planes.u, out_w / 2, out_h / 2),
+                (&planes.v, out_w / 2, out_h / 2),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let stride = frame.stride(plane);
+                let offset = index * w * h;
+                let target = frame.data_mut(plane);
+                for row in 0..h {
+                    target[row * stride..row * stride + w]
+                        .copy_from_slice(&data[offset + row * w..offset + (row + 1) * w]);
+                }
+            }
+            frame.set_pts(source.pts());
+            copy_picture_properties(source, &mut frame, true);
+            frame.set_color_range(ffmpeg::color::Range::MPEG);
+            result.push(frame);
+        }
+        Ok(result)
+    }
+}
+
+/// YUV 4:2:0 planes of a batch, on the host.
+struct Planes {
+    width: usize,
+    height: usize,
+    y: Vec<u8>,
+    u: Vec<u8>,
+    v: Vec<u8>,
+}
+
+/// Converts an `N x 3 x H x W` RGB batch in `[0, 1]` to 8-bit BT.601 limited-range YUV
+/// 4:2:0 on its device (cropping to even dimensions) and copies the planes to the host.
+fn yuv420(rgb: &Tensor) -> Result<Planes, tch::TchError> {
+    let size = rgb.size();
+    let (height, width) = (size[2] & !1, size[3] & !1);
+    let rgb = rgb
+        .f_narrow(2, 0, height)?
+        .f_narrow(3, 0, width)?
+        .f_to_kind(Kind::Float)?
+        .f_clamp(0.0, 1.0)?;
+    let channel = |i: i64| rgb.f_narrow(1, i, 1);
+    let (r, g, b) = (channel(0)?, channel(1)?, channel(2)?);
+    let mix = |kr: f64, kg: f64, kb: f64, offset: f64| -> Result<Tensor, tch::TchError> {
+        r.f_mul_scalar(kr)?
+            .f_add(&g.f_mul_scalar(kg)?)?
+            .f_add(&b.f_mul_scalar(kb)?)?
+            .f_add_scalar(offset)
+    };
+    let y = mix(65.481, 128.553, 24.966, 16.0)?;
+    let u = mix(-37.797, -74.203, 112.0, 128.0)?;
+    let v = mix(112.0, -93.786, -18.214, 128.0)?;
+    let subsample =
+        |plane: Tensor| plane.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+    let to_bytes = |plane: Tensor| -> Result<Vec<u8>, tch::TchError> {
+        let bytes = plane
+            .f_round()?
+            .f_clamp(0.0, 255.0)?
+            .f_to_kind(Kind::Uint8)?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?;
+        let count = bytes.numel();
+        let mut out = vec![0u8; count];
+        bytes.f_copy_data_u8(&mut out, count)?;
+        Ok(out)
+    };
+    let (width, height) = (width as usize, height as usize);
+    Ok(Planes {
+        width,
+        height,
+        y: to_bytes(y)?,
+        u: to_bytes(subsample(u)?)?,
+        v: to_bytes(subsample(v)?)?,
+    })
+}
+
+impl FrameProcessor for Neural {
+    fn process(&mut self, frames: Vec<VideoFrame>) -> Result<Vec<VideoFrame>, ProcessError> {
+        let mut out = Vec::with_capacity(frames.len());
+        let mut start = 0;
+        while start < frames.len() {
+            let size = (frames[start].width(), frames[start].height());
+            let end = frames[start..]
+                .iter()
+                .position(|f| (f.width(), f.height()) != size)
+                .map_or(frames.len(), |i| start + i);
+            out.extend(self.run_batch(&frames[start..end])?);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn device(&self) -> &'static str {
+        device_label(self.device)
+    }
+}
