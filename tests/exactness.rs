@@ -309,6 +309,26 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
         )
     );
     assert!(totals["wall_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert_eq!(
+        totals["input_bytes_read"].as_f64(),
+        Some(
+            chunk_sum(&report, "bytes_read")
+                + orchestrator["input_bytes_read"].as_f64().expect("bytes")
+        )
+    );
+    let input_size = std::fs::metadata(&local).expect("input").len() as f64;
+    assert_eq!(totals["input_size_bytes"].as_f64(), Some(input_size));
+    let amplification = totals["read_amplification"]
+        .as_f64()
+        .expect("amplification");
+    assert!(
+        (amplification * input_size - totals["input_bytes_read"].as_f64().unwrap_or(0.0)).abs()
+            < 1.0
+    );
+    assert_eq!(
+        totals["requests"].as_f64(),
+        Some(chunk_sum(&report, "requests") + orchestrator["requests"].as_f64().expect("requests"))
+    );
     assert!(totals["bytes_read"].as_f64().is_some_and(|b| b > 0.0));
 }
 

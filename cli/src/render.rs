@@ -141,9 +141,13 @@ pub fn cost_table(report: &CostReport) -> String {
     );
     let _ = writeln!(
         out,
-        "storage: {} read, {} written (probe {:.2} s, stitch {:.2} s)",
+        "storage: {} read ({} of the input, {:.2}x its size), {} written, {} requests \
+         (probe {:.2} s, stitch {:.2} s)",
         bytes(totals.bytes_read),
+        bytes(totals.input_bytes_read),
+        totals.read_amplification,
         bytes(totals.bytes_written),
+        totals.requests,
         report.orchestrator.probe_seconds,
         report.orchestrator.stitch_seconds
     );
@@ -193,7 +197,7 @@ mod tests {
             ],
             ..CostReport::default()
         };
-        report.finalize(1.0);
+        report.finalize(1.0, 0);
         let table = cost_table(&report);
         assert!(table.contains("total: 22 frames, 3 attempts"), "{table}");
         assert_eq!(table.lines().count(), 7);

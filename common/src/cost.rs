@@ -5,8 +5,11 @@
 //! GPU-seconds of a chunk are the wall time its accepted attempt held a worker's slot, from
 //! accept to upload done, times the GPUs per slot. Attempts that failed are measured by the
 //! orchestrator and reported apart as `wasted_gpu_seconds`; both are priced.
-//! `totals` are sums over `chunks` for GPU time and cost; bytes add the orchestrator's own
-//! reads and writes (probe and stitch) to the chunks'.
+//! `totals` are sums over `chunks` for GPU time and cost; bytes and requests add the
+//! orchestrator's own (probe, chunk checks, stitch, output) to the chunks'.
+//! `totals.input_bytes_read` counts reads of the job's input object alone (workers' ranged
+//! reads plus the orchestrator's probe and audio copy), and `read_amplification` divides it
+//! by the input's size.
 
 use std::collections::BTreeMap;
 
@@ -77,10 +80,12 @@ pub struct ChunkCost {
     pub cost_usd: f64,
     /// Busy seconds per phase (download, init, decode, process, encode, upload).
     pub phases: BTreeMap<String, f64>,
-    /// Bytes the accepted attempt read from storage.
+    /// Bytes the accepted attempt read from storage (all of it the job's input).
     pub bytes_read: u64,
     /// Bytes it wrote to storage.
     pub bytes_written: u64,
+    /// Storage requests it made.
+    pub requests: u64,
 }
 
 /// The orchestrator's share of a job.
@@ -92,8 +97,12 @@ pub struct OrchestratorCost {
     pub stitch_seconds: f64,
     /// Bytes read from storage (probe, chunk checks, stitch).
     pub bytes_read: u64,
+    /// Of those, bytes of the job's input (probe, and the audio for the stitch).
+    pub input_bytes_read: u64,
     /// Bytes written to storage (the output).
     pub bytes_written: u64,
+    /// Storage requests made.
+    pub requests: u64,
 }
 
 /// Sums over a job.
@@ -115,6 +124,14 @@ pub struct Totals {
     pub bytes_read: u64,
     /// Bytes written to storage by workers and orchestrator.
     pub bytes_written: u64,
+    /// Bytes of the input object read, by workers and orchestrator together.
+    pub input_bytes_read: u64,
+    /// Size of the input object.
+    pub input_size_bytes: u64,
+    /// `input_bytes_read / input_size_bytes`: how many copies of the input the job read.
+    pub read_amplification: f64,
+    /// Storage requests by workers and orchestrator.
+    pub requests: u64,
     /// The same job run as one chunk on one worker, estimated from the chunks' wall times.
     pub sequential_estimate_seconds: f64,
     /// `sequential_estimate_seconds / wall_seconds`.
@@ -134,13 +151,16 @@ pub fn price_per_second(pricing: &BTreeMap<String, f64>, gpu_type: &str) -> f64 
 
 impl CostReport {
     /// Prices every chunk and recomputes `totals` from the chunks and the orchestrator's
-    /// share; `wall_seconds` is the job's measured wall time.
-    pub fn finalize(&mut self, wall_seconds: f64) {
+    /// share; `wall_seconds` is the job's measured wall time, `input_size_bytes` the size of
+    /// its input object.
+    pub fn finalize(&mut self, wall_seconds: f64, input_size_bytes: u64) {
         for chunk in &mut self.chunks {
             let price = price_per_second(&self.pricing, &chunk.gpu_type);
             chunk.cost_usd = (chunk.gpu_seconds + chunk.wasted_gpu_seconds) * price;
         }
         let chunks = &self.chunks;
+        let input_bytes_read =
+            chunks.iter().map(|c| c.bytes_read).sum::<u64>() + self.orchestrator.input_bytes_read;
         let sequential: f64 = chunks
             .iter()
             .map(|c| c.phases.values().sum::<f64>())
@@ -158,6 +178,14 @@ impl CostReport {
                 + self.orchestrator.bytes_read,
             bytes_written: chunks.iter().map(|c| c.bytes_written).sum::<u64>()
                 + self.orchestrator.bytes_written,
+            input_bytes_read,
+            input_size_bytes,
+            read_amplification: if input_size_bytes > 0 {
+                input_bytes_read as f64 / input_size_bytes as f64
+            } else {
+                0.0
+            },
+            requests: chunks.iter().map(|c| c.requests).sum::<u64>() + self.orchestrator.requests,
             sequential_estimate_seconds: sequential,
             speedup: if wall_seconds > 0.0 {
                 sequential / wall_seconds
@@ -184,19 +212,22 @@ mod tests {
             phases: BTreeMap::from([("process".to_string(), seconds)]),
             bytes_read: 100,
             bytes_written: 50,
+            requests: 3,
             ..ChunkCost::default()
         };
         let mut report = CostReport {
             chunks: vec![chunk(0, "T4", 10.0, 0.0), chunk(1, "H100", 10.0, 5.0)],
             orchestrator: OrchestratorCost {
                 bytes_read: 7,
+                input_bytes_read: 5,
                 bytes_written: 3,
+                requests: 4,
                 ..OrchestratorCost::default()
             },
             pricing: crate::config::default_pricing(),
             ..CostReport::default()
         };
-        report.finalize(10.0);
+        report.finalize(10.0, 410);
         let totals = &report.totals;
         assert_eq!(totals.frames, 20);
         assert_eq!(totals.attempts, 3);
@@ -207,5 +238,8 @@ mod tests {
         assert_eq!(totals.bytes_read, 207);
         assert_eq!(totals.bytes_written, 103);
         assert!((totals.speedup - 2.0).abs() < 1e-9);
+        assert_eq!(totals.input_bytes_read, 205);
+        assert_eq!(totals.read_amplification, 0.5);
+        assert_eq!(totals.requests, 10);
     }
 }

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use framefleet_common::cost::{ChunkCost, CostReport, OrchestratorCost, PlanSummary};
 use framefleet_common::proto::{JobState, Phase, Plan};
-use framefleet_common::storage::IoCounters;
 
 use crate::dispatch::AcceptedChunk;
 use crate::job::JobRecord;
+use crate::runner::JobIo;
 
 /// What a job's run recorded as it went.
 #[derive(Debug, Default)]
@@ -22,13 +22,15 @@ pub struct RunLog {
     pub probe_seconds: f64,
     /// Seconds spent stitching and uploading.
     pub stitch_seconds: f64,
+    /// Size of the input object.
+    pub input_size_bytes: u64,
 }
 
 /// The cost report of `job` as it ends in `state`.
 pub fn build(
     job: &JobRecord,
     log: &RunLog,
-    orchestrator_io: &IoCounters,
+    io: &JobIo,
     pricing: &BTreeMap<String, f64>,
     state: JobState,
 ) -> CostReport {
@@ -48,17 +50,28 @@ pub fn build(
             duration_seconds: plan.duration_seconds,
         },
         chunks,
-        orchestrator: OrchestratorCost {
-            probe_seconds: log.probe_seconds,
-            stitch_seconds: log.stitch_seconds,
-            bytes_read: orchestrator_io.bytes_read(),
-            bytes_written: orchestrator_io.bytes_written(),
-        },
+        orchestrator: orchestrator_cost(log, io),
         pricing: pricing.clone(),
         ..CostReport::default()
     };
-    report.finalize(job.accepted.elapsed().as_secs_f64());
+    report.finalize(job.accepted.elapsed().as_secs_f64(), log.input_size_bytes);
     report
+}
+
+fn orchestrator_cost(log: &RunLog, io: &JobIo) -> OrchestratorCost {
+    let all = [
+        io.input.counters(),
+        io.scratch.counters(),
+        io.output.counters(),
+    ];
+    OrchestratorCost {
+        probe_seconds: log.probe_seconds,
+        stitch_seconds: log.stitch_seconds,
+        bytes_read: all.iter().map(|c| c.bytes_read()).sum(),
+        input_bytes_read: io.input.counters().bytes_read(),
+        bytes_written: all.iter().map(|c| c.bytes_written()).sum(),
+        requests: all.iter().map(|c| c.requests()).sum(),
+    }
 }
 
 fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
@@ -86,5 +99,6 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
             .collect(),
         bytes_read: result.bytes_read,
         bytes_written: result.bytes_written,
+        requests: result.requests,
     }
 }

@@ -133,7 +133,7 @@ impl Orchestrator {
     }
 
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>) {
-        let io = self.storage.counted();
+        let io = JobIo::new(&self.storage);
         let log = Arc::new(Mutex::new(RunLog::default()));
         let outcome = tokio::select! {
             result = self.execute(&job, &io, &log) => result,
@@ -141,7 +141,7 @@ impl Orchestrator {
             _ = self.shutdown.cancelled() => Err(JobError::ShuttingDown),
         };
         if let Ok(scratch) = validate::scratch_prefix(&job.spec, &job.id, &self.config) {
-            self.clean_up(&io, &scratch, outcome.is_err()).await;
+            self.clean_up(&io.scratch, &scratch, outcome.is_err()).await;
         }
         let (state, error) = match &outcome {
             Ok(()) => (JobState::Succeeded, None),
@@ -154,7 +154,7 @@ impl Orchestrator {
         }
         let report = {
             let log = log.lock().unwrap_or_else(|p| p.into_inner());
-            report::build(&job, &log, io.counters(), &self.config.pricing, state)
+            report::build(&job, &log, &io, &self.config.pricing, state)
         };
         job.finish(state, error, Some(report));
     }
@@ -180,7 +180,7 @@ impl Orchestrator {
     async fn execute(
         &self,
         job: &Arc<JobRecord>,
-        io: &Storage,
+        io: &JobIo,
         log: &Mutex<RunLog>,
     ) -> Result<(), JobError> {
         let spec = &job.spec;
@@ -190,7 +190,11 @@ impl Orchestrator {
 
         job.set_state(JobState::Probing);
         let probe_started = Instant::now();
-        let info = Arc::new(probe(io, &input).await?);
+        let (info, input_size) = probe(&io.input, &input).await?;
+        let info = Arc::new(info);
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .input_size_bytes = input_size;
         let processor = spec.processor.clone().unwrap_or_default();
         let profile = planner::profile_for(&spec.profile, &processor.model);
         let plan = planner::plan(&info.video, spec.chunks, &profile, &self.config.planner)?;
@@ -224,7 +228,7 @@ impl Orchestrator {
         };
         let context = DispatchContext {
             fleet: self.fleet.clone(),
-            storage: io.clone(),
+            storage: io.scratch.clone(),
             config: self.config.dispatch.clone(),
         };
         let work: Vec<ChunkWork> = plan
@@ -260,14 +264,16 @@ impl Orchestrator {
     }
 }
 
-/// Probes the input on a blocking thread, under [`PROBE_DEADLINE`].
-async fn probe(io: &Storage, input: &ObjectUri) -> Result<MediaInfo, JobError> {
+/// Probes the input on a blocking thread, under [`PROBE_DEADLINE`]; returns what it is and
+/// its size in bytes.
+async fn probe(io: &Storage, input: &ObjectUri) -> Result<(MediaInfo, u64), JobError> {
     let storage = io.clone();
     let uri = input.clone();
     let runtime = tokio::runtime::Handle::current();
-    let probing = tokio::task::spawn_blocking(move || -> Result<MediaInfo, JobError> {
+    let probing = tokio::task::spawn_blocking(move || -> Result<(MediaInfo, u64), JobError> {
         let reader = storage.open_reader(&uri, runtime)?;
-        Ok(media::probe(reader, uri.file_name())?)
+        let size = reader.size();
+        Ok((media::probe(reader, uri.file_name())?, size))
     });
     match tokio::time::timeout(PROBE_DEADLINE, probing).await {
         Err(_) => Err(JobError::ProbeTimeout(PROBE_DEADLINE.as_secs())),
@@ -278,7 +284,7 @@ async fn probe(io: &Storage, input: &ObjectUri) -> Result<MediaInfo, JobError> {
 
 /// Stitches into a local temporary file on a blocking thread, then uploads it.
 async fn stitch_and_upload(
-    io: &Storage,
+    io: &JobIo,
     chunks: Vec<ObjectUri>,
     input: ObjectUri,
     info: Arc<MediaInfo>,
@@ -294,14 +300,35 @@ async fn stitch_and_upload(
         .unwrap_or("mp4")
         .to_string();
     let local = directory.path().join(format!("output.{extension}"));
-    let storage = io.clone();
-    let runtime = tokio::runtime::Handle::current();
+    let sources = stitch::Sources {
+        input: io.input.clone(),
+        chunks: io.scratch.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     let target = local.clone();
-    tokio::task::spawn_blocking(move || {
-        stitch::stitch(&storage, &runtime, &chunks, &input, &info, &target)
-    })
-    .await
-    .map_err(|e| JobError::Internal(format!("the stitch crashed: {e}")))??;
-    io.upload_file(&local, output).await?;
+    tokio::task::spawn_blocking(move || stitch::stitch(&sources, &chunks, &input, &info, &target))
+        .await
+        .map_err(|e| JobError::Internal(format!("the stitch crashed: {e}")))??;
+    io.output.upload_file(&local, output).await?;
     Ok(())
+}
+
+/// A job's storage traffic, counted apart by what it touches.
+pub struct JobIo {
+    /// Reads of the job's input (probe, audio for the stitch).
+    pub input: Storage,
+    /// Chunk objects: checks, stitch reads, deletes.
+    pub scratch: Storage,
+    /// The output upload.
+    pub output: Storage,
+}
+
+impl JobIo {
+    fn new(storage: &Storage) -> Self {
+        Self {
+            input: storage.counted(),
+            scratch: storage.counted(),
+            output: storage.counted(),
+        }
+    }
 }

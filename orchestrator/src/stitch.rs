@@ -62,21 +62,33 @@ fn write_error(what: &str) -> impl Fn(ffmpeg::Error) -> StitchError + '_ {
     move |e| StitchError::Write(format!("{what}: {e}"))
 }
 
+/// Where the stitch reads from: the input (for its audio) and the chunk objects, through
+/// separately counted storage handles.
+pub struct Sources {
+    /// Storage for the job's input.
+    pub input: Storage,
+    /// Storage for the chunk objects.
+    pub chunks: Storage,
+    /// The runtime the blocking readers wait on.
+    pub runtime: tokio::runtime::Handle,
+}
+
 /// Joins `chunks` and the audio of `input` into the local file `output` (its extension
 /// chooses the container). Blocking: run it on a thread of its own.
 pub fn stitch(
-    storage: &Storage,
-    runtime: &tokio::runtime::Handle,
+    sources: &Sources,
     chunks: &[ObjectUri],
     input: &ObjectUri,
     info: &MediaInfo,
     output: &Path,
 ) -> Result<Stitched, StitchError> {
-    let open = |uri: &ObjectUri| -> Result<format::context::Input, StitchError> {
-        let reader: ObjectReader = storage.open_reader(uri, runtime.clone())?;
-        open_input(reader, uri.file_name())
-            .map_err(|e| StitchError::Write(format!("cannot open {uri}: {e}")))
-    };
+    let open_from =
+        |storage: &Storage, uri: &ObjectUri| -> Result<format::context::Input, StitchError> {
+            let reader: ObjectReader = storage.open_reader(uri, sources.runtime.clone())?;
+            open_input(reader, uri.file_name())
+                .map_err(|e| StitchError::Write(format!("cannot open {uri}: {e}")))
+        };
+    let open = |uri: &ObjectUri| open_from(&sources.chunks, uri);
     let first_chunk = chunks
         .first()
         .ok_or_else(|| StitchError::Write("there are no chunks to stitch".into()))?;
@@ -88,7 +100,7 @@ pub fn stitch(
             .ok_or_else(|| StitchError::Write(format!("{first_chunk} holds no video")))?;
         stream.parameters()
     };
-    let mut source = open(input)?;
+    let mut source = open_from(&sources.input, input)?;
     let mut output_context =
         format::output(&output).map_err(write_error("cannot create the output"))?;
     let video_time_base = Rational::new(info.video.time_base.0, info.video.time_base.1);

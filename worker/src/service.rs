@@ -277,6 +277,7 @@ fn chunk_result(
             .collect(),
         bytes_read: storage.counters().bytes_read(),
         bytes_written: storage.counters().bytes_written(),
+        requests: storage.counters().requests(),
         gpu_seconds,
         gpu_type: config.gpu_type.clone(),
         worker_name: config.name.clone(),
