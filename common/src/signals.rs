@@ -1,4 +1,5 @@
-//! Process signals: the future every server's shutdown waits on.
+//! Process signals: the future every server's shutdown waits on, and the token that
+//! carries it to the server's tasks.
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
 pub async fn shutdown_signal() {
@@ -23,4 +24,17 @@ pub async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
+}
+
+/// A token cancelled on the first Ctrl-C or SIGTERM: servers shut down when it fires and
+/// hand it (or child tokens) to their tasks.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let signalled = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        signalled.cancel();
+    });
+    token
 }

