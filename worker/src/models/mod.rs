@@ -6,6 +6,8 @@
 //! into the model cache, and `framefleet models list` shows what is there. Nothing is ever
 //! fetched from a model hub.
 
+#[cfg(feature = "torch")]
+pub mod colour;
 pub mod ncnn;
 #[cfg(feature = "torch")]
 pub mod network;
