@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use framefleet_worker::models;
-use framefleet_worker::models::colour::rgb_to_yuv420;
+use framefleet_worker::models::colour::{rgb_to_yuv420, Matrix};
 use framefleet_worker::models::network::Network;
 use tch::{Device, Kind, Tensor};
 
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             .f_to_kind(kind)?
             .f_div_scalar(255.0)?;
         let output = network.forward(&input)?;
-        let planes = rgb_to_yuv420(&output)?;
+        let planes = rgb_to_yuv420(&output, Matrix::Bt709)?;
         Ok(planes.y.len())
     };
     let on_device = host

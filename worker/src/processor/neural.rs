@@ -3,7 +3,7 @@
 //!
 //! Frames go to RGB at their own size with swscale (cheap: input resolution), then to the
 //! device as one `N x 3 x H x W` batch. The model's output is turned into 8-bit YUV 4:2:0
-//! on the device (BT.601 limited range, the inverse of swscale's default conversion in),
+//! on the device (limited range, with the input's own BT.709 or BT.601 matrix both ways),
 //! so what crosses back to the host is 1.5 bytes per pixel instead of 12 (a 4x frame is 16
 //! times the input's pixels). Each model is loaded once per worker process and kept.
 
@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use framefleet_common::media::copy_picture_properties;
 
 use super::{FrameProcessor, ProcessError};
-use crate::models::colour::rgb_to_yuv420;
+use crate::models::colour::{rgb_to_yuv420, Matrix};
 use crate::models::network::Network;
 use crate::models::{self, ModelError};
 
@@ -151,6 +151,7 @@ impl Neural {
         }
         let mut rgb = VideoFrame::empty();
         if let Some((_, _, _, context)) = &mut self.to_rgb {
+            set_input_matrix(context, frame);
             context.run(frame, &mut rgb)?;
         }
         Ok(rgb)
@@ -182,7 +183,7 @@ impl Neural {
             .unwrap_or_else(|p| p.into_inner())
             .forward(&input)
             .map_err(torch_error)?;
-        let planes = rgb_to_yuv420(&output).map_err(torch_error)?;
+        let planes = rgb_to_yuv420(&output, matrix_of(&frames[0])).map_err(torch_error)?;
         let (out_h, out_w) = (planes.height, planes.width);
         let mut result = Vec::with_capacity(frames.len());
         for (index, source) in frames.iter().enumerate() {
@@ -209,6 +210,42 @@ impl Neural {
             result.push(frame);
         }
         Ok(result)
+    }
+}
+
+/// The matrix a frame's YUV values use: BT.709 when tagged so, else BT.601 (FFmpeg's
+/// default for untagged video).
+fn matrix_of(frame: &VideoFrame) -> Matrix {
+    match frame.color_space() {
+        ffmpeg::color::Space::BT709 => Matrix::Bt709,
+        _ => Matrix::Bt601,
+    }
+}
+
+/// Makes swscale read `frame` with its own matrix and range (it assumes BT.601 otherwise).
+fn set_input_matrix(context: &mut scaling::Context, frame: &VideoFrame) {
+    let colorspace = match matrix_of(frame) {
+        Matrix::Bt709 => ffmpeg::ffi::SWS_CS_ITU709,
+        Matrix::Bt601 => ffmpeg::ffi::SWS_CS_ITU601,
+    };
+    let full_range = i32::from(
+        frame.color_range() == ffmpeg::color::Range::JPEG
+            || framefleet_common::media::is_full_range_format(frame.format()),
+    );
+    // SAFETY: the context is a live SwsContext owned by `context`; the coefficient table
+    // is a static of libswscale; the call only sets conversion parameters.
+    unsafe {
+        let table = ffmpeg::ffi::sws_getCoefficients(colorspace);
+        ffmpeg::ffi::sws_setColorspaceDetails(
+            context.as_mut_ptr(),
+            table,
+            full_range,
+            table,
+            1,
+            0,
+            1 << 16,
+            1 << 16,
+        );
     }
 }
 
