@@ -190,3 +190,96 @@ fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
         "the job's frames are not the input mirrored (mean luma difference {mean})"
     );
 }
+
+/// Runs an infer job through `framefleet local` and returns its JSON lines.
+fn infer_lines(
+    input: &Path,
+    output: &Path,
+    module: &Path,
+    chunks: u32,
+    top_k: u32,
+) -> Vec<serde_json::Value> {
+    let result = Command::new(env!("CARGO_BIN_EXE_framefleet"))
+        .arg("local")
+        .arg(input)
+        .arg(output)
+        .args(["--task", "infer", "--workers", "2"])
+        .arg("--model")
+        .arg(module)
+        .args([
+            "--chunks",
+            &chunks.to_string(),
+            "--top-k",
+            &top_k.to_string(),
+        ])
+        .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("framefleet runs");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::read_to_string(output)
+        .expect("output written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[test]
+fn infer_jobs_write_one_line_per_frame_in_order_whatever_the_chunk_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = dir.path().join("mean-colour.pt");
+    let example = Tensor::zeros([2, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let mut mean =
+        |inputs: &[Tensor]| vec![inputs[0].mean_dim([2i64, 3].as_slice(), false, Kind::Float)];
+    CModule::create_by_tracing("MeanColour", "forward", &[example], &mut mean)
+        .expect("traces")
+        .save(&module)
+        .expect("saves");
+    let input = dir.path().join("in.mkv");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=25",
+        "-t",
+        "1.2",
+        "-vf",
+        "select='not(eq(n\\,7))'",
+        "-vsync",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "6",
+        input.to_str().expect("utf-8"),
+    ]);
+    let expected = video_timing(&input).pts_seconds;
+    let one = infer_lines(&input, &dir.path().join("one.jsonl"), &module, 1, 0);
+    let two = infer_lines(&input, &dir.path().join("two.jsonl"), &module, 2, 0);
+    assert_eq!(one.len(), expected.len(), "one line per input frame");
+    for (index, (line, time)) in one.iter().zip(&expected).enumerate() {
+        assert_eq!(line["frame"].as_u64(), Some(index as u64));
+        let seconds = line["time"].as_f64().expect("time");
+        assert!(
+            (seconds - time).abs() < 1e-3,
+            "frame {index} at {seconds} s, input at {time} s"
+        );
+        let values = line["values"].as_array().expect("values");
+        assert_eq!(values.len(), 3);
+        assert!(values
+            .iter()
+            .all(|v| v.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v))));
+    }
+    assert_eq!(one, two, "lines differ between 1 and 2 chunks");
+    let top = infer_lines(&input, &dir.path().join("top.jsonl"), &module, 2, 1);
+    assert_eq!(top.len(), expected.len());
+    assert!(top
+        .iter()
+        .all(|l| l["top"].as_array().map(Vec::len) == Some(1)));
+}

@@ -2,14 +2,30 @@
 
 use std::collections::HashMap;
 
-use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec};
+use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
+
+/// What a job produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskOption {
+    /// Processed video.
+    Process,
+    /// One JSON line per frame from a TorchScript model (output name ends in .jsonl).
+    Infer,
+}
 
 /// How to process and encode a job.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobOptions {
-    /// Processor: `lanczos` (CPU scaling, always available).
+    /// Processor: `lanczos`, a Real-ESRGAN model (`framefleet models list`), or the absolute
+    /// path of a TorchScript module.
     #[arg(long, default_value = "lanczos")]
     pub model: String,
+    /// Process the video, or infer one vector per frame into JSON Lines.
+    #[arg(long, value_enum, default_value_t = TaskOption::Process)]
+    pub task: TaskOption,
+    /// For infer: keep the k largest values per frame (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
     /// Scale factor for width and height.
     #[arg(long, default_value_t = 2.0)]
     pub scale: f64,
@@ -48,6 +64,11 @@ impl JobOptions {
             chunks: self.chunks,
             profile: self.profile.clone(),
             labels,
+            task: match self.task {
+                TaskOption::Process => Task::Process,
+                TaskOption::Infer => Task::Infer,
+            } as i32,
+            top_k: self.top_k,
         }
     }
 }

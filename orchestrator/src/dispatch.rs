@@ -72,6 +72,8 @@ pub struct ChunkWork {
     pub scratch: ObjectUri,
     /// Time base of the input's video stream.
     pub time_base: ffmpeg_next::Rational,
+    /// True for infer jobs: the chunk is JSON Lines, one line per frame.
+    pub lines: bool,
 }
 
 /// A chunk whose object was checked and accepted.
@@ -172,7 +174,11 @@ async fn attempt_once(
         .map_err(AttemptError::NoSlot)?;
     let output = work
         .scratch
-        .join(&format!("chunks/{:05}-a{attempt}.mp4", range.index))
+        .join(&format!(
+            "chunks/{:05}-a{attempt}.{}",
+            range.index,
+            if work.lines { "jsonl" } else { "mp4" }
+        ))
         .map_err(|e| AttemptError::Permanent(e.to_string()))?;
     let mut request = work.request.clone();
     request.attempt = attempt;
@@ -193,7 +199,12 @@ async fn attempt_once(
         Err(StreamError::Permanent(message)) => return Err(AttemptError::Permanent(message)),
         Err(StreamError::Retry(message)) => return Err(retry(message)),
     };
-    if let Err(message) = verify_chunk(&context.storage, &output, &range, work.time_base).await {
+    let verified = if work.lines {
+        verify_lines(&context.storage, &output, &range).await
+    } else {
+        verify_chunk(&context.storage, &output, &range, work.time_base).await
+    };
+    if let Err(message) = verified {
         return Err(retry(message));
     }
     Ok(AcceptedChunk {
@@ -309,6 +320,38 @@ async fn verify_chunk(
         return Err(format!(
             "chunk {} output starts at pts {first}, expected {}",
             range.index, range.start_pts
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a JSON Lines chunk: one line per frame of the range, numbered from its start.
+async fn verify_lines(
+    storage: &Storage,
+    output: &ObjectUri,
+    range: &ChunkRange,
+) -> Result<(), String> {
+    let size = storage.size(output).await.map_err(|e| e.to_string())?;
+    let bytes = storage
+        .read_range(output, 0, size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let expected = range.end_frame - range.start_frame;
+    if lines.len() as u64 != expected {
+        return Err(format!(
+            "chunk {} holds {} lines, expected {expected}",
+            range.index,
+            lines.len()
+        ));
+    }
+    let first: serde_json::Value = serde_json::from_str(lines[0])
+        .map_err(|e| format!("chunk {} line 1 is not JSON: {e}", range.index))?;
+    if first["frame"].as_u64() != Some(range.start_frame) {
+        return Err(format!(
+            "chunk {} starts at frame {}, expected {}",
+            range.index, first["frame"], range.start_frame
         ));
     }
     Ok(())

@@ -224,6 +224,8 @@ impl Orchestrator {
                 num: video.frame_rate.0,
                 den: video.frame_rate.1,
             }),
+            task: spec.task,
+            top_k: spec.top_k,
             ..ProcessChunkRequest::default()
         };
         let context = DispatchContext {
@@ -240,6 +242,7 @@ impl Orchestrator {
                 range: *range,
                 scratch: scratch.clone(),
                 time_base,
+                lines: validate::is_infer(spec),
             })
             .collect();
         let mut accepted: Vec<AcceptedChunk> =
@@ -257,7 +260,11 @@ impl Orchestrator {
         job.stitching();
         let stitch_started = Instant::now();
         let chunks: Vec<ObjectUri> = accepted.iter().map(|c| c.output.clone()).collect();
-        stitch_and_upload(io, chunks, input, info, &output).await?;
+        if validate::is_infer(spec) {
+            stitch::concatenate(&io.scratch, &io.output, &chunks, &output).await?;
+        } else {
+            stitch_and_upload(io, chunks, input, info, &output).await?;
+        }
         log.lock().unwrap_or_else(|p| p.into_inner()).stitch_seconds =
             stitch_started.elapsed().as_secs_f64();
         Ok(())

@@ -7,7 +7,8 @@
 //! the probe. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
 //! are written with the index first (`faststart`), so they play before they are fully
 //! downloaded. The stitch is a pure function of the chunk objects and the input, so it can
-//! be run again.
+//! be run again. Infer jobs' JSON Lines chunks are simply concatenated in order
+//! ([`concatenate`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -386,4 +387,38 @@ impl AudioPackets<'_> {
             }
         }
     }
+}
+
+/// Joins JSON Lines chunks (infer jobs) in index order into `output`, streaming each chunk
+/// through in blocks.
+pub async fn concatenate(
+    chunks_storage: &Storage,
+    output_storage: &Storage,
+    chunks: &[ObjectUri],
+    output: &ObjectUri,
+) -> Result<u64, StitchError> {
+    const BLOCK: u64 = 4 * 1024 * 1024;
+    let mut upload = output_storage.upload(output)?;
+    for chunk in chunks {
+        let size = chunks_storage.size(chunk).await?;
+        let mut offset = 0;
+        while offset < size {
+            let block = match chunks_storage.read_range(chunk, offset, BLOCK).await {
+                Ok(block) => block,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(e.into());
+                }
+            };
+            if block.is_empty() {
+                break;
+            }
+            offset += block.len() as u64;
+            if let Err(e) = upload.write(&block).await {
+                upload.abort().await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(upload.finish().await?)
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use framefleet_common::config::Config;
-use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec};
+use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
 use framefleet_common::storage::{ObjectUri, StorageError};
 
 /// Output containers the stitch can write.
@@ -53,6 +53,9 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
+    if is_infer(&spec) {
+        return normalize_infer(spec, &extension);
+    }
     if !OUTPUT_EXTENSIONS.contains(&extension.as_str()) {
         return Err(InvalidSpec(format!(
             "the output `{}` must end in one of: .{}",
@@ -112,6 +115,40 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
     Ok(spec)
 }
 
+/// True for jobs that write JSON Lines instead of video.
+pub fn is_infer(spec: &JobSpec) -> bool {
+    spec.task == Task::Infer as i32
+}
+
+fn normalize_infer(mut spec: JobSpec, extension: &str) -> Result<JobSpec, InvalidSpec> {
+    if extension != "jsonl" {
+        return Err(InvalidSpec(format!(
+            "an infer job writes JSON Lines: the output `{}` must end in .jsonl",
+            spec.output_uri
+        )));
+    }
+    let model = spec
+        .processor
+        .as_ref()
+        .map(|p| p.model.clone())
+        .unwrap_or_default();
+    let path = model.strip_prefix("file://").unwrap_or(&model);
+    if !path.starts_with('/') {
+        return Err(InvalidSpec(format!(
+            "an infer job needs the absolute path of a TorchScript module as its model, not `{model}`"
+        )));
+    }
+    spec.processor = Some(ProcessorSpec { model, scale: 1.0 });
+    spec.encoder = None;
+    if spec.chunks > MAX_REQUESTED_CHUNKS {
+        return Err(InvalidSpec(format!(
+            "{} chunks asked; at most {MAX_REQUESTED_CHUNKS}",
+            spec.chunks
+        )));
+    }
+    Ok(spec)
+}
+
 /// Where a job's temporary chunk objects go: `<scratch>/jobs/<job>/`, the scratch root being
 /// `orchestrator.scratch_uri` or `.framefleet/` beside the output.
 pub fn scratch_prefix(
@@ -161,6 +198,29 @@ mod tests {
         let mut escape = spec("file:///tmp/../etc/out.mp4");
         escape.input_uri = "file:///tmp/in.mp4".into();
         assert!(normalize(escape, &config).is_err());
+    }
+
+    #[test]
+    fn infer_jobs_need_jsonl_and_a_torchscript_path() {
+        let config = Config::default();
+        let mut infer = spec("s3://bucket/out.jsonl");
+        infer.task = Task::Infer as i32;
+        infer.processor = Some(ProcessorSpec {
+            model: "/models/classify.pt".into(),
+            scale: 0.0,
+        });
+        assert!(normalize(infer.clone(), &config).is_ok());
+        infer.output_uri = "s3://bucket/out.mp4".into();
+        assert!(normalize(infer.clone(), &config)
+            .expect_err("mp4")
+            .to_string()
+            .contains(".jsonl"));
+        infer.output_uri = "s3://bucket/out.jsonl".into();
+        infer.processor = Some(ProcessorSpec {
+            model: "lanczos".into(),
+            scale: 1.0,
+        });
+        assert!(normalize(infer, &config).is_err());
     }
 
     #[test]

@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use framefleet_common::config::WorkerConfig;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChunkEvent, ChunkResult, Phase, PhaseTiming, ProcessChunkRequest, WorkerStatus,
-    WorkerStatusRequest,
+    chunk_event, ChunkEvent, ChunkResult, Phase, PhaseTiming, ProcessChunkRequest, Task,
+    WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
@@ -172,6 +172,8 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         processor: request.processor.clone().unwrap_or_default(),
         encoder: request.encoder.clone().unwrap_or_default(),
         batch_frames: config.batch_frames as usize,
+        task: Task::try_from(request.task).unwrap_or(Task::Unspecified),
+        top_k: request.top_k,
         settings: ProcessorSettings {
             model_dir: crate::models::cache_dir(&config.model_dir),
             device: config.device.clone(),

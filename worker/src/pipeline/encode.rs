@@ -28,7 +28,7 @@ pub const DEFAULT_CRF: u32 = 18;
 /// Default x264 preset when a job gives none.
 pub const DEFAULT_PRESET: &str = "medium";
 
-/// What the stage produced.
+/// What the stage produced (an infer chunk has no frame size).
 pub(super) struct Encoded {
     pub frames: u64,
     pub width: u32,

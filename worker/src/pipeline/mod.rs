@@ -13,6 +13,7 @@
 
 mod decode;
 mod encode;
+mod infer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -23,7 +24,7 @@ use ffmpeg_next::frame::Video as VideoFrame;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec};
+use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec, Task};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::processor::{self, ProcessError};
@@ -87,6 +88,10 @@ pub struct ChunkSpec {
     pub batch_frames: usize,
     /// Where models are and which device runs them.
     pub settings: processor::ProcessorSettings,
+    /// Encode a video chunk, or write one JSON line per frame (infer).
+    pub task: Task,
+    /// For infer: the k largest values per frame (0 keeps all).
+    pub top_k: u32,
     /// Time base of the input's video stream, kept for the output.
     pub time_base: ffmpeg_next::Rational,
     /// Average frame rate of the input, `0/1` when unknown.
@@ -182,45 +187,69 @@ pub async fn run_chunk(
         ));
     }
     let batch = spec.batch_frames.max(1);
+    let infer = spec.task == Task::Infer;
     let local = tempfile::Builder::new()
         .prefix("framefleet-chunk-")
-        .suffix(".mp4")
+        .suffix(if infer { ".jsonl" } else { ".mp4" })
         .tempfile()
         .map_err(|e| ChunkError::Encode(format!("cannot create a temporary chunk file: {e}")))?;
     let (decoded_tx, decoded_rx) = sync_channel::<VideoFrame>(batch * 2);
-    let (processed_tx, processed_rx) = sync_channel::<VideoFrame>(batch * 2);
     let runtime = tokio::runtime::Handle::current();
-
     let decoding = {
         let (spec, storage, context) = (spec.clone(), storage.clone(), context.clone());
         spawn_stage("decode", move || {
             decode::run(&spec, &storage, runtime, &context, decoded_tx)
         })
     };
-    let processing = {
-        let (spec, context) = (spec.clone(), context.clone());
-        spawn_stage("process", move || {
-            process(&spec, &context, decoded_rx, processed_tx)
-        })
-    };
-    let encoding = {
-        let (spec, context) = (spec.clone(), context.clone());
-        let path = local.path().to_path_buf();
-        spawn_stage("encode", move || {
-            encode::run(&spec, &context, processed_rx, &path)
-        })
-    };
-    let results = (
-        decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
-        processing
-            .await
-            .unwrap_or(Err(ChunkError::Crashed("process"))),
-        encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
-    );
-    let (device, encoded) = match results {
-        (Ok(()), Ok(device), Ok(encoded)) => (device, encoded),
-        (decoded, processed, encoded) => {
-            return Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
+    let path = local.path().to_path_buf();
+    let (device, encoded) = if infer {
+        let inferring = {
+            let (spec, context) = (spec.clone(), context.clone());
+            spawn_stage("infer", move || {
+                infer::run(&spec, &context, decoded_rx, &path)
+            })
+        };
+        let decoded = decoding.await.unwrap_or(Err(ChunkError::Crashed("decode")));
+        match (
+            decoded,
+            inferring.await.unwrap_or(Err(ChunkError::Crashed("infer"))),
+        ) {
+            (Ok(()), Ok((frames, device))) => (
+                device,
+                encode::Encoded {
+                    frames,
+                    width: 0,
+                    height: 0,
+                },
+            ),
+            (decoded, inferred) => return Err(first_cause([decoded.err(), inferred.err(), None])),
+        }
+    } else {
+        let (processed_tx, processed_rx) = sync_channel::<VideoFrame>(batch * 2);
+        let processing = {
+            let (spec, context) = (spec.clone(), context.clone());
+            spawn_stage("process", move || {
+                process(&spec, &context, decoded_rx, processed_tx)
+            })
+        };
+        let encoding = {
+            let (spec, context) = (spec.clone(), context.clone());
+            spawn_stage("encode", move || {
+                encode::run(&spec, &context, processed_rx, &path)
+            })
+        };
+        let results = (
+            decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
+            processing
+                .await
+                .unwrap_or(Err(ChunkError::Crashed("process"))),
+            encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
+        );
+        match results {
+            (Ok(()), Ok(device), Ok(encoded)) => (device, encoded),
+            (decoded, processed, encoded) => {
+                return Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
+            }
         }
     };
     context.check_cancelled()?;

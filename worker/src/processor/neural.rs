@@ -157,8 +157,8 @@ impl Neural {
         Ok(rgb)
     }
 
-    /// Runs one batch of same-size frames and returns YUV 4:2:0 planes on the host.
-    fn run_batch(&mut self, frames: &[VideoFrame]) -> Result<Vec<VideoFrame>, ProcessError> {
+    /// The batch as an `N x 3 x H x W` tensor on the device, RGB in `[0, 1]`.
+    fn input_batch(&mut self, frames: &[VideoFrame]) -> Result<Tensor, ProcessError> {
         let (width, height) = (frames[0].width() as usize, frames[0].height() as usize);
         let mut pixels = Vec::with_capacity(frames.len() * width * height * 3);
         for frame in frames {
@@ -170,19 +170,53 @@ impl Neural {
             }
         }
         let n = frames.len() as i64;
-        let input = Tensor::f_from_slice(&pixels)
+        Tensor::f_from_slice(&pixels)
             .and_then(|t| t.f_view([n, height as i64, width as i64, 3]))
             .and_then(|t| t.f_to_device(self.device))
             .and_then(|t| t.f_permute([0, 3, 1, 2]))
             .and_then(|t| t.f_to_kind(self.kind))
             .and_then(|t| t.f_div_scalar(255.0))
-            .map_err(torch_error)?;
-        let output = self
-            .network
+            .map_err(torch_error)
+    }
+
+    fn forward(&self, input: &Tensor) -> Result<Tensor, ProcessError> {
+        self.network
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .forward(&input)
+            .forward(input)
+            .map_err(torch_error)
+    }
+
+    /// Runs the model on same-size frames and returns one vector per frame (the output's
+    /// dimensions after the first, flattened).
+    pub fn infer(&mut self, frames: &[VideoFrame]) -> Result<Vec<Vec<f32>>, ProcessError> {
+        let input = self.input_batch(frames)?;
+        let output = self.forward(&input)?;
+        let rows = output
+            .f_to_kind(Kind::Float)
+            .and_then(|t| t.f_to_device(Device::Cpu))
+            .and_then(|t| t.f_flatten(1, -1))
+            .and_then(|t| t.f_contiguous())
             .map_err(torch_error)?;
+        let size = rows.size();
+        if size.first().copied() != Some(frames.len() as i64) {
+            return Err(ProcessError::Model(format!(
+                "the model returned {size:?} for {} frames; infer models return one vector per frame",
+                frames.len()
+            )));
+        }
+        let flat = Vec::<f32>::try_from(rows.f_flatten(0, -1).map_err(torch_error)?)
+            .map_err(torch_error)?;
+        Ok(flat
+            .chunks(size[1].max(1) as usize)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Runs one batch of same-size frames and returns YUV 4:2:0 frames.
+    fn run_batch(&mut self, frames: &[VideoFrame]) -> Result<Vec<VideoFrame>, ProcessError> {
+        let input = self.input_batch(frames)?;
+        let output = self.forward(&input)?;
         let planes = rgb_to_yuv420(&output, matrix_of(&frames[0])).map_err(torch_error)?;
         let (out_h, out_w) = (planes.height, planes.width);
         let mut result = Vec::with_capacity(frames.len());
