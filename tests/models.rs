@@ -121,3 +121,27 @@ fn every_shipped_model_matches_ncnn_to_one_hundredth() {
         );
     }
 }
+
+#[test]
+fn tiles_with_context_give_what_whole_frames_give() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    models::import(&wheel(), cache.path()).expect("the wheel imports");
+    let (height, width) = (96usize, 128usize);
+    let x = Tensor::from_slice(&image(height, width)).view([1, 3, height as i64, width as i64]);
+    for name in ["realesr-animevideov3-x4", "realesrgan-x4plus"] {
+        let info = models::find(name).expect("catalog model");
+        let (param, bin) = models::installed_files(cache.path(), name).expect("installed");
+        let network =
+            Network::from_ncnn(info, &param, &bin, Device::Cpu, Kind::Float).expect("loads");
+        let whole = network.forward(&x).expect("runs");
+        // 32-pixel tiles with 32 pixels of context: 12 tiles, none of which sees it all.
+        let tiled = network.forward_tiled(&x, 32, 32).expect("runs tiled");
+        assert_eq!(tiled.size(), whole.size());
+        let error = f64::try_from((&tiled - &whole).abs().max()).expect("scalar");
+        println!("{name}: max |tiled - whole| = {error:.2e}");
+        assert!(
+            error <= 1e-2,
+            "{name}: tiling changes the output by {error}"
+        );
+    }
+}

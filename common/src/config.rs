@@ -87,6 +87,9 @@ pub struct WorkerConfig {
     pub model_dir: String,
     /// Where neural models run: `auto` (CUDA when libtorch sees a GPU, else CPU) or `cpu`.
     pub device: String,
+    /// Largest tile side for neural models, in input pixels: bigger frames run in
+    /// overlapping tiles so they fit in memory (0: always whole frames).
+    pub tile_size: u32,
 }
 
 /// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
@@ -202,6 +205,7 @@ impl Default for WorkerConfig {
             batch_frames: 4,
             model_dir: String::new(),
             device: "auto".into(),
+            tile_size: 1024,
         }
     }
 }

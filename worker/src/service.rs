@@ -177,6 +177,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         settings: ProcessorSettings {
             model_dir: crate::models::cache_dir(&config.model_dir),
             device: config.device.clone(),
+            tile_size: config.tile_size,
         },
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),

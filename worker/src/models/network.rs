@@ -154,6 +154,55 @@ impl Network {
         Ok(Network::Script(module))
     }
 
+    /// Output size over input size, when the network has a fixed integer one (catalog
+    /// models); `None` for TorchScript modules.
+    pub fn scale(&self) -> Option<i64> {
+        match self {
+            Network::Compact(net) => {
+                let scale = net.0.shuffle as f64 * net.0.rescale.unwrap_or(1.0);
+                Some(scale.round() as i64)
+            }
+            Network::Rrdb(_) => Some(4),
+            Network::Script(_) => None,
+        }
+    }
+
+    /// Runs the network on a batch, in tiles of at most `tile` pixels a side (each run with
+    /// `pad` pixels of context around it, cropped away afterwards) when the frames are
+    /// larger than that, so big frames fit in memory. `tile = 0`, or a network without a
+    /// fixed scale, runs whole frames.
+    pub fn forward_tiled(&self, x: &Tensor, tile: i64, pad: i64) -> Result<Tensor, TchError> {
+        let size = x.size();
+        let (height, width) = (size[2], size[3]);
+        let Some(scale) = self.scale() else {
+            return self.forward(x);
+        };
+        if tile <= 0 || (height <= tile && width <= tile) {
+            return self.forward(x);
+        }
+        let _guard = tch::no_grad_guard();
+        let out = Tensor::f_zeros(
+            [size[0], 3, height * scale, width * scale],
+            (x.kind(), x.device()),
+        )?;
+        for top in (0..height).step_by(tile as usize) {
+            for left in (0..width).step_by(tile as usize) {
+                let (bottom, right) = ((top + tile).min(height), (left + tile).min(width));
+                let (y0, x0) = ((top - pad).max(0), (left - pad).max(0));
+                let (y1, x1) = ((bottom + pad).min(height), (right + pad).min(width));
+                let piece = x.f_narrow(2, y0, y1 - y0)?.f_narrow(3, x0, x1 - x0)?;
+                let result = self.forward(&piece)?;
+                let crop = result
+                    .f_narrow(2, (top - y0) * scale, (bottom - top) * scale)?
+                    .f_narrow(3, (left - x0) * scale, (right - left) * scale)?;
+                out.f_narrow(2, top * scale, (bottom - top) * scale)?
+                    .f_narrow(3, left * scale, (right - left) * scale)?
+                    .f_copy_(&crop)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs the network on a batch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let _guard = tch::no_grad_guard();

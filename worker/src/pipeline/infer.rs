@@ -46,6 +46,7 @@ pub(super) fn run(
     let settings = NeuralSettings {
         model_dir: spec.settings.model_dir.clone(),
         device: select_device(&spec.settings.device),
+        tile_size: i64::from(spec.settings.tile_size),
     };
     let mut model = context.clock.time(Phase::Init, || {
         Neural::new(&spec.processor.model, &settings)

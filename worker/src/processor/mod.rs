@@ -52,6 +52,8 @@ pub struct ProcessorSettings {
     pub model_dir: std::path::PathBuf,
     /// `auto` (CUDA when present) or `cpu`.
     pub device: String,
+    /// Largest tile side for neural models, in input pixels (0: whole frames).
+    pub tile_size: u32,
 }
 
 /// The models this worker can run, for error messages.
@@ -78,6 +80,7 @@ pub fn build(
             let neural = neural::NeuralSettings {
                 model_dir: settings.model_dir.clone(),
                 device: neural::select_device(&settings.device),
+                tile_size: i64::from(settings.tile_size),
             };
             Ok(Box::new(neural::Neural::new(model, &neural)?))
         }
@@ -230,6 +233,7 @@ mod tests {
         let settings = ProcessorSettings {
             model_dir: std::path::PathBuf::from("/nonexistent"),
             device: "cpu".into(),
+            tile_size: 0,
         };
         let error = build(
             &ProcessorSpec {

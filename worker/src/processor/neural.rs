@@ -31,7 +31,14 @@ pub struct NeuralSettings {
     pub model_dir: PathBuf,
     /// The libtorch device.
     pub device: Device,
+    /// Largest tile side in input pixels; larger frames run in overlapping tiles (0: never).
+    pub tile_size: i64,
 }
+
+/// Context around each tile, in input pixels: beyond the compact network's receptive
+/// radius (tiles are then exact), and enough for RRDBNet's to keep seams under 1e-2
+/// (`tests/models.rs` measures both).
+const TILE_PAD: i64 = 32;
 
 /// Picks CUDA when libtorch sees a GPU (unless `requested` is `cpu`), else the CPU.
 pub fn select_device(requested: &str) -> Device {
@@ -109,6 +116,7 @@ fn torch_error(error: tch::TchError) -> ProcessError {
 /// A neural processor for one model on one device.
 pub struct Neural {
     network: Shared,
+    tile_size: i64,
     device: Device,
     kind: Kind,
     to_rgb: Option<(Pixel, u32, u32, scaling::Context)>,
@@ -119,6 +127,7 @@ impl Neural {
     pub fn new(model: &str, settings: &NeuralSettings) -> Result<Self, ProcessError> {
         Ok(Self {
             network: load(model, settings)?,
+            tile_size: settings.tile_size,
             device: settings.device,
             kind: if settings.device.is_cuda() {
                 Kind::Half
@@ -183,7 +192,7 @@ impl Neural {
         self.network
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .forward(input)
+            .forward_tiled(input, self.tile_size, TILE_PAD)
             .map_err(torch_error)
     }
 
