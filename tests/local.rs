@@ -126,3 +126,60 @@ fn local_fails_with_one_clear_line_on_a_file_that_is_not_video() {
     );
     assert!(!dir.path().join("out.mp4").exists());
 }
+
+#[test]
+fn audio_the_output_container_cannot_hold_fails_before_any_chunk_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("camera.mov");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=sample_rate=48000",
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "pcm_s16le",
+        input.to_str().expect("utf-8"),
+    ]);
+    let refused = local()
+        .arg(&input)
+        .arg(dir.path().join("out.mp4"))
+        .args(["--workers", "1", "--report-json"])
+        .arg(dir.path().join("report.json"))
+        .output()
+        .expect("framefleet runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("pcm_s16le") && stderr.contains(".mkv"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).expect("report"))
+            .expect("JSON");
+    assert_eq!(
+        report["totals"]["attempts"], 0,
+        "chunks ran before the refusal"
+    );
+
+    let kept = dir.path().join("out.mov");
+    let result = local()
+        .arg(&input)
+        .arg(&kept)
+        .args(["--workers", "1", "--lossless", "--preset", "ultrafast"])
+        .output()
+        .expect("framefleet runs");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_exact(&input, &kept, (192, 128));
+}

@@ -195,6 +195,9 @@ impl Orchestrator {
         log.lock()
             .unwrap_or_else(|p| p.into_inner())
             .input_size_bytes = input_size;
+        if !validate::is_infer(spec) {
+            stitch::check_container(output.file_name(), &info)?;
+        }
         let processor = spec.processor.clone().unwrap_or_default();
         let profile = planner::profile_for(&spec.profile, &processor.model);
         let plan = planner::plan(&info.video, spec.chunks, &profile, &self.config.planner)?;

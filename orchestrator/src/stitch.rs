@@ -50,6 +50,49 @@ pub enum StitchError {
     },
 }
 
+/// Checks, before any chunk is processed, that the output container can hold the input's
+/// audio unchanged (MP4 cannot hold PCM, for one), so a job does not fail after all its
+/// GPU work.
+pub fn check_container(output_name: &str, info: &MediaInfo) -> Result<(), StitchError> {
+    let Ok(name) = std::ffi::CString::new(output_name) else {
+        return Ok(());
+    };
+    // SAFETY: both calls read NUL-terminated strings that outlive them and return pointers
+    // to static FFmpeg tables (or null), which are only read.
+    let format =
+        unsafe { ffmpeg::ffi::av_guess_format(std::ptr::null(), name.as_ptr(), std::ptr::null()) };
+    if format.is_null() {
+        return Ok(());
+    }
+    for audio in &info.audio {
+        let Ok(codec) = std::ffi::CString::new(audio.codec.as_str()) else {
+            continue;
+        };
+        // SAFETY: as above.
+        let refused = unsafe {
+            let descriptor = ffmpeg::ffi::avcodec_descriptor_get_by_name(codec.as_ptr());
+            !descriptor.is_null()
+                && ffmpeg::ffi::avformat_query_codec(
+                    format,
+                    (*descriptor).id,
+                    ffmpeg::ffi::FF_COMPLIANCE_NORMAL,
+                ) == 0
+        };
+        if refused {
+            let extension = Path::new(output_name)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("output");
+            return Err(StitchError::Write(format!(
+                "a .{extension} file cannot hold the input's {} audio, which framefleet copies \
+                 unchanged; choose a .mov output (or .mkv, which rounds timestamps to milliseconds)",
+                audio.codec
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What the stitch wrote.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stitched {

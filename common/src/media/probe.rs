@@ -107,7 +107,7 @@ impl VideoInfo {
 pub struct AudioInfo {
     /// Index of the stream in the container.
     pub stream_index: usize,
-    /// Codec name, e.g. `aac`.
+    /// FFmpeg's codec name, e.g. `aac`.
     pub codec: String,
 }
 
@@ -165,7 +165,7 @@ where
         .filter(|s| s.parameters().medium() == ffmpeg::media::Type::Audio)
         .map(|s| AudioInfo {
             stream_index: s.index(),
-            codec: format!("{:?}", s.parameters().id()).to_lowercase(),
+            codec: s.parameters().id().name().to_string(),
         })
         .collect();
     let format = input.format().name().to_string();
@@ -242,7 +242,7 @@ where
         format,
         video: VideoInfo {
             stream_index,
-            codec: format!("{codec_id:?}").to_lowercase(),
+            codec: codec_id.name().to_string(),
             width,
             height,
             time_base: (time_base.numerator(), time_base.denominator()),
