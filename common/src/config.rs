@@ -110,8 +110,10 @@ pub struct StorageConfig {
     pub s3_force_path_style: bool,
     /// Size of one multipart upload part, in bytes (S3 needs at least 5 MiB).
     pub multipart_part_bytes: u64,
-    /// Size of one ranged read, in bytes.
+    /// Alignment and smallest size of a ranged read, in bytes.
     pub read_block_bytes: u64,
+    /// Largest ranged read: while reads stay sequential, each one doubles up to this.
+    pub read_ahead_bytes: u64,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -124,6 +126,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("s3_force_path_style", &self.s3_force_path_style)
             .field("multipart_part_bytes", &self.multipart_part_bytes)
             .field("read_block_bytes", &self.read_block_bytes)
+            .field("read_ahead_bytes", &self.read_ahead_bytes)
             .finish()
     }
 }
@@ -219,7 +222,8 @@ impl Default for StorageConfig {
             s3_secret_access_key: String::new(),
             s3_force_path_style: true,
             multipart_part_bytes: 8 * 1024 * 1024,
-            read_block_bytes: 1024 * 1024,
+            read_block_bytes: 16 * 1024,
+            read_ahead_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -370,6 +374,12 @@ impl Config {
         }
         if self.storage.read_block_bytes < 4096 {
             return invalid("storage.read_block_bytes", "must be at least 4096");
+        }
+        if self.storage.read_ahead_bytes < self.storage.read_block_bytes {
+            return invalid(
+                "storage.read_ahead_bytes",
+                "must be at least storage.read_block_bytes",
+            );
         }
         self.planner.validate()?;
         self.dispatch.validate()

@@ -86,6 +86,8 @@ pub struct ChunkCost {
     pub bytes_written: u64,
     /// Storage requests it made.
     pub requests: u64,
+    /// Bytes it fetched but never decoded (read-ahead past its range, block alignment).
+    pub bytes_wasted: u64,
 }
 
 /// The orchestrator's share of a job.
@@ -132,6 +134,8 @@ pub struct Totals {
     pub read_amplification: f64,
     /// Storage requests by workers and orchestrator.
     pub requests: u64,
+    /// Bytes the workers fetched but never decoded.
+    pub bytes_wasted: u64,
     /// The same job run as one chunk on one worker, estimated from the chunks' wall times.
     pub sequential_estimate_seconds: f64,
     /// `sequential_estimate_seconds / wall_seconds`.
@@ -186,6 +190,7 @@ impl CostReport {
                 0.0
             },
             requests: chunks.iter().map(|c| c.requests).sum::<u64>() + self.orchestrator.requests,
+            bytes_wasted: chunks.iter().map(|c| c.bytes_wasted).sum(),
             sequential_estimate_seconds: sequential,
             speedup: if wall_seconds > 0.0 {
                 sequential / wall_seconds

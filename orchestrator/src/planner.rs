@@ -4,6 +4,8 @@
 //! count), capped by `max_chunks` and by the number of frames. Frames are then cut into
 //! contiguous ranges of near-equal length, each carried as frame indices and as timestamps
 //! (with the keyframe to start decoding from), so variable frame rate input stays exact.
+//! A boundary with a keyframe within a tenth of a chunk moves onto it: that chunk then
+//! decodes (and reads) nothing before its start.
 
 use framefleet_common::config::PlannerConfig;
 use framefleet_common::media::VideoInfo;
@@ -94,10 +96,17 @@ pub fn plan(
         rule.push_str(&format!(", limited to the {frames} frames of the input"));
     }
     let count = count.max(1);
+    let bounds = boundaries(video, count);
+    if bounds
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != frames * i as u64 / u64::from(count))
+    {
+        rule.push_str(", boundaries moved onto keyframes");
+    }
     let ranges = (0..count)
         .map(|index| {
-            let start = frames * u64::from(index) / u64::from(count);
-            let end = frames * u64::from(index + 1) / u64::from(count);
+            let (start, end) = (bounds[index as usize], bounds[index as usize + 1]);
             let end_pts = match video.frames.get(end as usize) {
                 Some(next) => next.pts,
                 None => video.end_pts,
@@ -119,6 +128,35 @@ pub fn plan(
         frames,
         duration_seconds: duration,
     })
+}
+
+/// `count + 1` frame indices cutting the video into near-equal ranges, each inner one on
+/// the nearest keyframe within a tenth of a chunk when there is one.
+fn boundaries(video: &VideoInfo, count: u32) -> Vec<u64> {
+    let frames = video.frames.len() as u64;
+    let count = u64::from(count);
+    let tolerance = frames / count / 10;
+    let keyframes: Vec<u64> = video
+        .frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.keyframe)
+        .map(|(i, _)| i as u64)
+        .collect();
+    let mut bounds = vec![0];
+    for i in 1..count {
+        let nominal = frames * i / count;
+        let next_nominal = frames * (i + 1) / count;
+        let previous = bounds[bounds.len() - 1];
+        let snapped = keyframes
+            .iter()
+            .copied()
+            .filter(|&k| k > previous && k < next_nominal && k.abs_diff(nominal) <= tolerance)
+            .min_by_key(|&k| k.abs_diff(nominal));
+        bounds.push(snapped.unwrap_or(nominal).max(previous + 1));
+    }
+    bounds.push(frames);
+    bounds
 }
 
 #[cfg(test)]
@@ -184,7 +222,27 @@ mod tests {
                 .iter()
                 .map(|r| r.end_frame - r.start_frame)
                 .collect();
-            assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1);
+            // Near-equal: a boundary moves at most a tenth of a chunk, onto a keyframe.
+            let nominal = 103 / u64::from(requested);
+            assert!(
+                sizes
+                    .iter()
+                    .all(|&s| s.abs_diff(nominal) <= nominal / 5 + 1),
+                "{sizes:?}"
+            );
+            for range in &plan.ranges[1..] {
+                let on_keyframe = input.frames[range.start_frame as usize].keyframe;
+                let nominal_start = 103 * u64::from(range.index) / u64::from(requested);
+                assert!(
+                    on_keyframe || range.start_frame == nominal_start,
+                    "chunk {} starts at {}",
+                    range.index,
+                    range.start_frame
+                );
+                if on_keyframe {
+                    assert_eq!(range.keyframe_pts, range.start_pts);
+                }
+            }
         }
     }
 

@@ -100,5 +100,6 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
         bytes_read: result.bytes_read,
         bytes_written: result.bytes_written,
         requests: result.requests,
+        bytes_wasted: result.bytes_wasted,
     }
 }

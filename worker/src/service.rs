@@ -281,6 +281,7 @@ fn chunk_result(
         bytes_read: storage.counters().bytes_read(),
         bytes_written: storage.counters().bytes_written(),
         requests: storage.counters().requests(),
+        bytes_wasted: storage.counters().bytes_wasted(),
         gpu_seconds,
         gpu_type: config.gpu_type.clone(),
         worker_name: config.name.clone(),

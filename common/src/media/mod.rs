@@ -15,8 +15,9 @@ use ffmpeg_next as ffmpeg;
 
 pub use probe::{probe, AudioInfo, FrameStamp, MediaInfo, ProbeError, VideoInfo};
 
-/// Bytes FFmpeg asks for per read from framefleet's I/O.
-const IO_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes FFmpeg asks for per read from framefleet's I/O. Small, because FFmpeg reads this
+/// far ahead of what it demuxes, and a chunk's last read is partly past its end.
+const IO_BUFFER_BYTES: usize = 32 * 1024;
 
 /// Consecutive read errors tolerated before an input is declared corrupt.
 const MAX_CONSECUTIVE_READ_ERRORS: u32 = 8;

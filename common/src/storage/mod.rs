@@ -100,6 +100,7 @@ pub struct IoCounters {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     requests: AtomicU64,
+    bytes_wasted: AtomicU64,
 }
 
 impl IoCounters {
@@ -118,6 +119,12 @@ impl IoCounters {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Bytes read from storage but never handed to a reader's caller (read-ahead past
+    /// where the demuxer stopped, block alignment).
+    pub fn bytes_wasted(&self) -> u64 {
+        self.bytes_wasted.load(Ordering::Relaxed)
+    }
+
     fn record(&self, read: u64, written: u64) {
         self.bytes_read.fetch_add(read, Ordering::Relaxed);
         self.bytes_written.fetch_add(written, Ordering::Relaxed);
@@ -131,6 +138,7 @@ pub struct Storage {
     s3: Option<aws_sdk_s3::Client>,
     part_bytes: u64,
     block_bytes: u64,
+    read_ahead_bytes: u64,
     counters: Arc<IoCounters>,
 }
 
@@ -142,6 +150,7 @@ impl Storage {
             s3: s3::client(config),
             part_bytes: config.multipart_part_bytes,
             block_bytes: config.read_block_bytes,
+            read_ahead_bytes: config.read_ahead_bytes,
             counters: Arc::default(),
         }
     }
@@ -190,6 +199,7 @@ impl Storage {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StorageError> {
+        let started = std::time::Instant::now();
         let bytes = match uri {
             ObjectUri::File(path) => {
                 let path = path.clone();
@@ -211,7 +221,7 @@ impl Storage {
             }
         };
         self.counters.record(bytes.len() as u64, 0);
-        tracing::debug!(%uri, offset, asked = len, got = bytes.len(), "storage GET");
+        tracing::debug!(%uri, offset, asked = len, got = bytes.len(), seconds = started.elapsed().as_secs_f64(), "storage GET");
         Ok(bytes)
     }
 
@@ -318,7 +328,13 @@ impl Storage {
         uri: &ObjectUri,
         runtime: tokio::runtime::Handle,
     ) -> Result<ObjectReader, StorageError> {
-        ObjectReader::open(self.clone(), uri.clone(), runtime, self.block_bytes)
+        ObjectReader::open(
+            self.clone(),
+            uri.clone(),
+            runtime,
+            self.block_bytes,
+            self.read_ahead_bytes,
+        )
     }
 
     fn s3(&self, uri: &ObjectUri) -> Result<&aws_sdk_s3::Client, StorageError> {
@@ -331,6 +347,12 @@ impl Storage {
 
     fn record_write(&self, bytes: u64) {
         self.counters.record(0, bytes);
+    }
+
+    fn record_waste(&self, bytes: u64) {
+        self.counters
+            .bytes_wasted
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 }
 

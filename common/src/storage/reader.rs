@@ -1,8 +1,13 @@
 //! A blocking `Read + Seek` over an object, for FFmpeg's custom I/O (`StreamIo`).
 //!
-//! Reads go to storage in aligned blocks through ranged GETs, and the last few blocks are
-//! kept, so a demuxer that jumps between the index and the frame data (MP4's `moov` and
-//! `mdat`) does not fetch the same bytes twice and never downloads what it does not touch.
+//! Reads go to storage as ranged GETs aligned to `read_block_bytes`. While the reader moves
+//! forward through the object, each fetch doubles in size up to `read_ahead_bytes`, so a
+//! sequential scan costs few requests (the window stays under 1/128 of the object, so
+//! stopping mid-object wastes little); a jump (to MP4's `moov`, or a chunk's keyframe)
+//! starts again with one block, so nothing far from what the demuxer touches is fetched.
+//! Recent fetches are kept, so going back and forth between the index and the frame data
+//! does not fetch the same bytes twice. Bytes fetched but never handed to the demuxer are
+//! counted as waste when they leave the cache or the reader is dropped.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -11,8 +16,28 @@ use bytes::Bytes;
 
 use super::{ObjectUri, Storage, StorageError};
 
-/// Blocks kept in memory; enough for a demuxer alternating between two or three places.
-const CACHED_BLOCKS: usize = 4;
+/// The read-ahead window stays under the object's size divided by this.
+const WINDOW_FRACTION: u64 = 128;
+
+/// Bytes of fetched data kept for re-reads.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One fetched range and how far into it the demuxer has read.
+struct Fetched {
+    start: u64,
+    data: Bytes,
+    used_end: u64,
+}
+
+impl Fetched {
+    fn contains(&self, position: u64) -> bool {
+        position >= self.start && position < self.start + self.data.len() as u64
+    }
+
+    fn unused(&self) -> u64 {
+        (self.data.len() as u64).saturating_sub(self.used_end)
+    }
+}
 
 /// A seekable reader over one object. Its methods block on the runtime it was given, so it
 /// must be used from a thread of its own, never from async code.
@@ -23,7 +48,11 @@ pub struct ObjectReader {
     size: u64,
     position: u64,
     block_bytes: u64,
-    cache: VecDeque<(u64, Bytes)>,
+    max_window: u64,
+    window: u64,
+    last_fetch_end: Option<u64>,
+    cache: VecDeque<Fetched>,
+    cached_bytes: u64,
 }
 
 impl ObjectReader {
@@ -32,8 +61,13 @@ impl ObjectReader {
         uri: ObjectUri,
         runtime: tokio::runtime::Handle,
         block_bytes: u64,
+        max_window: u64,
     ) -> Result<Self, StorageError> {
         let size = runtime.block_on(storage.size(&uri))?;
+        let block_bytes = block_bytes.max(1);
+        // A reader that stops mid-object (a chunk's end) wastes at most one window: keep it
+        // under 1/128 of the object, so even 8 chunks waste well under 10 %.
+        let max_window = max_window.min(size / WINDOW_FRACTION).max(block_bytes);
         Ok(Self {
             storage,
             uri,
@@ -41,7 +75,11 @@ impl ObjectReader {
             size,
             position: 0,
             block_bytes,
-            cache: VecDeque::with_capacity(CACHED_BLOCKS),
+            max_window,
+            window: block_bytes,
+            last_fetch_end: None,
+            cache: VecDeque::new(),
+            cached_bytes: 0,
         })
     }
 
@@ -55,16 +93,18 @@ impl ObjectReader {
         &self.uri
     }
 
-    fn block(&mut self, start: u64) -> io::Result<Bytes> {
-        if let Some(index) = self.cache.iter().position(|(at, _)| *at == start) {
-            let entry = self.cache.remove(index).expect("index found above");
-            let data = entry.1.clone();
-            self.cache.push_front(entry);
-            return Ok(data);
-        }
+    /// Fetches the window starting at the block holding `position`.
+    fn fetch(&mut self, position: u64) -> io::Result<usize> {
+        let start = position - position % self.block_bytes;
+        self.window = if self.last_fetch_end == Some(start) {
+            (self.window * 2).min(self.max_window)
+        } else {
+            self.block_bytes
+        };
+        let len = self.window.min(self.size - start);
         let data = self
             .runtime
-            .block_on(self.storage.read_range(&self.uri, start, self.block_bytes))
+            .block_on(self.storage.read_range(&self.uri, start, len))
             .map_err(|e| {
                 let kind = match &e {
                     StorageError::NotFound { .. } => io::ErrorKind::NotFound,
@@ -72,11 +112,20 @@ impl ObjectReader {
                 };
                 io::Error::new(kind, e.to_string())
             })?;
-        if self.cache.len() == CACHED_BLOCKS {
-            self.cache.pop_back();
+        self.last_fetch_end = Some(start + data.len() as u64);
+        self.cached_bytes += data.len() as u64;
+        self.cache.push_front(Fetched {
+            start,
+            data,
+            used_end: 0,
+        });
+        while self.cached_bytes > CACHE_BYTES && self.cache.len() > 1 {
+            if let Some(evicted) = self.cache.pop_back() {
+                self.cached_bytes -= evicted.data.len() as u64;
+                self.storage.record_waste(evicted.unused());
+            }
         }
-        self.cache.push_front((start, data.clone()));
-        Ok(data)
+        Ok(0)
     }
 }
 
@@ -85,14 +134,21 @@ impl Read for ObjectReader {
         if self.position >= self.size || buf.is_empty() {
             return Ok(0);
         }
-        let start = self.position - self.position % self.block_bytes;
-        let block = self.block(start)?;
-        let offset = usize::try_from(self.position - start).unwrap_or(usize::MAX);
-        if offset >= block.len() {
+        let position = self.position;
+        let index = match self.cache.iter().position(|f| f.contains(position)) {
+            Some(index) => index,
+            None => self.fetch(position)?,
+        };
+        let Some(fetched) = self.cache.get_mut(index) else {
+            return Ok(0);
+        };
+        let offset = (position - fetched.start) as usize;
+        let n = buf.len().min(fetched.data.len() - offset);
+        if n == 0 {
             return Ok(0);
         }
-        let n = buf.len().min(block.len() - offset);
-        buf[..n].copy_from_slice(&block[offset..offset + n]);
+        buf[..n].copy_from_slice(&fetched.data[offset..offset + n]);
+        fetched.used_end = fetched.used_end.max((offset + n) as u64);
         self.position += n as u64;
         Ok(n)
     }
@@ -115,5 +171,12 @@ impl Seek for ObjectReader {
                 "seek before the start of the object",
             )),
         }
+    }
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        let unused: u64 = self.cache.iter().map(Fetched::unused).sum();
+        self.storage.record_waste(unused);
     }
 }

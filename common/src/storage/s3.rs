@@ -13,10 +13,14 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use bytes::Bytes;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::{Bytes, BytesMut};
 
 use super::{ObjectUri, StorageError};
 use crate::config::StorageConfig;
+
+/// Times a broken ranged GET is resumed before the read fails.
+const RESUME_ATTEMPTS: usize = 5;
 
 /// Builds the S3 client, or `None` when no credentials are configured anywhere.
 pub(super) fn client(config: &StorageConfig) -> Option<Client> {
@@ -151,35 +155,68 @@ impl S3Ops for Client {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let response = match self
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .range(range)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(StorageError::NotFound {
-                    uri: uri.to_string(),
-                })
+        let end = offset + len;
+        let mut data = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0).min(64 << 20));
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(RESUME_ATTEMPTS)
+            .build();
+        loop {
+            let from = offset + data.len() as u64;
+            if from >= end {
+                return Ok(data.freeze());
             }
-            Err(e) if e.code() == Some("InvalidRange") => return Ok(Bytes::new()),
-            Err(e) => return Err(request_error("GET", uri, e)),
-        };
-        response
-            .body
-            .collect()
-            .await
-            .map(|data| data.into_bytes())
-            .map_err(|e| StorageError::Request {
-                operation: "GET",
-                uri: uri.to_string(),
-                message: format!("reading the body failed: {e}"),
-                transient: true,
-            })
+            let failure = match self
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .range(format!("bytes={from}-{}", end - 1))
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let mut body = response.body;
+                    loop {
+                        match body.try_next().await {
+                            Ok(Some(piece)) => data.extend_from_slice(&piece),
+                            Ok(None) => return Ok(data.freeze()),
+                            Err(e) => {
+                                break format!("the body broke off after {} bytes: {e}", data.len())
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Err(StorageError::NotFound {
+                        uri: uri.to_string(),
+                    })
+                }
+                Err(e) if e.code() == Some("InvalidRange") => return Ok(data.freeze()),
+                Err(e) => {
+                    let error = request_error("GET", uri, e);
+                    if !error.is_transient() {
+                        return Err(error);
+                    }
+                    error.to_string()
+                }
+            };
+            match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(%uri, from, error = %failure, ?delay, "ranged GET failed; resuming from the byte where it stopped");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    return Err(StorageError::Request {
+                        operation: "GET",
+                        uri: uri.to_string(),
+                        message: failure,
+                        transient: true,
+                    })
+                }
+            }
+        }
     }
 
     async fn put(

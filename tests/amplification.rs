@@ -1,0 +1,93 @@
+//! Ranged reads, end to end against the Garage S3 server: an 8 s 640x360 clip with
+//! half-second GOPs and audio, as MP4 with its index at the end or first and as Matroska,
+//! cut into 1, 2, 4 and 8 chunks. Whatever the count, the workers together read about one
+//! copy of the input (at most 1.10x its size plus 64 KiB per chunk), not one per chunk.
+
+mod support;
+
+use std::time::Duration;
+
+use framefleet_common::proto::{EncoderSettings, JobState};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("ranged");
+    let source = dir.path().join("source.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "8",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "15",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        source.to_str().expect("utf-8"),
+    ]);
+    let variants: [(&str, &[&str]); 3] = [
+        ("index-at-end.mp4", &[]),
+        ("index-first.mp4", &["-movflags", "+faststart"]),
+        ("matroska.mkv", &[]),
+    ];
+    let cluster = Cluster::start(3, &[("FRAMEFLEET_PLANNER__MAX_CHUNKS", "8")]);
+    let mut client = cluster.client().await;
+    for (name, flags) in variants {
+        let local = dir.path().join(name);
+        let mut args = vec!["-i", source.to_str().expect("utf-8"), "-c", "copy"];
+        args.extend_from_slice(flags);
+        args.push(local.to_str().expect("utf-8"));
+        ffmpeg(&args);
+        let size = std::fs::metadata(&local).expect("input").len() as f64;
+        let input = s3(&format!("{prefix}/in/{name}"));
+        upload(&local, &input).await;
+        for chunks in [1u32, 2, 4, 8] {
+            let output = s3(&format!("{prefix}/out/{name}-{chunks}.mp4"));
+            let mut spec = lossless_spec(&input, &output, 0.25, chunks);
+            spec.encoder = Some(EncoderSettings {
+                crf: 35,
+                preset: "ultrafast".into(),
+                lossless: false,
+            });
+            let id = submit(&mut client, spec).await;
+            let last = watch(&mut client, &id, Duration::from_secs(300))
+                .await
+                .pop()
+                .expect("snapshots");
+            assert_eq!(
+                state(&last),
+                JobState::Succeeded,
+                "{name} x{chunks}: {}",
+                last.error
+            );
+            let report = report(&mut client, &id).await;
+            let workers = chunk_sum(&report, "bytes_read");
+            let limit = 1.10 * size + 65536.0 * f64::from(chunks);
+            println!(
+                "{name} x{chunks}: workers read {workers} bytes of {size} ({:.3}x), waste {}, total input reads {:.3}x",
+                workers / size,
+                chunk_sum(&report, "bytes_wasted"),
+                report["totals"]["read_amplification"].as_f64().unwrap_or(0.0)
+            );
+            assert!(
+                workers <= limit,
+                "{name} with {chunks} chunks: workers read {workers} bytes, more than {limit} (1.10x {size} + 64 KiB a chunk)"
+            );
+            assert_eq!(report["plan"]["chunks"], chunks);
+        }
+    }
+}
