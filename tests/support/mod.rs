@@ -74,7 +74,22 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Attempts at starting Garage, each on fresh ports: a port picked free can be taken by
+/// another process before Garage binds it.
+const GARAGE_ATTEMPTS: usize = 3;
+
 fn start_garage() -> Garage {
+    let mut failures = Vec::new();
+    for _ in 0..GARAGE_ATTEMPTS {
+        match try_start_garage() {
+            Ok(garage) => return garage,
+            Err(failure) => failures.push(failure),
+        }
+    }
+    panic!("Garage would not start: {failures:?}");
+}
+
+fn try_start_garage() -> Result<Garage, String> {
     let directory = tempfile::Builder::new()
         .prefix("framefleet-garage-")
         .tempdir()
@@ -95,10 +110,12 @@ fn start_garage() -> Garage {
     )
     .expect("write garage.toml");
     let binary = garage_binary();
-    let log = std::fs::File::create(directory.join("garage.log")).expect("log file");
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    // The child is spawned from a thread that never ends, so PR_SET_PDEATHSIG fires only
-    // when the test process exits.
+    let log_path = directory.join("garage.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let (exited_tx, exited_rx) = std::sync::mpsc::channel();
+    // The thread that spawns Garage waits on it for as long as it runs, so
+    // PR_SET_PDEATHSIG (tied to that thread) fires only when the test process exits, and
+    // an early exit (a port taken after all) is reported at once.
     std::thread::spawn(move || {
         let mut command = Command::new(binary);
         command
@@ -113,28 +130,27 @@ fn start_garage() -> Garage {
             .stdout(Stdio::null())
             .stderr(log);
         die_with_parent(&mut command);
-        let child = command.spawn();
-        let _ = started_tx.send(child.map(|_| ()));
-        loop {
-            std::thread::park();
-        }
+        let outcome = match command.spawn() {
+            Ok(mut child) => format!("exited: {:?}", child.wait()),
+            Err(e) => format!("did not start: {e}"),
+        };
+        let _ = exited_tx.send(outcome);
     });
-    started_rx
-        .recv()
-        .expect("garage thread")
-        .expect("garage starts");
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_status(admin, "/health") != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "Garage did not become healthy in 60 s"
-        );
+        if let Ok(outcome) = exited_rx.try_recv() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("Garage {outcome}; its log: {log}"));
+        }
+        if Instant::now() > deadline {
+            return Err("Garage did not become healthy in 60 s".into());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Garage {
+    Ok(Garage {
         endpoint: format!("http://127.0.0.1:{s3}"),
         _directory: directory,
-    }
+    })
 }
 
 fn die_with_parent(command: &mut Command) {
@@ -282,8 +298,6 @@ impl Cluster {
     /// Starts an orchestrator and `workers` workers with extra `FRAMEFLEET_*` settings.
     pub fn start(workers: usize, settings: &[(&str, &str)]) -> Cluster {
         garage();
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
         let spawn = |command: &mut Command| {
             command.envs(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             command.stdin(Stdio::null()).stdout(Stdio::null());
@@ -291,11 +305,29 @@ impl Cluster {
                 child: command.spawn().expect("framefleet starts"),
             }
         };
-        let orchestrator = spawn(
-            framefleet()
-                .args(["orchestrator", "--listen"])
-                .arg(format!("127.0.0.1:{port}")),
-        );
+        // A port picked free can be taken before the orchestrator binds it: then it exits
+        // at once, and it is started again on another port.
+        let (url, orchestrator) = (0..3)
+            .find_map(|_| {
+                let port = free_port();
+                let mut process = spawn(
+                    framefleet()
+                        .args(["orchestrator", "--listen"])
+                        .arg(format!("127.0.0.1:{port}")),
+                );
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        return Some((format!("http://127.0.0.1:{port}"), process));
+                    }
+                    if process.child.try_wait().ok().flatten().is_some() {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                None
+            })
+            .expect("the orchestrator starts and listens");
         let mut worker_urls = Vec::new();
         let mut processes = Vec::new();
         for index in 0..workers {
