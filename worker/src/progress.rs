@@ -21,11 +21,6 @@ impl ChunkProgressCounters {
         }
     }
 
-    /// Frames in the chunk.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
     /// Sets the frames done in `phase` (never beyond the total, never backwards).
     pub fn set(&self, phase: Phase, frames: u64) {
         if let Some(counter) = slot(&self.done, phase) {

@@ -88,11 +88,6 @@ impl ObjectReader {
         self.size
     }
 
-    /// The object read.
-    pub fn uri(&self) -> &ObjectUri {
-        &self.uri
-    }
-
     /// Fetches the window starting at the block holding `position`.
     fn fetch(&mut self, position: u64) -> io::Result<usize> {
         let start = position - position % self.block_bytes;
