@@ -309,6 +309,17 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
         )
     );
     assert!(totals["wall_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    let sequential = chunk_sum(&report, "wall_seconds")
+        + orchestrator["probe_seconds"].as_f64().expect("probe")
+        + orchestrator["stitch_seconds"].as_f64().expect("stitch");
+    assert!(
+        (totals["sequential_estimate_seconds"]
+            .as_f64()
+            .expect("estimate")
+            - sequential)
+            .abs()
+            < 1e-6
+    );
     assert_eq!(
         totals["input_bytes_read"].as_f64(),
         Some(

@@ -78,8 +78,11 @@ pub struct ChunkCost {
     pub wasted_gpu_seconds: f64,
     /// Price of `gpu_seconds + wasted_gpu_seconds`.
     pub cost_usd: f64,
-    /// Busy seconds per phase (download, init, decode, process, encode, upload).
+    /// Busy seconds per phase (download, init, decode, process, encode, upload); phases
+    /// overlap, so they add up to more than `wall_seconds`.
     pub phases: BTreeMap<String, f64>,
+    /// Wall time of the accepted attempt, from accept to upload done.
+    pub wall_seconds: f64,
     /// Bytes the accepted attempt read from storage (all of it the job's input).
     pub bytes_read: u64,
     /// Bytes it wrote to storage.
@@ -136,7 +139,8 @@ pub struct Totals {
     pub requests: u64,
     /// Bytes the workers fetched but never decoded.
     pub bytes_wasted: u64,
-    /// The same job run as one chunk on one worker, estimated from the chunks' wall times.
+    /// The same job run as one chunk on one worker: the chunks' wall times one after the
+    /// other, plus probe and stitch.
     pub sequential_estimate_seconds: f64,
     /// `sequential_estimate_seconds / wall_seconds`.
     pub speedup: f64,
@@ -165,10 +169,7 @@ impl CostReport {
         let chunks = &self.chunks;
         let input_bytes_read =
             chunks.iter().map(|c| c.bytes_read).sum::<u64>() + self.orchestrator.input_bytes_read;
-        let sequential: f64 = chunks
-            .iter()
-            .map(|c| c.phases.values().sum::<f64>())
-            .sum::<f64>()
+        let sequential: f64 = chunks.iter().map(|c| c.wall_seconds).sum::<f64>()
             + self.orchestrator.probe_seconds
             + self.orchestrator.stitch_seconds;
         self.totals = Totals {
@@ -214,7 +215,11 @@ mod tests {
             gpu_type: gpu.into(),
             gpu_seconds: seconds,
             wasted_gpu_seconds: wasted,
-            phases: BTreeMap::from([("process".to_string(), seconds)]),
+            phases: BTreeMap::from([
+                ("process".to_string(), seconds),
+                ("encode".to_string(), seconds),
+            ]),
+            wall_seconds: seconds,
             bytes_read: 100,
             bytes_written: 50,
             requests: 3,

@@ -101,5 +101,6 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
         bytes_written: result.bytes_written,
         requests: result.requests,
         bytes_wasted: result.bytes_wasted,
+        wall_seconds: result.wall_seconds,
     }
 }

@@ -231,7 +231,8 @@ async fn run_and_report(
             }
         }
     };
-    let gpu_seconds = accepted.elapsed().as_secs_f64() * f64::from(state.config.gpus_per_slot);
+    let wall_seconds = accepted.elapsed().as_secs_f64();
+    let gpu_seconds = wall_seconds * f64::from(state.config.gpus_per_slot);
     drop(permit);
     state.current().remove(&label);
     let reply = match outcome {
@@ -250,7 +251,7 @@ async fn run_and_report(
                     &state.config,
                     &output,
                     &storage,
-                    gpu_seconds,
+                    wall_seconds,
                 ))),
             })
         }
@@ -266,7 +267,7 @@ fn chunk_result(
     config: &WorkerConfig,
     output: &ChunkOutput,
     storage: &Storage,
-    gpu_seconds: f64,
+    wall_seconds: f64,
 ) -> ChunkResult {
     ChunkResult {
         frames: output.frames,
@@ -282,7 +283,8 @@ fn chunk_result(
         bytes_written: storage.counters().bytes_written(),
         requests: storage.counters().requests(),
         bytes_wasted: storage.counters().bytes_wasted(),
-        gpu_seconds,
+        gpu_seconds: wall_seconds * f64::from(config.gpus_per_slot),
+        wall_seconds,
         gpu_type: config.gpu_type.clone(),
         worker_name: config.name.clone(),
         output_width: output.width,
