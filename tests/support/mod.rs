@@ -9,7 +9,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -651,10 +650,98 @@ pub fn chunk_sum(report: &serde_json::Value, field: &str) -> f64 {
         .sum()
 }
 
-/// Names of the fields of a JSON object, for shape checks.
-pub fn keys(value: &serde_json::Value) -> BTreeMap<String, ()> {
-    value
-        .as_object()
-        .map(|o| o.keys().map(|k| (k.clone(), ())).collect())
-        .unwrap_or_default()
+/// A loopback TCP proxy in front of Garage that breaks ranged GETs: the first `cuts`
+/// responses with status 206 are cut after `after_bytes` bytes of their body, as a network
+/// reset mid-transfer would.
+pub struct CuttingProxy {
+    /// S3 endpoint to give clients, e.g. `http://127.0.0.1:40123`.
+    pub endpoint: String,
+    cuts_left: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    /// Cuts not made yet.
+    pub fn cuts_left(&self) -> usize {
+        self.cuts_left.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Starts a [`CuttingProxy`] on the current runtime.
+pub async fn cutting_proxy(cuts: usize, after_bytes: usize) -> CuttingProxy {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = garage().endpoint.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let cuts_left = Arc::new(AtomicUsize::new(cuts));
+    let budget = cuts_left.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, budget) = (upstream.clone(), budget.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                // Look at the first response head on this connection; cut it if it is a
+                // ranged GET's and the budget allows, else relay everything.
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 16 * 1024];
+                let body_start = loop {
+                    let Ok(n) = server_read.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buffer[..n]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                };
+                let partial = head.starts_with(b"HTTP/1.1 206");
+                let cut = partial
+                    && budget
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                            left.checked_sub(1)
+                        })
+                        .is_ok();
+                if cut {
+                    let keep = (body_start + after_bytes).min(head.len());
+                    let _ = client_write.write_all(&head[..keep]).await;
+                    let mut sent = keep - body_start;
+                    while sent < after_bytes {
+                        let Ok(n) = server_read.read(&mut buffer).await else {
+                            break;
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        let take = n.min(after_bytes - sent);
+                        let _ = client_write.write_all(&buffer[..take]).await;
+                        sent += take;
+                    }
+                    requests.abort();
+                    return;
+                }
+                if client_write.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                requests.abort();
+            });
+        }
+    });
+    CuttingProxy {
+        endpoint,
+        cuts_left,
+    }
 }

@@ -126,9 +126,13 @@ impl IoCounters {
     }
 
     fn record(&self, read: u64, written: u64) {
+        self.record_requests(read, written, 1);
+    }
+
+    fn record_requests(&self, read: u64, written: u64, requests: u64) {
         self.bytes_read.fetch_add(read, Ordering::Relaxed);
         self.bytes_written.fetch_add(written, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests, Ordering::Relaxed);
     }
 }
 
@@ -200,19 +204,21 @@ impl Storage {
         len: u64,
     ) -> Result<Bytes, StorageError> {
         let started = std::time::Instant::now();
-        let bytes = match uri {
+        let (bytes, requests) = match uri {
             ObjectUri::File(path) => {
                 let path = path.clone();
                 let uri_for_error = uri.clone();
-                tokio::task::spawn_blocking(move || read_file_range(&path, offset, len))
-                    .await
-                    .map_err(|e| StorageError::Request {
-                        operation: "GET",
-                        uri: uri.to_string(),
-                        message: e.to_string(),
-                        transient: false,
-                    })?
-                    .map_err(|e| StorageError::io("GET", &uri_for_error, e))?
+                let bytes =
+                    tokio::task::spawn_blocking(move || read_file_range(&path, offset, len))
+                        .await
+                        .map_err(|e| StorageError::Request {
+                            operation: "GET",
+                            uri: uri.to_string(),
+                            message: e.to_string(),
+                            transient: false,
+                        })?
+                        .map_err(|e| StorageError::io("GET", &uri_for_error, e))?;
+                (bytes, 1)
             }
             ObjectUri::S3 { bucket, key } => {
                 self.s3(uri)?
@@ -220,7 +226,8 @@ impl Storage {
                     .await?
             }
         };
-        self.counters.record(bytes.len() as u64, 0);
+        self.counters
+            .record_requests(bytes.len() as u64, 0, requests);
         tracing::debug!(%uri, offset, asked = len, got = bytes.len(), seconds = started.elapsed().as_secs_f64(), "storage GET");
         Ok(bytes)
     }

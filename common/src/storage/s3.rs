@@ -87,6 +87,8 @@ where
 /// The S3 operations framefleet needs, on one client.
 pub(super) trait S3Ops {
     async fn size(&self, bucket: &str, key: &str, uri: &ObjectUri) -> Result<u64, StorageError>;
+    /// Returns the bytes and the number of GET requests it took (more than one when a
+    /// broken transfer was resumed).
     async fn read_range(
         &self,
         bucket: &str,
@@ -94,7 +96,7 @@ pub(super) trait S3Ops {
         offset: u64,
         len: u64,
         uri: &ObjectUri,
-    ) -> Result<Bytes, StorageError>;
+    ) -> Result<(Bytes, u64), StorageError>;
     async fn put(
         &self,
         bucket: &str,
@@ -151,9 +153,9 @@ impl S3Ops for Client {
         offset: u64,
         len: u64,
         uri: &ObjectUri,
-    ) -> Result<Bytes, StorageError> {
+    ) -> Result<(Bytes, u64), StorageError> {
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), 0));
         }
         let end = offset + len;
         let mut data = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0).min(64 << 20));
@@ -163,11 +165,13 @@ impl S3Ops for Client {
             .with_jitter()
             .with_max_times(RESUME_ATTEMPTS)
             .build();
+        let mut requests = 0;
         loop {
             let from = offset + data.len() as u64;
             if from >= end {
-                return Ok(data.freeze());
+                return Ok((data.freeze(), requests));
             }
+            requests += 1;
             let failure = match self
                 .get_object()
                 .bucket(bucket)
@@ -181,7 +185,7 @@ impl S3Ops for Client {
                     loop {
                         match body.try_next().await {
                             Ok(Some(piece)) => data.extend_from_slice(&piece),
-                            Ok(None) => return Ok(data.freeze()),
+                            Ok(None) => return Ok((data.freeze(), requests)),
                             Err(e) => {
                                 break format!("the body broke off after {} bytes: {e}", data.len())
                             }
@@ -193,7 +197,7 @@ impl S3Ops for Client {
                         uri: uri.to_string(),
                     })
                 }
-                Err(e) if e.code() == Some("InvalidRange") => return Ok(data.freeze()),
+                Err(e) if e.code() == Some("InvalidRange") => return Ok((data.freeze(), requests)),
                 Err(e) => {
                     let error = request_error("GET", uri, e);
                     if !error.is_transient() {
