@@ -650,9 +650,10 @@ pub fn chunk_sum(report: &serde_json::Value, field: &str) -> f64 {
         .sum()
 }
 
-/// A loopback TCP proxy in front of Garage that breaks ranged GETs: the first `cuts`
-/// responses with status 206 are cut after `after_bytes` bytes of their body, as a network
-/// reset mid-transfer would.
+/// A loopback TCP proxy in front of Garage that breaks ranged GETs: up to `cuts` responses
+/// with status 206 and a body longer than `after_bytes` are cut after `after_bytes` bytes of
+/// body, as a network reset mid-transfer would. Only the first response of each connection
+/// is looked at, so how many cuts happen depends on connection reuse.
 pub struct CuttingProxy {
     /// S3 endpoint to give clients, e.g. `http://127.0.0.1:40123`.
     pub endpoint: String,
@@ -660,7 +661,7 @@ pub struct CuttingProxy {
 }
 
 impl CuttingProxy {
-    /// Cuts not made yet.
+    /// Cuts that may still happen.
     pub fn cuts_left(&self) -> usize {
         self.cuts_left.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -707,7 +708,13 @@ pub async fn cutting_proxy(cuts: usize, after_bytes: usize) -> CuttingProxy {
                         break end + 4;
                     }
                 };
-                let partial = head.starts_with(b"HTTP/1.1 206");
+                let head_text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
+                let length: usize = head_text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let partial = head.starts_with(b"HTTP/1.1 206") && length > after_bytes;
                 let cut = partial
                     && budget
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {

@@ -33,26 +33,45 @@ pub(super) fn run(
     context: &StageContext,
     frames: SyncSender<VideoFrame>,
 ) -> Result<(), ChunkError> {
-    let seek = spec.range.start_frame > 0;
-    match decode_range(spec, storage, runtime.clone(), context, &frames, seek)? {
-        Decoded::Done => Ok(()),
-        Decoded::SeekOvershot { first_pts } => {
-            tracing::warn!(
-                first_pts,
-                start_pts = spec.range.start_pts,
-                "seek landed after the chunk start; decoding from the beginning instead"
-            );
-            match decode_range(spec, storage, runtime, context, &frames, false)? {
-                Decoded::Done => Ok(()),
-                Decoded::SeekOvershot { first_pts } => Err(ChunkError::Decode(format!(
-                    "the first decodable frame (pts {first_pts}) comes after the chunk start \
-                     (pts {}); the input's timestamps do not match its probe",
-                    spec.range.start_pts
-                ))),
+    // Seek to the keyframe; when the demuxer lands after it anyway (containers without an
+    // index, such as MPEG-TS, seek by estimate), seek again further back, then give up and
+    // decode from the beginning.
+    let mut targets: Vec<Option<i64>> = Vec::new();
+    if spec.range.start_frame > 0 {
+        let ticks_per_second =
+            i64::from(spec.time_base.denominator()) / i64::from(spec.time_base.numerator()).max(1);
+        targets.extend(
+            SEEK_MARGINS_SECONDS
+                .iter()
+                .map(|seconds| Some(spec.range.keyframe_pts - seconds * ticks_per_second)),
+        );
+    }
+    targets.push(None);
+    let mut last_overshoot = None;
+    for target in targets {
+        match decode_range(spec, storage, runtime.clone(), context, &frames, target)? {
+            Decoded::Done => return Ok(()),
+            Decoded::SeekOvershot { first_pts } => {
+                tracing::debug!(
+                    first_pts,
+                    ?target,
+                    start_pts = spec.range.start_pts,
+                    "seek landed after the chunk start; seeking further back"
+                );
+                last_overshoot = Some(first_pts);
             }
         }
     }
+    Err(ChunkError::Decode(format!(
+        "the first decodable frame (pts {}) comes after the chunk start (pts {}); the \
+         input's timestamps do not match its probe",
+        last_overshoot.unwrap_or_default(),
+        spec.range.start_pts
+    )))
 }
+
+/// How far before a chunk's keyframe successive seeks aim when the demuxer overshoots.
+const SEEK_MARGINS_SECONDS: [i64; 5] = [0, 1, 2, 4, 8];
 
 enum Decoded {
     Done,
@@ -65,7 +84,7 @@ fn decode_range(
     runtime: tokio::runtime::Handle,
     context: &StageContext,
     frames: &SyncSender<VideoFrame>,
-    seek: bool,
+    seek_to: Option<i64>,
 ) -> Result<Decoded, ChunkError> {
     let setup_started = Instant::now();
     let reader = TimedReader {
@@ -90,8 +109,9 @@ fn decode_range(
         .decoder()
         .video()
         .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
-    if seek {
-        let target = spec.range.keyframe_pts.rescale_with(
+    let seek = seek_to.is_some();
+    if let Some(pts) = seek_to {
+        let target = pts.rescale_with(
             time_base,
             ffmpeg::rescale::TIME_BASE,
             ffmpeg::Rounding::Down,
