@@ -4,15 +4,7 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
-
-fn local() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_framefleet"));
-    command.arg("local").env("RUST_LOG", "warn");
-    command
-}
 
 #[test]
 fn local_runs_a_job_end_to_end_on_plain_paths() {
@@ -53,7 +45,7 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
     ]);
     let output = dir.path().join("out.mp4");
     let report_path = dir.path().join("report.json");
-    let result = local()
+    let result = framefleet_local()
         .arg(&input)
         .arg(&output)
         .args([
@@ -111,7 +103,7 @@ fn local_fails_with_one_clear_line_on_a_file_that_is_not_video() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("readme.mp4");
     std::fs::write(&input, "this is not a video\n".repeat(20)).expect("write");
-    let result = local()
+    let result = framefleet_local()
         .arg(&input)
         .arg(dir.path().join("out.mp4"))
         .args(["--workers", "1"])
@@ -148,7 +140,7 @@ fn audio_the_output_container_cannot_hold_fails_before_any_chunk_runs() {
         "pcm_s16le",
         input.to_str().expect("utf-8"),
     ]);
-    let refused = local()
+    let refused = framefleet_local()
         .arg(&input)
         .arg(dir.path().join("out.mp4"))
         .args(["--workers", "1", "--report-json"])
@@ -170,7 +162,7 @@ fn audio_the_output_container_cannot_hold_fails_before_any_chunk_runs() {
     );
 
     let kept = dir.path().join("out.mov");
-    let result = local()
+    let result = framefleet_local()
         .arg(&input)
         .arg(&kept)
         .args(["--workers", "1", "--lossless", "--preset", "ultrafast"])

@@ -24,8 +24,7 @@ fn wheel() -> PathBuf {
 
 /// Runs `framefleet local` with the models in `model_dir`; panics with its stderr on failure.
 fn run_local(model_dir: &Path, input: &Path, output: &Path, model: &str, chunks: u32) {
-    let result = Command::new(env!("CARGO_BIN_EXE_framefleet"))
-        .arg("local")
+    let result = framefleet_local()
         .arg(input)
         .arg(output)
         .args([
@@ -40,7 +39,6 @@ fn run_local(model_dir: &Path, input: &Path, output: &Path, model: &str, chunks:
         .args(["--chunks", &chunks.to_string()])
         .env("FRAMEFLEET_WORKER__MODEL_DIR", model_dir)
         .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
-        .env("RUST_LOG", "warn")
         .output()
         .expect("framefleet runs");
     assert!(
@@ -199,8 +197,7 @@ fn infer_lines(
     chunks: u32,
     top_k: u32,
 ) -> Vec<serde_json::Value> {
-    let result = Command::new(env!("CARGO_BIN_EXE_framefleet"))
-        .arg("local")
+    let result = framefleet_local()
         .arg(input)
         .arg(output)
         .args(["--task", "infer", "--workers", "2"])
@@ -213,7 +210,6 @@ fn infer_lines(
             &top_k.to_string(),
         ])
         .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
-        .env("RUST_LOG", "warn")
         .output()
         .expect("framefleet runs");
     assert!(

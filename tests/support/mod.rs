@@ -281,6 +281,13 @@ pub fn framefleet() -> Command {
     command
 }
 
+/// `framefleet local`, quiet, ready for its arguments.
+pub fn framefleet_local() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_framefleet"));
+    command.arg("local").env("RUST_LOG", "warn");
+    command
+}
+
 /// An orchestrator and its workers, each its own process.
 pub struct Cluster {
     /// Orchestrator URL.
