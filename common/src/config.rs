@@ -137,6 +137,12 @@ impl std::fmt::Debug for StorageConfig {
 pub struct PlannerConfig {
     /// Upper bound on the chunks of any job.
     pub max_chunks: u32,
+    /// How much longer than an even share (0.25 = 25 %) a chunk may grow so that every
+    /// chunk starts on a keyframe. A chunk starting on a keyframe reads and decodes nothing
+    /// before its range; one starting mid-GOP re-reads and re-decodes the GOP's head, which
+    /// the previous chunk also reads. When no keyframe-aligned plan is that even, only the
+    /// boundaries with a keyframe within a tenth of a chunk move onto it.
+    pub keyframe_slack: f64,
     /// Duration thresholds per profile (`neural`, `light`, or your own).
     pub profiles: BTreeMap<String, ProfileConfig>,
 }
@@ -242,6 +248,7 @@ impl Default for PlannerConfig {
         };
         Self {
             max_chunks: 4,
+            keyframe_slack: 0.25,
             profiles: BTreeMap::from([
                 ("neural".to_string(), profile(&[(3.0, 1), (10.0, 2)], 4)),
                 ("light".to_string(), profile(&[(30.0, 1), (90.0, 2)], 4)),
@@ -392,6 +399,12 @@ impl PlannerConfig {
             return Err(ConfigError::Invalid {
                 key: "planner.max_chunks".into(),
                 reason: "must be at least 1".into(),
+            });
+        }
+        if !(0.0..=10.0).contains(&self.keyframe_slack) {
+            return Err(ConfigError::Invalid {
+                key: "planner.keyframe_slack".into(),
+                reason: "must be between 0 (chunks exactly even) and 10".into(),
             });
         }
         for required in ["neural", "light"] {

@@ -4,8 +4,9 @@
 //! count), capped by `max_chunks` and by the number of frames. Frames are then cut into
 //! contiguous ranges of near-equal length, each carried as frame indices and as timestamps
 //! (with the keyframe to start decoding from), so variable frame rate input stays exact.
-//! A boundary with a keyframe within a tenth of a chunk moves onto it: that chunk then
-//! decodes (and reads) nothing before its start.
+//! Chunks start on keyframes whenever that keeps them within `planner.keyframe_slack` of
+//! an even share: such a chunk decodes (and reads) nothing before its start. Otherwise only
+//! the boundaries with a keyframe within a tenth of a chunk move onto it.
 
 use framefleet_common::config::PlannerConfig;
 use framefleet_common::media::VideoInfo;
@@ -96,7 +97,7 @@ pub fn plan(
         rule.push_str(&format!(", limited to the {frames} frames of the input"));
     }
     let count = count.max(1);
-    let bounds = boundaries(video, count);
+    let bounds = boundaries(video, count, config.keyframe_slack);
     if bounds
         .iter()
         .enumerate()
@@ -130,12 +131,13 @@ pub fn plan(
     })
 }
 
-/// `count + 1` frame indices cutting the video into near-equal ranges, each inner one on
-/// the nearest keyframe within a tenth of a chunk when there is one.
-fn boundaries(video: &VideoInfo, count: u32) -> Vec<u64> {
+/// `count + 1` frame indices cutting the video into near-equal ranges. Every range starts on
+/// a keyframe when that keeps the longest within `slack` of an even share (no chunk then
+/// reads or decodes anything before its range); otherwise each inner boundary moves onto
+/// the nearest keyframe within a tenth of a chunk, when there is one.
+fn boundaries(video: &VideoInfo, count: u32, slack: f64) -> Vec<u64> {
     let frames = video.frames.len() as u64;
     let count = u64::from(count);
-    let tolerance = frames / count / 10;
     let keyframes: Vec<u64> = video
         .frames
         .iter()
@@ -143,6 +145,17 @@ fn boundaries(video: &VideoInfo, count: u32) -> Vec<u64> {
         .filter(|(_, f)| f.keyframe)
         .map(|(i, _)| i as u64)
         .collect();
+    if let Some(aligned) = keyframe_aligned(frames, count, &keyframes) {
+        let longest = aligned
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(frames);
+        if longest as f64 <= frames.div_ceil(count) as f64 * (1.0 + slack) {
+            return aligned;
+        }
+    }
+    let tolerance = frames / count / 10;
     let mut bounds = vec![0];
     for i in 1..count {
         let nominal = frames * i / count;
@@ -157,6 +170,28 @@ fn boundaries(video: &VideoInfo, count: u32) -> Vec<u64> {
     }
     bounds.push(frames);
     bounds
+}
+
+/// Boundaries where every inner one is the keyframe nearest its even position (keeping
+/// enough keyframes for the boundaries after it); `None` when there are fewer keyframes
+/// than inner boundaries.
+fn keyframe_aligned(frames: u64, count: u64, keyframes: &[u64]) -> Option<Vec<u64>> {
+    let inner: Vec<u64> = keyframes.iter().copied().filter(|&k| k > 0).collect();
+    let needed = usize::try_from(count.saturating_sub(1)).ok()?;
+    if inner.len() < needed {
+        return None;
+    }
+    let mut bounds = vec![0];
+    let mut first_free = 0;
+    for i in 1..=needed {
+        let nominal = frames * i as u64 / count;
+        let last_usable = inner.len() - 1 - (needed - i);
+        let pick = (first_free..=last_usable).min_by_key(|&j| inner[j].abs_diff(nominal))?;
+        bounds.push(inner[pick]);
+        first_free = pick + 1;
+    }
+    bounds.push(frames);
+    Some(bounds)
 }
 
 #[cfg(test)]
@@ -244,6 +279,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn with_gop(frames: usize, gop: usize) -> VideoInfo {
+        let mut input = video(frames, 1, (1, 30));
+        for (i, frame) in input.frames.iter_mut().enumerate() {
+            frame.pts = i as i64;
+            frame.keyframe = i % gop == 0;
+        }
+        input
+    }
+
+    #[test]
+    fn every_chunk_starts_on_a_keyframe_when_that_keeps_them_even() {
+        let config = PlannerConfig {
+            max_chunks: 8,
+            ..PlannerConfig::default()
+        };
+        // 30 s at 30 fps with 2 s GOPs: 15 GOPs into 8 chunks.
+        let input = with_gop(900, 60);
+        let plan = plan(&input, 8, "light", &config).expect("plan");
+        let even = 900_f64 / 8.0;
+        for range in &plan.ranges {
+            assert_eq!(range.keyframe_pts, range.start_pts, "{range:?}");
+            let length = (range.end_frame - range.start_frame) as f64;
+            assert!(length <= even * 1.25 + 1.0, "{range:?}");
+        }
+        assert!(plan.rule.contains("keyframes"), "{}", plan.rule);
+    }
+
+    #[test]
+    fn sparse_keyframes_keep_chunks_even_and_decode_from_the_gop_head() {
+        let config = PlannerConfig {
+            max_chunks: 8,
+            ..PlannerConfig::default()
+        };
+        // 250-frame GOPs (x264's default) leave 4 keyframes for 8 chunks.
+        let input = with_gop(900, 250);
+        let plan = plan(&input, 8, "light", &config).expect("plan");
+        assert_eq!(plan.chunks, 8);
+        for range in &plan.ranges {
+            let length = range.end_frame - range.start_frame;
+            assert!(length.abs_diff(112) <= 12, "{range:?}");
+            assert_eq!(
+                range.keyframe_pts,
+                input.keyframe_at_or_before(range.start_frame as usize)
+            );
+        }
+        // With no slack, only boundaries near a keyframe move.
+        let strict = PlannerConfig {
+            keyframe_slack: 0.0,
+            ..config
+        };
+        let plan = super::plan(&with_gop(900, 60), 8, "light", &strict).expect("plan");
+        assert!(plan.ranges.iter().any(|r| r.keyframe_pts != r.start_pts));
     }
 
     #[test]
