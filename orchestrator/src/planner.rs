@@ -214,6 +214,7 @@ mod tests {
                 })
                 .collect(),
             end_pts: frames as i64 * step,
+            fragments: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! so framefleet never uses it on input a user gave: [`PacketReader`] reads with
 //! `Packet::read`, gives up after a few consecutive errors and says why.
 
+pub mod isobmff;
 mod probe;
 
 use std::io::{Read, Seek};
@@ -13,7 +14,7 @@ use std::sync::Once;
 
 use ffmpeg_next as ffmpeg;
 
-pub use probe::{probe, AudioInfo, FrameStamp, MediaInfo, ProbeError, VideoInfo};
+pub use probe::{probe, AudioInfo, FragmentStart, FrameStamp, MediaInfo, ProbeError, VideoInfo};
 
 /// Bytes FFmpeg asks for per read from framefleet's I/O. Small, because FFmpeg reads this
 /// far ahead of what it demuxes, and a chunk's last read is partly past its end.
@@ -39,10 +40,29 @@ pub fn open_input<R>(reader: R, name: &str) -> Result<ffmpeg::format::context::I
 where
     R: Read + Seek + Send + 'static,
 {
+    open_input_with(reader, name, &[])
+}
+
+/// [`open_input`] with demuxer options, e.g. `("fflags", "+noparse")`.
+pub fn open_input_with<R>(
+    reader: R,
+    name: &str,
+    options: &[(&str, &str)],
+) -> Result<ffmpeg::format::context::Input, ffmpeg::Error>
+where
+    R: Read + Seek + Send + 'static,
+{
     init();
     let io =
         ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
-    ffmpeg::format::input_from_stream(io, Some(name), None)
+    let dictionary = (!options.is_empty()).then(|| {
+        let mut dictionary = ffmpeg::Dictionary::new();
+        for (key, value) in options {
+            dictionary.set(key, value);
+        }
+        dictionary
+    });
+    ffmpeg::format::input_from_stream(io, Some(name), dictionary)
 }
 
 /// Reads packets one by one, surfacing read errors instead of looping on them.

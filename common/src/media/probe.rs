@@ -1,14 +1,22 @@
 //! The probe: what a video is, and the timestamp and keyframe flag of every one of its
 //! frames, read from packet headers. The planner cuts chunks from this list, so it must be
 //! exact for variable frame rate input as well as constant.
+//!
+//! For containers with a sample index (MP4, MOV, fragmented MP4) the probe reads the index
+//! and the first frames only: once a frame has decoded, every stream is set to
+//! `AVDISCARD_ALL`, and FFmpeg's MOV demuxer then returns each sample's timestamps and flags
+//! from the index without reading its bytes. A truncated file is caught by checking that
+//! every indexed sample lies inside the object. Other containers (Matroska, MPEG-TS) carry
+//! timestamps only next to the data, so they are read whole.
 
 use std::collections::HashSet;
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 
 use ffmpeg_next as ffmpeg;
 use serde::{Deserialize, Serialize};
 
-use super::{frame_pts, open_input, PacketReader};
+use super::isobmff::{HollowReader, TopLevelBoxes};
+use super::{open_input_with, PacketReader};
 
 /// Packets fed to the decoder to prove the stream decodes before giving up.
 const MAX_PACKETS_TO_FIRST_FRAME: usize = 256;
@@ -81,6 +89,37 @@ pub struct VideoInfo {
     pub frames: Vec<FrameStamp>,
     /// Timestamp just after the last frame (its pts plus its duration).
     pub end_pts: i64,
+    /// For a fragmented MP4: where each fragment holding a keyframe starts, in file order,
+    /// so a chunk can skip the fragments before its own. Empty for other inputs.
+    #[serde(default)]
+    pub fragments: Vec<FragmentStart>,
+}
+
+/// Where one fragment of a fragmented MP4 starts, and its first keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentStart {
+    /// Byte offset of the fragment's `moof` box.
+    pub offset: u64,
+    /// Presentation timestamp of its first keyframe.
+    pub keyframe_pts: i64,
+}
+
+impl VideoInfo {
+    /// The bytes a chunk decoding from the keyframe at `keyframe_pts` need not read: the
+    /// fragments from the first up to the one holding that keyframe. Empty when nothing
+    /// can be skipped.
+    pub fn skippable_before(&self, keyframe_pts: i64) -> std::ops::Range<u64> {
+        let Some(first) = self.fragments.first() else {
+            return 0..0;
+        };
+        let own = self
+            .fragments
+            .iter()
+            .rev()
+            .find(|f| f.keyframe_pts <= keyframe_pts)
+            .map_or(first.offset, |f| f.offset);
+        first.offset..own
+    }
 }
 
 impl VideoInfo {
@@ -124,11 +163,77 @@ pub struct MediaInfo {
 
 /// Probes an input: opens it, lists every video frame's timestamp and keyframe flag from
 /// the packets, and decodes the first frame to prove the stream can be decoded.
-pub fn probe<R>(reader: R, name: &str) -> Result<MediaInfo, ProbeError>
+pub fn probe<R>(mut reader: R, name: &str) -> Result<MediaInfo, ProbeError>
 where
     R: Read + Seek + Send + 'static,
 {
-    let mut input = open_input(reader, name).map_err(|source| ProbeError::Open {
+    let object_size = reader
+        .seek(SeekFrom::End(0))
+        .and_then(|size| reader.seek(SeekFrom::Start(0)).map(|_| size))
+        .map_err(|e| ProbeError::Unsupported {
+            name: name.to_string(),
+            reason: format!("its size could not be read ({e})"),
+        })?;
+    let boxed = starts_with_a_box(&mut reader);
+    let source = HollowReader::new(reader, object_size, false);
+    if boxed {
+        match probe_with(source.twin(true), &source, name, object_size) {
+            Ok(info) => return Ok(info),
+            Err(e) => {
+                tracing::debug!(error = %e, "index-only probe failed; reading the whole input")
+            }
+        }
+    }
+    probe_with(source.twin(false), &source, name, object_size)
+}
+
+/// True when the object opens with an ISO BMFF box (`ftyp`, `moov`, …), the containers
+/// whose index carries every sample's timestamp.
+fn starts_with_a_box<R: Read + Seek>(reader: &mut R) -> bool {
+    let mut header = [0u8; 8];
+    let read = reader.read_exact(&mut header).is_ok();
+    let rewound = reader.seek(SeekFrom::Start(0)).is_ok();
+    read && rewound
+        && matches!(
+            &header[4..8],
+            b"ftyp" | b"moov" | b"mdat" | b"free" | b"skip" | b"wide" | b"styp"
+        )
+}
+
+/// Video codecs FFmpeg's MOV demuxer passes through without a parser, so packets' flags
+/// and timestamps come from the index alone, whatever the sample bytes hold.
+const INDEX_ONLY_CODECS: [&str; 6] = ["h264", "hevc", "av1", "vp9", "vp8", "prores"];
+
+/// A video packet held back (by position) to decode the first frame from real bytes.
+struct HeldPacket {
+    position: u64,
+    size: usize,
+    pts: Option<i64>,
+    dts: Option<i64>,
+    key: bool,
+}
+
+/// Probes through `reader`: a hollow one (sample data reads as zeros) gives timestamps and
+/// flags from the index, and the first frame is then decoded from bytes read for real
+/// through `source`; a plain one decodes as it reads.
+fn probe_with<R>(
+    reader: HollowReader<R>,
+    source: &HollowReader<R>,
+    name: &str,
+    object_size: u64,
+) -> Result<MediaInfo, ProbeError>
+where
+    R: Read + Seek + Send + 'static,
+{
+    let hollow = reader.is_hollow();
+    // Hollow samples are zeros: a parser must not look at them (it would clear the
+    // keyframe flags the index gives).
+    let options: &[(&str, &str)] = if hollow {
+        &[("fflags", "+noparse")]
+    } else {
+        &[]
+    };
+    let mut input = open_input_with(reader, name, options).map_err(|source| ProbeError::Open {
         name: name.to_string(),
         source,
     })?;
@@ -160,6 +265,15 @@ where
             "the video stream has no valid time base".into(),
         ));
     }
+    let format = input.format().name().to_string();
+    if hollow
+        && !(reads_timestamps_from_index(&format) && INDEX_ONLY_CODECS.contains(&codec_id.name()))
+    {
+        return Err(unsupported(format!(
+            "{format} with {} video is not read from its index alone",
+            codec_id.name()
+        )));
+    }
     let audio = input
         .streams()
         .filter(|s| s.parameters().medium() == ffmpeg::media::Type::Audio)
@@ -168,9 +282,11 @@ where
             codec: s.parameters().id().name().to_string(),
         })
         .collect();
-    let format = input.format().name().to_string();
+    discard_streams_other_than(&mut input, stream_index);
 
     let mut frames = Vec::new();
+    let mut keyframe_positions = Vec::new();
+    let mut held = Vec::new();
     let mut discarded = 0u64;
     let mut last_duration = 0;
     let mut max_pts: Option<i64> = None;
@@ -187,6 +303,22 @@ where
         if packet.stream() != stream_index {
             continue;
         }
+        if !decoded_first && fed < MAX_PACKETS_TO_FIRST_FRAME {
+            fed += 1;
+            if hollow {
+                held.push(HeldPacket {
+                    position: u64::try_from(packet.position()).unwrap_or(u64::MAX),
+                    size: packet.size(),
+                    pts: packet.pts(),
+                    dts: packet.dts(),
+                    key: packet.is_key(),
+                });
+            } else if decoder.send_packet(&packet).is_ok()
+                && decoder.receive_frame(&mut decoded).is_ok()
+            {
+                decoded_first = true;
+            }
+        }
         if packet.flags().bits() & PACKET_FLAG_DISCARD != 0 {
             discarded += 1;
             continue;
@@ -198,18 +330,17 @@ where
             pts,
             keyframe: packet.is_key(),
         });
+        if packet.is_key() {
+            keyframe_positions.push((pts, packet.position()));
+        }
         if max_pts.is_none_or(|max| pts > max) {
             max_pts = Some(pts);
             last_duration = packet.duration();
         }
-        if !decoded_first && fed < MAX_PACKETS_TO_FIRST_FRAME {
-            fed += 1;
-            if decoder.send_packet(&packet).is_ok() && decoder.receive_frame(&mut decoded).is_ok() {
-                decoded_first = frame_pts(&decoded).is_some() || decoded.width() > 0;
-            }
-        }
     }
-    if !decoded_first && !frames.is_empty() {
+    if hollow {
+        decoded_first = decode_held(&held, source, &mut decoder, &mut decoded);
+    } else if !decoded_first && !frames.is_empty() {
         let _ = decoder.send_eof();
         decoded_first = decoder.receive_frame(&mut decoded).is_ok();
     }
@@ -221,6 +352,12 @@ where
         return Err(unsupported(format!(
             "the file is truncated: its index lists {indexed_frames} video frames but only \
              {read} could be read; upload the complete file"
+        )));
+    }
+    if let Some(end) = indexed_data_end(&input).filter(|&end| end > object_size) {
+        return Err(unsupported(format!(
+            "the file is truncated: its index places samples up to byte {end} but the object \
+             holds {object_size} bytes; upload the complete file"
         )));
     }
     if !decoded_first {
@@ -236,6 +373,11 @@ where
             duplicate.pts
         )));
     }
+    let fragments = if hollow {
+        source.with_boxes(|boxes| fragment_starts(boxes, &keyframe_positions))
+    } else {
+        Vec::new()
+    };
     let frame_rate = (rate.numerator(), rate.denominator());
     let end_pts = end_of_last_frame(&frames, last_duration, time_base, frame_rate);
     Ok(MediaInfo {
@@ -249,9 +391,106 @@ where
             frame_rate,
             frames,
             end_pts,
+            fragments,
         },
         audio,
     })
+}
+
+/// Decodes the first frame from the held packets' real bytes; true when one came out.
+fn decode_held<R: Read + Seek>(
+    held: &[HeldPacket],
+    source: &HollowReader<R>,
+    decoder: &mut ffmpeg::decoder::Video,
+    decoded: &mut ffmpeg::frame::Video,
+) -> bool {
+    for packet in held {
+        let mut data = vec![0u8; packet.size];
+        if source.read_exact_at(packet.position, &mut data).is_err() {
+            return false;
+        }
+        let mut real = ffmpeg::Packet::copy(&data);
+        real.set_pts(packet.pts);
+        real.set_dts(packet.dts);
+        if packet.key {
+            real.set_flags(ffmpeg::packet::Flags::KEY);
+        }
+        if decoder.send_packet(&real).is_ok() && decoder.receive_frame(decoded).is_ok() {
+            return true;
+        }
+    }
+    let _ = decoder.send_eof();
+    decoder.receive_frame(decoded).is_ok()
+}
+
+/// For a fragmented MP4 whose fragments carry their own decode times: where each fragment
+/// holding a keyframe starts, with its first keyframe. Empty otherwise.
+fn fragment_starts(boxes: &TopLevelBoxes, keyframes: &[(i64, isize)]) -> Vec<FragmentStart> {
+    if boxes.fragments.len() < 2 || boxes.untimed_fragments {
+        return Vec::new();
+    }
+    let mut starts: Vec<FragmentStart> = Vec::new();
+    for &(pts, position) in keyframes {
+        let Some(offset) = u64::try_from(position)
+            .ok()
+            .and_then(|p| boxes.fragment_holding(p))
+        else {
+            continue;
+        };
+        match starts.last() {
+            Some(last) if last.offset >= offset => {}
+            _ => starts.push(FragmentStart {
+                offset,
+                keyframe_pts: pts,
+            }),
+        }
+    }
+    starts
+}
+
+/// True for demuxers that take every packet's timestamps and flags from an index
+/// (FFmpeg's MOV/MP4 demuxer).
+fn reads_timestamps_from_index(format: &str) -> bool {
+    format.split(',').any(|name| name == "mov" || name == "mp4")
+}
+
+/// Stops the demuxer reading any stream but the video: the probe needs video timestamps
+/// only, and an MP4 demuxer then skips the audio samples' bytes.
+fn discard_streams_other_than(input: &mut ffmpeg::format::context::Input, video: usize) {
+    for index in (0..input.nb_streams() as usize).filter(|&i| i != video) {
+        if let Some(mut stream) = input.stream_mut(index) {
+            // SAFETY: the stream belongs to `input`, which is exclusively borrowed; `discard`
+            // is a plain field the demuxer reads before each packet.
+            unsafe {
+                (*stream.as_mut_ptr()).discard = ffmpeg::ffi::AVDiscard::AVDISCARD_ALL;
+            }
+        }
+    }
+}
+
+/// The byte just past the last sample the container's index lists, over every stream;
+/// `None` for containers without an index.
+fn indexed_data_end(input: &ffmpeg::format::context::Input) -> Option<u64> {
+    let mut end = None;
+    for stream in input.streams() {
+        // SAFETY: the stream belongs to `input`, alive for this loop; the index entries
+        // FFmpeg returns stay valid until the demuxer reads again, and are only read here
+        // (a null entry is skipped).
+        let pointer = unsafe { stream.as_ptr() }.cast_mut();
+        let entries = unsafe { ffmpeg::ffi::avformat_index_get_entries_count(pointer) };
+        for i in 0..entries {
+            let entry = unsafe { ffmpeg::ffi::avformat_index_get_entry(pointer, i).as_ref() };
+            let Some(entry) = entry else {
+                continue;
+            };
+            let size = i64::from(entry.size());
+            if entry.pos >= 0 {
+                let last = u64::try_from(entry.pos + size).unwrap_or(0);
+                end = Some(end.map_or(last, |e: u64| e.max(last)));
+            }
+        }
+    }
+    end
 }
 
 /// The last frame's pts plus its duration: from its packet when known, else from the
@@ -282,6 +521,94 @@ fn end_of_last_frame(
 mod tests {
     use super::*;
 
+    /// Makes a 4 s clip with half-second GOPs, B-frames and audio; `extra` adds muxer flags.
+    fn clip(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let mut args = vec![
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-g",
+            "15",
+            "-bf",
+            "2",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ];
+        args.extend_from_slice(extra);
+        args.push(path.to_str().expect("utf-8"));
+        let status = std::process::Command::new("ffmpeg")
+            .args(&args)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(status.success());
+        path
+    }
+
+    fn probe_both(path: &std::path::Path) -> (MediaInfo, MediaInfo) {
+        let file = std::fs::File::open(path).expect("clip");
+        let size = file.metadata().expect("size").len();
+        let source = HollowReader::new(file, size, false);
+        let hollow = probe_with(source.twin(true), &source, "clip.mp4", size).expect("hollow");
+        let full = probe_with(source.twin(false), &source, "clip.mp4", size).expect("full");
+        (hollow, full)
+    }
+
+    #[test]
+    fn the_index_gives_the_same_frames_as_reading_everything() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, flags) in [
+            ("end.mp4", &[][..]),
+            ("first.mp4", &["-movflags", "+faststart"][..]),
+            (
+                "fragmented.mp4",
+                &["-movflags", "frag_keyframe+empty_moov"][..],
+            ),
+        ] {
+            let (hollow, full) = probe_both(&clip(dir.path(), name, flags));
+            assert_eq!(hollow.video.frames.len(), 120, "{name}");
+            assert_eq!(hollow.video.frames, full.video.frames, "{name}");
+            assert_eq!(hollow.video.end_pts, full.video.end_pts, "{name}");
+            assert_eq!(
+                (
+                    hollow.video.width,
+                    hollow.video.height,
+                    hollow.video.frame_rate
+                ),
+                (full.video.width, full.video.height, full.video.frame_rate),
+                "{name}"
+            );
+            assert_eq!(hollow.video.time_base, full.video.time_base, "{name}");
+            assert_eq!(hollow.audio.len(), 1, "{name}");
+            let keyframes = hollow.video.frames.iter().filter(|f| f.keyframe).count();
+            assert_eq!(keyframes, 8, "{name}");
+            if name == "fragmented.mp4" {
+                assert_eq!(hollow.video.fragments.len(), 8, "one fragment per GOP");
+                let second = hollow.video.fragments[1];
+                assert_eq!(
+                    hollow.video.skippable_before(second.keyframe_pts),
+                    hollow.video.fragments[0].offset..second.offset
+                );
+            } else {
+                assert!(hollow.video.fragments.is_empty(), "{name}");
+            }
+        }
+    }
+
     fn stamps(pts: &[i64]) -> Vec<FrameStamp> {
         pts.iter()
             .map(|&pts| FrameStamp {
@@ -311,6 +638,7 @@ mod tests {
             frame_rate: (0, 1),
             frames: stamps(&[0, 40, 80, 100, 140]),
             end_pts: 180,
+            fragments: Vec::new(),
         };
         assert_eq!(video.keyframe_at_or_before(2), 0);
         assert_eq!(video.keyframe_at_or_before(3), 100);
