@@ -1,7 +1,8 @@
-//! Ranged reads, end to end against the Garage S3 server: an 8 s 640x360 clip with
-//! half-second GOPs and audio, as MP4 with its index at the end or first and as Matroska,
-//! cut into 1, 2, 4 and 8 chunks. Whatever the count, the workers together read about one
-//! copy of the input (at most 1.10x its size plus 64 KiB per chunk), not one per chunk.
+//! Ranged reads, end to end against the Garage S3 server: a 30 s 1280x720 clip with 2 s
+//! GOPs and audio, as MP4 with its index at the end or first, as fragmented MP4 and as
+//! Matroska, cut into 1, 2, 4 and 8 chunks. Whatever the count, the workers together read
+//! about one copy of the input (at most 1.10x its size plus 64 KiB per chunk), not one per
+//! chunk.
 
 mod support;
 
@@ -19,19 +20,19 @@ async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
         "-f",
         "lavfi",
         "-i",
-        "testsrc2=size=640x360:rate=30",
+        "testsrc2=size=1280x720:rate=30",
         "-f",
         "lavfi",
         "-i",
         "sine=frequency=440:sample_rate=48000",
         "-t",
-        "8",
+        "30",
         "-c:v",
         "libx264",
         "-preset",
         "veryfast",
         "-g",
-        "15",
+        "60",
         "-pix_fmt",
         "yuv420p",
         "-c:a",
@@ -39,9 +40,10 @@ async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
         "-shortest",
         source.to_str().expect("utf-8"),
     ]);
-    let variants: [(&str, &[&str]); 3] = [
+    let variants: [(&str, &[&str]); 4] = [
         ("index-at-end.mp4", &[]),
         ("index-first.mp4", &["-movflags", "+faststart"]),
+        ("fragmented.mp4", &["-movflags", "frag_keyframe+empty_moov"]),
         ("matroska.mkv", &[]),
     ];
     let cluster = Cluster::start(3, &[("FRAMEFLEET_PLANNER__MAX_CHUNKS", "8")]);

@@ -112,13 +112,17 @@ pub fn plan(
                 Some(next) => next.pts,
                 None => video.end_pts,
             };
+            let keyframe_pts = video.keyframe_at_or_before(start as usize);
+            let skip = video.skippable_before(keyframe_pts);
             ChunkRange {
                 index,
                 start_frame: start,
                 end_frame: end,
                 start_pts: video.frames[start as usize].pts,
                 end_pts,
-                keyframe_pts: video.keyframe_at_or_before(start as usize),
+                keyframe_pts,
+                skip_from: skip.start,
+                skip_to: skip.end,
             }
         })
         .collect();

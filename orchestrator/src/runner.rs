@@ -229,6 +229,7 @@ impl Orchestrator {
             }),
             task: spec.task,
             top_k: spec.top_k,
+            fragmented_input: !video.fragments.is_empty(),
             ..ProcessChunkRequest::default()
         };
         let context = DispatchContext {

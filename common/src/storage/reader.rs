@@ -5,6 +5,8 @@
 //! sequential scan costs few requests (the window stays under 1/128 of the object, so
 //! stopping mid-object wastes little); a jump (to MP4's `moov`, or a chunk's keyframe)
 //! starts again with one block, so nothing far from what the demuxer touches is fetched.
+//! A few sequential runs are followed at once (a fragment's video and audio lie apart and
+//! are read alternately), and no fetch covers bytes already cached.
 //! Recent fetches are kept, so going back and forth between the index and the frame data
 //! does not fetch the same bytes twice. Bytes fetched but never handed to the demuxer are
 //! counted as waste when they leave the cache or the reader is dropped.
@@ -21,6 +23,17 @@ const WINDOW_FRACTION: u64 = 128;
 
 /// Bytes of fetched data kept for re-reads.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Sequential runs followed at once: demuxers alternate between streams stored apart (a
+/// fragment's video and audio runs), and each run keeps its own growing window.
+const MAX_RUNS: usize = 4;
+
+/// A run of back-to-back fetches: where the last one ended and how big it was.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    end: u64,
+    window: u64,
+}
 
 /// One fetched range and how far into it the demuxer has read.
 struct Fetched {
@@ -49,8 +62,7 @@ pub struct ObjectReader {
     position: u64,
     block_bytes: u64,
     max_window: u64,
-    window: u64,
-    last_fetch_end: Option<u64>,
+    runs: VecDeque<Run>,
     cache: VecDeque<Fetched>,
     cached_bytes: u64,
 }
@@ -67,7 +79,9 @@ impl ObjectReader {
         let block_bytes = block_bytes.max(1);
         // A reader that stops mid-object (a chunk's end) wastes at most one window: keep it
         // under 1/128 of the object, so even 8 chunks waste well under 10 %.
-        let max_window = max_window.min(size / WINDOW_FRACTION).max(block_bytes);
+        // Whole blocks only, so fetches stay block-aligned and never overlap.
+        let max_window =
+            (max_window.min(size / WINDOW_FRACTION) / block_bytes).max(1) * block_bytes;
         Ok(Self {
             storage,
             uri,
@@ -76,8 +90,7 @@ impl ObjectReader {
             position: 0,
             block_bytes,
             max_window,
-            window: block_bytes,
-            last_fetch_end: None,
+            runs: VecDeque::new(),
             cache: VecDeque::new(),
             cached_bytes: 0,
         })
@@ -88,15 +101,24 @@ impl ObjectReader {
         self.size
     }
 
-    /// Fetches the window starting at the block holding `position`.
+    /// Fetches the window starting at the block holding `position`: twice the last one of
+    /// the run it continues, else one block, and never bytes already cached.
     fn fetch(&mut self, position: u64) -> io::Result<usize> {
         let start = position - position % self.block_bytes;
-        self.window = if self.last_fetch_end == Some(start) {
-            (self.window * 2).min(self.max_window)
-        } else {
-            self.block_bytes
+        let window = match self.runs.iter().position(|run| run.end == start) {
+            Some(index) => self.runs.remove(index).map_or(self.block_bytes, |run| {
+                (run.window * 2).min(self.max_window)
+            }),
+            None => self.block_bytes,
         };
-        let len = self.window.min(self.size - start);
+        let next_cached = self
+            .cache
+            .iter()
+            .map(|f| f.start)
+            .filter(|&cached| cached > start)
+            .min()
+            .unwrap_or(self.size);
+        let len = window.min(self.size - start).min(next_cached - start);
         let data = self
             .runtime
             .block_on(self.storage.read_range(&self.uri, start, len))
@@ -107,7 +129,11 @@ impl ObjectReader {
                 };
                 io::Error::new(kind, e.to_string())
             })?;
-        self.last_fetch_end = Some(start + data.len() as u64);
+        self.runs.push_front(Run {
+            end: start + data.len() as u64,
+            window,
+        });
+        self.runs.truncate(MAX_RUNS);
         self.cached_bytes += data.len() as u64;
         self.cache.push_front(Fetched {
             start,

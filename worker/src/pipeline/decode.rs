@@ -3,7 +3,8 @@
 //! its end.
 //!
 //! Frames are selected by presentation timestamp, `[start_pts, end_pts)`, which is exact for
-//! variable frame rate input. If a seek lands after the range's start (a container whose
+//! variable frame rate input. In a fragmented MP4 the fragments before the chunk's own are
+//! hidden behind a `skip` box, so they are neither read nor walked. If a seek lands after the range's start (a container whose
 //! index disagrees with its packets), the stage starts again from the beginning of the
 //! input rather than lose frames.
 
@@ -16,7 +17,8 @@ use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
-use framefleet_common::media::{frame_pts, open_input, PacketReader};
+use framefleet_common::media::isobmff::SkipFragments;
+use framefleet_common::media::{frame_pts, open_input_with, PacketReader};
 use framefleet_common::proto::Phase;
 use framefleet_common::storage::Storage;
 
@@ -48,8 +50,18 @@ pub(super) fn run(
     }
     targets.push(None);
     let mut last_overshoot = None;
-    for target in targets {
-        match decode_range(spec, storage, runtime.clone(), context, &frames, target)? {
+    for (attempt, target) in targets.into_iter().enumerate() {
+        // Only the first attempt skips fragments: a retry aims earlier than the keyframe.
+        let skip = attempt == 0;
+        match decode_range(
+            spec,
+            storage,
+            runtime.clone(),
+            context,
+            &frames,
+            target,
+            skip,
+        )? {
             Decoded::Done => return Ok(()),
             Decoded::SeekOvershot { first_pts } => {
                 tracing::debug!(
@@ -85,13 +97,28 @@ fn decode_range(
     context: &StageContext,
     frames: &SyncSender<VideoFrame>,
     seek_to: Option<i64>,
+    skip_fragments: bool,
 ) -> Result<Decoded, ChunkError> {
     let setup_started = Instant::now();
     let reader = TimedReader {
         inner: storage.open_reader(&spec.input, runtime)?,
         clock: context.clock.clone(),
     };
-    let mut input = open_input(reader, spec.input.file_name())
+    let skipped = if skip_fragments && spec.fragmented_input {
+        spec.range.skip_from..spec.range.skip_to
+    } else {
+        0..0
+    };
+    let reader = SkipFragments::new(reader, skipped)
+        .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
+    // A fragmented MP4's fragments are read as decoding reaches them: by default FFmpeg
+    // walks every fragment header when it opens the file.
+    let options: &[(&str, &str)] = if spec.fragmented_input {
+        &[("fflags", "+ignidx")]
+    } else {
+        &[]
+    };
+    let mut input = open_input_with(reader, spec.input.file_name(), options)
         .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
     let stream = input.stream(spec.stream_index).ok_or_else(|| {
         ChunkError::Invalid(format!(

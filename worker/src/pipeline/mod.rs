@@ -96,6 +96,9 @@ pub struct ChunkSpec {
     pub time_base: ffmpeg_next::Rational,
     /// Average frame rate of the input, `0/1` when unknown.
     pub frame_rate: ffmpeg_next::Rational,
+    /// The input is a fragmented MP4 (read fragment by fragment, skipping
+    /// `range.skip_from..range.skip_to`).
+    pub fragmented_input: bool,
 }
 
 impl ChunkSpec {
