@@ -332,6 +332,7 @@ mod tests {
                 start_pts: 0,
                 end_pts: 5120,
                 keyframe_pts: 0,
+                ..ChunkRange::default()
             }),
             time_base: Some(Rational { num: 1, den: 15360 }),
             ..ProcessChunkRequest::default()
