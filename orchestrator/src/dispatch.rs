@@ -74,6 +74,8 @@ pub struct ChunkWork {
     pub time_base: ffmpeg_next::Rational,
     /// True for infer jobs: the chunk is JSON Lines, one line per frame.
     pub lines: bool,
+    /// True for the job's last chunk (its audio span runs to the end of the input).
+    pub last: bool,
 }
 
 /// A chunk whose object was checked and accepted.
@@ -85,6 +87,8 @@ pub struct AcceptedChunk {
     pub result: ChunkResult,
     /// The chunk object.
     pub output: ObjectUri,
+    /// The packet log of the input's audio in the chunk's span, when the job copies audio.
+    pub audio: Option<ObjectUri>,
     /// Attempts made, this one included.
     pub attempts: u32,
     /// GPU-seconds of failed attempts, measured here.
@@ -180,10 +184,21 @@ async fn attempt_once(
             if work.lines { "jsonl" } else { "mp4" }
         ))
         .map_err(|e| AttemptError::Permanent(e.to_string()))?;
+    let audio = if work.request.audio_streams.is_empty() {
+        None
+    } else {
+        Some(
+            work.scratch
+                .join(&format!("chunks/{:05}-a{attempt}.audio", range.index))
+                .map_err(|e| AttemptError::Permanent(e.to_string()))?,
+        )
+    };
     let mut request = work.request.clone();
     request.attempt = attempt;
     request.output_uri = output.to_string();
     request.range = Some(range);
+    request.last_chunk = work.last;
+    request.audio_output_uri = audio.as_ref().map(ToString::to_string).unwrap_or_default();
     let started = Instant::now();
     let result = stream_chunk(context, work, &grant, request).await;
     let held_gpu_seconds = started.elapsed().as_secs_f64() * f64::from(grant.worker.gpus_per_slot);
@@ -207,10 +222,19 @@ async fn attempt_once(
     if let Err(message) = verified {
         return Err(retry(message));
     }
+    if let Some(audio) = &audio {
+        if let Err(error) = context.storage.size(audio).await {
+            return Err(retry(format!(
+                "chunk {} audio log is missing: {error}",
+                range.index
+            )));
+        }
+    }
     Ok(AcceptedChunk {
         range,
         result,
         output,
+        audio,
         attempts: attempt,
         wasted_gpu_seconds: 0.0,
     })

@@ -230,6 +230,11 @@ impl Orchestrator {
             task: spec.task,
             top_k: spec.top_k,
             fragmented_input: !video.fragments.is_empty(),
+            audio_streams: if validate::is_infer(spec) {
+                Vec::new()
+            } else {
+                info.audio.iter().map(|a| a.stream_index as u32).collect()
+            },
             ..ProcessChunkRequest::default()
         };
         let context = DispatchContext {
@@ -247,6 +252,7 @@ impl Orchestrator {
                 scratch: scratch.clone(),
                 time_base,
                 lines: validate::is_infer(spec),
+                last: range.index + 1 == plan.chunks,
             })
             .collect();
         let mut accepted: Vec<AcceptedChunk> =
@@ -267,7 +273,8 @@ impl Orchestrator {
         if validate::is_infer(spec) {
             stitch::concatenate(&io.scratch, &io.output, &chunks, &output).await?;
         } else {
-            stitch_and_upload(io, chunks, input, info, &output).await?;
+            let audio = accepted.iter().filter_map(|c| c.audio.clone()).collect();
+            stitch_and_upload(io, chunks, audio, input, info, &output).await?;
         }
         log.lock().unwrap_or_else(|p| p.into_inner()).stitch_seconds =
             stitch_started.elapsed().as_secs_f64();
@@ -282,7 +289,9 @@ async fn probe(io: &Storage, input: &ObjectUri) -> Result<(MediaInfo, u64), JobE
     let uri = input.clone();
     let runtime = tokio::runtime::Handle::current();
     let probing = tokio::task::spawn_blocking(move || -> Result<(MediaInfo, u64), JobError> {
-        let reader = storage.open_reader(&uri, runtime)?;
+        let reader = storage
+            .open_reader(&uri, runtime)?
+            .with_block_bytes(media::INDEX_BLOCK_BYTES);
         let size = reader.size();
         Ok((media::probe(reader, uri.file_name())?, size))
     });
@@ -297,6 +306,7 @@ async fn probe(io: &Storage, input: &ObjectUri) -> Result<(MediaInfo, u64), JobE
 async fn stitch_and_upload(
     io: &JobIo,
     chunks: Vec<ObjectUri>,
+    audio: Vec<ObjectUri>,
     input: ObjectUri,
     info: Arc<MediaInfo>,
     output: &ObjectUri,
@@ -317,7 +327,12 @@ async fn stitch_and_upload(
         runtime: tokio::runtime::Handle::current(),
     };
     let target = local.clone();
-    tokio::task::spawn_blocking(move || stitch::stitch(&sources, &chunks, &input, &info, &target))
+    let parts = stitch::Parts {
+        chunks,
+        audio,
+        input,
+    };
+    tokio::task::spawn_blocking(move || stitch::stitch(&sources, &parts, &info, &target))
         .await
         .map_err(|e| JobError::Internal(format!("the stitch crashed: {e}")))??;
     io.output.upload_file(&local, output).await?;
@@ -326,7 +341,7 @@ async fn stitch_and_upload(
 
 /// A job's storage traffic, counted apart by what it touches.
 pub struct JobIo {
-    /// Reads of the job's input (probe, audio for the stitch).
+    /// Reads of the job's input (probe, the stitch's look at its headers).
     pub input: Storage,
     /// Chunk objects: checks, stitch reads, deletes.
     pub scratch: Storage,

@@ -1,6 +1,9 @@
 //! The stitch: joins the accepted chunks, in index order, into the final file without
 //! re-encoding, and copies the input's audio streams unchanged, once, for the whole job
-//! (audio cut per chunk drifts: AAC priming and per-chunk rounding add up).
+//! (audio re-encoded or remuxed per chunk drifts: AAC priming and per-chunk rounding add
+//! up). The audio packets come from the chunks' packet logs, where the workers wrote each
+//! input packet of their span exactly as demuxed, so every packet is copied once with its
+//! own timestamps and the stitch reads only the input's headers (for MP4, its index).
 //!
 //! Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
 //! of files. Each frame keeps its input timestamp and gets its input duration back from
@@ -17,8 +20,10 @@ use ffmpeg::codec::packet::side_data::Type as SideDataType;
 use ffmpeg::{format, media, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
+use framefleet_common::media::packet_log::PacketLogReader;
 use framefleet_common::media::{
-    mp4_movie_timescale, open_input, MediaInfo, PacketReader, ReadError,
+    mp4_movie_timescale, open_input, open_input_headers, MediaInfo, PacketReader, ReadError,
+    INDEX_BLOCK_BYTES,
 };
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
 
@@ -106,7 +111,17 @@ fn write_error(what: &str) -> impl Fn(ffmpeg::Error) -> StitchError + '_ {
     move |e| StitchError::Write(format!("{what}: {e}"))
 }
 
-/// Where the stitch reads from: the input (for its audio) and the chunk objects, through
+/// What the stitch joins.
+pub struct Parts {
+    /// The chunk objects, in index order.
+    pub chunks: Vec<ObjectUri>,
+    /// The chunks' audio packet logs, in index order (empty when the input has no audio).
+    pub audio: Vec<ObjectUri>,
+    /// The job's input, for its streams' parameters and metadata.
+    pub input: ObjectUri,
+}
+
+/// Where the stitch reads from: the input (for its headers) and the chunk objects, through
 /// separately counted storage handles.
 pub struct Sources {
     /// Storage for the job's input.
@@ -117,15 +132,15 @@ pub struct Sources {
     pub runtime: tokio::runtime::Handle,
 }
 
-/// Joins `chunks` and the audio of `input` into the local file `output` (its extension
+/// Joins the chunks and their audio logs into the local file `output` (its extension
 /// chooses the container). Blocking: run it on a thread of its own.
 pub fn stitch(
     sources: &Sources,
-    chunks: &[ObjectUri],
-    input: &ObjectUri,
+    parts: &Parts,
     info: &MediaInfo,
     output: &Path,
 ) -> Result<Stitched, StitchError> {
+    let (chunks, input) = (parts.chunks.as_slice(), &parts.input);
     let open_from =
         |storage: &Storage, uri: &ObjectUri| -> Result<format::context::Input, StitchError> {
             let reader: ObjectReader = storage.open_reader(uri, sources.runtime.clone())?;
@@ -144,7 +159,14 @@ pub fn stitch(
             .ok_or_else(|| StitchError::Write(format!("{first_chunk} holds no video")))?;
         stream.parameters()
     };
-    let mut source = open_from(&sources.input, input)?;
+    let source = {
+        let reader = sources
+            .input
+            .open_reader(input, sources.runtime.clone())?
+            .with_block_bytes(INDEX_BLOCK_BYTES);
+        open_input_headers(reader, input.file_name())
+            .map_err(|e| StitchError::Write(format!("cannot open {input}: {e}")))?
+    };
     let mut output_context =
         format::output(&output).map_err(write_error("cannot create the output"))?;
     let video_time_base = Rational::new(info.video.time_base.0, info.video.time_base.1);
@@ -196,10 +218,11 @@ pub fn stitch(
         open: &open,
     };
     let mut audio = AudioPackets {
-        input: &mut source,
-        reader: PacketReader::default(),
+        logs: &parts.audio,
+        next_log: 0,
+        current: None,
         map: &audio_map,
-        uri: input,
+        sources,
     };
     let mut next_video = video.next()?;
     let mut next_audio = audio.next()?;
@@ -401,33 +424,47 @@ where
     }
 }
 
-/// The input's audio packets, with the output stream each one goes to.
+/// The audio packets of every chunk's log in order, with the output stream each goes to.
 struct AudioPackets<'a> {
-    input: &'a mut format::context::Input,
-    reader: PacketReader,
+    logs: &'a [ObjectUri],
+    next_log: usize,
+    current: Option<(
+        PacketLogReader<std::io::BufReader<ObjectReader>>,
+        &'a ObjectUri,
+    )>,
     map: &'a [Option<(usize, Rational)>],
-    uri: &'a ObjectUri,
+    sources: &'a Sources,
 }
 
 impl AudioPackets<'_> {
     fn next(&mut self) -> Result<Option<(Packet, usize, Rational)>, StitchError> {
-        if self.map.iter().all(Option::is_none) {
-            return Ok(None);
-        }
         loop {
-            let packet = self
-                .reader
-                .next(self.input)
-                .map_err(|source| StitchError::Read {
-                    uri: self.uri.to_string(),
-                    source,
+            if let Some((log, uri)) = &mut self.current {
+                let packet = log.next_packet().map_err(|e| {
+                    StitchError::Write(format!("reading the audio log {uri} failed: {e}"))
                 })?;
-            let Some(packet) = packet else {
+                match packet {
+                    Some(packet) => {
+                        if let Some(Some((out_index, time_base))) = self.map.get(packet.stream()) {
+                            return Ok(Some((packet, *out_index, *time_base)));
+                        }
+                        continue;
+                    }
+                    None => self.current = None,
+                }
+            }
+            let Some(uri) = self.logs.get(self.next_log) else {
                 return Ok(None);
             };
-            if let Some(Some((out_index, time_base))) = self.map.get(packet.stream()) {
-                return Ok(Some((packet, *out_index, *time_base)));
-            }
+            self.next_log += 1;
+            let reader = self
+                .sources
+                .chunks
+                .open_reader(uri, self.sources.runtime.clone())?;
+            let log = PacketLogReader::new(std::io::BufReader::new(reader)).map_err(|e| {
+                StitchError::Write(format!("{uri} is not a readable audio log: {e}"))
+            })?;
+            self.current = Some((log, uri));
         }
     }
 }

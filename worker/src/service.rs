@@ -22,7 +22,7 @@ use framefleet_common::proto::{
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
-use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
+use crate::pipeline::{run_chunk, AudioCopy, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
 use crate::processor::ProcessorSettings;
 use crate::progress::ChunkProgressCounters;
 
@@ -182,6 +182,15 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
         fragmented_input: request.fragmented_input,
+        audio: if request.audio_streams.is_empty() {
+            None
+        } else {
+            Some(AudioCopy {
+                streams: request.audio_streams.iter().map(|&s| s as usize).collect(),
+                output: parse(&request.audio_output_uri)?,
+                last_chunk: request.last_chunk,
+            })
+        },
     })
 }
 
@@ -291,6 +300,7 @@ fn chunk_result(
         output_width: output.width,
         output_height: output.height,
         device: output.device.to_string(),
+        audio_packets: output.audio_packets,
     }
 }
 

@@ -15,6 +15,19 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// True when the object opens with an ISO BMFF box (`ftyp`, `moov`, …), the containers
+/// whose index carries every sample's timestamp. Leaves the reader at its start.
+pub fn starts_with_a_box<R: Read + Seek>(reader: &mut R) -> bool {
+    let mut header = [0u8; 8];
+    let read = reader.seek(SeekFrom::Start(0)).is_ok() && reader.read_exact(&mut header).is_ok();
+    let rewound = reader.seek(SeekFrom::Start(0)).is_ok();
+    read && rewound
+        && matches!(
+            &header[4..8],
+            b"ftyp" | b"moov" | b"mdat" | b"free" | b"skip" | b"wide" | b"styp"
+        )
+}
+
 /// Size of a box header with a 64-bit size.
 const LARGE_HEADER_BYTES: u64 = 16;
 

@@ -7,6 +7,7 @@
 //! `Packet::read`, gives up after a few consecutive errors and says why.
 
 pub mod isobmff;
+pub mod packet_log;
 mod probe;
 
 use std::io::{Read, Seek};
@@ -19,6 +20,10 @@ pub use probe::{probe, AudioInfo, FragmentStart, FrameStamp, MediaInfo, ProbeErr
 /// Bytes FFmpeg asks for per read from framefleet's I/O. Small, because FFmpeg reads this
 /// far ahead of what it demuxes, and a chunk's last read is partly past its end.
 const IO_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Block size for storage readers that mostly read container indexes (the probe, the
+/// stitch's look at the input's headers): an MP4 fragment's `moof` is a few KiB.
+pub const INDEX_BLOCK_BYTES: u64 = 4096;
 
 /// Consecutive read errors tolerated before an input is declared corrupt.
 const MAX_CONSECUTIVE_READ_ERRORS: u32 = 8;
@@ -63,6 +68,107 @@ where
         dictionary
     });
     ffmpeg::format::input_from_stream(io, Some(name), dictionary)
+}
+
+/// Opens an input to decode it from wherever the caller seeks: like [`open_input_with`],
+/// but FFmpeg's stream analysis (`avformat_find_stream_info`, which decodes the first
+/// frames of the file) runs only when the container's headers leave a stream undescribed
+/// (MPEG-TS, for one). A chunk in the middle of an MP4 or Matroska file then reads its
+/// index and its own frames, not the start of the file too.
+pub fn open_input_for_decoding<R>(
+    reader: R,
+    name: &str,
+    options: &[(&str, &str)],
+) -> Result<ffmpeg::format::context::Input, ffmpeg::Error>
+where
+    R: Read + Seek + Send + 'static,
+{
+    init();
+    let mut io =
+        ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
+    let name = std::ffi::CString::new(name).map_err(|_| ffmpeg::Error::InvalidData)?;
+    let mut dictionary = ffmpeg::Dictionary::new();
+    for (key, value) in options {
+        dictionary.set(key, value);
+    }
+    // SAFETY: mirrors ffmpeg-next's `input_from_stream`: the context is allocated here,
+    // given the custom I/O (which the returned `Input` owns and keeps alive), opened, and
+    // closed again on failure; the dictionary is handed over and taken back.
+    unsafe {
+        use ffmpeg::ffi;
+        let mut context = ffi::avformat_alloc_context();
+        if context.is_null() {
+            return Err(ffmpeg::Error::Other {
+                errno: ffmpeg::util::error::ENOMEM,
+            });
+        }
+        (*context).pb = io.as_mut_ptr();
+        (*context).flags |= ffi::AVFMT_FLAG_CUSTOM_IO;
+        let mut raw_options = dictionary.disown();
+        let opened = ffi::avformat_open_input(
+            &mut context,
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            &mut raw_options,
+        );
+        ffmpeg::Dictionary::own(raw_options);
+        if opened < 0 {
+            return Err(ffmpeg::Error::from(opened));
+        }
+        if !headers_describe_every_stream(context) {
+            let analysed = ffi::avformat_find_stream_info(context, std::ptr::null_mut());
+            if analysed < 0 {
+                ffi::avformat_close_input(&mut context);
+                return Err(ffmpeg::Error::from(analysed));
+            }
+        }
+        Ok(ffmpeg::format::context::Input::wrap_with_custom_io(
+            context, io,
+        ))
+    }
+}
+
+/// True when every stream already has a codec and, for video, a frame size.
+///
+/// # Safety
+/// `context` must be an opened input context.
+unsafe fn headers_describe_every_stream(context: *mut ffmpeg::ffi::AVFormatContext) -> bool {
+    use ffmpeg::ffi;
+    // SAFETY: the caller guarantees an opened context, whose `nb_streams` streams and their
+    // codec parameters are allocated.
+    unsafe {
+        let count = (*context).nb_streams as usize;
+        count > 0
+            && (0..count).all(|i| {
+                let parameters = (**(*context).streams.add(i)).codecpar;
+                (*parameters).codec_id != ffi::AVCodecID::AV_CODEC_ID_NONE
+                    && ((*parameters).codec_type != ffi::AVMediaType::AVMEDIA_TYPE_VIDEO
+                        || ((*parameters).width > 0 && (*parameters).height > 0))
+            })
+    }
+}
+
+/// Opens an input for its streams' parameters and metadata, not its packets: an MP4 or
+/// MOV is opened with its sample data reading as zeros, so only its index is fetched.
+/// Reading packets from the returned input gives zeros for MP4 samples.
+pub fn open_input_headers<R>(
+    mut reader: R,
+    name: &str,
+) -> Result<ffmpeg::format::context::Input, ffmpeg::Error>
+where
+    R: Read + Seek + Send + 'static,
+{
+    let size = reader
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|_| ffmpeg::Error::InvalidData)?;
+    let boxed = isobmff::starts_with_a_box(&mut reader);
+    let reader = isobmff::HollowReader::new(reader, size, boxed);
+    let options: &[(&str, &str)] = if boxed {
+        &[("fflags", "+noparse")]
+    } else {
+        &[]
+    };
+    open_input_with(reader, name, options)
 }
 
 /// Reads packets one by one, surfacing read errors instead of looping on them.

@@ -15,7 +15,7 @@ use std::io::{Read, Seek, SeekFrom};
 use ffmpeg_next as ffmpeg;
 use serde::{Deserialize, Serialize};
 
-use super::isobmff::{HollowReader, TopLevelBoxes};
+use super::isobmff::{starts_with_a_box, HollowReader, TopLevelBoxes};
 use super::{open_input_with, PacketReader};
 
 /// Packets fed to the decoder to prove the stream decodes before giving up.
@@ -185,19 +185,6 @@ where
         }
     }
     probe_with(source.twin(false), &source, name, object_size)
-}
-
-/// True when the object opens with an ISO BMFF box (`ftyp`, `moov`, …), the containers
-/// whose index carries every sample's timestamp.
-fn starts_with_a_box<R: Read + Seek>(reader: &mut R) -> bool {
-    let mut header = [0u8; 8];
-    let read = reader.read_exact(&mut header).is_ok();
-    let rewound = reader.seek(SeekFrom::Start(0)).is_ok();
-    read && rewound
-        && matches!(
-            &header[4..8],
-            b"ftyp" | b"moov" | b"mdat" | b"free" | b"skip" | b"wide" | b"styp"
-        )
 }
 
 /// Video codecs FFmpeg's MOV demuxer passes through without a parser, so packets' flags

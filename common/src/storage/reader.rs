@@ -101,6 +101,15 @@ impl ObjectReader {
         self.size
     }
 
+    /// The same reader with a smaller first fetch (and alignment), for readers that mostly
+    /// jump between small index structures (an MP4's `moof` boxes) rather than stream.
+    pub fn with_block_bytes(mut self, block_bytes: u64) -> Self {
+        let block_bytes = block_bytes.clamp(1, self.block_bytes);
+        self.max_window = (self.max_window / block_bytes).max(1) * block_bytes;
+        self.block_bytes = block_bytes;
+        self
+    }
+
     /// Fetches the window starting at the block holding `position`: twice the last one of
     /// the run it continues, else one block, and never bytes already cached.
     fn fetch(&mut self, position: u64) -> io::Result<usize> {

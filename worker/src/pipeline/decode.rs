@@ -9,6 +9,7 @@
 //! input rather than lose frames.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +19,11 @@ use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::isobmff::SkipFragments;
-use framefleet_common::media::{frame_pts, open_input_with, PacketReader};
+use framefleet_common::media::{frame_pts, open_input_for_decoding, PacketReader};
 use framefleet_common::proto::Phase;
 use framefleet_common::storage::Storage;
 
+use super::audio::{AudioCollector, Offer, Span};
 use super::{ChunkError, ChunkSpec, PhaseClock, StageContext};
 
 /// Decoder errors on single packets tolerated before the input is declared corrupt.
@@ -34,7 +36,8 @@ pub(super) fn run(
     runtime: tokio::runtime::Handle,
     context: &StageContext,
     frames: SyncSender<VideoFrame>,
-) -> Result<(), ChunkError> {
+    audio_log: Option<&Path>,
+) -> Result<u64, ChunkError> {
     // Seek to the keyframe; when the demuxer lands after it anyway (containers without an
     // index, such as MPEG-TS, seek by estimate), seek again further back, then give up and
     // decode from the beginning.
@@ -50,19 +53,15 @@ pub(super) fn run(
     }
     targets.push(None);
     let mut last_overshoot = None;
-    for (attempt, target) in targets.into_iter().enumerate() {
+    for (tries, target) in targets.into_iter().enumerate() {
         // Only the first attempt skips fragments: a retry aims earlier than the keyframe.
-        let skip = attempt == 0;
-        match decode_range(
-            spec,
-            storage,
-            runtime.clone(),
-            context,
-            &frames,
-            target,
-            skip,
-        )? {
-            Decoded::Done => return Ok(()),
+        let attempt = Attempt {
+            seek_to: target,
+            skip_fragments: tries == 0,
+            audio_log,
+        };
+        match decode_range(spec, storage, runtime.clone(), context, &frames, attempt)? {
+            Decoded::Done { audio_packets } => return Ok(audio_packets),
             Decoded::SeekOvershot { first_pts } => {
                 tracing::debug!(
                     first_pts,
@@ -86,8 +85,18 @@ pub(super) fn run(
 const SEEK_MARGINS_SECONDS: [i64; 5] = [0, 1, 2, 4, 8];
 
 enum Decoded {
-    Done,
+    Done { audio_packets: u64 },
     SeekOvershot { first_pts: i64 },
+}
+
+/// How one attempt at the range reads the input.
+struct Attempt<'a> {
+    /// Where to seek first (`None` decodes from the start).
+    seek_to: Option<i64>,
+    /// Whether a fragmented MP4's earlier fragments are skipped.
+    skip_fragments: bool,
+    /// Where the audio packet log goes, when audio is passed through.
+    audio_log: Option<&'a Path>,
 }
 
 fn decode_range(
@@ -96,9 +105,13 @@ fn decode_range(
     runtime: tokio::runtime::Handle,
     context: &StageContext,
     frames: &SyncSender<VideoFrame>,
-    seek_to: Option<i64>,
-    skip_fragments: bool,
+    attempt: Attempt<'_>,
 ) -> Result<Decoded, ChunkError> {
+    let Attempt {
+        seek_to,
+        skip_fragments,
+        audio_log,
+    } = attempt;
     let setup_started = Instant::now();
     let reader = TimedReader {
         inner: storage.open_reader(&spec.input, runtime)?,
@@ -118,7 +131,7 @@ fn decode_range(
     } else {
         &[]
     };
-    let mut input = open_input_with(reader, spec.input.file_name(), options)
+    let mut input = open_input_for_decoding(reader, spec.input.file_name(), options)
         .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
     let stream = input.stream(spec.stream_index).ok_or_else(|| {
         ChunkError::Invalid(format!(
@@ -136,6 +149,26 @@ fn decode_range(
         .decoder()
         .video()
         .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
+    let mut audio = match (&spec.audio, audio_log) {
+        (Some(copy), Some(path)) => Some(AudioCollector::new(
+            path,
+            &copy.streams,
+            &input,
+            Span {
+                start: (spec.range.start_frame > 0).then_some(spec.range.start_pts),
+                end: (!copy.last_chunk).then_some(spec.range.end_pts),
+                time_base: spec.time_base,
+            },
+        )?),
+        _ => None,
+    };
+    let copied: Vec<usize> = spec
+        .audio
+        .as_ref()
+        .map_or(Vec::new(), |a| a.streams.clone());
+    discard_streams(&mut input, |index| {
+        index != spec.stream_index && !copied.contains(&index)
+    });
     let seek = seek_to.is_some();
     if let Some(pts) = seek_to {
         let target = pts.rescale_with(
@@ -158,7 +191,7 @@ fn decode_range(
     let mut packet_errors = 0u32;
     let mut at_end = false;
     let mut decoded = VideoFrame::empty();
-    loop {
+    'decoding: loop {
         context.check_cancelled()?;
         if !at_end {
             let busy = Instant::now();
@@ -177,7 +210,16 @@ fn decode_range(
                         }
                     }
                 }
-                Some(_) => continue,
+                Some(packet) => {
+                    if let Some(audio) = &mut audio {
+                        if audio.offer(&packet)? == Offer::Late {
+                            return Ok(Decoded::SeekOvershot {
+                                first_pts: packet.dts().or(packet.pts()).unwrap_or_default(),
+                            });
+                        }
+                    }
+                    continue;
+                }
                 None => {
                     at_end = true;
                     let _ = decoder.send_eof();
@@ -208,7 +250,7 @@ fn decode_range(
                 continue;
             }
             if pts >= end {
-                return finish(sent, expected);
+                break 'decoding;
             }
             let mut frame = std::mem::replace(&mut decoded, VideoFrame::empty());
             frame.set_pts(Some(pts));
@@ -216,24 +258,64 @@ fn decode_range(
             sent += 1;
             context.progress.set(Phase::Decode, sent);
             if sent == expected {
-                return finish(sent, expected);
+                break 'decoding;
             }
         }
         if at_end {
-            return finish(sent, expected);
+            break;
         }
     }
-}
-
-fn finish(sent: u64, expected: u64) -> Result<Decoded, ChunkError> {
-    if sent == expected {
-        Ok(Decoded::Done)
-    } else {
-        Err(ChunkError::FrameCount {
+    if sent != expected {
+        return Err(ChunkError::FrameCount {
             phase: "decode",
             got: sent,
             expected,
-        })
+        });
+    }
+    let audio_packets = match audio {
+        Some(mut audio) => {
+            if !at_end {
+                finish_audio(&mut input, &mut packets, &mut audio, spec, context)?;
+            }
+            audio.finish()?
+        }
+        None => 0,
+    };
+    Ok(Decoded::Done { audio_packets })
+}
+
+/// Once the video of the range is done, reads on (audio only) until every copied stream
+/// has passed the span's end, or the input ends.
+fn finish_audio(
+    input: &mut ffmpeg::format::context::Input,
+    packets: &mut PacketReader,
+    audio: &mut AudioCollector,
+    spec: &ChunkSpec,
+    context: &StageContext,
+) -> Result<(), ChunkError> {
+    discard_streams(input, |index| index == spec.stream_index);
+    while audio.wants_more() {
+        context.check_cancelled()?;
+        let packet = packets
+            .next(input)
+            .map_err(|e| ChunkError::Decode(e.to_string()))?;
+        let Some(packet) = packet else { break };
+        audio.offer(&packet)?;
+    }
+    Ok(())
+}
+
+/// Tells the demuxer to skip the streams `skip` picks (an MP4 demuxer then reads none of
+/// their bytes).
+fn discard_streams(input: &mut ffmpeg::format::context::Input, skip: impl Fn(usize) -> bool) {
+    for index in (0..input.nb_streams() as usize).filter(|&i| skip(i)) {
+        if let Some(mut stream) = input.stream_mut(index) {
+            // SAFETY: the stream belongs to `input`, which is exclusively borrowed;
+            // `discard` is a plain field the demuxer reads before each packet.
+            unsafe {
+                (*stream.as_mut_ptr()).discard = ffmpeg::ffi::AVDiscard::AVDISCARD_ALL;
+            }
+        }
     }
 }
 

@@ -4,13 +4,16 @@
 //! so a slow stage holds the ones before it back instead of filling memory, and the model
 //! works while the next frames are decoded and the previous ones encoded. The encoder
 //! writes a local MP4 (the container needs to seek back to finish its index), which the
-//! upload stage then sends to storage, as a multipart upload when it is large. Every stage records the time it is busy
+//! upload stage then sends to storage, as a multipart upload when it is large. The decode
+//! stage also passes the input's audio packets of the chunk's span through to a packet log
+//! (see [`audio`]), uploaded beside the chunk for the stitch. Every stage records the time it is busy
 //! (not the time it waits on its neighbours) into a [`PhaseClock`], and its frames done into
 //! the chunk's [`ChunkProgressCounters`].
 //!
 //! A chunk is done only when exactly `end_frame - start_frame` frames went through every
 //! stage and the object is uploaded; anything else is an error and the upload is aborted.
 
+mod audio;
 mod decode;
 mod encode;
 mod infer;
@@ -99,6 +102,19 @@ pub struct ChunkSpec {
     /// The input is a fragmented MP4 (read fragment by fragment, skipping
     /// `range.skip_from..range.skip_to`).
     pub fragmented_input: bool,
+    /// The input's audio to pass through for the stitch, if any.
+    pub audio: Option<AudioCopy>,
+}
+
+/// Which audio packets a chunk passes through, and where they go.
+#[derive(Debug, Clone)]
+pub struct AudioCopy {
+    /// Input streams to copy.
+    pub streams: Vec<usize>,
+    /// Where the packet log goes.
+    pub output: ObjectUri,
+    /// The chunk is the job's last: its span runs to the end of the input.
+    pub last_chunk: bool,
 }
 
 impl ChunkSpec {
@@ -121,6 +137,8 @@ pub struct ChunkOutput {
     pub phase_seconds: [f64; 6],
     /// Where processing ran.
     pub device: &'static str,
+    /// Audio packets passed through.
+    pub audio_packets: u64,
 }
 
 /// Busy time per phase, added to by every stage.
@@ -196,16 +214,35 @@ pub async fn run_chunk(
         .suffix(if infer { ".jsonl" } else { ".mp4" })
         .tempfile()
         .map_err(|e| ChunkError::Encode(format!("cannot create a temporary chunk file: {e}")))?;
+    let audio_log = match &spec.audio {
+        Some(_) => Some(
+            tempfile::Builder::new()
+                .prefix("framefleet-audio-")
+                .tempfile()
+                .map_err(|e| {
+                    ChunkError::Encode(format!("cannot create a temporary audio file: {e}"))
+                })?,
+        ),
+        None => None,
+    };
     let (decoded_tx, decoded_rx) = sync_channel::<VideoFrame>(batch * 2);
     let runtime = tokio::runtime::Handle::current();
     let decoding = {
         let (spec, storage, context) = (spec.clone(), storage.clone(), context.clone());
+        let audio_path = audio_log.as_ref().map(|file| file.path().to_path_buf());
         spawn_stage("decode", move || {
-            decode::run(&spec, &storage, runtime, &context, decoded_tx)
+            decode::run(
+                &spec,
+                &storage,
+                runtime,
+                &context,
+                decoded_tx,
+                audio_path.as_deref(),
+            )
         })
     };
     let path = local.path().to_path_buf();
-    let (device, encoded) = if infer {
+    let (device, audio_packets, encoded) = if infer {
         let inferring = {
             let (spec, context) = (spec.clone(), context.clone());
             spawn_stage("infer", move || {
@@ -217,8 +254,9 @@ pub async fn run_chunk(
             decoded,
             inferring.await.unwrap_or(Err(ChunkError::Crashed("infer"))),
         ) {
-            (Ok(()), Ok((frames, device))) => (
+            (Ok(audio_packets), Ok((frames, device))) => (
                 device,
+                audio_packets,
                 encode::Encoded {
                     frames,
                     width: 0,
@@ -249,7 +287,7 @@ pub async fn run_chunk(
             encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
         );
         match results {
-            (Ok(()), Ok(device), Ok(encoded)) => (device, encoded),
+            (Ok(audio_packets), Ok(device), Ok(encoded)) => (device, audio_packets, encoded),
             (decoded, processed, encoded) => {
                 return Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
             }
@@ -257,7 +295,13 @@ pub async fn run_chunk(
     };
     context.check_cancelled()?;
     let started = Instant::now();
-    let upload = storage.upload_file(local.path(), &spec.output);
+    let upload = async {
+        storage.upload_file(local.path(), &spec.output).await?;
+        if let (Some(audio), Some(log)) = (&spec.audio, &audio_log) {
+            storage.upload_file(log.path(), &audio.output).await?;
+        }
+        Ok::<_, StorageError>(())
+    };
     tokio::select! {
         uploaded = upload => { uploaded?; }
         _ = context.cancel.cancelled() => return Err(ChunkError::Cancelled),
@@ -270,6 +314,7 @@ pub async fn run_chunk(
         height: encoded.height,
         phase_seconds: context.clock.seconds(),
         device,
+        audio_packets,
     })
 }
 
