@@ -90,6 +90,10 @@ pub struct WorkerConfig {
     /// Largest tile side for neural models, in input pixels: bigger frames run in
     /// overlapping tiles so they fit in memory (0: always whole frames).
     pub tile_size: u32,
+    /// Fetch the whole input object in one GET before decoding, as the system framefleet
+    /// replaced did, instead of ranged reads of what the chunk needs. For storage that
+    /// serves ranges badly, and as the baseline of `bench/ranged.sh`.
+    pub whole_input_download: bool,
 }
 
 /// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
@@ -215,6 +219,7 @@ impl Default for WorkerConfig {
             model_dir: String::new(),
             device: "auto".into(),
             tile_size: 1024,
+            whole_input_download: false,
         }
     }
 }

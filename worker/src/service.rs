@@ -182,6 +182,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
         fragmented_input: request.fragmented_input,
+        whole_input: config.whole_input_download,
         audio: if request.audio_streams.is_empty() {
             None
         } else {

@@ -60,14 +60,30 @@ where
     init();
     let io =
         ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
-    let dictionary = (!options.is_empty()).then(|| {
-        let mut dictionary = ffmpeg::Dictionary::new();
-        for (key, value) in options {
-            dictionary.set(key, value);
-        }
-        dictionary
-    });
+    let dictionary = (!options.is_empty()).then(|| dictionary(options));
     ffmpeg::format::input_from_stream(io, Some(name), dictionary)
+}
+
+fn dictionary(options: &[(&str, &str)]) -> ffmpeg::Dictionary<'static> {
+    let mut dictionary = ffmpeg::Dictionary::new();
+    for (key, value) in options {
+        dictionary.set(key, value);
+    }
+    dictionary
+}
+
+/// Tells the demuxer to skip the streams `skip` picks: an MP4 demuxer then reads none of
+/// their bytes.
+pub fn discard_streams(input: &mut ffmpeg::format::context::Input, skip: impl Fn(usize) -> bool) {
+    for index in (0..input.nb_streams() as usize).filter(|&i| skip(i)) {
+        if let Some(mut stream) = input.stream_mut(index) {
+            // SAFETY: the stream belongs to `input`, which is exclusively borrowed;
+            // `discard` is a plain field the demuxer reads before each packet.
+            unsafe {
+                (*stream.as_mut_ptr()).discard = ffmpeg::ffi::AVDiscard::AVDISCARD_ALL;
+            }
+        }
+    }
 }
 
 /// Opens an input to decode it from wherever the caller seeks: like [`open_input_with`],
@@ -87,10 +103,7 @@ where
     let mut io =
         ffmpeg::format::context::StreamIo::from_read_seek_with_capacity(reader, IO_BUFFER_BYTES)?;
     let name = std::ffi::CString::new(name).map_err(|_| ffmpeg::Error::InvalidData)?;
-    let mut dictionary = ffmpeg::Dictionary::new();
-    for (key, value) in options {
-        dictionary.set(key, value);
-    }
+    let dictionary = dictionary(options);
     // SAFETY: mirrors ffmpeg-next's `input_from_stream`: the context is allocated here,
     // given the custom I/O (which the returned `Input` owns and keeps alive), opened, and
     // closed again on failure; the dictionary is handed over and taken back.

@@ -16,7 +16,7 @@ use ffmpeg_next as ffmpeg;
 use serde::{Deserialize, Serialize};
 
 use super::isobmff::{starts_with_a_box, HollowReader, TopLevelBoxes};
-use super::{open_input_with, PacketReader};
+use super::{discard_streams, open_input_with, PacketReader};
 
 /// Packets fed to the decoder to prove the stream decodes before giving up.
 const MAX_PACKETS_TO_FIRST_FRAME: usize = 256;
@@ -269,7 +269,8 @@ where
             codec: s.parameters().id().name().to_string(),
         })
         .collect();
-    discard_streams_other_than(&mut input, stream_index);
+    // The probe needs video timestamps only; an MP4 demuxer then skips the audio bytes.
+    discard_streams(&mut input, |index| index != stream_index);
 
     let mut frames = Vec::new();
     let mut keyframe_positions = Vec::new();
@@ -439,20 +440,6 @@ fn fragment_starts(boxes: &TopLevelBoxes, keyframes: &[(i64, isize)]) -> Vec<Fra
 /// (FFmpeg's MOV/MP4 demuxer).
 fn reads_timestamps_from_index(format: &str) -> bool {
     format.split(',').any(|name| name == "mov" || name == "mp4")
-}
-
-/// Stops the demuxer reading any stream but the video: the probe needs video timestamps
-/// only, and an MP4 demuxer then skips the audio samples' bytes.
-fn discard_streams_other_than(input: &mut ffmpeg::format::context::Input, video: usize) {
-    for index in (0..input.nb_streams() as usize).filter(|&i| i != video) {
-        if let Some(mut stream) = input.stream_mut(index) {
-            // SAFETY: the stream belongs to `input`, which is exclusively borrowed; `discard`
-            // is a plain field the demuxer reads before each packet.
-            unsafe {
-                (*stream.as_mut_ptr()).discard = ffmpeg::ffi::AVDiscard::AVDISCARD_ALL;
-            }
-        }
-    }
 }
 
 /// The byte just past the last sample the container's index lists, over every stream;

@@ -101,6 +101,14 @@ impl ObjectReader {
         self.size
     }
 
+    /// The same reader fetching the whole object with its first read (one GET), as a
+    /// download would.
+    pub fn whole_object(mut self) -> Self {
+        self.block_bytes = self.size.max(1);
+        self.max_window = self.block_bytes;
+        self
+    }
+
     /// The same reader with a smaller first fetch (and alignment), for readers that mostly
     /// jump between small index structures (an MP4's `moof` boxes) rather than stream.
     pub fn with_block_bytes(mut self, block_bytes: u64) -> Self {

@@ -19,7 +19,7 @@ use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::isobmff::SkipFragments;
-use framefleet_common::media::{frame_pts, open_input_for_decoding, PacketReader};
+use framefleet_common::media::{discard_streams, frame_pts, open_input_for_decoding, PacketReader};
 use framefleet_common::proto::Phase;
 use framefleet_common::storage::Storage;
 
@@ -113,8 +113,12 @@ fn decode_range(
         audio_log,
     } = attempt;
     let setup_started = Instant::now();
+    let mut object = storage.open_reader(&spec.input, runtime)?;
+    if spec.whole_input {
+        object = object.whole_object();
+    }
     let reader = TimedReader {
-        inner: storage.open_reader(&spec.input, runtime)?,
+        inner: object,
         clock: context.clock.clone(),
     };
     let skipped = if skip_fragments && spec.fragmented_input {
@@ -303,20 +307,6 @@ fn finish_audio(
         audio.offer(&packet)?;
     }
     Ok(())
-}
-
-/// Tells the demuxer to skip the streams `skip` picks (an MP4 demuxer then reads none of
-/// their bytes).
-fn discard_streams(input: &mut ffmpeg::format::context::Input, skip: impl Fn(usize) -> bool) {
-    for index in (0..input.nb_streams() as usize).filter(|&i| skip(i)) {
-        if let Some(mut stream) = input.stream_mut(index) {
-            // SAFETY: the stream belongs to `input`, which is exclusively borrowed;
-            // `discard` is a plain field the demuxer reads before each packet.
-            unsafe {
-                (*stream.as_mut_ptr()).discard = ffmpeg::ffi::AVDiscard::AVDISCARD_ALL;
-            }
-        }
-    }
 }
 
 /// Setup time that was not spent reading counts as `init`.

@@ -102,6 +102,8 @@ pub struct ChunkSpec {
     /// The input is a fragmented MP4 (read fragment by fragment, skipping
     /// `range.skip_from..range.skip_to`).
     pub fragmented_input: bool,
+    /// Fetch the whole input in one GET instead of ranged reads.
+    pub whole_input: bool,
     /// The input's audio to pass through for the stitch, if any.
     pub audio: Option<AudioCopy>,
 }
