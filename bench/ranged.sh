@@ -25,7 +25,7 @@ ffmpeg -v error -y -f lavfi -i "testsrc2=size=1280x720:rate=30" \
 run() { # mode chunks
   local mode=$1 chunks=$2 whole=false
   [ "$mode" = whole ] && whole=true
-  FRAMEFLEET_WORKER__WHOLE_INPUT_DOWNLOAD=$whole "$FRAMEFLEET" local "$WORK/input.mp4" \
+  FRAMEFLEET_PLANNER__MAX_CHUNKS=8 FRAMEFLEET_WORKER__WHOLE_INPUT_DOWNLOAD=$whole "$FRAMEFLEET" local "$WORK/input.mp4" \
     "$WORK/out-$mode-$chunks.mp4" --workers "$WORKERS" --chunks "$chunks" --scale 0.25 \
     --crf 35 --preset ultrafast --report-json "$WORK/$mode-$chunks.json" >/dev/null 2>&1
 }
