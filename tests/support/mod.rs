@@ -699,8 +699,8 @@ pub async fn cutting_proxy(cuts: usize, after_bytes: usize) -> CuttingProxy {
                 let requests = tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
                 });
-                // Look at the first response head on this connection; cut it if it is a
-                // ranged GET's and the budget allows, else relay everything.
+                // Look at the response head; cut it if it is a ranged GET's and the budget
+                // allows, else relay it and everything after.
                 let mut head = Vec::new();
                 let mut buffer = [0u8; 16 * 1024];
                 let body_start = loop {
@@ -746,7 +746,12 @@ pub async fn cutting_proxy(cuts: usize, after_bytes: usize) -> CuttingProxy {
                     requests.abort();
                     return;
                 }
-                if client_write.write_all(&head).await.is_err() {
+                // Ask the client not to reuse this connection, so its next response is the
+                // first on a new one and can be looked at too.
+                let mut relayed = head[..body_start - 2].to_vec();
+                relayed.extend_from_slice(b"connection: close\r\n\r\n");
+                relayed.extend_from_slice(&head[body_start..]);
+                if client_write.write_all(&relayed).await.is_err() {
                     return;
                 }
                 let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
