@@ -22,8 +22,8 @@ use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::packet_log::PacketLogReader;
 use framefleet_common::media::{
-    mp4_movie_timescale, open_input, open_input_headers, MediaInfo, PacketReader, ReadError,
-    INDEX_BLOCK_BYTES,
+    compare_timestamps, mp4_movie_timescale, open_input, open_input_headers, MediaInfo,
+    PacketReader, ReadError, INDEX_BLOCK_BYTES,
 };
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
 
@@ -353,11 +353,7 @@ fn write(
 /// True when `a` decodes no later than `b` (exact rational comparison of decode times).
 fn earlier(a: &Packet, a_base: Rational, b: &Packet, b_base: Rational) -> bool {
     let time = |p: &Packet| p.dts().or(p.pts()).unwrap_or(i64::MIN);
-    let left =
-        i128::from(time(a)) * i128::from(a_base.numerator()) * i128::from(b_base.denominator());
-    let right =
-        i128::from(time(b)) * i128::from(b_base.numerator()) * i128::from(a_base.denominator());
-    left <= right
+    compare_timestamps(time(a), a_base, time(b), b_base).is_le()
 }
 
 /// Chunks joined end to end can make decode timestamps repeat at a boundary; nudge them

@@ -285,8 +285,36 @@ pub fn is_full_range_format(format: ffmpeg::format::Pixel) -> bool {
     )
 }
 
+/// Compares timestamp `a` in time base `a_base` with `b` in `b_base`, exactly (no rounding
+/// to a common base).
+pub fn compare_timestamps(
+    a: i64,
+    a_base: ffmpeg::Rational,
+    b: i64,
+    b_base: ffmpeg::Rational,
+) -> std::cmp::Ordering {
+    let left = i128::from(a) * i128::from(a_base.numerator()) * i128::from(b_base.denominator());
+    let right = i128::from(b) * i128::from(b_base.numerator()) * i128::from(a_base.denominator());
+    left.cmp(&right)
+}
+
 /// Presentation timestamp of a decoded frame: FFmpeg's best-effort timestamp, which is the
 /// packet's pts when there is one.
 pub fn frame_pts(frame: &ffmpeg::frame::Video) -> Option<i64> {
     frame.timestamp().or_else(|| frame.pts())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_compare_exactly_across_time_bases() {
+        let video = ffmpeg::Rational::new(1, 15360);
+        let audio = ffmpeg::Rational::new(1, 48000);
+        // One second in each.
+        assert!(compare_timestamps(48000, audio, 15360, video).is_eq());
+        assert!(compare_timestamps(47999, audio, 15360, video).is_lt());
+        assert!(compare_timestamps(48001, audio, 15360, video).is_gt());
+    }
 }

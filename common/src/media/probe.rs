@@ -120,9 +120,7 @@ impl VideoInfo {
             .map_or(first.offset, |f| f.offset);
         first.offset..own
     }
-}
 
-impl VideoInfo {
     /// Seconds from the first frame to the end of the last.
     pub fn duration_seconds(&self) -> f64 {
         let first = self.frames.first().map_or(0, |f| f.pts);

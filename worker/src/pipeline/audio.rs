@@ -8,7 +8,6 @@
 //! the last at the end, so every packet lands in exactly one chunk; packets are never cut,
 //! rounded or re-encoded, and AAC priming stays with the first chunk.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
@@ -17,6 +16,7 @@ use std::path::Path;
 use ffmpeg::{Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
+use framefleet_common::media::compare_timestamps;
 use framefleet_common::media::packet_log::PacketLogWriter;
 
 use super::ChunkError;
@@ -105,10 +105,10 @@ impl AudioCollector {
         let first = !state.seen;
         state.seen = true;
         let before_start = self.span.start.is_some_and(|start| {
-            compare(time, state.time_base, start, self.span.time_base).is_lt()
+            compare_timestamps(time, state.time_base, start, self.span.time_base).is_lt()
         });
         let after_start = self.span.start.is_some_and(|start| {
-            compare(time, state.time_base, start, self.span.time_base).is_gt()
+            compare_timestamps(time, state.time_base, start, self.span.time_base).is_gt()
         });
         if first && after_start {
             let stream_begins_here = state.start_time.is_some_and(|begin| time <= begin);
@@ -116,10 +116,9 @@ impl AudioCollector {
                 return Ok(Offer::Late);
             }
         }
-        let past_end = self
-            .span
-            .end
-            .is_some_and(|end| compare(time, state.time_base, end, self.span.time_base).is_ge());
+        let past_end = self.span.end.is_some_and(|end| {
+            compare_timestamps(time, state.time_base, end, self.span.time_base).is_ge()
+        });
         if past_end {
             state.past_end = true;
         }
@@ -161,27 +160,5 @@ fn first_timestamp(stream: &ffmpeg::format::stream::Stream) -> Option<i64> {
         ffmpeg::ffi::avformat_index_get_entry(pointer, 0)
             .as_ref()
             .map(|entry| entry.timestamp)
-    }
-}
-
-/// Compares two timestamps in different time bases exactly.
-fn compare(a: i64, a_base: Rational, b: i64, b_base: Rational) -> Ordering {
-    let left = i128::from(a) * i128::from(a_base.numerator()) * i128::from(b_base.denominator());
-    let right = i128::from(b) * i128::from(b_base.numerator()) * i128::from(a_base.denominator());
-    left.cmp(&right)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_compare_exactly_across_time_bases() {
-        let video = Rational::new(1, 15360);
-        let audio = Rational::new(1, 48000);
-        // 1 s in each.
-        assert!(compare(48000, audio, 15360, video).is_eq());
-        assert!(compare(47999, audio, 15360, video).is_lt());
-        assert!(compare(48001, audio, 15360, video).is_gt());
     }
 }
