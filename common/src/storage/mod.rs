@@ -136,6 +136,72 @@ impl IoCounters {
     }
 }
 
+/// One ranged GET (with its resumed requests) while it runs. It counts what was received
+/// even when the read fails or is cancelled (a read-ahead dropped at a chunk's end), and
+/// then counts those bytes as waste too: nobody got them. It logs one debug line when done.
+pub(super) struct Transfer {
+    counters: Arc<IoCounters>,
+    uri: String,
+    offset: u64,
+    asked: u64,
+    started: std::time::Instant,
+    received: AtomicU64,
+    requests: AtomicU64,
+    finished: bool,
+}
+
+impl Transfer {
+    fn new(counters: Arc<IoCounters>, uri: &ObjectUri, offset: u64, asked: u64) -> Self {
+        Self {
+            counters,
+            uri: uri.to_string(),
+            offset,
+            asked,
+            started: std::time::Instant::now(),
+            received: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            finished: false,
+        }
+    }
+
+    /// One more request sent for this read.
+    pub(super) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `bytes` more arrived.
+    pub(super) fn receive(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        let received = self.received.load(Ordering::Relaxed);
+        let requests = self.requests.load(Ordering::Relaxed);
+        self.counters.record_requests(received, 0, requests);
+        if !self.finished {
+            self.counters
+                .bytes_wasted
+                .fetch_add(received, Ordering::Relaxed);
+        }
+        tracing::debug!(
+            uri = %self.uri,
+            offset = self.offset,
+            asked = self.asked,
+            got = received,
+            requests,
+            seconds = self.started.elapsed().as_secs_f64(),
+            outcome = if self.finished { "done" } else { "failed or cancelled" },
+            "storage GET"
+        );
+    }
+}
+
 /// A storage client bound to one set of counters. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -196,18 +262,20 @@ impl Storage {
         Ok(size)
     }
 
-    /// Reads `len` bytes at `offset` (fewer at the end of the object).
+    /// Reads `len` bytes at `offset` (fewer at the end of the object). Dropping the future
+    /// cancels the read: the bytes it had received by then are counted as read and wasted.
     pub async fn read_range(
         &self,
         uri: &ObjectUri,
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StorageError> {
-        let started = std::time::Instant::now();
-        let (bytes, requests) = match uri {
+        let mut transfer = Transfer::new(self.counters.clone(), uri, offset, len);
+        let bytes = match uri {
             ObjectUri::File(path) => {
                 let path = path.clone();
                 let uri_for_error = uri.clone();
+                transfer.request();
                 let bytes =
                     tokio::task::spawn_blocking(move || read_file_range(&path, offset, len))
                         .await
@@ -218,17 +286,16 @@ impl Storage {
                             transient: false,
                         })?
                         .map_err(|e| StorageError::io("GET", &uri_for_error, e))?;
-                (bytes, 1)
+                transfer.receive(bytes.len());
+                bytes
             }
             ObjectUri::S3 { bucket, key } => {
                 self.s3(uri)?
-                    .read_range(bucket, key, offset, len, uri)
+                    .read_range(bucket, key, offset, len, uri, &transfer)
                     .await?
             }
         };
-        self.counters
-            .record_requests(bytes.len() as u64, 0, requests);
-        tracing::debug!(%uri, offset, asked = len, got = bytes.len(), seconds = started.elapsed().as_secs_f64(), "storage GET");
+        transfer.finish();
         Ok(bytes)
     }
 

@@ -1,25 +1,33 @@
 //! A blocking `Read + Seek` over an object, for FFmpeg's custom I/O (`StreamIo`).
 //!
 //! Reads go to storage as ranged GETs aligned to `read_block_bytes`. While the reader moves
-//! forward through the object, each fetch doubles in size up to `read_ahead_bytes`, so a
-//! sequential scan costs few requests (the window stays under 1/128 of the object, so
-//! stopping mid-object wastes little); a jump (to MP4's `moov`, or a chunk's keyframe)
-//! starts again with one block, so nothing far from what the demuxer touches is fetched.
+//! forward through the object, each fetch doubles in size up to `read_ahead_bytes` (and
+//! under 1/256 of the object), and the next window is already being fetched on the runtime
+//! while the demuxer works through the current one, so storage latency overlaps decoding.
+//! A jump (to MP4's `moov`, or a chunk's keyframe) starts again with one block and no
+//! read-ahead, so nothing far from what the demuxer touches is fetched.
 //! A few sequential runs are followed at once (a fragment's video and audio lie apart and
-//! are read alternately), and no fetch covers bytes already cached.
+//! are read alternately), and no fetch covers bytes already cached or being fetched.
 //! Recent fetches are kept, so going back and forth between the index and the frame data
-//! does not fetch the same bytes twice. Bytes fetched but never handed to the demuxer are
-//! counted as waste when they leave the cache or the reader is dropped.
+//! does not fetch the same bytes twice.
+//!
+//! When the reader is dropped (the chunk's frames are decoded), reads still in flight are
+//! cancelled at once. Bytes fetched but never handed to the demuxer are counted as waste:
+//! when they leave the cache, when the reader is dropped, or, for a cancelled read, as many
+//! as had arrived. A stop wastes at most the current window and one read-ahead: under 1/128
+//! of the object.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 
 use bytes::Bytes;
+use futures::FutureExt;
+use tokio::task::JoinHandle;
 
 use super::{ObjectUri, Storage, StorageError};
 
 /// The read-ahead window stays under the object's size divided by this.
-const WINDOW_FRACTION: u64 = 128;
+const WINDOW_FRACTION: u64 = 256;
 
 /// Bytes of fetched data kept for re-reads.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
@@ -27,6 +35,9 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Sequential runs followed at once: demuxers alternate between streams stored apart (a
 /// fragment's video and audio runs), and each run keeps its own growing window.
 const MAX_RUNS: usize = 4;
+
+/// Read-aheads in flight at once; an older one is cancelled when a newer one starts.
+const MAX_READ_AHEADS: usize = 2;
 
 /// A run of back-to-back fetches: where the last one ended and how big it was.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +63,20 @@ impl Fetched {
     }
 }
 
+/// A window being fetched ahead of the demuxer, on the runtime.
+struct ReadAhead {
+    start: u64,
+    len: u64,
+    window: u64,
+    task: JoinHandle<Result<Bytes, StorageError>>,
+}
+
+impl ReadAhead {
+    fn covers(&self, position: u64) -> bool {
+        position >= self.start && position < self.start + self.len
+    }
+}
+
 /// A seekable reader over one object. Its methods block on the runtime it was given, so it
 /// must be used from a thread of its own, never from async code.
 pub struct ObjectReader {
@@ -65,6 +90,7 @@ pub struct ObjectReader {
     runs: VecDeque<Run>,
     cache: VecDeque<Fetched>,
     cached_bytes: u64,
+    read_aheads: VecDeque<ReadAhead>,
 }
 
 impl ObjectReader {
@@ -77,8 +103,9 @@ impl ObjectReader {
     ) -> Result<Self, StorageError> {
         let size = runtime.block_on(storage.size(&uri))?;
         let block_bytes = block_bytes.max(1);
-        // A reader that stops mid-object (a chunk's end) wastes at most one window: keep it
-        // under 1/128 of the object, so even 8 chunks waste well under 10 %.
+        // A reader that stops mid-object (a chunk's end) wastes at most one window and one
+        // read-ahead: keep each under 1/256 of the object, so even 8 chunks waste well
+        // under 10 %.
         // Whole blocks only, so fetches stay block-aligned and never overlap.
         let max_window =
             (max_window.min(size / WINDOW_FRACTION) / block_bytes).max(1) * block_bytes;
@@ -93,6 +120,7 @@ impl ObjectReader {
             runs: VecDeque::new(),
             cache: VecDeque::new(),
             cached_bytes: 0,
+            read_aheads: VecDeque::new(),
         })
     }
 
@@ -118,34 +146,63 @@ impl ObjectReader {
         self
     }
 
-    /// Fetches the window starting at the block holding `position`: twice the last one of
-    /// the run it continues, else one block, and never bytes already cached.
+    /// Makes the bytes at `position` cached and returns their index in the cache: from a
+    /// read-ahead covering them, else by fetching the window starting at their block (twice
+    /// the last one of the run it continues, else one block, and never bytes already cached
+    /// or being fetched). A run that continues starts its next window's read-ahead.
     fn fetch(&mut self, position: u64) -> io::Result<usize> {
+        if let Some(index) = self.read_aheads.iter().position(|r| r.covers(position)) {
+            if let Some(ahead) = self.read_aheads.remove(index) {
+                let data = self
+                    .runtime
+                    .block_on(ahead.task)
+                    .map_err(|e| io::Error::other(format!("read-ahead task ended: {e}")))?
+                    .map_err(to_io_error)?;
+                let end = ahead.start + data.len() as u64;
+                self.keep(ahead.start, data, ahead.window);
+                self.read_ahead(end, ahead.window);
+                return Ok(0);
+            }
+        }
         let start = position - position % self.block_bytes;
-        let window = match self.runs.iter().position(|run| run.end == start) {
-            Some(index) => self.runs.remove(index).map_or(self.block_bytes, |run| {
-                (run.window * 2).min(self.max_window)
-            }),
-            None => self.block_bytes,
-        };
-        let next_cached = self
-            .cache
+        let continued = self
+            .runs
             .iter()
-            .map(|f| f.start)
-            .filter(|&cached| cached > start)
-            .min()
-            .unwrap_or(self.size);
-        let len = window.min(self.size - start).min(next_cached - start);
+            .position(|run| run.end == start)
+            .and_then(|index| self.runs.remove(index));
+        let window = continued.map_or(self.block_bytes, |run| {
+            (run.window * 2).min(self.max_window)
+        });
+        let len = window
+            .min(self.size - start)
+            .min(self.next_held(start) - start);
         let data = self
             .runtime
             .block_on(self.storage.read_range(&self.uri, start, len))
-            .map_err(|e| {
-                let kind = match &e {
-                    StorageError::NotFound { .. } => io::ErrorKind::NotFound,
-                    _ => io::ErrorKind::Other,
-                };
-                io::Error::new(kind, e.to_string())
-            })?;
+            .map_err(to_io_error)?;
+        let end = start + data.len() as u64;
+        self.keep(start, data, window);
+        if continued.is_some() {
+            self.read_ahead(end, window);
+        }
+        Ok(0)
+    }
+
+    /// The first byte after `start` that is cached or being fetched (the object's end when
+    /// none is).
+    fn next_held(&self, start: u64) -> u64 {
+        let cached = self.cache.iter().map(|f| f.start);
+        let fetching = self.read_aheads.iter().map(|r| r.start);
+        cached
+            .chain(fetching)
+            .filter(|&held| held > start)
+            .min()
+            .unwrap_or(self.size)
+    }
+
+    /// Caches fetched bytes at the front (index 0) and records the run they extend.
+    fn keep(&mut self, start: u64, data: Bytes, window: u64) {
+        self.runs.retain(|run| run.end != start);
         self.runs.push_front(Run {
             end: start + data.len() as u64,
             window,
@@ -163,8 +220,53 @@ impl ObjectReader {
                 self.storage.record_waste(evicted.unused());
             }
         }
-        Ok(0)
     }
+
+    /// Starts fetching the window after one of `window` bytes that ended at `start`.
+    fn read_ahead(&mut self, start: u64, window: u64) {
+        let held = self.cache.iter().any(|f| f.contains(start))
+            || self.read_aheads.iter().any(|r| r.covers(start));
+        if start >= self.size || held {
+            return;
+        }
+        let window = (window * 2).min(self.max_window);
+        let len = window
+            .min(self.size - start)
+            .min(self.next_held(start) - start);
+        let (storage, uri) = (self.storage.clone(), self.uri.clone());
+        let task = self
+            .runtime
+            .spawn(async move { storage.read_range(&uri, start, len).await });
+        self.read_aheads.push_front(ReadAhead {
+            start,
+            len,
+            window,
+            task,
+        });
+        while self.read_aheads.len() > MAX_READ_AHEADS {
+            if let Some(oldest) = self.read_aheads.pop_back() {
+                self.cancel(oldest);
+            }
+        }
+    }
+
+    /// Cancels a read-ahead at once. One that had finished holds bytes nobody will use,
+    /// counted as waste here; one still running counts what it had received as waste when
+    /// the runtime drops it.
+    fn cancel(&self, mut ahead: ReadAhead) {
+        ahead.task.abort();
+        if let Some(Ok(Ok(data))) = (&mut ahead.task).now_or_never() {
+            self.storage.record_waste(data.len() as u64);
+        }
+    }
+}
+
+fn to_io_error(error: StorageError) -> io::Error {
+    let kind = match &error {
+        StorageError::NotFound { .. } => io::ErrorKind::NotFound,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, error.to_string())
 }
 
 impl Read for ObjectReader {
@@ -214,7 +316,140 @@ impl Seek for ObjectReader {
 
 impl Drop for ObjectReader {
     fn drop(&mut self) {
+        for ahead in std::mem::take(&mut self.read_aheads) {
+            self.cancel(ahead);
+        }
         let unused: u64 = self.cache.iter().map(Fetched::unused).sum();
         self.storage.record_waste(unused);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::StorageConfig;
+
+    const OBJECT_BYTES: usize = 16 * 1024 * 1024;
+
+    /// A 16 MiB object of varied bytes and a runtime for the reader to block on.
+    fn object() -> (tempfile::NamedTempFile, Vec<u8>, tokio::runtime::Runtime) {
+        let bytes: Vec<u8> = (0..OBJECT_BYTES)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, &bytes).expect("write object");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        (file, bytes, runtime)
+    }
+
+    fn reader(file: &tempfile::NamedTempFile, runtime: &tokio::runtime::Runtime) -> ObjectReader {
+        Storage::new(&StorageConfig::default())
+            .counted()
+            .open_reader(
+                &ObjectUri::File(file.path().into()),
+                runtime.handle().clone(),
+            )
+            .expect("open reader")
+    }
+
+    /// Waits for cancelled reads to be dropped by the runtime, then checks that every byte
+    /// received was either handed to the caller or counted as waste.
+    fn assert_every_byte_accounted(storage: &Storage, handed: u64) {
+        let counters = storage.counters();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counters.bytes_read() != handed + counters.bytes_wasted() {
+            assert!(
+                Instant::now() < deadline,
+                "read {} bytes, handed {handed}, counted {} as waste",
+                counters.bytes_read(),
+                counters.bytes_wasted()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_sequential_scan_reads_the_object_once_in_growing_windows() {
+        let (file, bytes, runtime) = object();
+        let mut reader = reader(&file, &runtime);
+        let storage = reader.storage.clone();
+        let mut read = Vec::new();
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            let n = reader.read(&mut buffer).expect("read");
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buffer[..n]);
+        }
+        assert!(
+            read == bytes,
+            "the reader returned other bytes than the object's"
+        );
+        assert!(reader.read_aheads.is_empty(), "a read-ahead past the end");
+        drop(reader);
+        let counters = storage.counters();
+        assert_eq!(counters.bytes_read(), OBJECT_BYTES as u64);
+        assert_eq!(counters.bytes_wasted(), 0);
+        // 16 KiB blocks doubling to 64 KiB windows (1/256 of the object): about 256
+        // requests, where 16 KiB fetches would take 1024.
+        assert!(
+            counters.requests() < 300,
+            "{} requests",
+            counters.requests()
+        );
+    }
+
+    #[test]
+    fn stopping_mid_object_cancels_read_ahead_and_counts_what_it_fetched_as_waste() {
+        let (file, bytes, runtime) = object();
+        let mut reader = reader(&file, &runtime);
+        let storage = reader.storage.clone();
+        let mut buffer = vec![0u8; 4096];
+        let wanted = OBJECT_BYTES / 4;
+        let mut read = Vec::new();
+        while read.len() < wanted {
+            let n = reader.read(&mut buffer).expect("read");
+            read.extend_from_slice(&buffer[..n]);
+        }
+        assert!(read[..] == bytes[..read.len()]);
+        assert!(
+            !reader.read_aheads.is_empty(),
+            "no read-ahead while streaming"
+        );
+        drop(reader);
+        assert_every_byte_accounted(&storage, read.len() as u64);
+        let waste = storage.counters().bytes_wasted();
+        assert!(
+            waste < OBJECT_BYTES as u64 / 128,
+            "a stop wasted {waste} bytes, more than 1/128 of the object"
+        );
+    }
+
+    #[test]
+    fn jumps_between_index_and_frames_return_the_right_bytes() {
+        let (file, bytes, runtime) = object();
+        let mut reader = reader(&file, &runtime);
+        let storage = reader.storage.clone();
+        let mut handed = 0;
+        for (offset, len) in [
+            (OBJECT_BYTES - 70_000, 70_000),
+            (1000, 200_000),
+            (OBJECT_BYTES - 5000, 100),
+            (5_000_000, 300_000),
+            (150_000, 10),
+        ] {
+            reader.seek(SeekFrom::Start(offset as u64)).expect("seek");
+            let mut got = vec![0u8; len];
+            reader.read_exact(&mut got).expect("read");
+            assert!(got[..] == bytes[offset..offset + len], "bytes at {offset}");
+            handed += len as u64;
+        }
+        drop(reader);
+        let counters = storage.counters();
+        assert!(counters.bytes_read() >= handed);
+        assert!(counters.bytes_read() < OBJECT_BYTES as u64 / 8);
     }
 }

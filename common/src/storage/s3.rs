@@ -16,7 +16,7 @@ use aws_sdk_s3::Client;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 
-use super::{ObjectUri, StorageError};
+use super::{ObjectUri, StorageError, Transfer};
 use crate::config::StorageConfig;
 
 /// Times a broken ranged GET is resumed before the read fails.
@@ -87,8 +87,8 @@ where
 /// The S3 operations framefleet needs, on one client.
 pub(super) trait S3Ops {
     async fn size(&self, bucket: &str, key: &str, uri: &ObjectUri) -> Result<u64, StorageError>;
-    /// Returns the bytes and the number of GET requests it took (more than one when a
-    /// broken transfer was resumed).
+    /// Returns the bytes, counting each request (more than one when a broken transfer was
+    /// resumed) and each piece received into `transfer`.
     async fn read_range(
         &self,
         bucket: &str,
@@ -96,7 +96,8 @@ pub(super) trait S3Ops {
         offset: u64,
         len: u64,
         uri: &ObjectUri,
-    ) -> Result<(Bytes, u64), StorageError>;
+        transfer: &Transfer,
+    ) -> Result<Bytes, StorageError>;
     async fn put(
         &self,
         bucket: &str,
@@ -153,9 +154,10 @@ impl S3Ops for Client {
         offset: u64,
         len: u64,
         uri: &ObjectUri,
-    ) -> Result<(Bytes, u64), StorageError> {
+        transfer: &Transfer,
+    ) -> Result<Bytes, StorageError> {
         if len == 0 {
-            return Ok((Bytes::new(), 0));
+            return Ok(Bytes::new());
         }
         let end = offset + len;
         let mut data = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0).min(64 << 20));
@@ -165,13 +167,12 @@ impl S3Ops for Client {
             .with_jitter()
             .with_max_times(RESUME_ATTEMPTS)
             .build();
-        let mut requests = 0;
         loop {
             let from = offset + data.len() as u64;
             if from >= end {
-                return Ok((data.freeze(), requests));
+                return Ok(data.freeze());
             }
-            requests += 1;
+            transfer.request();
             let failure = match self
                 .get_object()
                 .bucket(bucket)
@@ -184,8 +185,11 @@ impl S3Ops for Client {
                     let mut body = response.body;
                     loop {
                         match body.try_next().await {
-                            Ok(Some(piece)) => data.extend_from_slice(&piece),
-                            Ok(None) => return Ok((data.freeze(), requests)),
+                            Ok(Some(piece)) => {
+                                transfer.receive(piece.len());
+                                data.extend_from_slice(&piece);
+                            }
+                            Ok(None) => return Ok(data.freeze()),
                             Err(e) => {
                                 break format!("the body broke off after {} bytes: {e}", data.len())
                             }
@@ -197,7 +201,7 @@ impl S3Ops for Client {
                         uri: uri.to_string(),
                     })
                 }
-                Err(e) if e.code() == Some("InvalidRange") => return Ok((data.freeze(), requests)),
+                Err(e) if e.code() == Some("InvalidRange") => return Ok(data.freeze()),
                 Err(e) => {
                     let error = request_error("GET", uri, e);
                     if !error.is_transient() {
