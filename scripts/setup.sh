@@ -57,11 +57,13 @@ if $want_torch; then
 fi
 
 if $want_garage; then
-  garage="$CACHE/garage-$GARAGE_VERSION/bin/garage"
+  # With `metrics`, Garage counts the S3 requests it serves (admin /metrics): the tests
+  # compare that count with framefleet's own.
+  garage="$CACHE/garage-$GARAGE_VERSION-metrics/bin/garage"
   if [ ! -x "$garage" ]; then
     echo "setup: building Garage $GARAGE_VERSION into $CACHE (about 7 minutes on 2 cores, once)"
     cargo install "garage@$GARAGE_VERSION" --locked --no-default-features \
-      --features bundled-libs,lmdb --root "$CACHE/garage-$GARAGE_VERSION" --quiet
+      --features bundled-libs,lmdb,metrics --root "$CACHE/garage-$GARAGE_VERSION-metrics" --quiet
   fi
   echo "setup: Garage at $garage"
 fi

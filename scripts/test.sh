@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh --garage --torch
 cache="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
-export GARAGE_BIN="${GARAGE_BIN:-$cache/garage-2.5.0/bin/garage}"
+export GARAGE_BIN="${GARAGE_BIN:-$cache/garage-2.5.0-metrics/bin/garage}"
 # The neural processors (feature `torch`) build against the cached libtorch; its CUDA half
 # is not installed here, so the binaries are linked CPU-only.
 export LIBTORCH="${LIBTORCH:-$cache/torch-2.11.0/torch}"

@@ -2,7 +2,8 @@
 //! GOPs and audio, as MP4 with its index at the end or first, as fragmented MP4 and as
 //! Matroska, cut into 1, 2, 4 and 8 chunks. Whatever the count, the workers together read
 //! about one copy of the input (at most 1.10x its size plus 64 KiB per chunk), not one per
-//! chunk; for MP4 so does the whole job (probe, workers and stitch).
+//! chunk; for MP4 so does the whole job (probe, workers and stitch). The requests the
+//! report counts are the requests Garage counts it served.
 
 mod support;
 
@@ -65,6 +66,7 @@ async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
                 preset: "ultrafast".into(),
                 lossless: false,
             });
+            let served_before = garage().requests_served();
             let id = submit(&mut client, spec).await;
             let last = watch(&mut client, &id, Duration::from_secs(300))
                 .await
@@ -77,10 +79,16 @@ async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
                 last.error
             );
             let report = report(&mut client, &id).await;
+            let served = garage().requests_served() - served_before;
+            assert_eq!(
+                report["totals"]["requests"].as_u64(),
+                Some(served),
+                "{name} x{chunks}: Garage served {served} requests for the job; the report says otherwise"
+            );
             let workers = chunk_sum(&report, "bytes_read");
             let limit = 1.10 * size + 65536.0 * f64::from(chunks);
             println!(
-                "{name} x{chunks}: workers read {workers} bytes of {size} ({:.3}x), waste {}, total input reads {:.3}x",
+                "{name} x{chunks}: workers read {workers} bytes of {size} ({:.3}x), waste {}, total input reads {:.3}x, {served} requests",
                 workers / size,
                 chunk_sum(&report, "bytes_wasted"),
                 report["totals"]["read_amplification"].as_f64().unwrap_or(0.0)

@@ -2,8 +2,9 @@
 //! framefleet processes talking gRPC, media made with FFmpeg's lavfi sources, and ffprobe
 //! to read results back.
 //!
-//! Garage is found through `GARAGE_BIN`, then `~/.cache/framefleet/garage-2.5.0/bin/garage`
-//! (where `.ci/run` builds it), then `PATH`. One Garage is started per test binary, from a
+//! Garage is found through `GARAGE_BIN`, then
+//! `~/.cache/framefleet/garage-2.5.0-metrics/bin/garage` (where `.ci/run` builds it, with
+//! the `metrics` feature that counts the requests it serves), then `PATH`. One Garage is started per test binary, from a
 //! thread that lives as long as the process and with `PR_SET_PDEATHSIG`, so it dies with
 //! the tests. Every child process is killed when its handle drops.
 
@@ -35,7 +36,26 @@ const SECRET_KEY: &str = "7a1f0c3e5b9d2846a1f0c3e5b9d2846a1f0c3e5b9d2846a1f0c3e5
 pub struct Garage {
     /// S3 endpoint, e.g. `http://127.0.0.1:39010`.
     pub endpoint: String,
+    admin_port: u16,
     _directory: PathBuf,
+}
+
+impl Garage {
+    /// S3 requests Garage has served since it started, by its own count (the
+    /// `api_s3_request_counter` series of its admin `/metrics`).
+    pub fn requests_served(&self) -> u64 {
+        let (status, body) =
+            http_get(self.admin_port, "/metrics").expect("Garage's admin API answers on /metrics");
+        assert_eq!(
+            status, 200,
+            "Garage's /metrics: {body} (build Garage with the `metrics` feature: \
+             scripts/setup.sh --garage)"
+        );
+        body.lines()
+            .filter(|line| line.starts_with("api_s3_request_counter{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
 }
 
 /// The per-binary Garage, started on first use.
@@ -49,7 +69,7 @@ fn garage_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/framefleet/garage-2.5.0/bin/garage");
+        .join(".cache/framefleet/garage-2.5.0-metrics/bin/garage");
     if cached.is_file() {
         return cached;
     }
@@ -136,7 +156,7 @@ fn try_start_garage() -> Result<Garage, String> {
         let _ = exited_tx.send(outcome);
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http_status(admin, "/health") != Some(200) {
+    while http_get(admin, "/health").map(|(status, _)| status) != Some(200) {
         if let Ok(outcome) = exited_rx.try_recv() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(format!("Garage {outcome}; its log: {log}"));
@@ -148,6 +168,7 @@ fn try_start_garage() -> Result<Garage, String> {
     }
     Ok(Garage {
         endpoint: format!("http://127.0.0.1:{s3}"),
+        admin_port: admin,
         _directory: directory,
     })
 }
@@ -163,17 +184,16 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn http_status(port: u16, path: &str) -> Option<u16> {
+/// Status and body of a plain HTTP GET on loopback.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Some((status, body.to_string()))
 }
 
 /// Storage settings for framefleet processes and for the tests' own client.
