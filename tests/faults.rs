@@ -1,5 +1,6 @@
 //! End-to-end fault handling with real processes and the Garage S3 server: a worker
-//! killed mid-chunk, bad inputs, cancel, and an empty fleet. Every job reaches exactly one
+//! killed mid-chunk, hung (SIGSTOP), or stopped with SIGTERM (it drains: finishes its chunk
+//! within its grace, or hands it back), bad inputs, cancel, and an empty fleet. Every job reaches exactly one
 //! terminal state, with a message a person can act on, and leaves no chunk objects.
 
 mod support;
@@ -9,32 +10,6 @@ use std::time::{Duration, Instant};
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::{CancelJobRequest, GetJobRequest, JobState, WorkerStatusRequest};
 use support::*;
-
-/// A clip heavy enough that its chunks take a few seconds each on two cores.
-fn heavy_clip(path: &std::path::Path, seconds: &str) {
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=330:sample_rate=44100",
-        "-t",
-        seconds,
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        "30",
-        "-c:a",
-        "aac",
-        "-shortest",
-        path.to_str().expect("utf-8"),
-    ]);
-}
 
 fn slow_spec(
     input: &framefleet_common::storage::ObjectUri,
@@ -50,21 +25,10 @@ fn slow_spec(
     spec
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_mid_chunk_costs_one_retry_not_the_job() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let prefix = unique_prefix("kill");
-    let local = dir.path().join("in.mp4");
-    heavy_clip(&local, "6");
-    let input = s3(&format!("{prefix}/in.mp4"));
-    let output = s3(&format!("{prefix}/out.mp4"));
-    upload(&local, &input).await;
-    let mut cluster = Cluster::start(3, &[]);
-    let mut client = cluster.client().await;
-    let id = submit(&mut client, slow_spec(&input, &output, 3)).await;
-
+/// The index of a worker that holds a chunk, once one does.
+async fn busy_worker(cluster: &Cluster) -> usize {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let victim = 'found: loop {
+    loop {
         assert!(Instant::now() < deadline, "no worker ever held a chunk");
         for (index, url) in cluster.worker_urls.iter().enumerate() {
             let Ok(mut worker) = WorkerClient::connect(url.clone()).await else {
@@ -74,43 +38,120 @@ async fn a_worker_killed_mid_chunk_costs_one_retry_not_the_job() {
                 continue;
             };
             if !status.into_inner().current_chunks.is_empty() {
-                break 'found index;
+                return index;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let killed = cluster.workers[victim].take().expect("worker process");
-    killed.signal(libc::SIGKILL);
-    drop(killed);
+    }
+}
 
-    let snapshots = watch(&mut client, &id, Duration::from_secs(300)).await;
-    let last = snapshots.last().expect("snapshots");
-    assert_eq!(state(last), JobState::Succeeded, "{}", last.error);
-    let report = report(&mut client, &id).await;
-    let attempts: Vec<u64> = report["chunks"]
-        .as_array()
-        .expect("chunks")
-        .iter()
-        .map(|c| c["attempts"].as_u64().expect("attempts"))
-        .collect();
-    assert!(
-        attempts.contains(&2),
-        "no chunk shows the extra attempt: {attempts:?}"
-    );
-    assert_eq!(
-        report["totals"]["attempts"].as_u64(),
-        Some(attempts.iter().sum())
-    );
-    assert!(report["totals"]["wasted_gpu_seconds"]
-        .as_f64()
-        .is_some_and(|s| s > 0.0));
+/// Uploads a 6 s clip, runs a slow 3-chunk job on a 3-worker cluster with `settings`, and
+/// does `fault` to a worker once it holds a chunk. Returns the job's report after checking
+/// it succeeded with the exact output and left no chunk objects.
+async fn job_surviving(
+    name: &str,
+    settings: &[(&str, &str)],
+    fault: impl FnOnce(&mut Cluster, usize),
+) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix(name);
+    let local = dir.path().join("in.mp4");
+    clip_with_audio(&local, "640x360", 30, 6, 30);
+    let input = s3(&format!("{prefix}/in.mp4"));
+    let output = s3(&format!("{prefix}/out.mp4"));
+    upload(&local, &input).await;
+    let mut cluster = Cluster::start(3, settings);
+    let mut client = cluster.client().await;
+    let id = submit(&mut client, slow_spec(&input, &output, 3)).await;
+    let victim = busy_worker(&cluster).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fault(&mut cluster, victim);
+    let last = watch(&mut client, &id, Duration::from_secs(300))
+        .await
+        .pop()
+        .expect("snapshots");
+    assert_eq!(state(&last), JobState::Succeeded, "{name}: {}", last.error);
     let downloaded = dir.path().join("out.mp4");
     download(&output, &downloaded).await;
     assert_exact(&local, &downloaded, (1280, 720));
     assert!(list(&s3(&format!("{prefix}/.framefleet/")))
         .await
         .is_empty());
+    report(&mut client, &id).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_finishes_its_chunk_and_leaves() {
+    let mut stopped = None;
+    let report = job_surviving("sigterm", &[], |cluster, victim| {
+        let worker = cluster.workers[victim].take().expect("worker process");
+        worker.signal(libc::SIGTERM);
+        stopped = Some((worker, format!("worker-{victim}")));
+    })
+    .await;
+    let (mut worker, name) = stopped.expect("a worker was stopped");
+    // It finished the chunk it held (within its grace) rather than dropping it...
+    let chunks = report["chunks"].as_array().expect("chunks");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["worker"] == name.as_str() && c["attempts"] == 1),
+        "{name} did not finish its chunk: {chunks:?}"
+    );
+    // ...and exited once it had.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.child.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "{name} still runs after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `signal` to the worker that holds a chunk, leaving its process in the cluster.
+fn signal_victim(signal: i32) -> impl FnOnce(&mut Cluster, usize) {
+    move |cluster, victim| {
+        if let Some(worker) = &cluster.workers[victim] {
+            worker.signal(signal);
+        }
+    }
+}
+
+/// Asserts that some chunk of the report needed a second attempt.
+fn assert_a_chunk_was_retried(report: &serde_json::Value, what: &str) {
+    let chunks = report["chunks"].as_array().expect("chunks");
+    assert!(
+        chunks.iter().any(|c| c["attempts"] == 2),
+        "{what}: no chunk shows a second attempt: {chunks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_grace_runs_out_hands_its_chunk_back() {
+    let settings = [("FRAMEFLEET_WORKER__DRAIN_GRACE_SECONDS", "0")];
+    let report = job_surviving("handback", &settings, signal_victim(libc::SIGTERM)).await;
+    assert_a_chunk_was_retried(&report, "the handed back chunk");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_worker_loses_its_chunk_to_another() {
+    let settings = [("FRAMEFLEET_DISPATCH__EVENT_TIMEOUT_SECONDS", "8")];
+    let report = job_surviving("sigstop", &settings, signal_victim(libc::SIGSTOP)).await;
+    assert_a_chunk_was_retried(&report, "the hung worker's chunk");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_chunk_costs_one_retry_not_the_job() {
+    let report = job_surviving("kill", &[], signal_victim(libc::SIGKILL)).await;
+    assert_a_chunk_was_retried(&report, "the killed worker's chunk");
+    let attempts: u64 = report["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .filter_map(|c| c["attempts"].as_u64())
+        .sum();
+    assert_eq!(report["totals"]["attempts"].as_u64(), Some(attempts));
+    assert!(report["totals"]["wasted_gpu_seconds"]
+        .as_f64()
+        .is_some_and(|s| s > 0.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,7 +278,7 @@ async fn cancel_ends_the_job_and_removes_its_chunks() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = unique_prefix("cancel");
     let local = dir.path().join("in.mp4");
-    heavy_clip(&local, "8");
+    clip_with_audio(&local, "640x360", 30, 8, 30);
     let input = s3(&format!("{prefix}/in.mp4"));
     upload(&local, &input).await;
     let cluster = Cluster::start(3, &[]);

@@ -71,11 +71,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .tempdir()?;
     config.orchestrator.scratch_uri =
         format!("file://{}", scratch.path().join("scratch").display());
+    // One command, one job: nothing to resume after it exits.
+    config.orchestrator.store_path = String::new();
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let orchestrator = Orchestrator::new(config, shutdown.clone());
+    let orchestrator = Orchestrator::open(config, shutdown.clone()).await?;
     let server = tokio::spawn(serve_on(listener, orchestrator, shutdown.clone()));
     let logs = scratch.path().join("logs");
     std::fs::create_dir_all(&logs)?;

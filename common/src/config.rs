@@ -60,6 +60,9 @@ pub struct OrchestratorConfig {
     pub scratch_uri: String,
     /// Seconds a worker's lease lasts without a heartbeat before it is dropped.
     pub lease_seconds: f64,
+    /// The job store (an SQLite file, created when missing): accepted jobs survive a
+    /// restart and resume from it. Empty keeps jobs in memory only.
+    pub store_path: String,
 }
 
 /// A worker's own settings.
@@ -94,6 +97,11 @@ pub struct WorkerConfig {
     /// replaced did, instead of ranged reads of what the chunk needs. For storage that
     /// serves ranges badly, and as the baseline of `bench/ranged.sh`.
     pub whole_input_download: bool,
+    /// On SIGTERM the worker deregisters and takes no new chunk; the chunks it holds get
+    /// this many seconds to finish, then are cancelled and so handed back (the orchestrator
+    /// retries them elsewhere). Keep it under the platform's kill deadline (Kubernetes:
+    /// `terminationGracePeriodSeconds`, 30 by default).
+    pub drain_grace_seconds: f64,
 }
 
 /// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
@@ -201,6 +209,7 @@ impl Default for OrchestratorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             scratch_uri: String::new(),
             lease_seconds: 10.0,
+            store_path: "framefleet-jobs.sqlite3".into(),
         }
     }
 }
@@ -220,6 +229,7 @@ impl Default for WorkerConfig {
             device: "auto".into(),
             tile_size: 1024,
             whole_input_download: false,
+            drain_grace_seconds: 25.0,
         }
     }
 }
@@ -343,6 +353,13 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        if !(self.worker.drain_grace_seconds.is_finite() && self.worker.drain_grace_seconds >= 0.0)
+        {
+            return invalid(
+                "worker.drain_grace_seconds",
+                "must be a number of seconds, 0 or more",
+            );
+        }
         if !(self.orchestrator.lease_seconds.is_finite() && self.orchestrator.lease_seconds > 0.5) {
             return invalid("orchestrator.lease_seconds", "must be more than 0.5");
         }

@@ -89,8 +89,15 @@ pub struct ChunkCost {
     pub bytes_written: u64,
     /// Storage requests it made.
     pub requests: u64,
+    /// Of those, requests that resumed a broken transfer.
+    #[serde(default)]
+    pub retried_requests: u64,
     /// Bytes it fetched but never decoded (read-ahead past its range, block alignment).
     pub bytes_wasted: u64,
+    /// True when the chunk was accepted before an orchestrator restart and reused after
+    /// its object was checked again, not recomputed.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// The orchestrator's share of a job.
@@ -108,6 +115,9 @@ pub struct OrchestratorCost {
     pub bytes_written: u64,
     /// Storage requests made.
     pub requests: u64,
+    /// Of those, requests that resumed a broken transfer.
+    #[serde(default)]
+    pub retried_requests: u64,
 }
 
 /// Sums over a job.
@@ -137,6 +147,9 @@ pub struct Totals {
     pub read_amplification: f64,
     /// Storage requests by workers and orchestrator.
     pub requests: u64,
+    /// Of those, requests that resumed a broken transfer.
+    #[serde(default)]
+    pub retried_requests: u64,
     /// Bytes the workers fetched but never decoded.
     pub bytes_wasted: u64,
     /// The same job run as one chunk on one worker: the chunks' wall times one after the
@@ -191,6 +204,8 @@ impl CostReport {
                 0.0
             },
             requests: chunks.iter().map(|c| c.requests).sum::<u64>() + self.orchestrator.requests,
+            retried_requests: chunks.iter().map(|c| c.retried_requests).sum::<u64>()
+                + self.orchestrator.retried_requests,
             bytes_wasted: chunks.iter().map(|c| c.bytes_wasted).sum(),
             sequential_estimate_seconds: sequential,
             speedup: if wall_seconds > 0.0 {

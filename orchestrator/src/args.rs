@@ -15,6 +15,9 @@ pub struct OrchestratorArgs {
     /// Address to listen on (overrides orchestrator.listen).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// The job store file (overrides orchestrator.store_path).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
 }
 
 impl OrchestratorArgs {
@@ -23,6 +26,9 @@ impl OrchestratorArgs {
         let mut config = Config::load(self.config.as_deref())?;
         if let Some(listen) = self.listen {
             config.orchestrator.listen = listen;
+        }
+        if let Some(store) = &self.store {
+            config.orchestrator.store_path = store.display().to_string();
         }
         config.validate()?;
         Ok(config)

@@ -76,10 +76,14 @@ pub struct ChunkWork {
     pub lines: bool,
     /// True for the job's last chunk (its audio span runs to the end of the input).
     pub last: bool,
+    /// Which start of the job this is (1 for the first orchestrator to run it, then one
+    /// more per restart): it names the chunk objects, so an attempt from before a restart
+    /// that is still uploading never writes over one from after.
+    pub run: u32,
 }
 
 /// A chunk whose object was checked and accepted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcceptedChunk {
     /// The range it holds.
     pub range: ChunkRange,
@@ -87,12 +91,16 @@ pub struct AcceptedChunk {
     pub result: ChunkResult,
     /// The chunk object.
     pub output: ObjectUri,
+    /// Its size in bytes when it was accepted.
+    pub output_bytes: u64,
     /// The packet log of the input's audio in the chunk's span, when the job copies audio.
     pub audio: Option<ObjectUri>,
     /// Attempts made, this one included.
     pub attempts: u32,
     /// GPU-seconds of failed attempts, measured here.
     pub wasted_gpu_seconds: f64,
+    /// Accepted before an orchestrator restart and reused after a re-check.
+    pub resumed: bool,
 }
 
 enum AttemptError {
@@ -125,7 +133,6 @@ pub async fn run_chunk(
             Ok(mut accepted) => {
                 accepted.attempts = attempt;
                 accepted.wasted_gpu_seconds = wasted;
-                work.job.chunk_done(index);
                 return Ok(accepted);
             }
             Err(AttemptError::Retry {
@@ -179,8 +186,9 @@ async fn attempt_once(
     let output = work
         .scratch
         .join(&format!(
-            "chunks/{:05}-a{attempt}.{}",
+            "chunks/{:05}-r{}-a{attempt}.{}",
             range.index,
+            work.run,
             if work.lines { "jsonl" } else { "mp4" }
         ))
         .map_err(|e| AttemptError::Permanent(e.to_string()))?;
@@ -189,7 +197,10 @@ async fn attempt_once(
     } else {
         Some(
             work.scratch
-                .join(&format!("chunks/{:05}-a{attempt}.audio", range.index))
+                .join(&format!(
+                    "chunks/{:05}-r{}-a{attempt}.audio",
+                    range.index, work.run
+                ))
                 .map_err(|e| AttemptError::Permanent(e.to_string()))?,
         )
     };
@@ -214,30 +225,79 @@ async fn attempt_once(
         Err(StreamError::Permanent(message)) => return Err(AttemptError::Permanent(message)),
         Err(StreamError::Retry(message)) => return Err(retry(message)),
     };
-    let verified = if work.lines {
-        verify_lines(&context.storage, &output, &range).await
-    } else {
-        verify_chunk(&context.storage, &output, &range, work.time_base).await
-    };
-    if let Err(message) = verified {
-        return Err(retry(message));
-    }
-    if let Some(audio) = &audio {
-        if let Err(error) = context.storage.size(audio).await {
-            return Err(retry(format!(
-                "chunk {} audio log is missing: {error}",
-                range.index
-            )));
-        }
-    }
+    let output_bytes = verify_objects(&context.storage, work, &output, audio.as_ref())
+        .await
+        .map_err(retry)?;
     Ok(AcceptedChunk {
         range,
         result,
         output,
+        output_bytes,
         audio,
         attempts: attempt,
         wasted_gpu_seconds: 0.0,
+        resumed: false,
     })
+}
+
+/// Checks a chunk accepted before a restart before it is trusted again: its object still
+/// exists with the size it had and holds the range's frames, and its audio log exists.
+pub async fn recheck(
+    context: &DispatchContext,
+    work: &ChunkWork,
+    previous: &AcceptedChunk,
+) -> Result<(), String> {
+    if previous.range != work.range {
+        return Err(format!(
+            "chunk {} was recorded for another plan",
+            work.range.index
+        ));
+    }
+    if work.request.audio_streams.is_empty() != previous.audio.is_none() {
+        return Err(format!(
+            "chunk {} was recorded with a different audio setting",
+            work.range.index
+        ));
+    }
+    let size = verify_objects(
+        &context.storage,
+        work,
+        &previous.output,
+        previous.audio.as_ref(),
+    )
+    .await?;
+    if size != previous.output_bytes {
+        return Err(format!(
+            "chunk {} object holds {size} bytes, {} when it was accepted",
+            work.range.index, previous.output_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a chunk's objects (see [`verify_chunk`] and [`verify_lines`]) and that its audio
+/// log exists; returns the chunk object's size.
+async fn verify_objects(
+    storage: &Storage,
+    work: &ChunkWork,
+    output: &ObjectUri,
+    audio: Option<&ObjectUri>,
+) -> Result<u64, String> {
+    let range = &work.range;
+    let size = if work.lines {
+        verify_lines(storage, output, range).await?
+    } else {
+        verify_chunk(storage, output, range, work.time_base).await?
+    };
+    if let Some(audio) = audio {
+        if let Err(error) = storage.size(audio).await {
+            return Err(format!(
+                "chunk {} audio log is missing: {error}",
+                range.index
+            ));
+        }
+    }
+    Ok(size)
 }
 
 enum StreamError {
@@ -306,14 +366,14 @@ async fn stream_chunk(
     }
 }
 
-/// Checks a chunk object: exactly the range's frame count, starting and ending at the
-/// range's timestamps.
+/// Checks a chunk object: exactly the range's frame count, starting at the range's first
+/// timestamp. Returns the object's size.
 async fn verify_chunk(
     storage: &Storage,
     output: &ObjectUri,
     range: &ChunkRange,
     time_base: ffmpeg_next::Rational,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let storage = storage.clone();
     let object = output.clone();
     let runtime = tokio::runtime::Handle::current();
@@ -321,11 +381,15 @@ async fn verify_chunk(
         let reader = storage
             .open_reader(&object, runtime)
             .map_err(|e| e.to_string())?;
-        media::probe(reader, object.file_name()).map_err(|e| e.to_string())
+        let size = reader.size();
+        media::probe(reader, object.file_name())
+            .map(|info| (info, size))
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("checking chunk {} crashed: {e}", range.index))?
     .map_err(|e| format!("chunk {} output is unreadable: {e}", range.index))?;
+    let (probed, size) = probed;
     let video = &probed.video;
     let expected = range.end_frame - range.start_frame;
     if video.frames.len() as u64 != expected {
@@ -346,15 +410,16 @@ async fn verify_chunk(
             range.index, range.start_pts
         ));
     }
-    Ok(())
+    Ok(size)
 }
 
 /// Checks a JSON Lines chunk: one line per frame of the range, numbered from its start.
+/// Returns the object's size.
 async fn verify_lines(
     storage: &Storage,
     output: &ObjectUri,
     range: &ChunkRange,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let size = storage.size(output).await.map_err(|e| e.to_string())?;
     let bytes = storage
         .read_range(output, 0, size)
@@ -378,5 +443,5 @@ async fn verify_lines(
             range.index, first["frame"], range.start_frame
         ));
     }
-    Ok(())
+    Ok(size)
 }

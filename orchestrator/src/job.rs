@@ -73,6 +73,26 @@ impl JobRecord {
         }
     }
 
+    /// A job read back from the journal at start: an ended one as it ended, with its
+    /// report; any other queued again, to be resumed.
+    pub fn restore(stored: &crate::journal::StoredJob) -> Self {
+        let mut snapshot = stored.snapshot.clone();
+        let terminal = JobState::try_from(snapshot.state).is_ok_and(JobState::is_terminal);
+        if !terminal {
+            snapshot.state = JobState::Queued as i32;
+        }
+        Self {
+            id: stored.id.clone(),
+            seq: stored.seq,
+            spec: stored.spec.clone(),
+            cancel: CancellationToken::new(),
+            accepted: Instant::now(),
+            state: watch::Sender::new(snapshot),
+            progress: Mutex::default(),
+            report: Mutex::new(stored.report.clone().filter(|_| terminal)),
+        }
+    }
+
     /// The job as clients see it now.
     pub fn snapshot(&self) -> Job {
         self.state.borrow().clone()
@@ -169,39 +189,41 @@ impl JobRecord {
         });
     }
 
-    /// Ends the job: `SUCCEEDED`, `FAILED` (with `error`) or `CANCELLED`. Only the first call
-    /// has any effect; the report is stored before watchers see the terminal state.
-    pub fn finish(
-        &self,
-        state: JobState,
-        error: Option<String>,
-        report: Option<CostReport>,
-    ) -> bool {
+    /// The snapshot this job would show once ended as `state` (with `error`), for the
+    /// journal to record before [`finish`](Self::finish) publishes it.
+    pub fn ending(&self, state: JobState, error: Option<String>) -> Job {
+        let mut job = self.snapshot();
+        job.state = state as i32;
+        job.error = error.unwrap_or_default();
+        job.finished_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        if state == JobState::Succeeded {
+            if let Some(progress) = &mut job.progress {
+                progress.percent = 100.0;
+                progress.frames_done = progress.frames_total;
+                progress.chunks_done = progress.chunks_total;
+                progress.phase = "done".into();
+            }
+        }
+        job
+    }
+
+    /// Publishes the job's end (a snapshot from [`ending`](Self::ending)). Only the first
+    /// call has any effect; the report is stored before watchers see the terminal state.
+    pub fn finish(&self, ended: Job, report: Option<CostReport>) -> bool {
         if self.state().is_terminal() {
             return false;
         }
         if let Some(report) = report {
             *self.report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
         }
-        let finished_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
         self.state.send_if_modified(|job| {
             if JobState::try_from(job.state).is_ok_and(JobState::is_terminal) {
                 return false;
             }
-            job.state = state as i32;
-            job.error = error.unwrap_or_default();
-            job.finished_at = finished_at;
-            if state == JobState::Succeeded {
-                if let Some(progress) = &mut job.progress {
-                    progress.percent = 100.0;
-                    progress.frames_done = progress.frames_total;
-                    progress.chunks_done = progress.chunks_total;
-                    progress.phase = "done".into();
-                }
-            }
+            *job = ended;
             true
         })
     }
@@ -322,9 +344,9 @@ mod tests {
         let chunks_done = job.snapshot().progress.unwrap_or_default();
         assert!((chunks_done.percent - 95.0).abs() < 1e-9);
         assert_eq!(chunks_done.frames_done, 20);
-        assert!(job.finish(JobState::Succeeded, None, None));
+        assert!(job.finish(job.ending(JobState::Succeeded, None), None));
         assert_eq!(job.snapshot().progress.unwrap_or_default().percent, 100.0);
-        assert!(!job.finish(JobState::Failed, Some("late".into()), None));
+        assert!(!job.finish(job.ending(JobState::Failed, Some("late".into())), None));
         assert_eq!(job.state(), JobState::Succeeded);
     }
 }

@@ -10,6 +10,7 @@ pub mod args;
 pub mod dispatch;
 pub mod fleet;
 pub mod job;
+pub mod journal;
 pub mod planner;
 pub mod report;
 pub mod runner;

@@ -71,6 +71,7 @@ fn orchestrator_cost(log: &RunLog, io: &JobIo) -> OrchestratorCost {
         input_bytes_read: io.input.counters().bytes_read(),
         bytes_written: all.iter().map(|c| c.bytes_written()).sum(),
         requests: all.iter().map(|c| c.requests()).sum(),
+        retried_requests: all.iter().map(|c| c.retried_requests()).sum(),
     }
 }
 
@@ -100,7 +101,9 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
         bytes_read: result.bytes_read,
         bytes_written: result.bytes_written,
         requests: result.requests,
+        retried_requests: result.retried_requests,
         bytes_wasted: result.bytes_wasted,
         wall_seconds: result.wall_seconds,
+        resumed: chunk.resumed,
     }
 }

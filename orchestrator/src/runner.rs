@@ -4,6 +4,14 @@
 //! for good fails the job and stops the others), stitched and reported. Whatever happens,
 //! success, failure or cancel, the job's temporary chunk objects are deleted before its
 //! terminal state is published, and exactly one terminal state is published.
+//!
+//! Every promise is in the [`journal`](crate::journal) before it is made: a job before its
+//! submission is answered, a chunk before it counts as done, a cancel before it is
+//! acknowledged, an end before watchers see it. At start every job that had not ended
+//! runs again: it is probed and planned again, each chunk recorded as accepted is trusted
+//! once its object passes the same checks again ([`dispatch::recheck`]) and is not
+//! recomputed, the rest are dispatched, and the stitch runs. A shutdown leaves running
+//! jobs in the journal for the next start (with a memory-only journal they fail instead).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,6 +28,7 @@ use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use crate::dispatch::{self, AcceptedChunk, ChunkWork, DispatchContext, DispatchError};
 use crate::fleet::Fleet;
 use crate::job::JobRecord;
+use crate::journal::{Journal, JournalError, StoredJob};
 use crate::planner::{self, PlanError};
 use crate::report::{self, RunLog};
 use crate::stitch::{self, StitchError};
@@ -60,6 +69,9 @@ pub enum JobError {
     /// The orchestrator stopped first.
     #[error("the orchestrator shut down before the job finished; submit it again")]
     ShuttingDown,
+    /// The job store failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// A task of the orchestrator crashed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -77,6 +89,9 @@ pub enum SubmitError {
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down and accepts no new jobs")]
     ShuttingDown,
+    /// The job could not be recorded, so it was not accepted.
+    #[error("the job was not accepted: {0}; try again later")]
+    Journal(#[from] JournalError),
 }
 
 /// The orchestrator: configuration, storage, workers and jobs.
@@ -89,26 +104,55 @@ pub struct Orchestrator {
     pub fleet: Arc<Fleet>,
     /// Jobs.
     pub jobs: JobStore,
+    journal: Journal,
+    /// Submissions are recorded one at a time, so a repeated idempotency key is answered
+    /// only once the job it names is durable.
+    submissions: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Orchestrator {
-    /// An orchestrator with no jobs and no workers, stopping its jobs on `shutdown`.
-    pub fn new(config: Config, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(Self {
+    /// Opens the job store named by `orchestrator.store_path` and resumes every job in it
+    /// that had not ended; jobs stop (or stay for the next start) on `shutdown`.
+    pub async fn open(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, JournalError> {
+        let journal = Journal::open_sqlite(&config.orchestrator.store_path)?;
+        let stored = journal.load().await?;
+        let orchestrator = Arc::new(Self {
             storage: Storage::new(&config.storage),
             fleet: Fleet::new(Duration::from_secs_f64(config.orchestrator.lease_seconds)),
             config: Arc::new(config),
             jobs: JobStore::default(),
+            journal,
+            submissions: tokio::sync::Mutex::new(()),
             shutdown,
             tasks: TaskTracker::new(),
-        })
+        });
+        for job in stored {
+            let record = Arc::new(JobRecord::restore(&job));
+            orchestrator
+                .jobs
+                .restore(&job.idempotency_key, record.clone());
+            if record.state().is_terminal() {
+                continue;
+            }
+            tracing::info!(job = %job.id, chunks_done = job.chunks.len(), "resuming a job from the job store");
+            if job.cancel_requested {
+                record.cancel.cancel();
+            }
+            orchestrator
+                .tasks
+                .spawn(orchestrator.clone().run_job(record, job.chunks));
+        }
+        Ok(orchestrator)
     }
 
     /// Validates and accepts a job (or returns the one its idempotency key names) and
-    /// starts it.
-    pub fn submit(
+    /// starts it. A new job is in the journal before this returns.
+    pub async fn submit(
         self: &Arc<Self>,
         idempotency_key: &str,
         spec: JobSpec,
@@ -117,12 +161,40 @@ impl Orchestrator {
             return Err(SubmitError::ShuttingDown);
         }
         let spec = validate::normalize(spec, &self.config)?;
+        let _one_at_a_time = self.submissions.lock().await;
         let (job, created) = self.jobs.create(idempotency_key, spec)?;
         if created {
+            let stored = StoredJob {
+                id: job.id.clone(),
+                seq: job.seq,
+                idempotency_key: idempotency_key.to_string(),
+                spec: job.spec.clone(),
+                snapshot: job.snapshot(),
+                report: None,
+                chunks: Vec::new(),
+                cancel_requested: false,
+                runs: 0,
+            };
+            if let Err(error) = self.journal.insert(stored).await {
+                self.jobs.forget(&job.id);
+                return Err(error.into());
+            }
             tracing::info!(job = %job.id, input = %job.spec.input_uri, output = %job.spec.output_uri, "job accepted");
-            self.tasks.spawn(self.clone().run_job(job.clone()));
+            self.tasks
+                .spawn(self.clone().run_job(job.clone(), Vec::new()));
         }
         Ok((job, created))
+    }
+
+    /// Cancels a job that has not ended; the request is in the journal before this
+    /// returns, so a restart does not bring the job back.
+    pub async fn cancel(&self, job: &JobRecord) -> Result<(), JournalError> {
+        if !job.state().is_terminal() {
+            self.journal.request_cancel(&job.id).await?;
+            tracing::info!(job = %job.id, "job cancel requested");
+            job.cancel.cancel();
+        }
+        Ok(())
     }
 
     /// Stops accepting jobs and waits for running ones to reach a terminal state.
@@ -132,14 +204,18 @@ impl Orchestrator {
         self.tasks.wait().await;
     }
 
-    async fn run_job(self: Arc<Self>, job: Arc<JobRecord>) {
+    async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
         let io = JobIo::new(&self.storage);
         let log = Arc::new(Mutex::new(RunLog::default()));
         let outcome = tokio::select! {
-            result = self.execute(&job, &io, &log) => result,
+            result = self.execute(&job, &io, &log, trusted) => result,
             _ = job.cancel.cancelled() => Err(JobError::Cancelled),
             _ = self.shutdown.cancelled() => Err(JobError::ShuttingDown),
         };
+        if matches!(outcome, Err(JobError::ShuttingDown)) && self.journal.is_durable() {
+            tracing::info!(job = %job.id, "the orchestrator is stopping; the job stays in the job store and resumes at the next start");
+            return;
+        }
         if let Ok(scratch) = validate::scratch_prefix(&job.spec, &job.id, &self.config) {
             self.clean_up(&io.scratch, &scratch, outcome.is_err()).await;
         }
@@ -156,7 +232,15 @@ impl Orchestrator {
             let log = log.lock().unwrap_or_else(|p| p.into_inner());
             report::build(&job, &log, &io, &self.config.pricing, state)
         };
-        job.finish(state, error, Some(report));
+        let ended = job.ending(state, error);
+        if let Err(error) = self
+            .journal
+            .finish(&job.id, ended.clone(), Some(report.clone()))
+            .await
+        {
+            tracing::error!(job = %job.id, %error, "the job's end could not be recorded; a restart will run it again");
+        }
+        job.finish(ended, Some(report));
     }
 
     async fn clean_up(&self, io: &Storage, scratch: &ObjectUri, after_failure: bool) {
@@ -182,7 +266,9 @@ impl Orchestrator {
         job: &Arc<JobRecord>,
         io: &JobIo,
         log: &Mutex<RunLog>,
+        trusted: Vec<AcceptedChunk>,
     ) -> Result<(), JobError> {
+        let run = self.journal.begin_run(&job.id).await?;
         let spec = &job.spec;
         let input: ObjectUri = spec.input_uri.parse()?;
         let output: ObjectUri = spec.output_uri.parse()?;
@@ -211,6 +297,7 @@ impl Orchestrator {
         }
 
         job.set_state(JobState::Running);
+        self.journal.save_snapshot(&job.id, job.snapshot()).await?;
         let video = &info.video;
         let time_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
         let template = ProcessChunkRequest {
@@ -253,11 +340,14 @@ impl Orchestrator {
                 time_base,
                 lines: validate::is_infer(spec),
                 last: range.index + 1 == plan.chunks,
+                run,
             })
             .collect();
         let mut accepted: Vec<AcceptedChunk> =
             futures::future::try_join_all(work.iter().map(|work| async {
-                let chunk = dispatch::run_chunk(&context, work).await?;
+                let previous = trusted.iter().find(|c| c.range.index == work.range.index);
+                let chunk = self.produce_chunk(&context, work, previous).await?;
+                job.chunk_done(work.range.index);
                 log.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .accepted
@@ -279,6 +369,34 @@ impl Orchestrator {
         log.lock().unwrap_or_else(|p| p.into_inner()).stitch_seconds =
             stitch_started.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// One chunk, accepted and in the journal: the one accepted before a restart when its
+    /// objects pass the checks again, else dispatched.
+    async fn produce_chunk(
+        &self,
+        context: &DispatchContext,
+        work: &ChunkWork,
+        previous: Option<&AcceptedChunk>,
+    ) -> Result<AcceptedChunk, JobError> {
+        let index = work.range.index;
+        if let Some(previous) = previous {
+            match dispatch::recheck(context, work, previous).await {
+                Ok(()) => {
+                    tracing::info!(job = %work.job.id, chunk = index, "chunk accepted before the restart passed its checks again; not recomputed");
+                    return Ok(AcceptedChunk {
+                        resumed: true,
+                        ..previous.clone()
+                    });
+                }
+                Err(reason) => {
+                    tracing::warn!(job = %work.job.id, chunk = index, %reason, "chunk accepted before the restart is not trusted; computing it again")
+                }
+            }
+        }
+        let chunk = dispatch::run_chunk(context, work).await?;
+        self.journal.save_chunk(&work.job.id, chunk.clone()).await?;
+        Ok(chunk)
     }
 }
 

@@ -32,6 +32,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the orchestrator's gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The job store could not be opened or read.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// Reflection could not be set up.
     #[error("gRPC reflection could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -43,7 +46,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ServeError::Bind { address, source })?;
-    let orchestrator = Orchestrator::new(config, shutdown.clone());
+    let orchestrator = Orchestrator::open(config, shutdown.clone()).await?;
     serve_on(listener, orchestrator, shutdown).await
 }
 

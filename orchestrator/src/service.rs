@@ -49,10 +49,13 @@ impl OrchestratorApi for OrchestratorService {
         let (job, created) = self
             .orchestrator
             .submit(&request.idempotency_key, spec)
+            .await
             .map_err(|e| match e {
                 SubmitError::Invalid(e) => Status::invalid_argument(e.to_string()),
                 SubmitError::Conflict(e) => Status::already_exists(e.to_string()),
-                SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
+                SubmitError::ShuttingDown | SubmitError::Journal(_) => {
+                    Status::unavailable(e.to_string())
+                }
             })?;
         Ok(Response::new(SubmitJobResponse {
             job_id: job.id.clone(),
@@ -96,10 +99,10 @@ impl OrchestratorApi for OrchestratorService {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let job = self.job(&request.into_inner().job_id)?;
-        if !job.state().is_terminal() {
-            tracing::info!(job = %job.id, "job cancel requested");
-            job.cancel.cancel();
-        }
+        self.orchestrator
+            .cancel(&job)
+            .await
+            .map_err(|e| Status::unavailable(format!("the cancel was not recorded: {e}")))?;
         Ok(Response::new(job.snapshot()))
     }
 

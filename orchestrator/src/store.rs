@@ -1,5 +1,6 @@
 //! Where jobs live while the orchestrator runs: by id, in submission order, and by
-//! idempotency key, so a repeated submission returns the job it first created.
+//! idempotency key, so a repeated submission returns the job it first created. What
+//! outlives the process is in the [`journal`](crate::journal); this is its live index.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,25 @@ impl JobStore {
             state.by_key.insert(key.to_string(), id);
         }
         Ok((job, true))
+    }
+
+    /// Puts back a job read from the journal at start, under its key.
+    pub fn restore(&self, key: &str, job: Arc<JobRecord>) {
+        let mut state = self.lock();
+        state.next_seq = state.next_seq.max(job.seq + 1);
+        if !key.is_empty() {
+            state.by_key.insert(key.to_string(), job.id.clone());
+        }
+        state.order.push(job.id.clone());
+        state.jobs.insert(job.id.clone(), job);
+    }
+
+    /// Forgets a job that could not be recorded durably (its submission failed).
+    pub fn forget(&self, id: &str) {
+        let mut state = self.lock();
+        state.jobs.remove(id);
+        state.order.retain(|other| other != id);
+        state.by_key.retain(|_, other| other != id);
     }
 
     /// The job with this id.

@@ -318,52 +318,41 @@ pub struct Cluster {
     pub orchestrator: Process,
     /// The worker processes.
     pub workers: Vec<Option<Process>>,
+    settings: Vec<(String, String)>,
+    /// Holds the orchestrator's job store.
+    state: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts an orchestrator and `workers` workers with extra `FRAMEFLEET_*` settings.
+    /// Starts an orchestrator (with its own job store) and `workers` workers with extra
+    /// `FRAMEFLEET_*` settings.
     pub fn start(workers: usize, settings: &[(&str, &str)]) -> Cluster {
         garage();
-        let spawn = |command: &mut Command| {
-            command.envs(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            command.stdin(Stdio::null()).stdout(Stdio::null());
-            Process {
-                child: command.spawn().expect("framefleet starts"),
-            }
-        };
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let state = tempfile::tempdir().expect("state dir");
         // A port picked free can be taken before the orchestrator binds it: then it exits
         // at once, and it is started again on another port.
-        let (url, orchestrator) = (0..3)
+        let (port, orchestrator) = (0..3)
             .find_map(|_| {
                 let port = free_port();
-                let mut process = spawn(
-                    framefleet()
-                        .args(["orchestrator", "--listen"])
-                        .arg(format!("127.0.0.1:{port}")),
-                );
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while Instant::now() < deadline {
-                    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                        return Some((format!("http://127.0.0.1:{port}"), process));
-                    }
-                    if process.child.try_wait().ok().flatten().is_some() {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                None
+                start_orchestrator(port, &settings, state.path()).map(|p| (port, p))
             })
             .expect("the orchestrator starts and listens");
+        let url = format!("http://127.0.0.1:{port}");
         let mut worker_urls = Vec::new();
         let mut processes = Vec::new();
         for index in 0..workers {
             let worker_port = free_port();
             worker_urls.push(format!("http://127.0.0.1:{worker_port}"));
-            processes.push(Some(spawn(
+            processes.push(Some(spawn_quiet(
                 framefleet()
                     .args(["worker", "--orchestrator", &url, "--listen"])
                     .arg(format!("127.0.0.1:{worker_port}"))
                     .args(["--name", &format!("worker-{index}")]),
+                &settings,
             )));
         }
         Cluster {
@@ -371,7 +360,33 @@ impl Cluster {
             worker_urls,
             orchestrator,
             workers: processes,
+            settings,
+            state,
         }
+    }
+
+    /// Kills the orchestrator with SIGKILL (no chance to clean up) and starts it again on
+    /// the same address and job store.
+    pub fn kill_and_restart_orchestrator(&mut self) {
+        self.orchestrator.signal(libc::SIGKILL);
+        let _ = self.orchestrator.child.wait();
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("orchestrator port");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.orchestrator = loop {
+            if let Some(process) = start_orchestrator(port, &self.settings, self.state.path()) {
+                break process;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the orchestrator did not start again on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
     }
 
     /// A client, retrying while the orchestrator starts.
@@ -387,6 +402,68 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Spawns a framefleet process with `settings`, its stdout discarded.
+fn spawn_quiet(command: &mut Command, settings: &[(String, String)]) -> Process {
+    command.envs(settings.iter().cloned());
+    command.stdin(Stdio::null()).stdout(Stdio::null());
+    Process {
+        child: command.spawn().expect("framefleet starts"),
+    }
+}
+
+/// Starts an orchestrator on `port` with its job store in `state`; `None` when it exits
+/// or does not listen within 30 s.
+fn start_orchestrator(port: u16, settings: &[(String, String)], state: &Path) -> Option<Process> {
+    let mut process = spawn_quiet(
+        framefleet()
+            .args(["orchestrator", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--store")
+            .arg(state.join("jobs.sqlite3")),
+        settings,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(process);
+        }
+        if process.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Makes a clip with sound: testsrc2 at `size` (`WxH`) and `rate` fps with a sine tone,
+/// x264 `yuv420p` with a keyframe every `gop` frames, AAC, `seconds` long.
+pub fn clip_with_audio(path: &Path, size: &str, rate: u32, seconds: u32, gop: u32) {
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size={size}:rate={rate}"),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=330:sample_rate=44100",
+        "-t",
+        &seconds.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        &gop.to_string(),
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        path.to_str().expect("utf-8 path"),
+    ]);
 }
 
 /// A job spec: lanczos at `scale`, lossless x264 `ultrafast`, `chunks` fixed chunks.
@@ -698,89 +775,165 @@ impl CuttingProxy {
 pub async fn cutting_proxy(cuts: usize, after_bytes: usize) -> CuttingProxy {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let upstream = garage().endpoint.trim_start_matches("http://").to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let (listener, endpoint) = proxy_listener().await;
     let cuts_left = Arc::new(AtomicUsize::new(cuts));
     let budget = cuts_left.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let (upstream, budget) = (upstream.clone(), budget.clone());
-            tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let requests = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-                });
-                // Look at the response head; cut it if it is a ranged GET's and the budget
-                // allows, else relay it and everything after.
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 16 * 1024];
-                let body_start = loop {
-                    let Ok(n) = server_read.read(&mut buffer).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    head.extend_from_slice(&buffer[..n]);
-                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end + 4;
-                    }
-                };
-                let head_text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
-                let length: usize = head_text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let partial = head.starts_with(b"HTTP/1.1 206") && length > after_bytes;
+            let budget = budget.clone();
+            tokio::spawn(relay(client, move |partial, length| {
                 let cut = partial
+                    && length > after_bytes
                     && budget
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
                             left.checked_sub(1)
                         })
                         .is_ok();
-                if cut {
-                    let keep = (body_start + after_bytes).min(head.len());
-                    let _ = client_write.write_all(&head[..keep]).await;
-                    let mut sent = keep - body_start;
-                    while sent < after_bytes {
-                        let Ok(n) = server_read.read(&mut buffer).await else {
-                            break;
-                        };
-                        if n == 0 {
-                            break;
-                        }
-                        let take = n.min(after_bytes - sent);
-                        let _ = client_write.write_all(&buffer[..take]).await;
-                        sent += take;
-                    }
-                    requests.abort();
-                    return;
-                }
-                // Ask the client not to reuse this connection, so its next response is the
-                // first on a new one and can be looked at too.
-                let mut relayed = head[..body_start - 2].to_vec();
-                relayed.extend_from_slice(b"connection: close\r\n\r\n");
-                relayed.extend_from_slice(&head[body_start..]);
-                if client_write.write_all(&relayed).await.is_err() {
-                    return;
-                }
-                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-                requests.abort();
-            });
+                cut.then_some(after_bytes)
+            }));
         }
     });
     CuttingProxy {
         endpoint,
         cuts_left,
     }
+}
+
+/// A loopback proxy in front of Garage that fails a share of requests: of every
+/// `every` connections one has its request answered `503 SlowDown` without reaching
+/// Garage, or closed without an answer (the two alternate). The rest are relayed.
+pub struct FaultyProxy {
+    /// S3 endpoint to give clients.
+    pub endpoint: String,
+    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultyProxy {
+    /// Requests failed so far.
+    pub fn faults(&self) -> usize {
+        self.faults.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Starts a [`FaultyProxy`] on the current runtime.
+pub async fn faulty_proxy(every: usize) -> FaultyProxy {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (listener, endpoint) = proxy_listener().await;
+    let faults = Arc::new(AtomicUsize::new(0));
+    let counted = faults.clone();
+    tokio::spawn(async move {
+        let mut connections = 0usize;
+        while let Ok((mut client, _)) = listener.accept().await {
+            connections += 1;
+            if connections % every != 0 {
+                tokio::spawn(relay(client, |_, _| None));
+                continue;
+            }
+            let fault = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // Take the request head first, as a failing server would.
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                if fault % 2 == 0 {
+                    let body =
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                                <Message>injected by the test proxy</Message></Error>";
+                    let response = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/xml\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(response.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                } else {
+                    // A reset: the socket closes with unread request bytes pending, or
+                    // with nothing sent back at all.
+                    drop(client);
+                }
+            });
+        }
+    });
+    FaultyProxy { endpoint, faults }
+}
+
+async fn proxy_listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    (listener, endpoint)
+}
+
+/// Relays one client connection to Garage. The response head is read first: `cut` sees
+/// whether it is a ranged GET's (206) and its length, and may return how many body bytes
+/// to pass before the connection is cut. Relayed responses ask the client not to reuse the
+/// connection, so every request arrives on a connection of its own and can be looked at.
+async fn relay(client: tokio::net::TcpStream, cut: impl FnOnce(bool, usize) -> Option<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = garage().endpoint.trim_start_matches("http://").to_string();
+    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let body_start = loop {
+        let Ok(n) = server_read.read(&mut buffer).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        head.extend_from_slice(&buffer[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head_text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
+    let length: usize = head_text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if let Some(after_bytes) = cut(head.starts_with(b"HTTP/1.1 206"), length) {
+        let keep = (body_start + after_bytes).min(head.len());
+        let _ = client_write.write_all(&head[..keep]).await;
+        let mut sent = keep - body_start;
+        while sent < after_bytes {
+            let Ok(n) = server_read.read(&mut buffer).await else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            let take = n.min(after_bytes - sent);
+            let _ = client_write.write_all(&buffer[..take]).await;
+            sent += take;
+        }
+        requests.abort();
+        return;
+    }
+    let mut relayed = head[..body_start - 2].to_vec();
+    relayed.extend_from_slice(b"connection: close\r\n\r\n");
+    relayed.extend_from_slice(&head[body_start..]);
+    if client_write.write_all(&relayed).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    requests.abort();
 }

@@ -36,7 +36,8 @@ pub enum ServeError {
 }
 
 /// Binds `config.worker.listen`, serves, registers with the orchestrator, and returns once
-/// `shutdown` is cancelled and in-flight chunks have stopped.
+/// `shutdown` is cancelled (the worker then deregisters at once) and the chunks in hand
+/// have finished or, after `worker.drain_grace_seconds`, been handed back.
 pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     framefleet_common::media::init();
     let address = config.worker.listen;
@@ -69,6 +70,13 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         Storage::new(&config.storage),
         shutdown.clone(),
     );
+    let drained = {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            state.drain().await;
+        }
+    };
     let registration = tokio::spawn(keep_registered(
         worker.orchestrator_url.clone(),
         RegisterWorkerRequest {
@@ -84,7 +92,7 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         .add_service(health)
         .add_service(reflection)
         .add_service(WorkerServer::new(WorkerService::new(state)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await;
     shutdown.cancel();
     let _ = registration.await;

@@ -2,7 +2,9 @@
 //! streams measured progress followed by exactly one result (or a gRPC error).
 //!
 //! When the orchestrator drops the stream (it gave the chunk up, or the job was cancelled)
-//! or the worker shuts down, the chunk's pipeline is cancelled and its upload aborted.
+//! the chunk's pipeline is cancelled and its upload aborted. When the worker shuts down it
+//! drains ([`WorkerState::drain`]): no new chunk is taken, held ones get a grace period to
+//! finish, and what is left then is cancelled, which hands it back to the orchestrator.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,10 +46,12 @@ pub struct WorkerState {
     chunks_done: AtomicU64,
     current: Mutex<BTreeSet<String>>,
     shutdown: CancellationToken,
+    /// Cancels every chunk in hand: when a drain's grace is over.
+    hand_back: CancellationToken,
 }
 
 impl WorkerState {
-    /// State for a worker with `config`'s slots, cancelled with `shutdown`.
+    /// State for a worker with `config`'s slots that stops taking chunks on `shutdown`.
     pub fn new(config: WorkerConfig, storage: Storage, shutdown: CancellationToken) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.slots as usize));
         Arc::new(Self {
@@ -57,7 +61,33 @@ impl WorkerState {
             chunks_done: AtomicU64::new(0),
             current: Mutex::default(),
             shutdown,
+            hand_back: CancellationToken::new(),
         })
+    }
+
+    /// Waits, after shutdown, for the chunks in hand: each gets `drain_grace_seconds` to
+    /// finish; then the rest are cancelled (their streams end with an error and the
+    /// orchestrator retries them elsewhere) and waited for a little longer.
+    pub async fn drain(&self) {
+        let all = self.config.slots;
+        let busy = all as usize - self.slots.available_permits();
+        if busy > 0 {
+            tracing::info!(
+                chunks = busy,
+                grace_seconds = self.config.drain_grace_seconds,
+                "draining: letting the chunks in hand finish"
+            );
+        }
+        let grace = Duration::from_secs_f64(self.config.drain_grace_seconds);
+        if tokio::time::timeout(grace, self.slots.acquire_many(all))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::warn!(chunks = ?self.current().iter().collect::<Vec<_>>(), "the drain grace is over; handing the remaining chunks back");
+        self.hand_back.cancel();
+        let _ = tokio::time::timeout(SLOT_WAIT, self.slots.acquire_many(all)).await;
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -88,7 +118,9 @@ impl Worker for WorkerService {
         request: Request<ProcessChunkRequest>,
     ) -> Result<Response<Self::ProcessChunkStream>, Status> {
         if self.state.shutdown.is_cancelled() {
-            return Err(Status::unavailable("worker is shutting down"));
+            return Err(Status::unavailable(
+                "the worker is shutting down and takes no new chunks; send it elsewhere",
+            ));
         }
         let request = request.into_inner();
         let spec = chunk_spec(&request, &self.state.config)?;
@@ -207,7 +239,7 @@ async fn run_and_report(
     state.current().insert(label.clone());
     let progress = Arc::new(ChunkProgressCounters::new(spec.frames()));
     let clock = Arc::new(PhaseClock::default());
-    let cancel = state.shutdown.child_token();
+    let cancel = state.hand_back.child_token();
     let storage = state.storage.counted();
     let chunk = run_chunk(
         spec,
@@ -293,6 +325,7 @@ fn chunk_result(
         bytes_read: storage.counters().bytes_read(),
         bytes_written: storage.counters().bytes_written(),
         requests: storage.counters().requests(),
+        retried_requests: storage.counters().retried_requests(),
         bytes_wasted: storage.counters().bytes_wasted(),
         gpu_seconds: wall_seconds * f64::from(config.gpus_per_slot),
         wall_seconds,

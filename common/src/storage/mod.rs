@@ -100,6 +100,7 @@ pub struct IoCounters {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     requests: AtomicU64,
+    retried_requests: AtomicU64,
     bytes_wasted: AtomicU64,
 }
 
@@ -117,6 +118,11 @@ impl IoCounters {
     /// Requests made (GET, HEAD, PUT, part, DELETE, LIST).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Of the requests, those that resumed a ranged GET whose transfer broke off.
+    pub fn retried_requests(&self) -> u64 {
+        self.retried_requests.load(Ordering::Relaxed)
     }
 
     /// Bytes read from storage but never handed to a reader's caller (read-ahead past
@@ -184,6 +190,9 @@ impl Drop for Transfer {
         let received = self.received.load(Ordering::Relaxed);
         let requests = self.requests.load(Ordering::Relaxed);
         self.counters.record_requests(received, 0, requests);
+        self.counters
+            .retried_requests
+            .fetch_add(requests.saturating_sub(1), Ordering::Relaxed);
         if !self.finished {
             self.counters
                 .bytes_wasted
