@@ -10,7 +10,7 @@ set -euo pipefail
 CACHE="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
 GARAGE_VERSION=2.5.0
 PACKAGES=(ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
-  libavfilter-dev libavdevice-dev libclang-dev pkg-config protobuf-compiler bc)
+  libavfilter-dev libavdevice-dev libclang-dev pkg-config protobuf-compiler bc openssl)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -15,16 +15,16 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use framefleet_common::config::Config;
+use framefleet_common::auth::AttachToken;
+use framefleet_common::config::{Config, TlsConfig};
 use framefleet_common::cost::CostReport;
-use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
     CancelJobRequest, GetCostReportRequest, JobState, SubmitJobRequest,
 };
 use framefleet_orchestrator::{serve_on, Orchestrator};
 
 use crate::job_options::JobOptions;
-use crate::remote::status_error;
+use crate::remote::{self, status_error};
 use crate::render;
 
 /// How long a worker gets to stop after SIGTERM before it is killed.
@@ -73,6 +73,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         format!("file://{}", scratch.path().join("scratch").display());
     // One command, one job: nothing to resume after it exits.
     config.orchestrator.store_path = String::new();
+    // Everything talks over loopback: no TLS (the workers are told the same). Tokens from
+    // the configuration still apply, and the workers read the same configuration.
+    config.tls = TlsConfig::default();
+    let token = AttachToken::new(&config.auth.client_token);
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -86,7 +90,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         workers.push(start_worker(index, &url, &args, &logs)?);
     }
 
-    let result = run_job(&url, &args, &input, &output).await;
+    let result = run_job(&url, token, &args, &input, &output).await;
     stop_workers(workers).await;
     shutdown.cancel();
     let _ = server.await;
@@ -120,6 +124,8 @@ fn start_worker(index: u32, url: &str, args: &LocalArgs, logs: &Path) -> anyhow:
         .arg("worker")
         .args(["--orchestrator", url, "--listen", "127.0.0.1:0"])
         .args(["--name", &format!("local-{index}")])
+        .env("FRAMEFLEET_TLS__CERT_PATH", "")
+        .env("FRAMEFLEET_TLS__KEY_PATH", "")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
@@ -167,8 +173,14 @@ async fn stop_workers(workers: Vec<Child>) {
     }
 }
 
-async fn run_job(url: &str, args: &LocalArgs, input: &Path, output: &Path) -> anyhow::Result<()> {
-    let mut client = OrchestratorClient::connect(url.to_string())
+async fn run_job(
+    url: &str,
+    token: AttachToken,
+    args: &LocalArgs,
+    input: &Path,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let mut client = remote::connect(url, &TlsConfig::default(), token)
         .await
         .context("cannot reach the local orchestrator")?;
     let spec = args.job.spec(

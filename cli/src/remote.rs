@@ -2,8 +2,11 @@
 //! Every command takes `--orchestrator URL`; `--json` prints machine-readable output.
 
 use anyhow::Context as _;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use framefleet_common::auth::{self, AttachToken};
+use framefleet_common::config::TlsConfig;
 use framefleet_common::cost::CostReport;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
@@ -14,28 +17,44 @@ use framefleet_common::proto::{
 use crate::job_options::JobOptions;
 use crate::render;
 
-/// Where the orchestrator is.
+/// A client of the `Orchestrator` service that presents the client token.
+pub type Client = OrchestratorClient<InterceptedService<Channel, AttachToken>>;
+
+/// Where the orchestrator is and how to prove who we are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// Orchestrator URL.
+    /// Orchestrator URL (`https://` for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub orchestrator: String,
+    /// Bearer token the orchestrator requires (its `auth.client_token`).
+    #[arg(long, env = "FRAMEFLEET_AUTH__CLIENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM of the CA that signed the orchestrator's certificate, for `https://`.
+    #[arg(long, env = "FRAMEFLEET_TLS__CA_PATH")]
+    pub ca: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 impl Connection {
-    async fn client(&self) -> anyhow::Result<OrchestratorClient<Channel>> {
-        OrchestratorClient::connect(self.orchestrator.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the orchestrator at {}; is it running?",
-                    self.orchestrator
-                )
-            })
+    async fn client(&self) -> anyhow::Result<Client> {
+        let tls = TlsConfig {
+            ca_path: self.ca.clone().unwrap_or_default(),
+            ..TlsConfig::default()
+        };
+        let token = AttachToken::new(self.token.as_deref().unwrap_or_default());
+        connect(&self.orchestrator, &tls, token).await
     }
+}
+
+/// Connects to the orchestrator at `url`.
+pub async fn connect(url: &str, tls: &TlsConfig, token: AttachToken) -> anyhow::Result<Client> {
+    let channel = auth::endpoint(url, tls)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the orchestrator at {url}; is it running?"))?;
+    Ok(OrchestratorClient::with_interceptor(channel, token))
 }
 
 /// `framefleet submit INPUT_URI OUTPUT_URI`.

@@ -5,15 +5,13 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 use framefleet_common::cost::CostReport;
-use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{Job, JobState, WatchJobRequest};
 
 /// Follows a job until it ends, drawing its progress (on a terminal), and returns its
 /// final state.
-pub async fn follow(client: &mut OrchestratorClient<Channel>, job_id: &str) -> anyhow::Result<Job> {
+pub async fn follow(client: &mut crate::remote::Client, job_id: &str) -> anyhow::Result<Job> {
     let bar = ProgressBar::new(1000);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:40}] {msg}")

@@ -47,6 +47,43 @@ pub struct Config {
     pub pricing: BTreeMap<String, f64>,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
+    /// Bearer tokens callers must present.
+    pub auth: AuthConfig,
+    /// TLS for the gRPC servers and the clients that call them.
+    pub tls: TlsConfig,
+}
+
+/// Bearer tokens; an empty one turns its check off.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Token users of the `Orchestrator` service must send (the CLI reads it from
+    /// `FRAMEFLEET_AUTH__CLIENT_TOKEN`).
+    pub client_token: String,
+    /// Token between the orchestrator and its workers, both ways.
+    pub fleet_token: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |token: &str| if token.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("AuthConfig")
+            .field("client_token", &shown(&self.client_token))
+            .field("fleet_token", &shown(&self.fleet_token))
+            .finish()
+    }
+}
+
+/// TLS files (PEM); all empty means plain HTTP/2.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// This server's certificate chain; set it (with `key_path`) to serve TLS.
+    pub cert_path: String,
+    /// This server's private key.
+    pub key_path: String,
+    /// The CA that signed the servers' certificates, for clients calling `https://` URLs.
+    pub ca_path: String,
 }
 
 /// The orchestrator's own settings.
@@ -300,6 +337,8 @@ impl Default for Config {
             dispatch: DispatchConfig::default(),
             pricing: default_pricing(),
             telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -353,6 +392,24 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        for (key, token) in [
+            ("auth.client_token", &self.auth.client_token),
+            ("auth.fleet_token", &self.auth.fleet_token),
+        ] {
+            let printable = token.bytes().all(|b| b.is_ascii_graphic());
+            if !token.is_empty() && (token.len() < 16 || !printable) {
+                return invalid(
+                    key,
+                    "must be empty (no check) or at least 16 printable ASCII characters without spaces",
+                );
+            }
+        }
+        if self.tls.cert_path.is_empty() != self.tls.key_path.is_empty() {
+            return invalid(
+                "tls.key_path",
+                "and tls.cert_path must be set together (or both left empty for plain HTTP/2)",
+            );
+        }
         if !(self.worker.drain_grace_seconds.is_finite() && self.worker.drain_grace_seconds >= 0.0)
         {
             return invalid(

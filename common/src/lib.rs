@@ -11,7 +11,9 @@
 //! - [`cost`]: the cost report a job produces and the GPU price table.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 //! - [`signals`]: the Ctrl-C / SIGTERM future servers shut down on.
+//! - [`auth`]: bearer tokens and TLS for the gRPC servers and their clients.
 
+pub mod auth;
 pub mod config;
 pub mod cost;
 pub mod media;

@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use framefleet_common::auth::{self, AttachToken};
+use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::RegisterWorkerRequest;
 
@@ -37,8 +40,18 @@ pub struct WorkerInfo {
     pub slots: u32,
     /// GPUs one slot holds.
     pub gpus_per_slot: u32,
-    /// gRPC client (a lazily connected channel).
-    pub client: WorkerClient<Channel>,
+    /// gRPC client (a lazily connected channel that presents the fleet token).
+    pub client: WorkerClient<InterceptedService<Channel, AttachToken>>,
+}
+
+/// How the orchestrator reaches its workers: TLS for `https://` addresses and the fleet
+/// token on every call.
+#[derive(Clone, Default)]
+pub struct WorkerAccess {
+    /// TLS settings (the CA that signed the workers' certificates).
+    pub tls: TlsConfig,
+    /// Attaches `auth.fleet_token`.
+    pub token: AttachToken,
 }
 
 /// Where a chunk stands in the queue: lower sorts first.
@@ -96,6 +109,7 @@ struct State {
 pub struct Fleet {
     state: Mutex<State>,
     lease: Duration,
+    access: WorkerAccess,
 }
 
 /// One slot of one worker, held until dropped.
@@ -115,11 +129,12 @@ impl Drop for SlotGrant {
 }
 
 impl Fleet {
-    /// An empty fleet whose leases last `lease`.
-    pub fn new(lease: Duration) -> Arc<Self> {
+    /// An empty fleet whose leases last `lease`, reaching workers through `access`.
+    pub fn new(lease: Duration, access: WorkerAccess) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             lease,
+            access,
         })
     }
 
@@ -142,8 +157,8 @@ impl Fleet {
         if request.slots == 0 {
             return Err(RegisterError("slots must be at least 1".into()));
         }
-        let endpoint = Channel::from_shared(request.address.clone())
-            .map_err(|e| RegisterError(format!("address `{}` is not a URL: {e}", request.address)))?
+        let endpoint = auth::endpoint(&request.address, &self.access.tls)
+            .map_err(|e| RegisterError(format!("address `{}`: {e}", request.address)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let id = format!("w-{}", uuid::Uuid::new_v4().simple());
@@ -158,7 +173,10 @@ impl Fleet {
             gpu_type: request.gpu_type,
             slots: request.slots,
             gpus_per_slot: request.gpus_per_slot.max(1),
-            client: WorkerClient::new(endpoint.connect_lazy()),
+            client: WorkerClient::with_interceptor(
+                endpoint.connect_lazy(),
+                self.access.token.clone(),
+            ),
         };
         tracing::info!(worker = %info.name, address = %info.address, slots = info.slots, gpu_type = %info.gpu_type, "worker registered");
         let mut state = self.lock();
@@ -358,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn longest_chunk_gets_the_first_free_slot() {
-        let fleet = Fleet::new(Duration::from_secs(10));
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
         let id = fleet.register(registration("a", 1)).expect("registers");
         let held = fleet
             .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
@@ -393,7 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn retries_avoid_workers_that_failed_the_chunk() {
-        let fleet = Fleet::new(Duration::from_secs(10));
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
         let a = fleet.register(registration("a", 1)).expect("registers");
         let b = fleet.register(registration("b", 1)).expect("registers");
         let grant = fleet
@@ -419,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_fleet_fails_after_the_deadline_with_a_clear_message() {
-        let fleet = Fleet::new(Duration::from_secs(10));
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
         let error = fleet
             .acquire(
                 priority(0, 1, 0),
@@ -435,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn lapsed_leases_drop_workers() {
-        let fleet = Fleet::new(Duration::from_millis(1));
+        let fleet = Fleet::new(Duration::from_millis(1), WorkerAccess::default());
         let id = fleet.register(registration("a", 1)).expect("registers");
         std::thread::sleep(Duration::from_millis(5));
         fleet.reap_expired();

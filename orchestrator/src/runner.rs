@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use framefleet_common::auth::AttachToken;
 use framefleet_common::config::Config;
 use framefleet_common::media::{self, MediaInfo, ProbeError};
 use framefleet_common::proto::{JobSpec, JobState, ProcessChunkRequest, Rational};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::dispatch::{self, AcceptedChunk, ChunkWork, DispatchContext, DispatchError};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, WorkerAccess};
 use crate::job::JobRecord;
 use crate::journal::{Journal, JournalError, StoredJob};
 use crate::planner::{self, PlanError};
@@ -123,7 +124,13 @@ impl Orchestrator {
         let stored = journal.load().await?;
         let orchestrator = Arc::new(Self {
             storage: Storage::new(&config.storage),
-            fleet: Fleet::new(Duration::from_secs_f64(config.orchestrator.lease_seconds)),
+            fleet: Fleet::new(
+                Duration::from_secs_f64(config.orchestrator.lease_seconds),
+                WorkerAccess {
+                    tls: config.tls.clone(),
+                    token: AttachToken::new(&config.auth.fleet_token),
+                },
+            ),
             config: Arc::new(config),
             jobs: JobStore::default(),
             journal,

@@ -1,6 +1,7 @@
 //! Serving the orchestrator: `Orchestrator` and `Fleet` with health and reflection on one
-//! listener, a lease reaper, and an orderly stop when the shutdown token fires (no new jobs,
-//! running jobs end, then the server closes).
+//! listener (TLS when configured; `Orchestrator` and reflection behind the client token,
+//! `Fleet` behind the fleet token, health open), a lease reaper, and an orderly stop when
+//! the shutdown token fires (no new jobs, running jobs end, then the server closes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
+use framefleet_common::auth::{self, RequireToken};
 use framefleet_common::config::Config;
 use framefleet_common::proto::fleet_server::FleetServer;
 use framefleet_common::proto::orchestrator_server::OrchestratorServer;
@@ -35,6 +38,9 @@ pub enum ServeError {
     /// The job store could not be opened or read.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Auth(#[from] framefleet_common::auth::AuthError),
     /// Reflection could not be set up.
     #[error("gRPC reflection could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -89,13 +95,24 @@ pub async fn serve_on(
             orchestrator.drain().await;
         }
     };
-    let served = tonic::transport::Server::builder()
+    let config = orchestrator.config.clone();
+    let clients = RequireToken::new(&config.auth.client_token, "auth.client_token");
+    let workers = RequireToken::new(&config.auth.fleet_token, "auth.fleet_token");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = auth::server_tls(&config.tls)? {
+        server = server.tls_config(tls)?;
+    }
+    let served = server
         .add_service(health)
-        .add_service(reflection)
-        .add_service(OrchestratorServer::new(OrchestratorService::new(
-            orchestrator.clone(),
-        )))
-        .add_service(FleetServer::new(FleetService::new(orchestrator)))
+        .add_service(InterceptedService::new(reflection, clients.clone()))
+        .add_service(OrchestratorServer::with_interceptor(
+            OrchestratorService::new(orchestrator.clone()),
+            clients,
+        ))
+        .add_service(FleetServer::with_interceptor(
+            FleetService::new(orchestrator),
+            workers,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await;
     shutdown.cancel();

@@ -18,13 +18,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use framefleet_common::config::StorageConfig;
+use framefleet_common::auth::{self, AttachToken};
+use framefleet_common::config::{StorageConfig, TlsConfig};
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
     EncoderSettings, GetCostReportRequest, Job, JobSpec, JobState, ProcessorSpec, SubmitJobRequest,
     WatchJobRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage};
+
+/// A client of the `Orchestrator` service as the tests use it.
+pub type Client = OrchestratorClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AttachToken>,
+>;
 
 /// The test bucket Garage creates at start.
 pub const BUCKET: &str = "framefleet-test";
@@ -319,14 +325,39 @@ pub struct Cluster {
     /// The worker processes.
     pub workers: Vec<Option<Process>>,
     settings: Vec<(String, String)>,
-    /// Holds the orchestrator's job store.
+    /// Holds the orchestrator's job store (and the processes' logs when captured).
     state: tempfile::TempDir,
+    capture_logs: bool,
 }
 
 impl Cluster {
     /// Starts an orchestrator (with its own job store) and `workers` workers with extra
-    /// `FRAMEFLEET_*` settings.
+    /// `FRAMEFLEET_*` settings; their logs go to the test's output.
     pub fn start(workers: usize, settings: &[(&str, &str)]) -> Cluster {
+        Self::launch(workers, settings, false)
+    }
+
+    /// Like [`start`](Self::start), with every process's log written to a file for
+    /// [`logs`](Self::logs) to read.
+    pub fn start_with_logs(workers: usize, settings: &[(&str, &str)]) -> Cluster {
+        Self::launch(workers, settings, true)
+    }
+
+    /// Everything the processes logged so far (when started with logs).
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.state.path())
+            .expect("state dir")
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    fn launch(workers: usize, settings: &[(&str, &str)], capture_logs: bool) -> Cluster {
         garage();
         let settings: Vec<(String, String)> = settings
             .iter()
@@ -335,24 +366,34 @@ impl Cluster {
         let state = tempfile::tempdir().expect("state dir");
         // A port picked free can be taken before the orchestrator binds it: then it exits
         // at once, and it is started again on another port.
+        let logs = capture_logs.then(|| state.path().to_path_buf());
         let (port, orchestrator) = (0..3)
             .find_map(|_| {
                 let port = free_port();
-                start_orchestrator(port, &settings, state.path()).map(|p| (port, p))
+                start_orchestrator(port, &settings, state.path(), logs.as_deref())
+                    .map(|p| (port, p))
             })
             .expect("the orchestrator starts and listens");
-        let url = format!("http://127.0.0.1:{port}");
+        let tls = settings
+            .iter()
+            .any(|(k, _)| k == "FRAMEFLEET_TLS__CERT_PATH");
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let mut worker_urls = Vec::new();
         let mut processes = Vec::new();
         for index in 0..workers {
             let worker_port = free_port();
-            worker_urls.push(format!("http://127.0.0.1:{worker_port}"));
+            worker_urls.push(format!("{scheme}://127.0.0.1:{worker_port}"));
+            let log = logs
+                .as_ref()
+                .map(|dir| dir.join(format!("worker-{index}.log")));
             processes.push(Some(spawn_quiet(
                 framefleet()
                     .args(["worker", "--orchestrator", &url, "--listen"])
                     .arg(format!("127.0.0.1:{worker_port}"))
                     .args(["--name", &format!("worker-{index}")]),
                 &settings,
+                log.as_deref(),
             )));
         }
         Cluster {
@@ -362,6 +403,7 @@ impl Cluster {
             workers: processes,
             settings,
             state,
+            capture_logs,
         }
     }
 
@@ -378,7 +420,9 @@ impl Cluster {
             .expect("orchestrator port");
         let deadline = Instant::now() + Duration::from_secs(30);
         self.orchestrator = loop {
-            if let Some(process) = start_orchestrator(port, &self.settings, self.state.path()) {
+            let logs = self.capture_logs.then(|| self.state.path());
+            if let Some(process) = start_orchestrator(port, &self.settings, self.state.path(), logs)
+            {
                 break process;
             }
             assert!(
@@ -389,12 +433,27 @@ impl Cluster {
         };
     }
 
-    /// A client, retrying while the orchestrator starts.
-    pub async fn client(&self) -> OrchestratorClient<tonic::transport::Channel> {
+    /// The value of one of the cluster's settings (empty when unset).
+    pub fn setting(&self, key: &str) -> &str {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// A client, retrying while the orchestrator starts; it presents the cluster's client
+    /// token and trusts its CA when those are set.
+    pub async fn client(&self) -> Client {
+        let tls = TlsConfig {
+            ca_path: self.setting("FRAMEFLEET_TLS__CA_PATH").to_string(),
+            ..TlsConfig::default()
+        };
+        let token = AttachToken::new(self.setting("FRAMEFLEET_AUTH__CLIENT_TOKEN"));
+        let endpoint = auth::endpoint(&self.url, &tls).expect("orchestrator endpoint");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match OrchestratorClient::connect(self.url.clone()).await {
-                Ok(client) => return client,
+            match endpoint.connect().await {
+                Ok(channel) => return OrchestratorClient::with_interceptor(channel, token),
                 Err(e) => {
                     assert!(Instant::now() < deadline, "orchestrator unreachable: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -404,18 +463,37 @@ impl Cluster {
     }
 }
 
-/// Spawns a framefleet process with `settings`, its stdout discarded.
-fn spawn_quiet(command: &mut Command, settings: &[(String, String)]) -> Process {
+/// Spawns a framefleet process with `settings`, its stdout discarded and its log (stderr)
+/// appended to `log` when given.
+fn spawn_quiet(
+    command: &mut Command,
+    settings: &[(String, String)],
+    log: Option<&Path>,
+) -> Process {
     command.envs(settings.iter().cloned());
     command.stdin(Stdio::null()).stdout(Stdio::null());
+    if let Some(path) = log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("log file");
+        command.stderr(file);
+    }
     Process {
         child: command.spawn().expect("framefleet starts"),
     }
 }
 
-/// Starts an orchestrator on `port` with its job store in `state`; `None` when it exits
-/// or does not listen within 30 s.
-fn start_orchestrator(port: u16, settings: &[(String, String)], state: &Path) -> Option<Process> {
+/// Starts an orchestrator on `port` with its job store in `state` (and its log in `logs`
+/// when given); `None` when it exits or does not listen within 30 s.
+fn start_orchestrator(
+    port: u16,
+    settings: &[(String, String)],
+    state: &Path,
+    logs: Option<&Path>,
+) -> Option<Process> {
+    let log = logs.map(|dir| dir.join("orchestrator.log"));
     let mut process = spawn_quiet(
         framefleet()
             .args(["orchestrator", "--listen"])
@@ -423,6 +501,7 @@ fn start_orchestrator(port: u16, settings: &[(String, String)], state: &Path) ->
             .arg("--store")
             .arg(state.join("jobs.sqlite3")),
         settings,
+        log.as_deref(),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -486,10 +565,7 @@ pub fn lossless_spec(input: &ObjectUri, output: &ObjectUri, scale: f64, chunks: 
 }
 
 /// Submits a job and returns its id.
-pub async fn submit(
-    client: &mut OrchestratorClient<tonic::transport::Channel>,
-    spec: JobSpec,
-) -> String {
+pub async fn submit(client: &mut Client, spec: JobSpec) -> String {
     client
         .submit_job(SubmitJobRequest {
             spec: Some(spec),
@@ -502,11 +578,7 @@ pub async fn submit(
 }
 
 /// Watches a job to its end (within `limit`) and returns every snapshot seen.
-pub async fn watch(
-    client: &mut OrchestratorClient<tonic::transport::Channel>,
-    job_id: &str,
-    limit: Duration,
-) -> Vec<Job> {
+pub async fn watch(client: &mut Client, job_id: &str, limit: Duration) -> Vec<Job> {
     let mut snapshots = Vec::new();
     let follow = async {
         let mut stream = client
@@ -532,10 +604,7 @@ pub fn state(job: &Job) -> JobState {
 }
 
 /// A finished job's cost report as JSON.
-pub async fn report(
-    client: &mut OrchestratorClient<tonic::transport::Channel>,
-    job_id: &str,
-) -> serde_json::Value {
+pub async fn report(client: &mut Client, job_id: &str) -> serde_json::Value {
     let json = client
         .get_cost_report(GetCostReportRequest {
             job_id: job_id.to_string(),

@@ -6,31 +6,29 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::Endpoint;
 
+use framefleet_common::auth::AttachToken;
 use framefleet_common::proto::fleet_client::FleetClient;
 use framefleet_common::proto::{DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest};
 
 /// Deadline of one Fleet call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Keeps the worker registered until `shutdown`, then deregisters it.
+/// Keeps the worker registered with the orchestrator at `orchestrator` (presenting `token`)
+/// until `shutdown`, then deregisters it.
 pub async fn keep_registered(
-    orchestrator_url: String,
+    orchestrator: Endpoint,
+    token: AttachToken,
     registration: RegisterWorkerRequest,
     shutdown: CancellationToken,
 ) {
-    let channel = match Channel::from_shared(orchestrator_url.clone()) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy(),
-        Err(e) => {
-            tracing::error!(url = %orchestrator_url, error = %e, "the orchestrator URL is invalid; this worker cannot join the fleet");
-            return;
-        }
-    };
-    let client = FleetClient::new(channel);
+    let orchestrator_url = orchestrator.uri().to_string();
+    let channel = orchestrator
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .connect_lazy();
+    let client = FleetClient::with_interceptor(channel, token);
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(3))

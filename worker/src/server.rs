@@ -1,4 +1,5 @@
-//! Serving a worker: the `Worker` service with health and reflection on one listener,
+//! Serving a worker: the `Worker` service with health and reflection on one listener (TLS
+//! when configured; `Worker` and reflection behind the fleet token, health open),
 //! registered with the orchestrator, until the shutdown token fires.
 
 use std::net::SocketAddr;
@@ -6,7 +7,9 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
+use framefleet_common::auth::{self, AttachToken, RequireToken};
 use framefleet_common::config::Config;
 use framefleet_common::proto::worker_server::WorkerServer;
 use framefleet_common::proto::{RegisterWorkerRequest, FILE_DESCRIPTOR_SET};
@@ -30,6 +33,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the worker's gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// TLS or the orchestrator's address could not be set up.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     /// Reflection could not be set up.
     #[error("gRPC reflection could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -48,7 +54,7 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         .local_addr()
         .map_err(|source| ServeError::Bind { address, source })?;
     let advertise = if config.worker.advertise_url.is_empty() {
-        format!("http://{bound}")
+        format!("{}://{bound}", auth::scheme(&config.tls))
     } else {
         config.worker.advertise_url.clone()
     };
@@ -77,8 +83,16 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
             state.drain().await;
         }
     };
+    // Everything that can fail comes before the registration task starts.
+    let orchestrator = auth::endpoint(&worker.orchestrator_url, &config.tls)?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = auth::server_tls(&config.tls)? {
+        server = server.tls_config(tls)?;
+    }
+    let fleet_token = &config.auth.fleet_token;
     let registration = tokio::spawn(keep_registered(
-        worker.orchestrator_url.clone(),
+        orchestrator,
+        AttachToken::new(fleet_token),
         RegisterWorkerRequest {
             address: advertise,
             name: worker.name.clone(),
@@ -88,10 +102,14 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         },
         shutdown.clone(),
     ));
-    let served = tonic::transport::Server::builder()
+    let callers = RequireToken::new(fleet_token, "auth.fleet_token");
+    let served = server
         .add_service(health)
-        .add_service(reflection)
-        .add_service(WorkerServer::new(WorkerService::new(state)))
+        .add_service(InterceptedService::new(reflection, callers.clone()))
+        .add_service(WorkerServer::with_interceptor(
+            WorkerService::new(state),
+            callers,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await;
     shutdown.cancel();
