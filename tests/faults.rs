@@ -1,6 +1,7 @@
 //! End-to-end fault handling with real processes and the Garage S3 server: a worker
 //! killed mid-chunk, hung (SIGSTOP), or stopped with SIGTERM (it drains: finishes its chunk
-//! within its grace, or hands it back), bad inputs, cancel, and an empty fleet. Every job reaches exactly one
+//! within its grace, or hands it back), bad inputs, limits and storage restrictions,
+//! cancel, and an empty fleet. Every job reaches exactly one
 //! terminal state, with a message a person can act on, and leaves no chunk objects.
 
 mod support;
@@ -8,8 +9,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use framefleet_common::proto::worker_client::WorkerClient;
-use framefleet_common::proto::{CancelJobRequest, GetJobRequest, JobState, WorkerStatusRequest};
+use framefleet_common::proto::{
+    CancelJobRequest, GetJobRequest, JobState, SubmitJobRequest, WorkerStatusRequest,
+};
 use support::*;
+use tonic::Code;
 
 fn slow_spec(
     input: &framefleet_common::storage::ObjectUri,
@@ -355,4 +359,126 @@ async fn an_empty_fleet_fails_the_job_at_the_deadline_with_that_message() {
         "{}",
         last.error
     );
+}
+
+/// Submits a job that must be refused and returns the refusal.
+async fn refused(
+    client: &mut Client,
+    spec: framefleet_common::proto::JobSpec,
+    key: &str,
+) -> tonic::Status {
+    client
+        .submit_job(SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key: key.into(),
+        })
+        .await
+        .expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_and_storage_restrictions_refuse_with_the_setting_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("limits");
+    let long = dir.path().join("long.mp4");
+    clip_with_audio(&long, "160x120", 25, 4, 25);
+    let short = dir.path().join("short.mp4");
+    clip_with_audio(&short, "160x120", 25, 1, 25);
+    let (long_input, short_input) = (
+        s3(&format!("{prefix}/long.mp4")),
+        s3(&format!("{prefix}/short.mp4")),
+    );
+    upload(&long, &long_input).await;
+    upload(&short, &short_input).await;
+    let bucket = format!("[{BUCKET}]");
+    // No workers: accepted jobs stay queued, so the queue limit can be reached.
+    let cluster = Cluster::start(
+        0,
+        &[
+            ("FRAMEFLEET_LIMITS__MAX_FRAMES", "50"),
+            ("FRAMEFLEET_LIMITS__MAX_CHUNKS", "4"),
+            ("FRAMEFLEET_LIMITS__MAX_QUEUED_JOBS", "2"),
+            ("FRAMEFLEET_STORAGE__ALLOWED_BUCKETS", &bucket),
+        ],
+    );
+    let mut client = cluster.client().await;
+    let output = |name: &str| s3(&format!("{prefix}/out/{name}.mp4"));
+    let too_many_chunks = refused(
+        &mut client,
+        lossless_spec(&short_input, &output("a"), 1.0, 5),
+        "",
+    )
+    .await;
+    assert_eq!(too_many_chunks.code(), Code::InvalidArgument);
+    assert!(too_many_chunks.message().contains("limits.max_chunks"));
+    let mut elsewhere = lossless_spec(&short_input, &output("b"), 1.0, 1);
+    elsewhere.input_uri = "s3://someone-elses-bucket/in.mp4".into();
+    let other_bucket = refused(&mut client, elsewhere, "").await;
+    assert_eq!(other_bucket.code(), Code::InvalidArgument);
+    assert!(other_bucket.message().contains("storage.allowed_buckets"));
+    let bad_key = refused(
+        &mut client,
+        lossless_spec(&short_input, &output("c"), 1.0, 1),
+        "a key",
+    )
+    .await;
+    assert_eq!(bad_key.code(), Code::InvalidArgument);
+
+    // Over the frame limit: accepted, then failed by the probe with the limit named.
+    let id = submit(
+        &mut client,
+        lossless_spec(&long_input, &output("long"), 1.0, 1),
+    )
+    .await;
+    let last = watch(&mut client, &id, Duration::from_secs(60))
+        .await
+        .pop()
+        .expect("snapshots");
+    assert_eq!(state(&last), JobState::Failed);
+    assert!(last.error.contains("limits.max_frames"), "{}", last.error);
+
+    // Two jobs wait for workers; a third is refused until one ends, a repeat is not.
+    let mut queued = Vec::new();
+    for name in ["q1", "q2"] {
+        let response = client
+            .submit_job(SubmitJobRequest {
+                spec: Some(lossless_spec(&short_input, &output(name), 1.0, 1)),
+                idempotency_key: name.into(),
+            })
+            .await
+            .expect("queued")
+            .into_inner();
+        queued.push(response.job_id);
+    }
+    let full = refused(
+        &mut client,
+        lossless_spec(&short_input, &output("q3"), 1.0, 1),
+        "q3",
+    )
+    .await;
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(full.message().contains("limits.max_queued_jobs"));
+    let repeat = client
+        .submit_job(SubmitJobRequest {
+            spec: Some(lossless_spec(&short_input, &output("q1"), 1.0, 1)),
+            idempotency_key: "q1".into(),
+        })
+        .await
+        .expect("a repeated key is answered")
+        .into_inner();
+    assert_eq!(repeat.job_id, queued[0]);
+    client
+        .cancel_job(CancelJobRequest {
+            job_id: queued[0].clone(),
+        })
+        .await
+        .expect("cancel");
+    watch(&mut client, &queued[0], Duration::from_secs(30)).await;
+    client
+        .submit_job(SubmitJobRequest {
+            spec: Some(lossless_spec(&short_input, &output("q3"), 1.0, 1)),
+            idempotency_key: "q3".into(),
+        })
+        .await
+        .expect("room again once a job ended");
 }

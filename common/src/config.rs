@@ -47,10 +47,49 @@ pub struct Config {
     pub pricing: BTreeMap<String, f64>,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
+    /// What one job and the orchestrator as a whole may take on.
+    pub limits: LimitsConfig,
     /// Bearer tokens callers must present.
     pub auth: AuthConfig,
     /// TLS for the gRPC servers and the clients that call them.
     pub tls: TlsConfig,
+}
+
+/// Limits against absurd or hostile jobs: checked at submit (chunks, queue) and after the
+/// probe (size, duration, frames, picture size); a job over one is refused or fails with
+/// the limit named.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest input object, in bytes.
+    pub max_input_bytes: u64,
+    /// Longest input, in seconds.
+    pub max_duration_seconds: f64,
+    /// Most frames in an input.
+    pub max_frames: u64,
+    /// Largest picture, width x height in pixels.
+    pub max_pixels: u64,
+    /// Most chunks a job may ask for.
+    pub max_chunks: u32,
+    /// Jobs running at once; the others wait in the queue.
+    pub max_running_jobs: u32,
+    /// Jobs accepted and not yet ended; submissions beyond it are refused
+    /// (`RESOURCE_EXHAUSTED`) until some end.
+    pub max_queued_jobs: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_input_bytes: 64 << 30,
+            max_duration_seconds: 6.0 * 3600.0,
+            max_frames: 2_000_000,
+            max_pixels: 7680 * 4320,
+            max_chunks: 256,
+            max_running_jobs: 8,
+            max_queued_jobs: 1000,
+        }
+    }
 }
 
 /// Bearer tokens; an empty one turns its check off.
@@ -163,6 +202,11 @@ pub struct StorageConfig {
     pub read_block_bytes: u64,
     /// Largest ranged read: while reads stay sequential, each one doubles up to this.
     pub read_ahead_bytes: u64,
+    /// Buckets jobs may read and write (`s3://`); empty allows any.
+    pub allowed_buckets: Vec<String>,
+    /// Local directories jobs may read and write (`file://`), symbolic links resolved;
+    /// empty allows any path.
+    pub local_roots: Vec<String>,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -176,6 +220,8 @@ impl std::fmt::Debug for StorageConfig {
             .field("multipart_part_bytes", &self.multipart_part_bytes)
             .field("read_block_bytes", &self.read_block_bytes)
             .field("read_ahead_bytes", &self.read_ahead_bytes)
+            .field("allowed_buckets", &self.allowed_buckets)
+            .field("local_roots", &self.local_roots)
             .finish()
     }
 }
@@ -282,6 +328,8 @@ impl Default for StorageConfig {
             multipart_part_bytes: 8 * 1024 * 1024,
             read_block_bytes: 16 * 1024,
             read_ahead_bytes: 4 * 1024 * 1024,
+            allowed_buckets: Vec::new(),
+            local_roots: Vec::new(),
         }
     }
 }
@@ -337,6 +385,7 @@ impl Default for Config {
             dispatch: DispatchConfig::default(),
             pricing: default_pricing(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -392,6 +441,28 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.max_input_bytes", limits.max_input_bytes),
+            ("limits.max_frames", limits.max_frames),
+            ("limits.max_pixels", limits.max_pixels),
+            ("limits.max_chunks", u64::from(limits.max_chunks)),
+            (
+                "limits.max_running_jobs",
+                u64::from(limits.max_running_jobs),
+            ),
+            ("limits.max_queued_jobs", u64::from(limits.max_queued_jobs)),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if !(limits.max_duration_seconds.is_finite() && limits.max_duration_seconds > 0.0) {
+            return invalid(
+                "limits.max_duration_seconds",
+                "must be a positive number of seconds",
+            );
+        }
         for (key, token) in [
             ("auth.client_token", &self.auth.client_token),
             ("auth.fleet_token", &self.auth.fleet_token),

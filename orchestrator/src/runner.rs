@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use framefleet_common::auth::AttachToken;
-use framefleet_common::config::Config;
+use framefleet_common::config::{Config, LimitsConfig};
 use framefleet_common::media::{self, MediaInfo, ProbeError};
 use framefleet_common::proto::{JobSpec, JobState, ProcessChunkRequest, Rational};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
@@ -52,6 +52,9 @@ pub enum JobError {
     /// The input is not a processable video.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// The input is beyond a configured limit.
+    #[error("{0}")]
+    OverLimit(String),
     /// The probe took too long.
     #[error("probing the input took longer than {0} s; the storage is too slow or the file is pathological")]
     ProbeTimeout(u64),
@@ -90,6 +93,9 @@ pub enum SubmitError {
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down and accepts no new jobs")]
     ShuttingDown,
+    /// Too many jobs are waiting.
+    #[error("{0} jobs are already queued or running, the most this orchestrator takes (limits.max_queued_jobs); submit again when some have ended")]
+    QueueFull(u32),
     /// The job could not be recorded, so it was not accepted.
     #[error("the job was not accepted: {0}; try again later")]
     Journal(#[from] JournalError),
@@ -109,6 +115,8 @@ pub struct Orchestrator {
     /// Submissions are recorded one at a time, so a repeated idempotency key is answered
     /// only once the job it names is durable.
     submissions: tokio::sync::Mutex<()>,
+    /// One permit per job allowed to run at once (`limits.max_running_jobs`).
+    running: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -122,6 +130,7 @@ impl Orchestrator {
     ) -> Result<Arc<Self>, JournalError> {
         let journal = Journal::open_sqlite(&config.orchestrator.store_path)?;
         let stored = journal.load().await?;
+        let running = config.limits.max_running_jobs as usize;
         let orchestrator = Arc::new(Self {
             storage: Storage::new(&config.storage),
             fleet: Fleet::new(
@@ -135,6 +144,7 @@ impl Orchestrator {
             jobs: JobStore::default(),
             journal,
             submissions: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Semaphore::new(running)),
             shutdown,
             tasks: TaskTracker::new(),
         });
@@ -167,8 +177,20 @@ impl Orchestrator {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
+        validate::idempotency_key(idempotency_key)?;
         let spec = validate::normalize(spec, &self.config)?;
         let _one_at_a_time = self.submissions.lock().await;
+        let most = self.config.limits.max_queued_jobs;
+        let open = self
+            .jobs
+            .list()
+            .iter()
+            .filter(|j| !j.state().is_terminal())
+            .count();
+        let repeated = !idempotency_key.is_empty() && self.jobs.by_key(idempotency_key).is_some();
+        if open >= most as usize && !repeated {
+            return Err(SubmitError::QueueFull(most));
+        }
         let (job, created) = self.jobs.create(idempotency_key, spec)?;
         if created {
             let stored = StoredJob {
@@ -214,8 +236,13 @@ impl Orchestrator {
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
         let io = JobIo::new(&self.storage);
         let log = Arc::new(Mutex::new(RunLog::default()));
+        let run = async {
+            // Queued until one of the `limits.max_running_jobs` permits is free.
+            let _permit = self.running.clone().acquire_owned().await;
+            self.execute(&job, &io, &log, trusted).await
+        };
         let outcome = tokio::select! {
-            result = self.execute(&job, &io, &log, trusted) => result,
+            result = run => result,
             _ = job.cancel.cancelled() => Err(JobError::Cancelled),
             _ = self.shutdown.cancelled() => Err(JobError::ShuttingDown),
         };
@@ -283,7 +310,8 @@ impl Orchestrator {
 
         job.set_state(JobState::Probing);
         let probe_started = Instant::now();
-        let (info, input_size) = probe(&io.input, &input).await?;
+        let (info, input_size) = probe(&io.input, &input, &self.config.limits).await?;
+        check_limits(&info, input_size, &self.config.limits)?;
         let info = Arc::new(info);
         log.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -408,16 +436,27 @@ impl Orchestrator {
 }
 
 /// Probes the input on a blocking thread, under [`PROBE_DEADLINE`]; returns what it is and
-/// its size in bytes.
-async fn probe(io: &Storage, input: &ObjectUri) -> Result<(MediaInfo, u64), JobError> {
+/// its size in bytes. An object over `limits.max_input_bytes` is refused before any read.
+async fn probe(
+    io: &Storage,
+    input: &ObjectUri,
+    limits: &LimitsConfig,
+) -> Result<(MediaInfo, u64), JobError> {
     let storage = io.clone();
     let uri = input.clone();
     let runtime = tokio::runtime::Handle::current();
+    let max_bytes = limits.max_input_bytes;
     let probing = tokio::task::spawn_blocking(move || -> Result<(MediaInfo, u64), JobError> {
         let reader = storage
             .open_reader(&uri, runtime)?
             .with_block_bytes(media::INDEX_BLOCK_BYTES);
         let size = reader.size();
+        if size > max_bytes {
+            return Err(JobError::OverLimit(format!(
+                "the input is {size} bytes; this orchestrator takes at most {max_bytes} \
+                 (limits.max_input_bytes)"
+            )));
+        }
         Ok((media::probe(reader, uri.file_name())?, size))
     });
     match tokio::time::timeout(PROBE_DEADLINE, probing).await {
@@ -425,6 +464,46 @@ async fn probe(io: &Storage, input: &ObjectUri) -> Result<(MediaInfo, u64), JobE
         Ok(Err(e)) => Err(JobError::Internal(format!("the probe crashed: {e}"))),
         Ok(Ok(result)) => result,
     }
+}
+
+/// Fails a probed input that is longer, has more frames or bigger pictures than the
+/// limits allow, naming the limit.
+fn check_limits(info: &MediaInfo, size: u64, limits: &LimitsConfig) -> Result<(), JobError> {
+    let video = &info.video;
+    let frames = video.frames.len() as u64;
+    let duration = video.duration_seconds();
+    let pixels = u64::from(video.width) * u64::from(video.height);
+    let over = |what: String, key: &str| {
+        Err(JobError::OverLimit(format!(
+            "the input {what}; raise {key} to accept it"
+        )))
+    };
+    if frames > limits.max_frames {
+        return over(
+            format!("has {frames} frames, more than {}", limits.max_frames),
+            "limits.max_frames",
+        );
+    }
+    if duration > limits.max_duration_seconds {
+        return over(
+            format!(
+                "lasts {duration:.1} s, more than {} s",
+                limits.max_duration_seconds
+            ),
+            "limits.max_duration_seconds",
+        );
+    }
+    if pixels > limits.max_pixels {
+        return over(
+            format!(
+                "is {}x{} ({pixels} pixels), more than {} pixels",
+                video.width, video.height, limits.max_pixels
+            ),
+            "limits.max_pixels",
+        );
+    }
+    tracing::debug!(frames, duration, pixels, size, "input within limits");
+    Ok(())
 }
 
 /// Stitches into a local temporary file on a blocking thread, then uploads it.

@@ -56,6 +56,7 @@ impl OrchestratorApi for OrchestratorService {
                 SubmitError::ShuttingDown | SubmitError::Journal(_) => {
                     Status::unavailable(e.to_string())
                 }
+                SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
             })?;
         Ok(Response::new(SubmitJobResponse {
             job_id: job.id.clone(),

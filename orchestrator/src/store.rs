@@ -84,6 +84,16 @@ impl JobStore {
         state.by_key.retain(|_, other| other != id);
     }
 
+    /// The job an idempotency key names.
+    pub fn by_key(&self, key: &str) -> Option<Arc<JobRecord>> {
+        let state = self.lock();
+        state
+            .by_key
+            .get(key)
+            .and_then(|id| state.jobs.get(id))
+            .cloned()
+    }
+
     /// The job with this id.
     pub fn get(&self, id: &str) -> Option<Arc<JobRecord>> {
         self.lock().jobs.get(id).cloned()

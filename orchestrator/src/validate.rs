@@ -6,7 +6,7 @@ use std::path::Path;
 
 use framefleet_common::config::Config;
 use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
-use framefleet_common::storage::{ObjectUri, StorageError};
+use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
 
 /// Output containers the stitch can write.
 const OUTPUT_EXTENSIONS: [&str; 4] = ["mp4", "m4v", "mov", "mkv"];
@@ -25,8 +25,8 @@ const PRESETS: [&str; 10] = [
     "placebo",
 ];
 
-/// Most chunks one job may ask for.
-const MAX_REQUESTED_CHUNKS: u32 = 1024;
+/// Longest idempotency key.
+const MAX_KEY_CHARS: usize = 128;
 
 /// A job spec that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,14 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
+    let policy = AccessPolicy::new(&config.storage);
+    policy.check(&input, "input")?;
+    policy.check(&output, "output")?;
+    if !config.orchestrator.scratch_uri.is_empty() {
+        policy.check(&config.orchestrator.scratch_uri.parse()?, "scratch root")?;
+    }
     if is_infer(&spec) {
-        return normalize_infer(spec, &extension);
+        return normalize_infer(spec, &extension, config, &policy);
     }
     if !OUTPUT_EXTENSIONS.contains(&extension.as_str()) {
         return Err(InvalidSpec(format!(
@@ -93,12 +99,7 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
     if encoder.crf > 51 {
         return Err(InvalidSpec(format!("crf {} is above 51", encoder.crf)));
     }
-    if spec.chunks > MAX_REQUESTED_CHUNKS {
-        return Err(InvalidSpec(format!(
-            "{} chunks asked; at most {MAX_REQUESTED_CHUNKS}",
-            spec.chunks
-        )));
-    }
+    check_chunks(&spec, config)?;
     if !spec.profile.is_empty() && !config.planner.profiles.contains_key(&spec.profile) {
         return Err(InvalidSpec(format!(
             "unknown planner profile `{}`; configured: {}",
@@ -120,7 +121,12 @@ pub fn is_infer(spec: &JobSpec) -> bool {
     spec.task == Task::Infer as i32
 }
 
-fn normalize_infer(mut spec: JobSpec, extension: &str) -> Result<JobSpec, InvalidSpec> {
+fn normalize_infer(
+    mut spec: JobSpec,
+    extension: &str,
+    config: &Config,
+    policy: &AccessPolicy,
+) -> Result<JobSpec, InvalidSpec> {
     if extension != "jsonl" {
         return Err(InvalidSpec(format!(
             "an infer job writes JSON Lines: the output `{}` must end in .jsonl",
@@ -138,15 +144,32 @@ fn normalize_infer(mut spec: JobSpec, extension: &str) -> Result<JobSpec, Invali
             "an infer job needs the absolute path of a TorchScript module as its model, not `{model}`"
         )));
     }
+    policy.check(&ObjectUri::File(path.into()), "model")?;
     spec.processor = Some(ProcessorSpec { model, scale: 1.0 });
     spec.encoder = None;
-    if spec.chunks > MAX_REQUESTED_CHUNKS {
+    check_chunks(&spec, config)?;
+    Ok(spec)
+}
+
+fn check_chunks(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
+    let most = config.limits.max_chunks;
+    if spec.chunks > most {
         return Err(InvalidSpec(format!(
-            "{} chunks asked; at most {MAX_REQUESTED_CHUNKS}",
+            "{} chunks asked; this orchestrator allows at most {most} (limits.max_chunks)",
             spec.chunks
         )));
     }
-    Ok(spec)
+    Ok(())
+}
+
+/// Checks an idempotency key: at most 128 printable ASCII characters (or empty).
+pub fn idempotency_key(key: &str) -> Result<(), InvalidSpec> {
+    if key.len() > MAX_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InvalidSpec(format!(
+            "the idempotency key must be at most {MAX_KEY_CHARS} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
 }
 
 /// Where a job's temporary chunk objects go: `<scratch>/jobs/<job>/`, the scratch root being
@@ -198,6 +221,31 @@ mod tests {
         let mut escape = spec("file:///tmp/../etc/out.mp4");
         escape.input_uri = "file:///tmp/in.mp4".into();
         assert!(normalize(escape, &config).is_err());
+    }
+
+    #[test]
+    fn limits_and_allowed_storage_are_enforced_at_submit() {
+        let mut config = Config::default();
+        config.limits.max_chunks = 4;
+        config.storage.allowed_buckets = vec!["bucket".into()];
+        config.storage.local_roots = vec!["/nonexistent-root".into()];
+        let mut many = spec("s3://bucket/out.mp4");
+        many.chunks = 5;
+        let error = normalize(many, &config).expect_err("chunks");
+        assert!(error.to_string().contains("limits.max_chunks"), "{error}");
+        let error = normalize(spec("s3://other/out.mp4"), &config).expect_err("bucket");
+        assert!(
+            error.to_string().contains("storage.allowed_buckets"),
+            "{error}"
+        );
+        let mut local = spec("s3://bucket/out.mp4");
+        local.input_uri = "file:///etc/passwd".into();
+        let error = normalize(local, &config).expect_err("outside roots");
+        assert!(error.to_string().contains("storage.local_roots"), "{error}");
+        assert!(idempotency_key("order-1234").is_ok());
+        assert!(idempotency_key("").is_ok());
+        assert!(idempotency_key("two words").is_err());
+        assert!(idempotency_key(&"k".repeat(129)).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - [`Upload`] streams bytes out: a temporary file renamed into place, or an S3 multipart
 //!   upload (a single PUT when the object is small).
 //! - Every request adds to the [`IoCounters`] the client was made with.
+//! - [`AccessPolicy`] says which buckets and local paths jobs may name.
 
+mod access;
 mod reader;
 mod s3;
 mod upload;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::StorageConfig;
+pub use access::AccessPolicy;
 pub use reader::ObjectReader;
 use s3::S3Ops;
 pub use upload::Upload;

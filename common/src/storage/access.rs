@@ -1,0 +1,143 @@
+//! Which objects a job may name: `s3://` URIs in the configured buckets and `file://`
+//! paths under the configured local roots (`storage.allowed_buckets`,
+//! `storage.local_roots`; an empty list allows any). Paths are resolved with their
+//! symbolic links before the check, so a link inside a root that points outside it does
+//! not let a job escape; a path that does not exist yet is checked through its closest
+//! existing parent. `..` never gets this far: [`ObjectUri`] refuses it when parsing.
+
+use std::path::{Path, PathBuf};
+
+use super::{ObjectUri, StorageError};
+use crate::config::StorageConfig;
+
+/// The buckets and local roots jobs may use.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    buckets: Vec<String>,
+    /// `None`: any path; else the roots, resolved (a root that does not exist is left out,
+    /// so it allows nothing).
+    roots: Option<Vec<PathBuf>>,
+}
+
+impl AccessPolicy {
+    /// The policy `config` describes; roots that do not exist allow nothing.
+    pub fn new(config: &StorageConfig) -> Self {
+        Self {
+            buckets: config.allowed_buckets.clone(),
+            roots: (!config.local_roots.is_empty()).then(|| {
+                config
+                    .local_roots
+                    .iter()
+                    .filter_map(|root| std::fs::canonicalize(root).ok())
+                    .collect()
+            }),
+        }
+    }
+
+    /// Refuses `uri` (named `what` in the message) unless the policy allows it.
+    pub fn check(&self, uri: &ObjectUri, what: &str) -> Result<(), StorageError> {
+        let refuse = |reason: String| StorageError::BadUri {
+            uri: uri.to_string(),
+            reason,
+        };
+        match uri {
+            ObjectUri::S3 { bucket, .. } => {
+                if self.buckets.is_empty() || self.buckets.iter().any(|b| b == bucket) {
+                    Ok(())
+                } else {
+                    Err(refuse(format!(
+                        "the {what} is in bucket `{bucket}`, which this orchestrator does not serve \
+                         (storage.allowed_buckets: {})",
+                        self.buckets.join(", ")
+                    )))
+                }
+            }
+            ObjectUri::File(path) => {
+                let Some(roots) = &self.roots else {
+                    return Ok(());
+                };
+                let resolved = resolve(path);
+                if roots.iter().any(|root| resolved.starts_with(root)) {
+                    Ok(())
+                } else {
+                    Err(refuse(format!(
+                        "the {what} resolves to {}, outside the local roots this orchestrator \
+                         serves (storage.local_roots: {})",
+                        resolved.display(),
+                        roots
+                            .iter()
+                            .map(|r| r.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// `path` with every symbolic link of its existing part resolved.
+fn resolve(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut existing = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return missing.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_buckets_and_roots_are_allowed_even_through_symlinks() {
+        let inside = tempfile::tempdir().expect("root");
+        let outside = tempfile::tempdir().expect("elsewhere");
+        std::fs::write(outside.path().join("secret.mp4"), b"x").expect("file");
+        std::os::unix::fs::symlink(outside.path(), inside.path().join("link")).expect("link");
+        let policy = AccessPolicy::new(&StorageConfig {
+            allowed_buckets: vec!["media".into()],
+            local_roots: vec![inside.path().display().to_string()],
+            ..StorageConfig::default()
+        });
+        let uri = |text: String| text.parse::<ObjectUri>().expect("uri");
+        let root = inside.path().display();
+        assert!(policy
+            .check(&uri("s3://media/a.mp4".into()), "input")
+            .is_ok());
+        let other = policy
+            .check(&uri("s3://other/a.mp4".into()), "input")
+            .expect_err("other bucket");
+        assert!(other.to_string().contains("storage.allowed_buckets"));
+        assert!(policy
+            .check(&uri(format!("file://{root}/in.mp4")), "input")
+            .is_ok());
+        assert!(policy
+            .check(&uri(format!("file://{root}/new/dir/out.mp4")), "output")
+            .is_ok());
+        let escaped = policy
+            .check(&uri(format!("file://{root}/link/secret.mp4")), "input")
+            .expect_err("symlink escape");
+        assert!(
+            escaped.to_string().contains("storage.local_roots"),
+            "{escaped}"
+        );
+        assert!(policy
+            .check(&uri("file:///etc/passwd".into()), "input")
+            .is_err());
+        assert!("file:///tmp/../etc/passwd".parse::<ObjectUri>().is_err());
+        let open = AccessPolicy::new(&StorageConfig::default());
+        assert!(open
+            .check(&uri("file:///etc/passwd".into()), "input")
+            .is_ok());
+    }
+}
