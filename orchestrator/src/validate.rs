@@ -281,4 +281,64 @@ mod tests {
             "s3://bucket/exports/.framefleet/jobs/job-1"
         );
     }
+
+    mod fuzz {
+        //! Request validation under arbitrary input: whatever a client sends, `normalize`
+        //! returns a spec or an error without panicking, and an accepted spec keeps every
+        //! promise the rest of the orchestrator relies on.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn uri() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "(s3|file|http)://[a-z./-]{0,12}(\\.\\.)?[a-z./-]{0,12}\\.(mp4|mkv|avi|jsonl)?",
+                "s3://bucket/[ -~]{0,20}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_request_is_accepted_whole_or_refused_without_panic(
+                input in uri(),
+                output in uri(),
+                model in prop_oneof![any::<String>(), Just("lanczos".to_string()), "/[a-z]{1,8}\\.pt"],
+                scale in any::<f64>(),
+                preset in prop_oneof![any::<String>(), Just("fast".to_string())],
+                crf in any::<u32>(),
+                chunks in any::<u32>(),
+                task in any::<i32>(),
+                key in any::<String>(),
+            ) {
+                let config = Config::default();
+                let spec = JobSpec {
+                    input_uri: input,
+                    output_uri: output,
+                    processor: Some(ProcessorSpec { model, scale }),
+                    encoder: Some(EncoderSettings { crf, preset, lossless: false }),
+                    chunks,
+                    task,
+                    ..JobSpec::default()
+                };
+                let _ = idempotency_key(&key);
+                if let Ok(accepted) = normalize(spec, &config) {
+                    let input: ObjectUri = accepted.input_uri.parse().expect("input parses");
+                    let output: ObjectUri = accepted.output_uri.parse().expect("output parses");
+                    prop_assert_ne!(input, output);
+                    prop_assert!(accepted.chunks <= config.limits.max_chunks);
+                    prop_assert!(!accepted.output_uri.contains(".."));
+                    if !is_infer(&accepted) {
+                        let scale = accepted.processor.as_ref().map_or(0.0, |p| p.scale);
+                        prop_assert!((0.05..=16.0).contains(&scale));
+                        let encoder = accepted.encoder.clone().unwrap_or_default();
+                        prop_assert!(encoder.crf <= 51);
+                        prop_assert!(PRESETS.contains(&encoder.preset.as_str()));
+                    }
+                }
+            }
+        }
+    }
 }
