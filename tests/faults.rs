@@ -143,6 +143,34 @@ async fn a_hung_worker_loses_its_chunk_to_another() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_straggling_chunk_gets_a_backup_and_the_first_to_finish_wins() {
+    // The victim is frozen but keeps its stream open, and the event deadline is far away:
+    // only straggler detection can rescue the chunk in time.
+    let settings = [
+        ("FRAMEFLEET_DISPATCH__STRAGGLER_FACTOR", "2"),
+        ("FRAMEFLEET_DISPATCH__STRAGGLER_MIN_SECONDS", "1"),
+        ("FRAMEFLEET_DISPATCH__EVENT_TIMEOUT_SECONDS", "600"),
+    ];
+    let started = Instant::now();
+    let report = job_surviving("straggler", &settings, signal_victim(libc::SIGSTOP)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "the job waited for the frozen worker"
+    );
+    let chunks = report["chunks"].as_array().expect("chunks");
+    let backed_up = chunks
+        .iter()
+        .find(|c| c["attempts"] == 2)
+        .unwrap_or_else(|| panic!("no chunk had a backup attempt: {chunks:?}"));
+    assert!(
+        backed_up["wasted_gpu_seconds"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "the cancelled attempt's GPU-seconds are not counted as waste: {backed_up}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_chunk_costs_one_retry_not_the_job() {
     let report = job_surviving("kill", &[], signal_victim(libc::SIGKILL)).await;
     assert_a_chunk_was_retried(&report, "the killed worker's chunk");

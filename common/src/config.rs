@@ -276,6 +276,11 @@ pub struct DispatchConfig {
     pub worker_wait_seconds: f64,
     /// Seconds without any event from a worker before its attempt is abandoned.
     pub event_timeout_seconds: f64,
+    /// A job's last running chunk gets a backup attempt on another worker once it has run
+    /// this many times longer than the median of its peers (0 turns backups off).
+    pub straggler_factor: f64,
+    /// ...and at least this many seconds: short chunks are not worth a second GPU.
+    pub straggler_min_seconds: f64,
 }
 
 /// Logging and tracing.
@@ -365,6 +370,8 @@ impl Default for DispatchConfig {
             backoff_max_ms: 5_000,
             worker_wait_seconds: 60.0,
             event_timeout_seconds: 60.0,
+            straggler_factor: 3.0,
+            straggler_min_seconds: 30.0,
         }
     }
 }
@@ -441,6 +448,19 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        let dispatch = &self.dispatch;
+        if !(dispatch.straggler_factor.is_finite() && dispatch.straggler_factor >= 0.0) {
+            return invalid(
+                "dispatch.straggler_factor",
+                "must be 0 (off) or a positive factor",
+            );
+        }
+        if !(dispatch.straggler_min_seconds.is_finite() && dispatch.straggler_min_seconds >= 0.0) {
+            return invalid(
+                "dispatch.straggler_min_seconds",
+                "must be 0 or more seconds",
+            );
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("limits.max_input_bytes", limits.max_input_bytes),

@@ -4,7 +4,10 @@
 //! jitter (backon), up to `dispatch.max_attempts`.
 //!
 //! Every wait has a deadline: the slot (no worker registered for `worker_wait_seconds`),
-//! the call, and each event of the stream (`event_timeout_seconds`). Errors the worker
+//! the call, and each event of the stream (`event_timeout_seconds`). A job's last chunk
+//! that runs far slower than its peers gets a backup attempt on another worker
+//! ([`crate::straggler`]); the first to be accepted wins, the other is cancelled and its
+//! GPU-seconds are counted as waste. Errors the worker
 //! marks as permanent (`INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`) fail the
 //! chunk at once: retrying a bad request elsewhere cannot help.
 
@@ -23,6 +26,7 @@ use framefleet_common::storage::{ObjectUri, Storage};
 
 use crate::fleet::{AcquireError, Fleet, QueuePriority, SlotGrant};
 use crate::job::JobRecord;
+use crate::straggler::ChunkPeers;
 
 /// A chunk that could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,8 @@ pub struct ChunkWork {
     pub lines: bool,
     /// True for the job's last chunk (its audio span runs to the end of the input).
     pub last: bool,
+    /// How long the job's other chunks took, for straggler detection.
+    pub peers: Arc<ChunkPeers>,
     /// Which start of the job this is (1 for the first orchestrator to run it, then one
     /// more per restart): it names the chunk objects, so an attempt from before a restart
     /// that is still uploading never writes over one from after.
@@ -113,6 +119,103 @@ enum AttemptError {
     NoSlot(AcquireError),
 }
 
+/// How often a running attempt is compared with its peers.
+const STRAGGLER_CHECK: Duration = Duration::from_millis(500);
+
+/// What an attempt holds once it has a slot: when it got it, on which worker, and how many
+/// GPUs, so an attempt cancelled as the loser of a race can be charged as waste.
+#[derive(Default)]
+struct AttemptClock {
+    held: std::sync::Mutex<Option<(Instant, String, u32)>>,
+}
+
+impl AttemptClock {
+    fn start(&self, worker: &str, gpus: u32) {
+        *self.lock() = Some((Instant::now(), worker.to_string(), gpus));
+    }
+
+    fn worker(&self) -> Option<String> {
+        self.lock().as_ref().map(|(_, worker, _)| worker.clone())
+    }
+
+    fn held_gpu_seconds(&self) -> f64 {
+        self.lock().as_ref().map_or(0.0, |(since, _, gpus)| {
+            since.elapsed().as_secs_f64() * f64::from(*gpus)
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String, u32)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The end of one attempt (and of its backup, when one was started).
+struct Raced {
+    result: Result<AcceptedChunk, AttemptError>,
+    /// Attempt numbers used: 2 when a backup ran.
+    attempts: u32,
+    /// GPU-seconds of the cancelled loser.
+    wasted_gpu_seconds: f64,
+}
+
+/// Runs attempt `attempt`; if the chunk turns into a straggler, also attempt `attempt + 1`
+/// on another worker and keep the first accepted (or the last error when both fail).
+async fn attempt_with_backup(
+    context: &DispatchContext,
+    work: &ChunkWork,
+    attempt: u32,
+    avoid: &HashSet<String>,
+) -> Raced {
+    let primary_clock = AttemptClock::default();
+    let primary = attempt_once(context, work, attempt, avoid, &primary_clock);
+    tokio::pin!(primary);
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            result = &mut primary => return Raced { result, attempts: 1, wasted_gpu_seconds: 0.0 },
+            _ = tokio::time::sleep(STRAGGLER_CHECK) => {
+                if work.peers.is_straggler(started.elapsed(), &context.config) {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::warn!(job = %work.job.id, chunk = work.range.index, attempt, seconds = started.elapsed().as_secs_f64(), "the chunk runs far slower than its peers did; starting a backup attempt on another worker");
+    let mut avoid = avoid.clone();
+    avoid.extend(primary_clock.worker());
+    let backup_clock = AttemptClock::default();
+    let backup = attempt_once(context, work, attempt + 1, &avoid, &backup_clock);
+    tokio::pin!(backup);
+    let (first, loser_clock) = tokio::select! {
+        result = &mut primary => (result, &backup_clock),
+        result = &mut backup => (result, &primary_clock),
+    };
+    if first.is_ok() {
+        return Raced {
+            result: first,
+            attempts: 2,
+            wasted_gpu_seconds: loser_clock.held_gpu_seconds(),
+        };
+    }
+    // The first to end failed (its GPU-seconds are in its error): wait for the other.
+    let second = if std::ptr::eq(loser_clock, &backup_clock) {
+        backup.await
+    } else {
+        primary.await
+    };
+    let wasted_gpu_seconds = match &first {
+        Err(AttemptError::Retry {
+            held_gpu_seconds, ..
+        }) => *held_gpu_seconds,
+        _ => 0.0,
+    };
+    Raced {
+        result: second,
+        attempts: 2,
+        wasted_gpu_seconds,
+    }
+}
+
 /// Runs a chunk to acceptance or to its final failure.
 pub async fn run_chunk(
     context: &DispatchContext,
@@ -128,8 +231,12 @@ pub async fn run_chunk(
     let index = work.range.index;
     let mut avoid = HashSet::new();
     let mut wasted = 0.0;
-    for attempt in 1.. {
-        match attempt_once(context, work, attempt, &avoid).await {
+    let mut attempt = 1;
+    loop {
+        let raced = attempt_with_backup(context, work, attempt, &avoid).await;
+        wasted += raced.wasted_gpu_seconds;
+        attempt += raced.attempts - 1;
+        match raced.result {
             Ok(mut accepted) => {
                 accepted.attempts = attempt;
                 accepted.wasted_gpu_seconds = wasted;
@@ -161,8 +268,8 @@ pub async fn run_chunk(
             }
             Err(AttemptError::NoSlot(error)) => return Err(error.into()),
         }
+        attempt += 1;
     }
-    unreachable!("the attempt loop only ends by returning")
 }
 
 async fn attempt_once(
@@ -170,6 +277,7 @@ async fn attempt_once(
     work: &ChunkWork,
     attempt: u32,
     avoid: &HashSet<String>,
+    clock: &AttemptClock,
 ) -> Result<AcceptedChunk, AttemptError> {
     let range = work.range;
     let priority = QueuePriority {
@@ -183,6 +291,7 @@ async fn attempt_once(
         .acquire(priority, avoid.clone(), wait)
         .await
         .map_err(AttemptError::NoSlot)?;
+    clock.start(&grant.worker.id, grant.worker.gpus_per_slot);
     let output = work
         .scratch
         .join(&format!(

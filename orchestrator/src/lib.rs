@@ -18,6 +18,7 @@ pub mod server;
 pub mod service;
 pub mod stitch;
 pub mod store;
+pub mod straggler;
 pub mod validate;
 
 pub use args::OrchestratorArgs;

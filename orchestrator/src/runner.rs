@@ -34,6 +34,7 @@ use crate::planner::{self, PlanError};
 use crate::report::{self, RunLog};
 use crate::stitch::{self, StitchError};
 use crate::store::{JobStore, KeyConflict};
+use crate::straggler::ChunkPeers;
 use crate::validate::{self, InvalidSpec};
 
 /// Longest a probe may take before the job fails.
@@ -364,6 +365,7 @@ impl Orchestrator {
             storage: io.scratch.clone(),
             config: self.config.dispatch.clone(),
         };
+        let peers = Arc::new(ChunkPeers::new(plan.ranges.len()));
         let work: Vec<ChunkWork> = plan
             .ranges
             .iter()
@@ -375,6 +377,7 @@ impl Orchestrator {
                 time_base,
                 lines: validate::is_infer(spec),
                 last: range.index + 1 == plan.chunks,
+                peers: peers.clone(),
                 run,
             })
             .collect();
@@ -382,6 +385,7 @@ impl Orchestrator {
             futures::future::try_join_all(work.iter().map(|work| async {
                 let previous = trusted.iter().find(|c| c.range.index == work.range.index);
                 let chunk = self.produce_chunk(&context, work, previous).await?;
+                peers.finished(chunk.result.wall_seconds);
                 job.chunk_done(work.range.index);
                 log.lock()
                     .unwrap_or_else(|p| p.into_inner())
