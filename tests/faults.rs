@@ -510,3 +510,36 @@ async fn limits_and_storage_restrictions_refuse_with_the_setting_named() {
         .await
         .expect("room again once a job ended");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_past_the_workers_deadline_is_stopped_and_the_job_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("deadline");
+    let local = dir.path().join("in.mp4");
+    clip_with_audio(&local, "640x360", 30, 6, 30);
+    let input = s3(&format!("{prefix}/in.mp4"));
+    upload(&local, &input).await;
+    let cluster = Cluster::start(
+        1,
+        &[
+            ("FRAMEFLEET_WORKER__CHUNK_DEADLINE_SECONDS", "0.5"),
+            ("FRAMEFLEET_DISPATCH__MAX_ATTEMPTS", "2"),
+        ],
+    );
+    let mut client = cluster.client().await;
+    let output = s3(&format!("{prefix}/out.mp4"));
+    let id = submit(&mut client, slow_spec(&input, &output, 1)).await;
+    let last = watch(&mut client, &id, Duration::from_secs(120))
+        .await
+        .pop()
+        .expect("snapshots");
+    assert_eq!(state(&last), JobState::Failed);
+    assert!(
+        last.error.contains("worker.chunk_deadline_seconds"),
+        "{}",
+        last.error
+    );
+    assert!(list(&s3(&format!("{prefix}/.framefleet/")))
+        .await
+        .is_empty());
+}

@@ -175,3 +175,80 @@ fn audio_the_output_container_cannot_hold_fails_before_any_chunk_runs() {
     );
     assert_exact(&input, &kept, (192, 128));
 }
+
+/// The processes `pid`'s threads started.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn local_survives_its_workers_being_killed_and_frozen_mid_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.mp4");
+    clip_with_audio(&input, "640x360", 30, 12, 30);
+    let output = dir.path().join("out.mp4");
+    let report_path = dir.path().join("report.json");
+    let mut local = framefleet_local()
+        .arg(&input)
+        .arg(&output)
+        .args(["--workers", "2", "--chunks", "4", "--scale", "2"])
+        .args(["--crf", "20", "--preset", "slow", "--report-json"])
+        .arg(&report_path)
+        .spawn()
+        .expect("framefleet local starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let workers = loop {
+        let workers = children(local.id());
+        if workers.len() >= 2 {
+            break workers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Let them take their first chunks, then kill one and freeze the other.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill(2) on processes this test's child started, with valid signals.
+    unsafe {
+        libc::kill(workers[0] as i32, libc::SIGKILL);
+        libc::kill(workers[1] as i32, libc::SIGSTOP);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = local.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = local.kill();
+            panic!("framefleet local did not finish after its workers were lost");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // SAFETY: as above; the frozen worker may already be gone.
+    unsafe {
+        libc::kill(workers[1] as i32, libc::SIGKILL);
+    }
+    assert!(status.success(), "framefleet local failed: {status}");
+    assert_exact(&input, &output, (1280, 720));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
+            .expect("json");
+    let attempts = report["totals"]["attempts"].as_u64().unwrap_or(0);
+    assert!(
+        attempts > 4,
+        "the lost workers' chunks were not retried ({attempts} attempts for 4 chunks)"
+    );
+}

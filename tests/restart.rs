@@ -1,7 +1,7 @@
-//! The job store, end to end: an orchestrator killed with SIGKILL in the middle of a
-//! 4-chunk job is started again on the same store; the job resumes and succeeds with a
-//! frame-exact output, the chunks accepted before the kill are re-checked and reused, not
-//! processed again, and no chunk object is left behind.
+//! The job store, end to end: an orchestrator killed with SIGKILL (or stopped with
+//! SIGTERM) in the middle of a 4-chunk job is started again on the same store; the job
+//! resumes and succeeds with a frame-exact output, the chunks accepted before the stop are
+//! re-checked and reused, not processed again, and no chunk object is left behind.
 
 mod support;
 
@@ -30,8 +30,19 @@ async fn chunks_finished_by_workers(cluster: &Cluster) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orchestrator_killed_mid_job_resumes_it_without_recomputing_finished_chunks() {
+    resumes_after(libc::SIGKILL, "restart-kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orchestrator_stopped_with_sigterm_leaves_the_job_to_its_next_start() {
+    resumes_after(libc::SIGTERM, "restart-term").await;
+}
+
+/// Runs a 4-chunk job, stops the orchestrator with `signal` once a chunk is accepted,
+/// starts it again and checks the job's end.
+async fn resumes_after(signal: i32, name: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let prefix = unique_prefix("restart");
+    let prefix = unique_prefix(name);
     let local = dir.path().join("in.mp4");
     clip_with_audio(&local, "640x360", 30, 8, 30);
     let input = s3(&format!("{prefix}/in.mp4"));
@@ -70,7 +81,7 @@ async fn an_orchestrator_killed_mid_job_resumes_it_without_recomputing_finished_
     assert!(done_before < 4, "every chunk finished before the kill");
     let worked_before = chunks_finished_by_workers(&cluster).await;
 
-    cluster.kill_and_restart_orchestrator();
+    cluster.restart_orchestrator(signal);
     let mut client = cluster.client().await;
     let last = watch(&mut client, &id, Duration::from_secs(300))
         .await

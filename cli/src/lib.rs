@@ -11,6 +11,7 @@
 
 pub mod job_options;
 pub mod local;
+pub mod local_workers;
 pub mod models;
 pub mod remote;
 pub mod render;

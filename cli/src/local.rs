@@ -3,16 +3,14 @@
 //! The orchestrator runs in this process on a loopback port; each worker is a child
 //! process (`framefleet worker`), so one crashing cannot take the others down. Storage is
 //! `file://`: the input and output are local paths, and chunk objects live in a temporary
-//! directory that is removed at the end. Workers die with this process (`PR_SET_PDEATHSIG`)
-//! and are stopped with SIGTERM when the job ends.
+//! directory that is removed at the end. Workers die with this process (`PR_SET_PDEATHSIG`),
+//! are replaced when one is lost mid-job, and are stopped with SIGTERM when the job ends
+//! ([`crate::local_workers`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use framefleet_common::auth::AttachToken;
@@ -24,11 +22,9 @@ use framefleet_common::proto::{
 use framefleet_orchestrator::{serve_on, Orchestrator};
 
 use crate::job_options::JobOptions;
+use crate::local_workers::{LocalWorkers, WorkerLaunch};
 use crate::remote::{self, status_error};
 use crate::render;
-
-/// How long a worker gets to stop after SIGTERM before it is killed.
-const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// `framefleet local INPUT OUTPUT`.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,13 +81,20 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(serve_on(listener, orchestrator, shutdown.clone()));
     let logs = scratch.path().join("logs");
     std::fs::create_dir_all(&logs)?;
-    let mut workers = Vec::new();
-    for index in 0..args.workers {
-        workers.push(start_worker(index, &url, &args, &logs)?);
-    }
-
-    let result = run_job(&url, token, &args, &input, &output).await;
-    stop_workers(workers).await;
+    let mut workers = LocalWorkers::start(
+        args.workers,
+        WorkerLaunch {
+            url: url.clone(),
+            config: args.config.clone(),
+            verbose: args.verbose,
+            logs,
+        },
+    )?;
+    let result = tokio::select! {
+        result = run_job(&url, token, &args, &input, &output) => result,
+        error = workers.supervise() => Err(error),
+    };
+    workers.stop().await;
     shutdown.cancel();
     let _ = server.await;
     if result.is_err() && !args.verbose {
@@ -115,62 +118,6 @@ fn absolute_output(output: &Path) -> anyhow::Result<PathBuf> {
     let parent = std::fs::canonicalize(&parent)
         .with_context(|| format!("the output directory {} does not exist", parent.display()))?;
     Ok(parent.join(name))
-}
-
-fn start_worker(index: u32, url: &str, args: &LocalArgs, logs: &Path) -> anyhow::Result<Child> {
-    let program = std::env::current_exe().context("cannot find the framefleet executable")?;
-    let mut command = Command::new(program);
-    command
-        .arg("worker")
-        .args(["--orchestrator", url, "--listen", "127.0.0.1:0"])
-        .args(["--name", &format!("local-{index}")])
-        .env("FRAMEFLEET_TLS__CERT_PATH", "")
-        .env("FRAMEFLEET_TLS__KEY_PATH", "")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(config) = &args.config {
-        command.arg("--config").arg(config);
-    }
-    if args.verbose {
-        command.stderr(Stdio::inherit());
-    } else {
-        let log = std::fs::File::create(logs.join(format!("worker-{index}.log")))?;
-        command.stderr(Stdio::from(log));
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-    // is async-signal-safe. It asks the kernel to SIGTERM the worker if this process dies.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command
-        .spawn()
-        .with_context(|| format!("cannot start worker {index}"))
-}
-
-async fn stop_workers(workers: Vec<Child>) {
-    for worker in &workers {
-        if let Some(pid) = worker.id().and_then(|pid| i32::try_from(pid).ok()) {
-            // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-    }
-    for mut worker in workers {
-        if tokio::time::timeout(WORKER_STOP_GRACE, worker.wait())
-            .await
-            .is_err()
-        {
-            let _ = worker.kill().await;
-        }
-    }
 }
 
 async fn run_job(

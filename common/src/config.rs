@@ -178,6 +178,9 @@ pub struct WorkerConfig {
     /// retries them elsewhere). Keep it under the platform's kill deadline (Kubernetes:
     /// `terminationGracePeriodSeconds`, 30 by default).
     pub drain_grace_seconds: f64,
+    /// Longest a chunk may run on this worker (decode, model, encode, upload) before it is
+    /// cancelled and reported as `DEADLINE_EXCEEDED`, so nothing wedges a slot forever.
+    pub chunk_deadline_seconds: f64,
 }
 
 /// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
@@ -318,6 +321,7 @@ impl Default for WorkerConfig {
             tile_size: 1024,
             whole_input_download: false,
             drain_grace_seconds: 25.0,
+            chunk_deadline_seconds: 3600.0,
         }
     }
 }
@@ -499,6 +503,14 @@ impl Config {
             return invalid(
                 "tls.key_path",
                 "and tls.cert_path must be set together (or both left empty for plain HTTP/2)",
+            );
+        }
+        if !(self.worker.chunk_deadline_seconds.is_finite()
+            && self.worker.chunk_deadline_seconds > 0.0)
+        {
+            return invalid(
+                "worker.chunk_deadline_seconds",
+                "must be a positive number of seconds",
             );
         }
         if !(self.worker.drain_grace_seconds.is_finite() && self.worker.drain_grace_seconds >= 0.0)

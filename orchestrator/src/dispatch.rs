@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use ffmpeg_next::Rescale;
+use tokio_util::task::TaskTracker;
 use tonic::Code;
 
 use framefleet_common::config::DispatchConfig;
@@ -62,6 +63,8 @@ pub struct DispatchContext {
     pub storage: Storage,
     /// Retry and deadline settings.
     pub config: DispatchConfig,
+    /// Where chunk checks run (FFmpeg on blocking threads), so a shutdown can wait for them.
+    pub blocking: TaskTracker,
 }
 
 /// One chunk of a job, ready to send.
@@ -334,7 +337,7 @@ async fn attempt_once(
         Err(StreamError::Permanent(message)) => return Err(AttemptError::Permanent(message)),
         Err(StreamError::Retry(message)) => return Err(retry(message)),
     };
-    let output_bytes = verify_objects(&context.storage, work, &output, audio.as_ref())
+    let output_bytes = verify_objects(context, work, &output, audio.as_ref())
         .await
         .map_err(retry)?;
     Ok(AcceptedChunk {
@@ -368,13 +371,7 @@ pub async fn recheck(
             work.range.index
         ));
     }
-    let size = verify_objects(
-        &context.storage,
-        work,
-        &previous.output,
-        previous.audio.as_ref(),
-    )
-    .await?;
+    let size = verify_objects(context, work, &previous.output, previous.audio.as_ref()).await?;
     if size != previous.output_bytes {
         return Err(format!(
             "chunk {} object holds {size} bytes, {} when it was accepted",
@@ -387,16 +384,17 @@ pub async fn recheck(
 /// Checks a chunk's objects (see [`verify_chunk`] and [`verify_lines`]) and that its audio
 /// log exists; returns the chunk object's size.
 async fn verify_objects(
-    storage: &Storage,
+    context: &DispatchContext,
     work: &ChunkWork,
     output: &ObjectUri,
     audio: Option<&ObjectUri>,
 ) -> Result<u64, String> {
     let range = &work.range;
+    let storage = &context.storage;
     let size = if work.lines {
         verify_lines(storage, output, range).await?
     } else {
-        verify_chunk(storage, output, range, work.time_base).await?
+        verify_chunk(context, output, range, work.time_base).await?
     };
     if let Some(audio) = audio {
         if let Err(error) = storage.size(audio).await {
@@ -478,26 +476,28 @@ async fn stream_chunk(
 /// Checks a chunk object: exactly the range's frame count, starting at the range's first
 /// timestamp. Returns the object's size.
 async fn verify_chunk(
-    storage: &Storage,
+    context: &DispatchContext,
     output: &ObjectUri,
     range: &ChunkRange,
     time_base: ffmpeg_next::Rational,
 ) -> Result<u64, String> {
-    let storage = storage.clone();
+    let storage = context.storage.clone();
     let object = output.clone();
     let runtime = tokio::runtime::Handle::current();
-    let probed = tokio::task::spawn_blocking(move || {
-        let reader = storage
-            .open_reader(&object, runtime)
-            .map_err(|e| e.to_string())?;
-        let size = reader.size();
-        media::probe(reader, object.file_name())
-            .map(|info| (info, size))
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("checking chunk {} crashed: {e}", range.index))?
-    .map_err(|e| format!("chunk {} output is unreadable: {e}", range.index))?;
+    let probed = context
+        .blocking
+        .spawn_blocking(move || {
+            let reader = storage
+                .open_reader(&object, runtime)
+                .map_err(|e| e.to_string())?;
+            let size = reader.size();
+            media::probe(reader, object.file_name())
+                .map(|info| (info, size))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("checking chunk {} crashed: {e}", range.index))?
+        .map_err(|e| format!("chunk {} output is unreadable: {e}", range.index))?;
     let (probed, size) = probed;
     let video = &probed.video;
     let expected = range.end_frame - range.start_frame;

@@ -120,6 +120,9 @@ pub struct Orchestrator {
     running: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// FFmpeg work on blocking threads (probe, chunk checks, stitch): a shutdown waits for
+    /// it, so none of it outlives the runtime it blocks on.
+    blocking: TaskTracker,
 }
 
 impl Orchestrator {
@@ -148,6 +151,7 @@ impl Orchestrator {
             running: Arc::new(tokio::sync::Semaphore::new(running)),
             shutdown,
             tasks: TaskTracker::new(),
+            blocking: TaskTracker::new(),
         });
         for job in stored {
             let record = Arc::new(JobRecord::restore(&job));
@@ -227,11 +231,14 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Stops accepting jobs and waits for running ones to reach a terminal state.
+    /// Stops accepting jobs and waits for running ones to reach a terminal state (or, with
+    /// a durable job store, to stop where they are) and for their blocking work to end.
     pub async fn drain(&self) {
         self.fleet.close();
         self.tasks.close();
         self.tasks.wait().await;
+        self.blocking.close();
+        self.blocking.wait().await;
     }
 
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
@@ -311,7 +318,8 @@ impl Orchestrator {
 
         job.set_state(JobState::Probing);
         let probe_started = Instant::now();
-        let (info, input_size) = probe(&io.input, &input, &self.config.limits).await?;
+        let (info, input_size) =
+            probe(&io.input, &input, &self.config.limits, &self.blocking).await?;
         check_limits(&info, input_size, &self.config.limits)?;
         let info = Arc::new(info);
         log.lock()
@@ -364,6 +372,7 @@ impl Orchestrator {
             fleet: self.fleet.clone(),
             storage: io.scratch.clone(),
             config: self.config.dispatch.clone(),
+            blocking: self.blocking.clone(),
         };
         let peers = Arc::new(ChunkPeers::new(plan.ranges.len()));
         let work: Vec<ChunkWork> = plan
@@ -403,7 +412,7 @@ impl Orchestrator {
             stitch::concatenate(&io.scratch, &io.output, &chunks, &output).await?;
         } else {
             let audio = accepted.iter().filter_map(|c| c.audio.clone()).collect();
-            stitch_and_upload(io, chunks, audio, input, info, &output).await?;
+            stitch_and_upload(io, &self.blocking, chunks, audio, input, info, &output).await?;
         }
         log.lock().unwrap_or_else(|p| p.into_inner()).stitch_seconds =
             stitch_started.elapsed().as_secs_f64();
@@ -445,12 +454,13 @@ async fn probe(
     io: &Storage,
     input: &ObjectUri,
     limits: &LimitsConfig,
+    blocking: &TaskTracker,
 ) -> Result<(MediaInfo, u64), JobError> {
     let storage = io.clone();
     let uri = input.clone();
     let runtime = tokio::runtime::Handle::current();
     let max_bytes = limits.max_input_bytes;
-    let probing = tokio::task::spawn_blocking(move || -> Result<(MediaInfo, u64), JobError> {
+    let probing = blocking.spawn_blocking(move || -> Result<(MediaInfo, u64), JobError> {
         let reader = storage
             .open_reader(&uri, runtime)?
             .with_block_bytes(media::INDEX_BLOCK_BYTES);
@@ -513,6 +523,7 @@ fn check_limits(info: &MediaInfo, size: u64, limits: &LimitsConfig) -> Result<()
 /// Stitches into a local temporary file on a blocking thread, then uploads it.
 async fn stitch_and_upload(
     io: &JobIo,
+    blocking: &TaskTracker,
     chunks: Vec<ObjectUri>,
     audio: Vec<ObjectUri>,
     input: ObjectUri,
@@ -540,7 +551,8 @@ async fn stitch_and_upload(
         audio,
         input,
     };
-    tokio::task::spawn_blocking(move || stitch::stitch(&sources, &parts, &info, &target))
+    blocking
+        .spawn_blocking(move || stitch::stitch(&sources, &parts, &info, &target))
         .await
         .map_err(|e| JobError::Internal(format!("the stitch crashed: {e}")))??;
     io.output.upload_file(&local, output).await?;

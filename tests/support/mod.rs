@@ -407,10 +407,11 @@ impl Cluster {
         }
     }
 
-    /// Kills the orchestrator with SIGKILL (no chance to clean up) and starts it again on
-    /// the same address and job store.
-    pub fn kill_and_restart_orchestrator(&mut self) {
-        self.orchestrator.signal(libc::SIGKILL);
+    /// Stops the orchestrator with `signal` (SIGKILL: no chance to clean up; SIGTERM: an
+    /// orderly stop), waits for it to exit and starts it again on the same address and
+    /// job store.
+    pub fn restart_orchestrator(&mut self, signal: i32) {
+        self.orchestrator.signal(signal);
         let _ = self.orchestrator.child.wait();
         let port: u16 = self
             .url

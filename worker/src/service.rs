@@ -252,9 +252,17 @@ async fn run_and_report(
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     let mut last = [0u64; 6];
     let mut last_sent = Instant::now();
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(state.config.chunk_deadline_seconds));
+    tokio::pin!(deadline);
+    let mut timed_out = false;
     let outcome = loop {
         tokio::select! {
             outcome = &mut chunk => break outcome,
+            _ = &mut deadline, if !timed_out => {
+                tracing::warn!(chunk = %label, seconds = state.config.chunk_deadline_seconds, "the chunk ran past its deadline; cancelling");
+                timed_out = true;
+                cancel.cancel();
+            }
             _ = ticker.tick() => {
                 let mut changes = progress.changes(&mut last);
                 if changes.is_empty() && last_sent.elapsed() >= KEEPALIVE_INTERVAL {
@@ -298,6 +306,10 @@ async fn run_and_report(
                 ))),
             })
         }
+        Err(ChunkError::Cancelled) if timed_out => Err(Status::deadline_exceeded(format!(
+            "the chunk ran longer than its deadline of {} s (worker.chunk_deadline_seconds) and was stopped",
+            state.config.chunk_deadline_seconds
+        ))),
         Err(error) => {
             tracing::warn!(chunk = %label, %error, "chunk failed");
             Err(status_of(&error))
