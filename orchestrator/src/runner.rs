@@ -40,6 +40,10 @@ use crate::validate::{self, InvalidSpec};
 /// Longest a probe may take before the job fails.
 const PROBE_DEADLINE: Duration = Duration::from_secs(300);
 
+/// Longest a shutdown waits for FFmpeg work on blocking threads (a probe, a chunk check, a
+/// stitch) to end.
+const BLOCKING_DRAIN: Duration = Duration::from_secs(30);
+
 /// After a failure or cancel, chunk objects are deleted again after this grace, in case a
 /// worker was finishing an upload as it was told to stop.
 const CLEANUP_GRACE: Duration = Duration::from_millis(1500);
@@ -238,7 +242,15 @@ impl Orchestrator {
         self.tasks.close();
         self.tasks.wait().await;
         self.blocking.close();
-        self.blocking.wait().await;
+        if tokio::time::timeout(BLOCKING_DRAIN, self.blocking.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                seconds = BLOCKING_DRAIN.as_secs(),
+                "FFmpeg work still running after the shutdown grace; stopping without it"
+            );
+        }
     }
 
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
