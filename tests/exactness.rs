@@ -1,6 +1,6 @@
 //! End-to-end exactness: real orchestrator and worker processes over gRPC, the Garage S3
-//! server on loopback, inputs made with lavfi. For every input kind and N = 1..4 chunks
-//! the output has the input's frame count and timestamps, the input's audio packets, the
+//! server on loopback, inputs made with lavfi. For every input kind (MPEG-TS included)
+//! and N = 1..4 chunks the output has the input's frame count and timestamps, the input's audio packets, the
 //! scaled size, and (lossless) the same decoded frames whatever N is.
 
 mod support;
@@ -125,6 +125,22 @@ fn clips() -> Vec<Clip> {
                 &audio,
                 &[
                     "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10",
+                ],
+                &["-c:a", "aac", "-shortest"],
+            ]
+            .concat(),
+        },
+        Clip {
+            // No index and timestamps that do not start at 0: seeks are estimates that
+            // can land past a chunk's start, or past the last keyframe.
+            name: "mpeg-ts",
+            extension: "ts",
+            size: (192, 108),
+            args: [
+                &["-f", "lavfi", "-i", "mandelbrot=size=192x108:rate=24"][..],
+                &audio,
+                &[
+                    "-t", "5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "48",
                 ],
                 &["-c:a", "aac", "-shortest"],
             ]

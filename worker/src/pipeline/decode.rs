@@ -18,9 +18,10 @@ use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
-use framefleet_common::media::isobmff::SkipFragments;
+use framefleet_common::media::isobmff::{HollowReader, SkipFragments};
 use framefleet_common::media::{discard_streams, frame_pts, open_input_for_decoding, PacketReader};
 use framefleet_common::proto::Phase;
+use framefleet_common::storage::ObjectReader;
 use framefleet_common::storage::Storage;
 
 use super::audio::{AudioCollector, Offer, Span};
@@ -52,19 +53,36 @@ pub(super) fn run(
         );
     }
     targets.push(None);
+    // One reader for every attempt: a seek retry finds what the last one fetched cached.
+    let setup_started = Instant::now();
+    let mut object = storage.open_reader(&spec.input, runtime)?;
+    if spec.whole_input {
+        object = object.whole_object();
+    }
+    let size = object.size();
+    let shared = HollowReader::new(
+        TimedReader {
+            inner: object,
+            clock: context.clock.clone(),
+        },
+        size,
+        false,
+    );
+    add_setup_time(&context.clock, setup_started);
     let mut last_overshoot = None;
     for (tries, target) in targets.into_iter().enumerate() {
         // Only the first attempt skips fragments: a retry aims earlier than the keyframe.
         let attempt = Attempt {
+            input: shared.twin(false),
             seek_to: target,
             skip_fragments: tries == 0,
             audio_log,
         };
-        match decode_range(spec, storage, runtime.clone(), context, &frames, attempt)? {
+        match decode_range(spec, context, &frames, attempt)? {
             Decoded::Done { audio_packets } => return Ok(audio_packets),
             Decoded::SeekOvershot { first_pts } => {
                 tracing::debug!(
-                    first_pts,
+                    ?first_pts,
                     ?target,
                     start_pts = spec.range.start_pts,
                     "seek landed after the chunk start; seeking further back"
@@ -73,10 +91,12 @@ pub(super) fn run(
             }
         }
     }
+    let first = last_overshoot
+        .flatten()
+        .map_or_else(|| "none at all".to_string(), |pts| format!("pts {pts}"));
     Err(ChunkError::Decode(format!(
-        "the first decodable frame (pts {}) comes after the chunk start (pts {}); the \
-         input's timestamps do not match its probe",
-        last_overshoot.unwrap_or_default(),
+        "after seeking, the first decodable frame ({first}) comes after the chunk start \
+         (pts {}); the input's timestamps do not match its probe",
         spec.range.start_pts
     )))
 }
@@ -85,12 +105,20 @@ pub(super) fn run(
 const SEEK_MARGINS_SECONDS: [i64; 5] = [0, 1, 2, 4, 8];
 
 enum Decoded {
-    Done { audio_packets: u64 },
-    SeekOvershot { first_pts: i64 },
+    Done {
+        audio_packets: u64,
+    },
+    /// The seek landed after the range's start: the first frame decoded (or packet read)
+    /// is later, or, when the seek landed at the very end, there was none.
+    SeekOvershot {
+        first_pts: Option<i64>,
+    },
 }
 
 /// How one attempt at the range reads the input.
 struct Attempt<'a> {
+    /// The input, from its start (shared with the other attempts).
+    input: HollowReader<TimedReader<ObjectReader>>,
     /// Where to seek first (`None` decodes from the start).
     seek_to: Option<i64>,
     /// Whether a fragmented MP4's earlier fragments are skipped.
@@ -101,26 +129,17 @@ struct Attempt<'a> {
 
 fn decode_range(
     spec: &ChunkSpec,
-    storage: &Storage,
-    runtime: tokio::runtime::Handle,
     context: &StageContext,
     frames: &SyncSender<VideoFrame>,
     attempt: Attempt<'_>,
 ) -> Result<Decoded, ChunkError> {
     let Attempt {
+        input: reader,
         seek_to,
         skip_fragments,
         audio_log,
     } = attempt;
     let setup_started = Instant::now();
-    let mut object = storage.open_reader(&spec.input, runtime)?;
-    if spec.whole_input {
-        object = object.whole_object();
-    }
-    let reader = TimedReader {
-        inner: object,
-        clock: context.clock.clone(),
-    };
     let skipped = if skip_fragments && spec.fragmented_input {
         spec.range.skip_from..spec.range.skip_to
     } else {
@@ -218,7 +237,7 @@ fn decode_range(
                     if let Some(audio) = &mut audio {
                         if audio.offer(&packet)? == Offer::Late {
                             return Ok(Decoded::SeekOvershot {
-                                first_pts: packet.dts().or(packet.pts()).unwrap_or_default(),
+                                first_pts: packet.dts().or(packet.pts()),
                             });
                         }
                     }
@@ -247,7 +266,9 @@ fn decode_range(
                 continue;
             };
             if first_frame && seek && pts > start {
-                return Ok(Decoded::SeekOvershot { first_pts: pts });
+                return Ok(Decoded::SeekOvershot {
+                    first_pts: Some(pts),
+                });
             }
             first_frame = false;
             if pts < start {
@@ -268,6 +289,11 @@ fn decode_range(
         if at_end {
             break;
         }
+    }
+    if seek && first_frame {
+        // The seek landed at the end of the input (an estimated seek, as in MPEG-TS, that
+        // overshot the last keyframe): no frame at all.
+        return Ok(Decoded::SeekOvershot { first_pts: None });
     }
     if sent != expected {
         return Err(ChunkError::FrameCount {
