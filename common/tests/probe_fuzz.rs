@@ -135,10 +135,23 @@ proptest! {
     }
 }
 
+/// The corpus as checked in: one file per container the probe reads.
+const CORPUS: [&str; 6] = [
+    "fragmented.mp4",
+    "index-at-end.mp4",
+    "index-first.mp4",
+    "matroska.mkv",
+    "transport.ts",
+    "webm.webm",
+];
+
 #[test]
 fn every_corpus_file_probes_cleanly_before_mutation() {
     media::init();
-    for (name, bytes) in corpus() {
+    let corpus = corpus();
+    let names: Vec<&str> = corpus.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, CORPUS, "fuzz/corpus/probe is incomplete");
+    for (name, bytes) in corpus {
         let info =
             media::probe(Cursor::new(bytes), &name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(info.video.frames.len(), 6, "{name}");
