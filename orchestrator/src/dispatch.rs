@@ -189,19 +189,24 @@ async fn attempt_with_backup(
     let backup_clock = AttemptClock::default();
     let backup = attempt_once(context, work, attempt + 1, &avoid, &backup_clock);
     tokio::pin!(backup);
-    let (first, loser_clock) = tokio::select! {
-        result = &mut primary => (result, &backup_clock),
-        result = &mut backup => (result, &primary_clock),
+    let (first, primary_first) = tokio::select! {
+        result = &mut primary => (result, true),
+        result = &mut backup => (result, false),
     };
     if first.is_ok() {
+        let loser = if primary_first {
+            &backup_clock
+        } else {
+            &primary_clock
+        };
         return Raced {
             result: first,
             attempts: 2,
-            wasted_gpu_seconds: loser_clock.held_gpu_seconds(),
+            wasted_gpu_seconds: loser.held_gpu_seconds(),
         };
     }
     // The first to end failed (its GPU-seconds are in its error): wait for the other.
-    let second = if std::ptr::eq(loser_clock, &backup_clock) {
+    let second = if primary_first {
         backup.await
     } else {
         primary.await

@@ -27,6 +27,12 @@ struct State {
     next_seq: u64,
 }
 
+impl State {
+    fn job_for_key(&self, key: &str) -> Option<&Arc<JobRecord>> {
+        self.by_key.get(key).and_then(|id| self.jobs.get(id))
+    }
+}
+
 /// The jobs of this orchestrator.
 #[derive(Default)]
 pub struct JobStore {
@@ -43,7 +49,7 @@ impl JobStore {
     pub fn create(&self, key: &str, spec: JobSpec) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
         let mut state = self.lock();
         if !key.is_empty() {
-            if let Some(existing) = state.by_key.get(key).and_then(|id| state.jobs.get(id)) {
+            if let Some(existing) = state.job_for_key(key) {
                 if existing.spec != spec {
                     return Err(KeyConflict {
                         key: key.to_string(),
@@ -86,12 +92,7 @@ impl JobStore {
 
     /// The job an idempotency key names.
     pub fn by_key(&self, key: &str) -> Option<Arc<JobRecord>> {
-        let state = self.lock();
-        state
-            .by_key
-            .get(key)
-            .and_then(|id| state.jobs.get(id))
-            .cloned()
+        self.lock().job_for_key(key).cloned()
     }
 
     /// The job with this id.

@@ -170,12 +170,8 @@ impl ObjectReader {
             .iter()
             .position(|run| run.end == start)
             .and_then(|index| self.runs.remove(index));
-        let window = continued.map_or(self.block_bytes, |run| {
-            (run.window * 2).min(self.max_window)
-        });
-        let len = window
-            .min(self.size - start)
-            .min(self.next_held(start) - start);
+        let window = continued.map_or(self.block_bytes, |run| self.grown(run.window));
+        let len = self.span(start, window);
         let data = self
             .runtime
             .block_on(self.storage.read_range(&self.uri, start, len))
@@ -186,6 +182,20 @@ impl ObjectReader {
             self.read_ahead(end, window);
         }
         Ok(0)
+    }
+
+    /// The window after one of `window` bytes in a sequential run: twice as big, up to the
+    /// largest.
+    fn grown(&self, window: u64) -> u64 {
+        (window * 2).min(self.max_window)
+    }
+
+    /// How much a fetch of `window` bytes at `start` takes: no further than the object's
+    /// end or the next byte already cached or being fetched.
+    fn span(&self, start: u64, window: u64) -> u64 {
+        window
+            .min(self.size - start)
+            .min(self.next_held(start) - start)
     }
 
     /// The first byte after `start` that is cached or being fetched (the object's end when
@@ -229,10 +239,8 @@ impl ObjectReader {
         if start >= self.size || held {
             return;
         }
-        let window = (window * 2).min(self.max_window);
-        let len = window
-            .min(self.size - start)
-            .min(self.next_held(start) - start);
+        let window = self.grown(window);
+        let len = self.span(start, window);
         let (storage, uri) = (self.storage.clone(), self.uri.clone());
         let task = self
             .runtime
