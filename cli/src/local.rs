@@ -61,7 +61,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     );
     let output = absolute_output(&args.output)?;
     let mut config = Config::load(args.config.as_deref())?;
-    framefleet_common::telemetry::init(if args.verbose { "info" } else { "warn" });
+    framefleet_common::telemetry::init_logs(if args.verbose { "info" } else { "warn" });
     let scratch = tempfile::Builder::new()
         .prefix("framefleet-local-")
         .tempdir()?;

@@ -292,6 +292,19 @@ pub struct DispatchConfig {
 pub struct TelemetryConfig {
     /// `tracing` filter directive, e.g. `info` or `framefleet_worker=debug`.
     pub log: String,
+    /// OTLP/gRPC collector to send spans to, `http://host:port` (e.g. an OpenTelemetry
+    /// Collector or Jaeger on 4317); empty sends none.
+    pub otlp_endpoint: String,
+    /// Address of the Prometheus `/metrics` endpoint, e.g. `0.0.0.0:9464`; empty serves
+    /// none.
+    pub metrics_listen: String,
+}
+
+impl TelemetryConfig {
+    /// The metrics endpoint's address, when one is configured (validated at load).
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listen.parse().ok()
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -382,7 +395,11 @@ impl Default for DispatchConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log: "info".into() }
+        Self {
+            log: "info".into(),
+            otlp_endpoint: String::new(),
+            metrics_listen: String::new(),
+        }
     }
 }
 
@@ -571,7 +588,35 @@ impl Config {
             );
         }
         self.planner.validate()?;
-        self.dispatch.validate()
+        self.dispatch.validate()?;
+        self.telemetry.validate()
+    }
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("telemetry.{key}"),
+                reason: reason.into(),
+            })
+        };
+        let endpoint = &self.otlp_endpoint;
+        let host = endpoint.strip_prefix("http://").unwrap_or_default();
+        if !endpoint.is_empty() && host.is_empty() {
+            return invalid(
+                "otlp_endpoint",
+                "must be http://host:port (OTLP over gRPC without TLS: run a collector beside \
+                 the process and let it forward over TLS), or empty for none",
+            );
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_address().is_none() {
+            return invalid(
+                "metrics_listen",
+                "must be an address such as 0.0.0.0:9464, or empty for no endpoint",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -696,6 +741,29 @@ mod tests {
         assert!(error.to_string().contains("worker.slots"), "{error}");
         let error = from_toml("[worker]\ngpu_type = \"B200\"\n").expect_err("no price");
         assert!(error.to_string().contains("worker.gpu_type"), "{error}");
+    }
+
+    #[test]
+    fn telemetry_endpoints_are_checked() {
+        let error =
+            from_toml("[telemetry]\notlp_endpoint = \"collector:4317\"\n").expect_err("no scheme");
+        assert!(
+            error.to_string().contains("telemetry.otlp_endpoint"),
+            "{error}"
+        );
+        let error = from_toml("[telemetry]\nmetrics_listen = \"9464\"\n").expect_err("no host");
+        assert!(
+            error.to_string().contains("telemetry.metrics_listen"),
+            "{error}"
+        );
+        let config = from_toml(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nmetrics_listen = \"127.0.0.1:9464\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.telemetry.metrics_address().map(|a| a.port()),
+            Some(9464)
+        );
     }
 
     #[test]

@@ -19,14 +19,17 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use ffmpeg_next::Rescale;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
+use tracing::Instrument;
 
 use framefleet_common::config::DispatchConfig;
 use framefleet_common::media;
 use framefleet_common::proto::{chunk_event, ChunkRange, ChunkResult, ProcessChunkRequest};
 use framefleet_common::storage::{ObjectUri, Storage};
+use framefleet_common::telemetry::propagation;
 
 use crate::fleet::{AcquireError, Fleet, QueuePriority, SlotGrant};
 use crate::job::JobRecord;
+use crate::metrics::{AttemptOutcome, OrchestratorMetrics};
 use crate::straggler::ChunkPeers;
 
 /// A chunk that could not be produced.
@@ -65,6 +68,8 @@ pub struct DispatchContext {
     pub config: DispatchConfig,
     /// Where chunk checks run (FFmpeg on blocking threads), so a shutdown can wait for them.
     pub blocking: TaskTracker,
+    /// Where attempts are counted.
+    pub metrics: Arc<OrchestratorMetrics>,
 }
 
 /// One chunk of a job, ready to send.
@@ -170,7 +175,7 @@ async fn attempt_with_backup(
     avoid: &HashSet<String>,
 ) -> Raced {
     let primary_clock = AttemptClock::default();
-    let primary = attempt_once(context, work, attempt, avoid, &primary_clock);
+    let primary = attempt_counted(context, work, attempt, avoid, &primary_clock);
     tokio::pin!(primary);
     let started = Instant::now();
     loop {
@@ -187,7 +192,7 @@ async fn attempt_with_backup(
     let mut avoid = avoid.clone();
     avoid.extend(primary_clock.worker());
     let backup_clock = AttemptClock::default();
-    let backup = attempt_once(context, work, attempt + 1, &avoid, &backup_clock);
+    let backup = attempt_counted(context, work, attempt + 1, &avoid, &backup_clock);
     tokio::pin!(backup);
     let (first, primary_first) = tokio::select! {
         result = &mut primary => (result, true),
@@ -280,6 +285,30 @@ pub async fn run_chunk(
     }
 }
 
+/// One attempt in an `attempt` span (which names the worker once it has one), counted in
+/// the metrics when it ends.
+async fn attempt_counted(
+    context: &DispatchContext,
+    work: &ChunkWork,
+    attempt: u32,
+    avoid: &HashSet<String>,
+    clock: &AttemptClock,
+) -> Result<AcceptedChunk, AttemptError> {
+    let span = tracing::info_span!("attempt", attempt, worker = tracing::field::Empty);
+    let result = attempt_once(context, work, attempt, avoid, clock)
+        .instrument(span)
+        .await;
+    let metrics = &context.metrics;
+    match &result {
+        Ok(chunk) => metrics.attempt_ended(AttemptOutcome::Accepted, chunk.result.gpu_seconds),
+        Err(AttemptError::Retry { .. } | AttemptError::Permanent(_)) => {
+            metrics.attempt_ended(AttemptOutcome::Failed, 0.0)
+        }
+        Err(AttemptError::NoSlot(_)) => {}
+    }
+    result
+}
+
 async fn attempt_once(
     context: &DispatchContext,
     work: &ChunkWork,
@@ -300,6 +329,7 @@ async fn attempt_once(
         .await
         .map_err(AttemptError::NoSlot)?;
     clock.start(&grant.worker.id, grant.worker.gpus_per_slot);
+    tracing::Span::current().record("worker", grant.worker.name.as_str());
     let output = work
         .scratch
         .join(&format!(
@@ -440,7 +470,9 @@ async fn stream_chunk(
             _ => StreamError::Retry(message),
         }
     };
-    let mut stream = match tokio::time::timeout(deadline, client.process_chunk(request)).await {
+    let mut call = tonic::Request::new(request);
+    propagation::inject_current(call.metadata_mut());
+    let mut stream = match tokio::time::timeout(deadline, client.process_chunk(call)).await {
         Err(_) => {
             return Err(StreamError::Retry(format!(
                 "worker {} did not answer within {:.0} s",

@@ -237,6 +237,14 @@ impl Fleet {
         self.len() == 0
     }
 
+    /// Slots of the registered workers: (all of them, those holding a chunk).
+    pub fn slots(&self) -> (u32, u32) {
+        let state = self.lock();
+        state.workers.values().fold((0, 0), |(all, busy), entry| {
+            (all + entry.info.slots, busy + entry.busy)
+        })
+    }
+
     /// Chunks waiting for a slot.
     pub fn queue_depth(&self) -> usize {
         self.lock().waiters.len()

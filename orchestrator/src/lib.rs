@@ -5,12 +5,15 @@
 //! - [`runner`]: accepts jobs ([`validate`], [`store`]) and runs each one: probe,
 //!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`], cleanup and the
 //!   cost [`report`]; [`job`] holds a job's state, progress and report.
+//! - [`metrics`]: what the Prometheus endpoint shows; each job is also one trace (spans
+//!   `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers' spans join.
 
 pub mod args;
 pub mod dispatch;
 pub mod fleet;
 pub mod job;
 pub mod journal;
+pub mod metrics;
 pub mod planner;
 pub mod report;
 pub mod runner;
@@ -28,7 +31,9 @@ pub use server::{serve, serve_on, ServeError};
 /// Runs the orchestrator from its command-line arguments until Ctrl-C or SIGTERM.
 pub async fn run(args: OrchestratorArgs) -> anyhow::Result<()> {
     let config = args.load_config()?;
-    framefleet_common::telemetry::init(&config.telemetry.log);
-    serve(config, framefleet_common::signals::shutdown_token()).await?;
-    Ok(())
+    let telemetry =
+        framefleet_common::telemetry::init(&config.telemetry, "framefleet-orchestrator")?;
+    let served = serve(config, framefleet_common::signals::shutdown_token()).await;
+    telemetry.shutdown().await;
+    Ok(served?)
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use framefleet_common::auth::AttachToken;
 use framefleet_common::config::{Config, LimitsConfig};
@@ -30,6 +31,7 @@ use crate::dispatch::{self, AcceptedChunk, ChunkWork, DispatchContext, DispatchE
 use crate::fleet::{Fleet, WorkerAccess};
 use crate::job::JobRecord;
 use crate::journal::{Journal, JournalError, StoredJob};
+use crate::metrics::OrchestratorMetrics;
 use crate::planner::{self, PlanError};
 use crate::report::{self, RunLog};
 use crate::stitch::{self, StitchError};
@@ -116,6 +118,8 @@ pub struct Orchestrator {
     pub fleet: Arc<Fleet>,
     /// Jobs.
     pub jobs: JobStore,
+    /// Counters and gauges for the Prometheus endpoint.
+    pub metrics: Arc<OrchestratorMetrics>,
     journal: Journal,
     /// Submissions are recorded one at a time, so a repeated idempotency key is answered
     /// only once the job it names is durable.
@@ -150,6 +154,7 @@ impl Orchestrator {
             ),
             config: Arc::new(config),
             jobs: JobStore::default(),
+            metrics: Arc::default(),
             journal,
             submissions: tokio::sync::Mutex::new(()),
             running: Arc::new(tokio::sync::Semaphore::new(running)),
@@ -169,9 +174,7 @@ impl Orchestrator {
             if job.cancel_requested {
                 record.cancel.cancel();
             }
-            orchestrator
-                .tasks
-                .spawn(orchestrator.clone().run_job(record, job.chunks));
+            orchestrator.start(record, job.chunks);
         }
         Ok(orchestrator)
     }
@@ -218,8 +221,8 @@ impl Orchestrator {
                 return Err(error.into());
             }
             tracing::info!(job = %job.id, input = %job.spec.input_uri, output = %job.spec.output_uri, "job accepted");
-            self.tasks
-                .spawn(self.clone().run_job(job.clone(), Vec::new()));
+            self.metrics.job_submitted();
+            self.start(job.clone(), Vec::new());
         }
         Ok((job, created))
     }
@@ -251,6 +254,14 @@ impl Orchestrator {
                 "FFmpeg work still running after the shutdown grace; stopping without it"
             );
         }
+    }
+
+    /// Runs `job` on a task of its own, in a `job` span: the root of the job's trace, which
+    /// the spans of its chunks on the workers join.
+    fn start(self: &Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
+        let span = tracing::info_span!("job", job = %job.id, input = %job.spec.input_uri, output = %job.spec.output_uri);
+        self.tasks
+            .spawn(self.clone().run_job(job, trusted).instrument(span));
     }
 
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
@@ -286,6 +297,7 @@ impl Orchestrator {
             let log = log.lock().unwrap_or_else(|p| p.into_inner());
             report::build(&job, &log, &io, &self.config.pricing, state)
         };
+        self.metrics.job_ended(state, report.totals.gpu_seconds);
         let ended = job.ending(state, error);
         if let Err(error) = self
             .journal
@@ -330,8 +342,9 @@ impl Orchestrator {
 
         job.set_state(JobState::Probing);
         let probe_started = Instant::now();
-        let (info, input_size) =
-            probe(&io.input, &input, &self.config.limits, &self.blocking).await?;
+        let (info, input_size) = probe(&io.input, &input, &self.config.limits, &self.blocking)
+            .instrument(tracing::info_span!("probe"))
+            .await?;
         check_limits(&info, input_size, &self.config.limits)?;
         let info = Arc::new(info);
         log.lock()
@@ -385,6 +398,7 @@ impl Orchestrator {
             storage: io.scratch.clone(),
             config: self.config.dispatch.clone(),
             blocking: self.blocking.clone(),
+            metrics: self.metrics.clone(),
         };
         let peers = Arc::new(ChunkPeers::new(plan.ranges.len()));
         let work: Vec<ChunkWork> = plan
@@ -420,20 +434,46 @@ impl Orchestrator {
         job.stitching();
         let stitch_started = Instant::now();
         let chunks: Vec<ObjectUri> = accepted.iter().map(|c| c.output.clone()).collect();
-        if validate::is_infer(spec) {
-            stitch::concatenate(&io.scratch, &io.output, &chunks, &output).await?;
-        } else {
-            let audio = accepted.iter().filter_map(|c| c.audio.clone()).collect();
-            stitch_and_upload(io, &self.blocking, chunks, audio, input, info, &output).await?;
-        }
+        let stitched = async {
+            if validate::is_infer(spec) {
+                stitch::concatenate(&io.scratch, &io.output, &chunks, &output).await?;
+            } else {
+                let audio = accepted.iter().filter_map(|c| c.audio.clone()).collect();
+                stitch_and_upload(io, &self.blocking, chunks, audio, input, info, &output).await?;
+            }
+            Ok::<_, JobError>(())
+        };
+        stitched
+            .instrument(tracing::info_span!("stitch", chunks = accepted.len()))
+            .await?;
         log.lock().unwrap_or_else(|p| p.into_inner()).stitch_seconds =
             stitch_started.elapsed().as_secs_f64();
         Ok(())
     }
 
     /// One chunk, accepted and in the journal: the one accepted before a restart when its
-    /// objects pass the checks again, else dispatched.
+    /// objects pass the checks again, else dispatched; in a `chunk` span, the parent of its
+    /// attempts.
     async fn produce_chunk(
+        &self,
+        context: &DispatchContext,
+        work: &ChunkWork,
+        previous: Option<&AcceptedChunk>,
+    ) -> Result<AcceptedChunk, JobError> {
+        let index = work.range.index;
+        let span = tracing::info_span!(
+            "chunk",
+            chunk = index,
+            frames = work.range.end_frame - work.range.start_frame,
+            resumed = tracing::field::Empty
+        );
+        self.reuse_or_dispatch(context, work, previous)
+            .instrument(span)
+            .await
+    }
+
+    /// [`produce_chunk`](Self::produce_chunk) inside the chunk's span.
+    async fn reuse_or_dispatch(
         &self,
         context: &DispatchContext,
         work: &ChunkWork,
@@ -443,6 +483,7 @@ impl Orchestrator {
         if let Some(previous) = previous {
             match dispatch::recheck(context, work, previous).await {
                 Ok(()) => {
+                    tracing::Span::current().record("resumed", true);
                     tracing::info!(job = %work.job.id, chunk = index, "chunk accepted before the restart passed its checks again; not recomputed");
                     return Ok(AcceptedChunk {
                         resumed: true,

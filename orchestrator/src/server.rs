@@ -1,7 +1,8 @@
 //! Serving the orchestrator: `Orchestrator` and `Fleet` with health and reflection on one
 //! listener (TLS when configured; `Orchestrator` and reflection behind the client token,
 //! `Fleet` behind the fleet token, health open), a lease reaper, and an orderly stop when
-//! the shutdown token fires (no new jobs, running jobs end, then the server closes).
+//! the shutdown token fires (no new jobs, running jobs end, then the server closes). The
+//! Prometheus endpoint, when configured, runs beside it and stops with it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use framefleet_common::config::Config;
 use framefleet_common::proto::fleet_server::FleetServer;
 use framefleet_common::proto::orchestrator_server::OrchestratorServer;
 use framefleet_common::proto::FILE_DESCRIPTOR_SET;
+use framefleet_common::telemetry::metrics;
 
+use crate::metrics::Exposition;
 use crate::runner::Orchestrator;
 use crate::service::{FleetService, OrchestratorService};
 
@@ -44,6 +47,9 @@ pub enum ServeError {
     /// Reflection could not be set up.
     #[error("gRPC reflection could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// Binds `config.orchestrator.listen` and serves until `shutdown`.
@@ -73,6 +79,14 @@ pub async fn serve_on(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let exposition = match orchestrator.config.telemetry.metrics_address() {
+        Some(address) => Some(tokio::spawn(metrics::serve(
+            metrics::bind(address).await?,
+            Arc::new(Exposition::new(&orchestrator)),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
     let reaper = {
         let fleet = orchestrator.fleet.clone();
         let shutdown = shutdown.clone();
@@ -117,5 +131,8 @@ pub async fn serve_on(
         .await;
     shutdown.cancel();
     let _ = reaper.await;
+    if let Some(exposition) = exposition {
+        let _ = exposition.await;
+    }
     served.map_err(ServeError::from)
 }

@@ -1,8 +1,10 @@
 //! Serving a worker: the `Worker` service with health and reflection on one listener (TLS
 //! when configured; `Worker` and reflection behind the fleet token, health open),
-//! registered with the orchestrator, until the shutdown token fires.
+//! registered with the orchestrator, until the shutdown token fires; the Prometheus
+//! endpoint, when configured, runs beside it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,6 +16,9 @@ use framefleet_common::config::Config;
 use framefleet_common::proto::worker_server::WorkerServer;
 use framefleet_common::proto::{RegisterWorkerRequest, FILE_DESCRIPTOR_SET};
 use framefleet_common::storage::Storage;
+use framefleet_common::telemetry::metrics;
+
+use crate::metrics::Exposition;
 
 use crate::registration::keep_registered;
 use crate::service::{WorkerService, WorkerState};
@@ -39,6 +44,9 @@ pub enum ServeError {
     /// Reflection could not be set up.
     #[error("gRPC reflection could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// Binds `config.worker.listen`, serves, registers with the orchestrator, and returns once
@@ -85,6 +93,10 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
     };
     // Everything that can fail comes before the registration task starts.
     let orchestrator = auth::endpoint(&worker.orchestrator_url, &config.tls)?;
+    let metrics_listener = match config.telemetry.metrics_address() {
+        Some(address) => Some(metrics::bind(address).await?),
+        None => None,
+    };
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = auth::server_tls(&config.tls)? {
         server = server.tls_config(tls)?;
@@ -102,6 +114,13 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         },
         shutdown.clone(),
     ));
+    let exposition = metrics_listener.map(|listener| {
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::new(Exposition::new(&state)),
+            shutdown.clone(),
+        ))
+    });
     let callers = RequireToken::new(fleet_token, "auth.fleet_token");
     let served = server
         .add_service(health)
@@ -114,5 +133,8 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         .await;
     shutdown.cancel();
     let _ = registration.await;
+    if let Some(exposition) = exposition {
+        let _ = exposition.await;
+    }
     served.map_err(ServeError::from)
 }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use framefleet_common::config::WorkerConfig;
 use framefleet_common::proto::worker_server::Worker;
@@ -23,6 +24,9 @@ use framefleet_common::proto::{
     WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
+use framefleet_common::telemetry::propagation;
+
+use crate::metrics::{ChunkOutcome, WorkerMetrics};
 
 use crate::pipeline::{run_chunk, AudioCopy, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
 use crate::processor::ProcessorSettings;
@@ -48,6 +52,7 @@ pub struct WorkerState {
     shutdown: CancellationToken,
     /// Cancels every chunk in hand: when a drain's grace is over.
     hand_back: CancellationToken,
+    metrics: WorkerMetrics,
 }
 
 impl WorkerState {
@@ -62,7 +67,20 @@ impl WorkerState {
             current: Mutex::default(),
             shutdown,
             hand_back: CancellationToken::new(),
+            metrics: WorkerMetrics::default(),
         })
+    }
+
+    /// What the Prometheus endpoint shows.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics
+    }
+
+    /// Slots holding a chunk now.
+    pub fn busy_slots(&self) -> u32 {
+        self.config
+            .slots
+            .saturating_sub(self.slots.available_permits() as u32)
     }
 
     /// Waits, after shutdown, for the chunks in hand: each gets `drain_grace_seconds` to
@@ -70,7 +88,7 @@ impl WorkerState {
     /// orchestrator retries them elsewhere) and waited for a little longer.
     pub async fn drain(&self) {
         let all = self.config.slots;
-        let busy = all as usize - self.slots.available_permits();
+        let busy = self.busy_slots();
         if busy > 0 {
             tracing::info!(
                 chunks = busy,
@@ -122,7 +140,7 @@ impl Worker for WorkerService {
                 "the worker is shutting down and takes no new chunks; send it elsewhere",
             ));
         }
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let spec = chunk_spec(&request, &self.state.config)?;
         // The orchestrator hands out a slot as soon as it gives a chunk up; the pipeline it
         // cancelled may need a moment to stop, so wait for it briefly rather than refuse.
@@ -134,13 +152,18 @@ impl Worker for WorkerService {
         let label = format!("{}/{}", request.job_id, spec.range.index);
         tracing::info!(chunk = %label, attempt = request.attempt, frames = spec.frames(), "chunk accepted");
         let (events, stream) = mpsc::channel(64);
-        tokio::spawn(run_and_report(
-            self.state.clone(),
-            spec,
-            label,
-            permit,
-            events,
-        ));
+        // The chunk's span continues the trace of the orchestrator's attempt that sent it.
+        let span = tracing::info_span!(
+            "chunk",
+            job = %request.job_id,
+            chunk = spec.range.index,
+            attempt = request.attempt,
+            frames = spec.frames()
+        );
+        propagation::adopt_remote_parent(&span, &metadata);
+        tokio::spawn(
+            run_and_report(self.state.clone(), spec, label, permit, events).instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -154,7 +177,7 @@ impl Worker for WorkerService {
             name: state.config.name.clone(),
             gpu_type: state.config.gpu_type.clone(),
             slots,
-            busy_slots: slots.saturating_sub(state.slots.available_permits() as u32),
+            busy_slots: state.busy_slots(),
             device: device_label(&state.config.device).into(),
             chunks_done: state.chunks_done.load(Ordering::Relaxed),
             current_chunks: state.current().iter().cloned().collect(),
@@ -245,7 +268,7 @@ async fn run_and_report(
         spec,
         storage.clone(),
         progress.clone(),
-        clock,
+        clock.clone(),
         cancel.clone(),
     );
     tokio::pin!(chunk);
@@ -286,6 +309,14 @@ async fn run_and_report(
     let gpu_seconds = wall_seconds * f64::from(state.config.gpus_per_slot);
     drop(permit);
     state.current().remove(&label);
+    let ended = match &outcome {
+        Ok(output) => (ChunkOutcome::Done, output.frames),
+        Err(ChunkError::Cancelled) => (ChunkOutcome::Cancelled, 0),
+        Err(_) => (ChunkOutcome::Failed, 0),
+    };
+    state
+        .metrics
+        .chunk_ended(ended.0, ended.1, &clock.seconds());
     let reply = match outcome {
         Ok(output) => {
             state.chunks_done.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use ffmpeg_next::frame::Video as VideoFrame;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec, Task};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
@@ -303,7 +304,8 @@ pub async fn run_chunk(
             storage.upload_file(log.path(), &audio.output).await?;
         }
         Ok::<_, StorageError>(())
-    };
+    }
+    .instrument(tracing::info_span!("upload"));
     tokio::select! {
         uploaded = upload => { uploaded?; }
         _ = context.cancel.cancelled() => return Err(ChunkError::Cancelled),
@@ -337,16 +339,19 @@ fn first_cause(errors: [Option<ChunkError>; 3]) -> ChunkError {
     }
 }
 
-/// Runs a stage on a named thread of its own and hands its result back to async code.
+/// Runs a stage on a named thread of its own, in a span named after it (a child of the
+/// chunk's), and hands its result back to async code.
 fn spawn_stage<T, F>(name: &'static str, work: F) -> oneshot::Receiver<Result<T, ChunkError>>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ChunkError> + Send + 'static,
 {
     let (done_tx, done_rx) = oneshot::channel();
+    let span = tracing::info_span!("stage", otel.name = name);
     let spawned = std::thread::Builder::new()
         .name(format!("chunk-{name}"))
         .spawn(move || {
+            let _entered = span.enter();
             let _ = done_tx.send(work());
         });
     if let Err(e) = spawned {
