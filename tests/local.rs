@@ -1,6 +1,6 @@
 //! `framefleet local` as a user runs it: plain local paths, the embedded defaults
-//! (`file://` storage, worker child processes), a cost table on stdout, the JSON report on
-//! request, exit code 0 on success and a one-line error otherwise.
+//! (`file://` storage, worker child processes), a cost table on stdout, the JSON report and
+//! the HTML waterfall on request, exit code 0 on success and a one-line error otherwise.
 
 mod support;
 
@@ -45,6 +45,7 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
     ]);
     let output = dir.path().join("out.mp4");
     let report_path = dir.path().join("report.json");
+    let waterfall_path = dir.path().join("report.html");
     let result = framefleet_local()
         .arg(&input)
         .arg(&output)
@@ -61,6 +62,8 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         ])
         .arg("--report-json")
         .arg(&report_path)
+        .arg("--report-html")
+        .arg(&waterfall_path)
         .output()
         .expect("framefleet runs");
     let stdout = String::from_utf8_lossy(&result.stdout);
@@ -86,6 +89,14 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
     assert_eq!(report["plan"]["chunks"], 3);
     assert_eq!(report["totals"]["frames"], 60);
     assert_eq!(report["chunks"].as_array().map(Vec::len), Some(3));
+    assert_timeline_holds(&report);
+    let page = std::fs::read_to_string(&waterfall_path).expect("HTML report written");
+    assert!(page.starts_with("<!DOCTYPE html>") && !page.contains("<script"));
+    // A bar for the probe, one per chunk, one for the stitch.
+    assert_eq!(page.matches("<g class=\"bar\">").count(), 5, "{page}");
+    for chunk in 0..3 {
+        assert!(page.contains(&format!(">chunk {chunk} · ")), "{page}");
+    }
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .expect("list")
         .filter_map(Result::ok)
@@ -95,6 +106,38 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
     assert!(
         leftovers.is_empty(),
         "temporary files left beside the output: {leftovers:?}"
+    );
+}
+
+/// The report's clock: the probe, then every chunk held between its start and its
+/// acceptance, then the stitch once all are in, all within the job's wall time.
+fn assert_timeline_holds(report: &serde_json::Value) {
+    let seconds = |value: &serde_json::Value| value.as_f64().expect("seconds");
+    let orchestrator = &report["orchestrator"];
+    let probe_end =
+        seconds(&orchestrator["probe_started_seconds"]) + seconds(&orchestrator["probe_seconds"]);
+    let stitch_start = seconds(&orchestrator["stitch_started_seconds"]);
+    let wall = seconds(&report["totals"]["wall_seconds"]);
+    for chunk in report["chunks"].as_array().expect("chunks") {
+        let started = seconds(&chunk["started_seconds"]);
+        let accepted = seconds(&chunk["accepted_seconds"]);
+        let held = seconds(&chunk["wall_seconds"]);
+        assert!(
+            started >= probe_end,
+            "chunk started before the probe ended: {report}"
+        );
+        assert!(
+            accepted >= started + held - 0.05,
+            "chunk accepted before it was done: {report}"
+        );
+        assert!(
+            stitch_start >= accepted,
+            "stitch began before chunk was accepted: {report}"
+        );
+    }
+    assert!(
+        stitch_start + seconds(&orchestrator["stitch_seconds"]) <= wall + 0.05,
+        "{report}"
     );
 }
 

@@ -7,7 +7,8 @@
 //! - `models import|list`: the neural model cache ([`models`]).
 //! - `orchestrator`, `worker`: run the servers, as their own binaries do.
 //!
-//! [`render`] draws the progress bar and the cost table.
+//! [`render`] draws the progress bar and the cost table, [`waterfall`] the cost report as an
+//! HTML timing waterfall.
 
 pub mod job_options;
 pub mod local;
@@ -15,6 +16,7 @@ pub mod local_workers;
 pub mod models;
 pub mod remote;
 pub mod render;
+pub mod waterfall;
 
 use clap::{Parser, Subcommand};
 
@@ -41,7 +43,7 @@ pub enum Command {
     /// Cancel a job.
     Cancel(remote::JobArgs),
     /// Show a finished job's cost report.
-    Cost(remote::JobArgs),
+    Cost(remote::CostArgs),
     /// List the orchestrator's jobs.
     List(remote::ListArgs),
     /// Install and list neural models.

@@ -42,6 +42,9 @@ pub struct LocalArgs {
     /// Also write the cost report as JSON to this file.
     #[arg(long)]
     pub report_json: Option<PathBuf>,
+    /// Also write the cost report as a self-contained HTML timing waterfall to this file.
+    #[arg(long)]
+    pub report_html: Option<PathBuf>,
     /// Configuration file for the orchestrator and the workers.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -164,9 +167,13 @@ async fn run_job(
         std::fs::write(path, &report)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
+    let parsed: CostReport = serde_json::from_str(&report)
+        .context("the orchestrator sent a cost report this CLI cannot read")?;
+    if let Some(path) = &args.report_html {
+        crate::remote::write_waterfall(path, &parsed)?;
+    }
     match render::state_of(&job) {
         JobState::Succeeded => {
-            let parsed: CostReport = serde_json::from_str(&report)?;
             print!("{}", render::cost_table(&parsed));
             println!("output: {}", output.display());
             Ok(())

@@ -91,6 +91,17 @@ pub struct JobArgs {
     pub connection: Connection,
 }
 
+/// `framefleet cost`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CostArgs {
+    /// The job and the orchestrator.
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Also write the report as a self-contained HTML timing waterfall to this file.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+}
+
 /// `framefleet list`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
@@ -167,24 +178,35 @@ pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
     print_job(&job, args.connection.json)
 }
 
-/// Prints a finished job's cost report.
-pub async fn cost(args: JobArgs) -> anyhow::Result<()> {
-    let mut client = args.connection.client().await?;
-    let report = client
+/// Prints a finished job's cost report (and writes its waterfall when asked).
+pub async fn cost(args: CostArgs) -> anyhow::Result<()> {
+    let connection = &args.job.connection;
+    let mut client = connection.client().await?;
+    let json = client
         .get_cost_report(GetCostReportRequest {
-            job_id: args.job_id,
+            job_id: args.job.job_id.clone(),
         })
         .await
         .map_err(status_error)?
-        .into_inner();
-    if args.connection.json {
-        println!("{}", report.json);
+        .into_inner()
+        .json;
+    let report: CostReport = serde_json::from_str(&json)
+        .context("the orchestrator sent a cost report this CLI cannot read")?;
+    if let Some(path) = &args.html {
+        write_waterfall(path, &report)?;
+    }
+    if connection.json {
+        println!("{json}");
     } else {
-        let report: CostReport = serde_json::from_str(&report.json)
-            .context("the orchestrator sent a cost report this CLI cannot read")?;
         print!("{}", render::cost_table(&report));
     }
     Ok(())
+}
+
+/// Writes `report`'s HTML waterfall to `path`.
+pub fn write_waterfall(path: &std::path::Path, report: &CostReport) -> anyhow::Result<()> {
+    std::fs::write(path, crate::waterfall::html(report))
+        .with_context(|| format!("cannot write the HTML report to {}", path.display()))
 }
 
 /// Lists jobs.

@@ -1,6 +1,7 @@
 //! The cost report of a job: how it was cut, what every chunk did and held, and what that
 //! cost. It is stored with the job, served by `GetCostReport` as JSON, and printed as a
-//! table by the CLI.
+//! table or drawn as an HTML timing waterfall by the CLI (chunks placed on the job's clock
+//! by `started_seconds` / `accepted_seconds`).
 //!
 //! GPU-seconds of a chunk are the wall time its accepted attempt held a worker's slot, from
 //! accept to upload done, times the GPUs per slot. Attempts that failed are measured by the
@@ -98,13 +99,27 @@ pub struct ChunkCost {
     /// its object was checked again, not recomputed.
     #[serde(default)]
     pub resumed: bool,
+    /// When the accepted attempt got its worker's slot, in seconds since the job was
+    /// accepted (0 for a resumed chunk).
+    #[serde(default)]
+    pub started_seconds: f64,
+    /// When its object passed the checks, in seconds since the job was accepted.
+    #[serde(default)]
+    pub accepted_seconds: f64,
 }
 
 /// The orchestrator's share of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrchestratorCost {
+    /// When probing began, in seconds since the job was accepted (after any wait for a
+    /// running slot).
+    #[serde(default)]
+    pub probe_started_seconds: f64,
     /// Seconds spent probing the input.
     pub probe_seconds: f64,
+    /// When stitching began, in seconds since the job was accepted.
+    #[serde(default)]
+    pub stitch_started_seconds: f64,
     /// Seconds spent stitching and uploading the output.
     pub stitch_seconds: f64,
     /// Bytes read from storage (probe, chunk checks, stitch).

@@ -115,6 +115,19 @@ pub struct AcceptedChunk {
     pub wasted_gpu_seconds: f64,
     /// Accepted before an orchestrator restart and reused after a re-check.
     pub resumed: bool,
+    /// When, in this run, the accepted attempt held its slot.
+    pub timeline: ChunkTimeline,
+}
+
+/// When an accepted attempt held its worker's slot, in seconds since the job was accepted
+/// (by this orchestrator run): what the report's waterfall draws. Zero for chunks reused
+/// after a restart, which held nothing in this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChunkTimeline {
+    /// The attempt got its slot and sent the chunk.
+    pub started_seconds: f64,
+    /// The chunk object passed its checks.
+    pub accepted_seconds: f64,
 }
 
 enum AttemptError {
@@ -358,6 +371,8 @@ async fn attempt_once(
     request.last_chunk = work.last;
     request.audio_output_uri = audio.as_ref().map(ToString::to_string).unwrap_or_default();
     let started = Instant::now();
+    let since_accepted = || work.job.accepted.elapsed().as_secs_f64();
+    let started_seconds = since_accepted();
     let result = stream_chunk(context, work, &grant, request).await;
     let held_gpu_seconds = started.elapsed().as_secs_f64() * f64::from(grant.worker.gpus_per_slot);
     let worker_id = grant.worker.id.clone();
@@ -384,6 +399,10 @@ async fn attempt_once(
         attempts: attempt,
         wasted_gpu_seconds: 0.0,
         resumed: false,
+        timeline: ChunkTimeline {
+            started_seconds,
+            accepted_seconds: since_accepted(),
+        },
     })
 }
 

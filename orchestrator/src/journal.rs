@@ -24,7 +24,7 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::proto::{ChunkRange, ChunkResult, Job, JobSpec};
 use framefleet_common::storage::ObjectUri;
 
-use crate::dispatch::AcceptedChunk;
+use crate::dispatch::{AcceptedChunk, ChunkTimeline};
 
 /// The job store failed: the orchestrator cannot keep its promises without it.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +212,7 @@ impl SqliteJournal {
             attempts: row.attempts,
             wasted_gpu_seconds: row.wasted_gpu_seconds,
             resumed: false,
+            timeline: ChunkTimeline::default(),
         })
     }
 }
@@ -538,6 +539,7 @@ mod tests {
             attempts: 2,
             wasted_gpu_seconds: 0.25,
             resumed: false,
+            timeline: ChunkTimeline::default(),
         }
     }
 

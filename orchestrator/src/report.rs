@@ -18,8 +18,12 @@ pub struct RunLog {
     pub plan: Option<Plan>,
     /// Chunks accepted so far.
     pub accepted: Vec<AcceptedChunk>,
+    /// When probing began, in seconds since the job was accepted.
+    pub probe_started_seconds: f64,
     /// Seconds spent probing.
     pub probe_seconds: f64,
+    /// When stitching began, in seconds since the job was accepted.
+    pub stitch_started_seconds: f64,
     /// Seconds spent stitching and uploading.
     pub stitch_seconds: f64,
     /// Size of the input object.
@@ -65,7 +69,9 @@ fn orchestrator_cost(log: &RunLog, io: &JobIo) -> OrchestratorCost {
         io.output.counters(),
     ];
     OrchestratorCost {
+        probe_started_seconds: log.probe_started_seconds,
         probe_seconds: log.probe_seconds,
+        stitch_started_seconds: log.stitch_started_seconds,
         stitch_seconds: log.stitch_seconds,
         bytes_read: all.iter().map(|c| c.bytes_read()).sum(),
         input_bytes_read: io.input.counters().bytes_read(),
@@ -105,5 +111,7 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
         bytes_wasted: result.bytes_wasted,
         wall_seconds: result.wall_seconds,
         resumed: chunk.resumed,
+        started_seconds: chunk.timeline.started_seconds,
+        accepted_seconds: chunk.timeline.accepted_seconds,
     }
 }

@@ -27,7 +27,9 @@ use framefleet_common::media::{self, MediaInfo, ProbeError};
 use framefleet_common::proto::{JobSpec, JobState, ProcessChunkRequest, Rational};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
-use crate::dispatch::{self, AcceptedChunk, ChunkWork, DispatchContext, DispatchError};
+use crate::dispatch::{
+    self, AcceptedChunk, ChunkTimeline, ChunkWork, DispatchContext, DispatchError,
+};
 use crate::fleet::{Fleet, WorkerAccess};
 use crate::job::JobRecord;
 use crate::journal::{Journal, JournalError, StoredJob};
@@ -342,6 +344,9 @@ impl Orchestrator {
 
         job.set_state(JobState::Probing);
         let probe_started = Instant::now();
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .probe_started_seconds = job.accepted.elapsed().as_secs_f64();
         let (info, input_size) = probe(&io.input, &input, &self.config.limits, &self.blocking)
             .instrument(tracing::info_span!("probe"))
             .await?;
@@ -433,6 +438,9 @@ impl Orchestrator {
 
         job.stitching();
         let stitch_started = Instant::now();
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stitch_started_seconds = job.accepted.elapsed().as_secs_f64();
         let chunks: Vec<ObjectUri> = accepted.iter().map(|c| c.output.clone()).collect();
         let stitched = async {
             if validate::is_infer(spec) {
@@ -487,6 +495,7 @@ impl Orchestrator {
                     tracing::info!(job = %work.job.id, chunk = index, "chunk accepted before the restart passed its checks again; not recomputed");
                     return Ok(AcceptedChunk {
                         resumed: true,
+                        timeline: ChunkTimeline::default(),
                         ..previous.clone()
                     });
                 }
