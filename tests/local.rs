@@ -109,6 +109,61 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
     );
 }
 
+/// A Matroska output keeps every timestamp of inputs whose audio starts before the video:
+/// AAC from MP4 (its priming puts the first packet at -21 ms) and Opus from Matroska (its
+/// pre-skip is a codec delay the reader takes off every block). FFmpeg moves every stream
+/// to start at zero, or Opus by its pre-skip, unless the stitch prevents it.
+#[test]
+fn matroska_outputs_keep_the_timestamps_of_early_audio() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, audio) in [("aac.mp4", "aac"), ("opus.mkv", "libopus")] {
+        let input = dir.path().join(name);
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x90:rate=24",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "3",
+            "-c:v",
+            "libx264",
+            "-g",
+            "24",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            audio,
+            "-shortest",
+            input.to_str().expect("utf-8"),
+        ]);
+        let output = dir.path().join(format!("{name}.out.mkv"));
+        let result = framefleet_local()
+            .arg(&input)
+            .arg(&output)
+            .args([
+                "--workers",
+                "2",
+                "--chunks",
+                "2",
+                "--lossless",
+                "--preset",
+                "ultrafast",
+            ])
+            .output()
+            .expect("framefleet runs");
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_exact(&input, &output, (320, 180));
+    }
+}
+
 /// The report's clock: the probe, then every chunk held between its start and its
 /// acceptance, then the stitch once all are in, all within the job's wall time.
 fn assert_timeline_holds(report: &serde_json::Value) {

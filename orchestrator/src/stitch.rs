@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ffmpeg::codec::packet::side_data::Type as SideDataType;
-use ffmpeg::{format, media, Packet, Rational};
+use ffmpeg::{format, media, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::packet_log::PacketLogReader;
@@ -196,7 +196,13 @@ pub fn stitch(
             "movie_timescale",
             &mp4_movie_timescale(video_time_base).to_string(),
         );
+    } else {
+        // Matroska and WebM: by default FFmpeg shifts every stream so the earliest packet
+        // is at zero, moving the video by the audio's priming (AAC from MP4 starts at
+        // -21 ms, Opus at minus its pre-skip). Matroska holds negative times; keep them.
+        options.set("avoid_negative_ts", "disabled");
     }
+    let matroska = name.contains("matroska") || name.contains("webm");
     output_context.write_header_with(options).map_err(|e| {
         let audio: Vec<&str> = info.audio.iter().map(|a| a.codec.as_str()).collect();
         StitchError::Write(format!(
@@ -210,6 +216,17 @@ pub fn stitch(
         ))
     })?;
     let out_time_bases: Vec<Rational> = output_context.streams().map(|s| s.time_base()).collect();
+    let audio_shifts: Vec<i64> = output_context
+        .streams()
+        .zip(&out_time_bases)
+        .map(|(stream, &time_base)| {
+            if matroska {
+                opus_delay_shift(&stream.parameters(), time_base)
+            } else {
+                0
+            }
+        })
+        .collect();
 
     let mut video = ChunkPackets {
         chunks,
@@ -254,6 +271,11 @@ pub fn stitch(
                 break;
             };
             packet.rescale_ts(time_base, out_time_bases[out_index]);
+            let shift = audio_shifts[out_index];
+            if shift != 0 {
+                packet.set_pts(packet.pts().map(|pts| pts + shift));
+                packet.set_dts(packet.dts().map(|dts| dts + shift));
+            }
             write(&mut packet, out_index, &mut output_context)?;
             stitched.audio_packets += 1;
             next_audio = audio.next()?;
@@ -270,6 +292,31 @@ pub fn stitch(
         });
     }
     Ok(stitched)
+}
+
+/// How far to move an Opus stream's packets, in the output's `time_base`, so a Matroska
+/// reader gets the input's timestamps back. Readers subtract the track's `CodecDelay`
+/// (the encoder's pre-skip) from every block; FFmpeg 5.x's Matroska muxer writes that
+/// delay but, unlike later versions, does not add it to the blocks, so every Opus packet
+/// would come back earlier by the delay. This adds it as the reader will take it off
+/// (pre-skip at 48 kHz, to nanoseconds, to the track's time base, each step rounded as
+/// FFmpeg's reader does). Zero for other codecs and other FFmpeg versions.
+fn opus_delay_shift(parameters: &ffmpeg::codec::Parameters, time_base: Rational) -> i64 {
+    // SAFETY: `avformat_version` reads a constant; the parameters pointer is valid for
+    // the stream's lifetime and only read.
+    let (major, padding, codec) = unsafe {
+        let par = &*parameters.as_ptr();
+        (
+            ffmpeg::ffi::avformat_version() >> 16,
+            i64::from(par.initial_padding),
+            par.codec_id,
+        )
+    };
+    if major != 59 || codec != ffmpeg::ffi::AVCodecID::AV_CODEC_ID_OPUS || padding <= 0 {
+        return 0;
+    }
+    let nanoseconds = padding.rescale(Rational::new(1, 48_000), Rational::new(1, 1_000_000_000));
+    nanoseconds.rescale(Rational::new(1, 1_000_000_000), time_base)
 }
 
 /// Every input frame's duration by its timestamp: the gap to the next frame, or to the end
