@@ -16,9 +16,9 @@ use framefleet_common::proto::fleet_client::FleetClient;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::{
-    CancelJobRequest, DeregisterRequest, GetCostReportRequest, GetJobRequest, HeartbeatRequest,
-    JobState, ListJobsRequest, ProcessChunkRequest, RegisterWorkerRequest, SubmitJobRequest,
-    WatchJobRequest, WorkerStatusRequest,
+    CancelJobRequest, DeregisterRequest, DrainRequest, GetCostReportRequest, GetJobRequest,
+    HeartbeatRequest, JobState, ListJobsRequest, ProcessChunkRequest, RegisterWorkerRequest,
+    SubmitJobRequest, WatchJobRequest, WorkerStatusRequest,
 };
 use support::*;
 use tonic::Code;
@@ -176,6 +176,8 @@ async fn call_everything(
             code(worker.process_chunk(ProcessChunkRequest::default()).await),
         ),
         ("Status", code(worker.status(WorkerStatusRequest {}).await)),
+        // Last: with the right token it really drains the worker, which then exits.
+        ("Drain", code(worker.drain(DrainRequest {}).await)),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! End-to-end fault handling with real processes and the Garage S3 server: a worker
-//! killed mid-chunk, hung (SIGSTOP), or stopped with SIGTERM (it drains: finishes its chunk
-//! within its grace, or hands it back), bad inputs, limits and storage restrictions,
+//! killed mid-chunk, hung (SIGSTOP), or stopped with SIGTERM or a `Drain` call (it finishes
+//! its chunk within its grace, or hands it back), bad inputs, limits and storage restrictions,
 //! cancel, and an empty fleet. Every job reaches exactly one
 //! terminal state, with a message a person can act on, and leaves no chunk objects.
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::{
-    CancelJobRequest, GetJobRequest, JobState, SubmitJobRequest, WorkerStatusRequest,
+    CancelJobRequest, DrainRequest, GetJobRequest, JobState, SubmitJobRequest, WorkerStatusRequest,
 };
 use support::*;
 use tonic::Code;
@@ -86,26 +86,54 @@ async fn job_surviving(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_with_sigterm_finishes_its_chunk_and_leaves() {
+    worker_leaves_after_its_chunk("sigterm", |worker, _| worker.signal(libc::SIGTERM)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_asked_to_drain_finishes_its_chunk_and_leaves() {
+    worker_leaves_after_its_chunk("drain", |_, url| {
+        let status = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let mut worker = WorkerClient::connect(url.to_string())
+                    .await
+                    .expect("worker reachable");
+                worker
+                    .drain(DrainRequest {})
+                    .await
+                    .expect("drain")
+                    .into_inner()
+            })
+        });
+        assert!(status.draining, "{status:?}");
+        assert_eq!(status.current_chunks.len(), 1, "{status:?}");
+    })
+    .await;
+}
+
+/// Stops (with `stop`, given the process and its URL) the worker that holds a chunk of a
+/// slow job; checks that it finished that chunk itself (within its grace) and then exited.
+async fn worker_leaves_after_its_chunk(name: &str, stop: impl FnOnce(&Process, &str)) {
     let mut stopped = None;
-    let report = job_surviving("sigterm", &[], |cluster, victim| {
+    let report = job_surviving(name, &[], |cluster, victim| {
         let worker = cluster.workers[victim].take().expect("worker process");
-        worker.signal(libc::SIGTERM);
+        stop(&worker, &cluster.worker_urls[victim]);
         stopped = Some((worker, format!("worker-{victim}")));
     })
     .await;
-    let (mut worker, name) = stopped.expect("a worker was stopped");
-    // It finished the chunk it held (within its grace) rather than dropping it...
+    let (mut worker, worker_name) = stopped.expect("a worker was stopped");
     let chunks = report["chunks"].as_array().expect("chunks");
     assert!(
         chunks
             .iter()
-            .any(|c| c["worker"] == name.as_str() && c["attempts"] == 1),
-        "{name} did not finish its chunk: {chunks:?}"
+            .any(|c| c["worker"] == worker_name.as_str() && c["attempts"] == 1),
+        "{name}: {worker_name} did not finish its chunk: {chunks:?}"
     );
-    // ...and exited once it had.
     let deadline = Instant::now() + Duration::from_secs(30);
     while worker.child.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "{name} still runs after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {worker_name} still runs"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -20,8 +20,8 @@ use tracing::Instrument;
 use framefleet_common::config::WorkerConfig;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChunkEvent, ChunkResult, Phase, PhaseTiming, ProcessChunkRequest, Task,
-    WorkerStatus, WorkerStatusRequest,
+    chunk_event, ChunkEvent, ChunkResult, DrainRequest, Phase, PhaseTiming, ProcessChunkRequest,
+    Task, WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
@@ -108,6 +108,20 @@ impl WorkerState {
         let _ = tokio::time::timeout(SLOT_WAIT, self.slots.acquire_many(all)).await;
     }
 
+    /// What the worker is and what it is doing now.
+    fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            name: self.config.name.clone(),
+            gpu_type: self.config.gpu_type.clone(),
+            slots: self.config.slots,
+            busy_slots: self.busy_slots(),
+            device: device_label(&self.config.device).into(),
+            chunks_done: self.chunks_done.load(Ordering::Relaxed),
+            current_chunks: self.current().iter().cloned().collect(),
+            draining: self.shutdown.is_cancelled(),
+        }
+    }
+
     fn current(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         self.current
             .lock()
@@ -171,17 +185,20 @@ impl Worker for WorkerService {
         &self,
         _request: Request<WorkerStatusRequest>,
     ) -> Result<Response<WorkerStatus>, Status> {
-        let state = &self.state;
-        let slots = state.config.slots;
-        Ok(Response::new(WorkerStatus {
-            name: state.config.name.clone(),
-            gpu_type: state.config.gpu_type.clone(),
-            slots,
-            busy_slots: state.busy_slots(),
-            device: device_label(&state.config.device).into(),
-            chunks_done: state.chunks_done.load(Ordering::Relaxed),
-            current_chunks: state.current().iter().cloned().collect(),
-        }))
+        Ok(Response::new(self.state.status()))
+    }
+
+    async fn drain(
+        &self,
+        _request: Request<DrainRequest>,
+    ) -> Result<Response<WorkerStatus>, Status> {
+        if !self.state.shutdown.is_cancelled() {
+            tracing::info!(
+                "drain requested: leaving the fleet, finishing the chunks in hand, then exiting"
+            );
+            self.state.shutdown.cancel();
+        }
+        Ok(Response::new(self.state.status()))
     }
 }
 
