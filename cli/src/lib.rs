@@ -2,7 +2,7 @@
 //!
 //! - `local`: one job on this machine, with an in-process orchestrator and worker child
 //!   processes on loopback and `file://` storage ([`local`]).
-//! - `submit`, `watch`, `status`, `cancel`, `cost`, `list`: a client of a running
+//! - `submit`, `watch`, `status`, `cancel`, `cost`, `costs`, `list`: a client of a running
 //!   orchestrator ([`remote`]).
 //! - `models import|list`: the neural model cache ([`models`]).
 //! - `orchestrator`, `worker`: run the servers, as their own binaries do.
@@ -44,6 +44,8 @@ pub enum Command {
     Cancel(remote::JobArgs),
     /// Show a finished job's cost report.
     Cost(remote::CostArgs),
+    /// Add up what the jobs that ended recently cost, by state and GPU type.
+    Costs(remote::CostsArgs),
     /// List the orchestrator's jobs.
     List(remote::ListArgs),
     /// Install and list neural models.
@@ -64,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => remote::cancel(args).await,
         Command::Cost(args) => remote::cost(args).await,
         Command::List(args) => remote::list(args).await,
+        Command::Costs(args) => remote::costs(args).await,
         Command::Models(args) => models::run(args),
         Command::Orchestrator(args) => framefleet_orchestrator::run(args).await,
         Command::Worker(args) => framefleet_worker::run(args).await,

@@ -7,11 +7,11 @@ use tonic::transport::Channel;
 
 use framefleet_common::auth::{self, AttachToken};
 use framefleet_common::config::TlsConfig;
-use framefleet_common::cost::CostReport;
+use framefleet_common::cost::{CostReport, CostSummary};
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
     CancelJobRequest, GetCostReportRequest, GetJobRequest, Job, JobState, ListJobsRequest,
-    SubmitJobRequest,
+    SubmitJobRequest, SummarizeCostsRequest,
 };
 
 use crate::job_options::JobOptions;
@@ -102,12 +102,48 @@ pub struct CostArgs {
     pub html: Option<std::path::PathBuf>,
 }
 
+/// `framefleet costs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CostsArgs {
+    /// Only jobs that ended within this long before now: `90m`, `24h`, `7d` (default:
+    /// every job the orchestrator knows).
+    #[arg(long, value_parser = parse_age)]
+    pub since: Option<std::time::Duration>,
+    /// Only jobs with this label, `key=value`, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The orchestrator to talk to.
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
 /// `framefleet list`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
     /// The orchestrator to talk to.
     #[command(flatten)]
     pub connection: Connection,
+}
+
+/// A span of time such as `45s`, `90m`, `24h` or `7d`.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(count) if seconds > 0 => Ok(std::time::Duration::from_secs(count * seconds)),
+        _ => Err(format!(
+            "`{text}` is not a span of time; write a number and s, m, h or d, e.g. 24h"
+        )),
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -207,6 +243,36 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<()> {
 pub fn write_waterfall(path: &std::path::Path, report: &CostReport) -> anyhow::Result<()> {
     std::fs::write(path, crate::waterfall::html(report))
         .with_context(|| format!("cannot write the HTML report to {}", path.display()))
+}
+
+/// Prints what the jobs that ended in a span of time (and carry given labels) cost.
+pub async fn costs(args: CostsArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let ended_after = match args.since {
+        Some(age) => std::time::SystemTime::now()
+            .checked_sub(age)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |t| t.as_secs_f64()),
+        None => 0.0,
+    };
+    let json = client
+        .summarize_costs(SummarizeCostsRequest {
+            ended_after,
+            ended_before: 0.0,
+            labels: args.labels.into_iter().collect(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .json;
+    if args.connection.json {
+        println!("{json}");
+    } else {
+        let summary: CostSummary = serde_json::from_str(&json)
+            .context("the orchestrator sent a cost summary this CLI cannot read")?;
+        print!("{}", render::cost_summary_table(&summary));
+    }
+    Ok(())
 }
 
 /// Lists jobs.

@@ -1,12 +1,12 @@
-//! What the CLI shows people: a live progress bar fed by `WatchJob`, and the cost report as
-//! a table.
+//! What the CLI shows people: a live progress bar fed by `WatchJob`, the cost report and
+//! the cost summary as tables.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use framefleet_common::cost::CostReport;
+use framefleet_common::cost::{CostReport, CostSummary};
 use framefleet_common::proto::{Job, JobState, WatchJobRequest};
 
 /// Follows a job until it ends, drawing its progress (on a terminal), and returns its
@@ -149,6 +149,49 @@ pub fn cost_table(report: &CostReport) -> String {
         report.orchestrator.probe_seconds,
         report.orchestrator.stitch_seconds
     );
+    out
+}
+
+/// A cost summary as text: jobs by state, video, GPU time and money, then one row per GPU
+/// type.
+pub fn cost_summary_table(summary: &CostSummary) -> String {
+    let mut out = String::new();
+    let states: Vec<String> = summary
+        .by_state
+        .iter()
+        .map(|(state, count)| format!("{state} {count}"))
+        .collect();
+    let _ = writeln!(out, "jobs: {} ({})", summary.jobs, states.join(", "));
+    let _ = writeln!(
+        out,
+        "video: {:.1} min succeeded, {} frames produced",
+        summary.video_seconds / 60.0,
+        summary.frames
+    );
+    let _ = writeln!(
+        out,
+        "GPU-s: {:.2} ({:.2} wasted), ${:.6}, ${:.6} per minute of video",
+        summary.gpu_seconds + summary.wasted_gpu_seconds,
+        summary.wasted_gpu_seconds,
+        summary.cost_usd,
+        summary.usd_per_video_minute
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>7} {:>10} {:>10} {:>12}",
+        "gpu", "chunks", "gpu-s", "wasted", "usd"
+    );
+    for (gpu, used) in &summary.by_gpu_type {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>7} {:>10.2} {:>10.2} {:>12.6}",
+            truncate(gpu, 12),
+            used.chunks,
+            used.gpu_seconds,
+            used.wasted_gpu_seconds,
+            used.cost_usd
+        );
+    }
     out
 }
 

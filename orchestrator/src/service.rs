@@ -9,14 +9,15 @@ use tonic::{Request, Response, Status};
 use framefleet_common::proto::fleet_server::Fleet as FleetApi;
 use framefleet_common::proto::orchestrator_server::Orchestrator as OrchestratorApi;
 use framefleet_common::proto::{
-    CancelJobRequest, CostReport, DeregisterRequest, DeregisterResponse, GetCostReportRequest,
-    GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobState, ListJobsRequest,
-    ListJobsResponse, RegisterWorkerRequest, RegisterWorkerResponse, SubmitJobRequest,
-    SubmitJobResponse, WatchJobRequest,
+    CancelJobRequest, CostReport, CostSummary, DeregisterRequest, DeregisterResponse,
+    GetCostReportRequest, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobState,
+    ListJobsRequest, ListJobsResponse, RegisterWorkerRequest, RegisterWorkerResponse,
+    SubmitJobRequest, SubmitJobResponse, SummarizeCostsRequest, WatchJobRequest,
 };
 
 use crate::job::JobRecord;
 use crate::runner::{Orchestrator, SubmitError};
+use crate::store::SummaryFilter;
 
 /// The `Orchestrator` gRPC service.
 pub struct OrchestratorService {
@@ -141,6 +142,27 @@ impl OrchestratorApi for OrchestratorService {
             job_id: job.id.clone(),
             json,
         }))
+    }
+
+    async fn summarize_costs(
+        &self,
+        request: Request<SummarizeCostsRequest>,
+    ) -> Result<Response<CostSummary>, Status> {
+        let request = request.into_inner();
+        let bounds = [request.ended_after, request.ended_before];
+        if bounds.iter().any(|t| !t.is_finite() || *t < 0.0) {
+            return Err(Status::invalid_argument(
+                "ended_after and ended_before are Unix times in seconds (0 for no bound)",
+            ));
+        }
+        let summary = self.orchestrator.jobs.summarize(&SummaryFilter {
+            ended_after: request.ended_after,
+            ended_before: request.ended_before,
+            labels: request.labels,
+        });
+        let json = serde_json::to_string_pretty(&summary)
+            .map_err(|e| Status::internal(format!("cannot encode the summary: {e}")))?;
+        Ok(Response::new(CostSummary { json }))
     }
 }
 

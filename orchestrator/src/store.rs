@@ -1,10 +1,12 @@
 //! Where jobs live while the orchestrator runs: by id, in submission order, and by
 //! idempotency key, so a repeated submission returns the job it first created. What
-//! outlives the process is in the [`journal`](crate::journal); this is its live index.
+//! outlives the process is in the [`journal`](crate::journal); this is its live index,
+//! which also adds up the cost reports of ended jobs ([`JobStore::summarize`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use framefleet_common::cost::CostSummary;
 use framefleet_common::proto::JobSpec;
 
 use crate::job::JobRecord;
@@ -108,6 +110,44 @@ impl JobStore {
             .iter()
             .filter_map(|id| state.jobs.get(id).cloned())
             .collect()
+    }
+}
+
+/// Which ended jobs a cost summary counts.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryFilter {
+    /// Ended at or after this Unix time (0: no lower bound).
+    pub ended_after: f64,
+    /// Ended before this Unix time (0: no upper bound).
+    pub ended_before: f64,
+    /// Labels the job must carry, each with this value.
+    pub labels: HashMap<String, String>,
+}
+
+impl SummaryFilter {
+    fn admits(&self, job: &JobRecord, ended_at: f64) -> bool {
+        ended_at >= self.ended_after
+            && (self.ended_before <= 0.0 || ended_at < self.ended_before)
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| job.spec.labels.get(key) == Some(value))
+    }
+}
+
+impl JobStore {
+    /// Adds up the cost reports of the ended jobs `filter` admits.
+    pub fn summarize(&self, filter: &SummaryFilter) -> CostSummary {
+        let mut summary = CostSummary::default();
+        for job in self.list() {
+            let Some(report) = job.report() else {
+                continue;
+            };
+            if filter.admits(&job, job.snapshot().finished_at) {
+                summary.add(&report);
+            }
+        }
+        summary
     }
 }
 

@@ -10,11 +10,15 @@
 //! orchestrator's own (probe, chunk checks, stitch, output) to the chunks'.
 //! `totals.input_bytes_read` counts reads of the job's input object alone (workers' ranged
 //! reads plus the orchestrator's probe and audio copy), and `read_amplification` divides it
-//! by the input's size.
+//! by the input's size. [`CostSummary`] adds up the reports of many jobs.
+
+mod summary;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use summary::{CostSummary, GpuTypeUse};
 
 /// A job's cost report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
