@@ -723,6 +723,14 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_configuration_is_valid() {
+        let deployed = include_str!("../../deploy/kubernetes/framefleet.toml");
+        let config = from_toml(deployed).expect("deploy/kubernetes/framefleet.toml loads");
+        assert_eq!(config.telemetry.metrics_address().map(|a| a.port()), Some(9464));
+        assert_eq!(config.worker.model_dir, "/models");
+    }
+
+    #[test]
     fn toml_overrides_defaults() {
         let config = from_toml("[dispatch]\nmax_attempts = 7\n").expect("valid");
         assert_eq!(config.dispatch.max_attempts, 7);
