@@ -7,6 +7,9 @@
 # line per run, and writes OUTDIR/gpu-job.json.
 # usage: bench/gpu-job.sh KIT OUTDIR [SECONDS] [MODELS...]
 #   KIT: what bench/gpu-kit.sh packed (kit.tar.xz, models/)
+# With the device tool: run bench/gpu-kit.sh .gpu/kit here, then on the GPU machine
+#   bench/gpu-job.sh .gpu/kit $OUT 10 realesr-animevideov3-x4 realesrgan-x4plus
+# carrying .gpu/kit (about 43 MB).
 set -euo pipefail
 kit=$(cd "$1" && pwd)
 outdir=$2
