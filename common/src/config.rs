@@ -726,7 +726,10 @@ mod tests {
     fn the_kubernetes_configuration_is_valid() {
         let deployed = include_str!("../../deploy/kubernetes/framefleet.toml");
         let config = from_toml(deployed).expect("deploy/kubernetes/framefleet.toml loads");
-        assert_eq!(config.telemetry.metrics_address().map(|a| a.port()), Some(9464));
+        assert_eq!(
+            config.telemetry.metrics_address().map(|a| a.port()),
+            Some(9464)
+        );
         assert_eq!(config.worker.model_dir, "/models");
     }
 
