@@ -30,6 +30,11 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         "20",
         "-c:a",
         "aac",
+        "-metadata:s:a:0",
+        "language=fra",
+        // A camera's start timecode: a tmcd track whose one sample is in the sample data.
+        "-timecode",
+        "01:00:00:00",
         "-shortest",
         encoded.to_str().expect("utf-8"),
     ]);
@@ -83,6 +88,16 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         "the display rotation was lost"
     );
     assert_eq!(rotation(&input).as_deref(), Some("90"));
+    for (stream, tag, value) in [
+        ("v:0", "timecode", "01:00:00:00"),
+        ("a:0", "language", "fra"),
+    ] {
+        assert_eq!(
+            stream_tag(&output, stream, tag).as_deref(),
+            Some(value),
+            "the {tag} of {stream} was lost"
+        );
+    }
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
             .expect("JSON");

@@ -5,7 +5,8 @@
 //! input packet of their span exactly as demuxed, so every packet is copied once with its
 //! own timestamps and the stitch reads only the input's headers (for MP4, its index).
 //!
-//! Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
+//! The input's stream tags (timecode, language, titles) and display side data (rotation,
+//! HDR) are carried over. Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
 //! of files. Each frame keeps its input timestamp and gets its input duration back from
 //! the probe. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
 //! are written with the index first (`faststart`), so they play before they are fully
@@ -176,6 +177,12 @@ pub fn stitch(
         output_context.stream_mut(0),
     ) {
         copy_display_side_data(&from, &mut to);
+        to.set_metadata(kept_tags(&from, true));
+        // The MOV/MP4 muxer writes a timecode track only for a stream with a known rate.
+        to.set_avg_frame_rate(Rational::new(
+            info.video.frame_rate.0,
+            info.video.frame_rate.1,
+        ));
     }
     let mut audio_map = vec![None; source.nb_streams() as usize];
     for (position, audio) in info.audio.iter().enumerate() {
@@ -183,6 +190,9 @@ pub fn stitch(
             continue;
         };
         add_copy_stream(&mut output_context, stream.parameters(), stream.time_base())?;
+        if let Some(mut to) = output_context.stream_mut(position + 1) {
+            to.set_metadata(kept_tags(&stream, false));
+        }
         if let Some(slot) = audio_map.get_mut(audio.stream_index) {
             *slot = Some((position + 1, stream.time_base()));
         }
@@ -343,6 +353,28 @@ const DISPLAY_SIDE_DATA: [SideDataType; 5] = [
     SideDataType::Stereo3d,
     SideDataType::DataSpherical,
 ];
+
+/// The input stream's tags worth keeping: timecode, language, title, handler and the like.
+/// Statistics a Matroska writer left (bit rate, byte and frame counts, duration) are
+/// dropped, as is the `encoder` of a `reencoded` stream: the output's would differ.
+fn kept_tags(from: &format::stream::Stream, reencoded: bool) -> ffmpeg::Dictionary<'static> {
+    const STATISTICS: [&str; 5] = [
+        "BPS",
+        "DURATION",
+        "NUMBER_OF_FRAMES",
+        "NUMBER_OF_BYTES",
+        "_STATISTICS_",
+    ];
+    let mut kept = ffmpeg::Dictionary::new();
+    for (key, value) in from.metadata().iter() {
+        let statistic = STATISTICS.iter().any(|s| key.starts_with(s));
+        let stale = reencoded && key.eq_ignore_ascii_case("encoder");
+        if !statistic && !stale {
+            kept.set(key, value);
+        }
+    }
+    kept
+}
 
 fn copy_display_side_data(from: &format::stream::Stream, to: &mut format::stream::StreamMut) {
     for side in from.side_data() {

@@ -790,6 +790,23 @@ fn audio_tick(path: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A tag of one stream (`v:0`, `a:1`), if it has it.
+pub fn stream_tag(path: &Path, stream: &str, tag: &str) -> Option<String> {
+    ffprobe(
+        &[
+            "-select_streams",
+            stream,
+            "-show_entries",
+            &format!("stream_tags={tag}"),
+            "-of",
+            "default=noprint_wrappers=1",
+        ],
+        path,
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix(&format!("TAG:{tag}=")).map(str::to_string))
+}
+
 /// The display rotation of the first video stream, if it has one.
 pub fn rotation(path: &Path) -> Option<String> {
     ffprobe(

@@ -163,7 +163,10 @@ unsafe fn headers_describe_every_stream(context: *mut ffmpeg::ffi::AVFormatConte
 
 /// Opens an input for its streams' parameters and metadata, not its packets: an MP4 or
 /// MOV is opened with its sample data reading as zeros, so only its index is fetched.
-/// Reading packets from the returned input gives zeros for MP4 samples.
+/// Reading packets from the returned input gives zeros for MP4 samples. One exception: a
+/// MOV or MP4 start timecode lives in the first sample of its timecode track, so when a
+/// stream has a timecode the input is opened again reading samples for real (the bytes
+/// already fetched are reused).
 pub fn open_input_headers<R>(
     mut reader: R,
     name: &str,
@@ -176,12 +179,19 @@ where
         .map_err(|_| ffmpeg::Error::InvalidData)?;
     let boxed = isobmff::starts_with_a_box(&mut reader);
     let reader = isobmff::HollowReader::new(reader, size, boxed);
-    let options: &[(&str, &str)] = if boxed {
-        &[("fflags", "+noparse")]
+    if !boxed {
+        return open_input_with(reader, name, &[]);
+    }
+    let real = reader.twin(false);
+    let hollow = open_input_with(reader, name, &[("fflags", "+noparse")])?;
+    let has_timecode = hollow
+        .streams()
+        .any(|stream| stream.metadata().get("timecode").is_some());
+    if has_timecode {
+        open_input_with(real, name, &[])
     } else {
-        &[]
-    };
-    open_input_with(reader, name, options)
+        Ok(hollow)
+    }
 }
 
 /// Reads packets one by one, surfacing read errors instead of looping on them.
