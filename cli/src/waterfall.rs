@@ -113,27 +113,36 @@ struct Bar {
     split: Vec<(&'static str, f64)>,
 }
 
+/// The probe, the chunks and the stitch; the probe or stitch of a job that failed before
+/// finishing them is left out.
 fn bars(report: &CostReport) -> Vec<Bar> {
     let orchestrator = &report.orchestrator;
-    let mut bars = vec![Bar {
-        label: "probe (orchestrator)".into(),
-        start: orchestrator.probe_started_seconds,
-        seconds: orchestrator.probe_seconds,
+    let step = |label: &str, start: f64, seconds: f64, what: &str| Bar {
+        label: format!("{label} (orchestrator)"),
+        start,
+        seconds,
         colour: "#76b7b2",
-        tooltip: format!("probe: {:.2} s", orchestrator.probe_seconds),
+        tooltip: format!("{what}: {seconds:.2} s"),
         split: Vec::new(),
-    }];
-    for chunk in &report.chunks {
-        bars.push(chunk_bar(chunk));
+    };
+    let mut bars = Vec::new();
+    if orchestrator.probe_seconds > 0.0 {
+        bars.push(step(
+            "probe",
+            orchestrator.probe_started_seconds,
+            orchestrator.probe_seconds,
+            "probe",
+        ));
     }
-    bars.push(Bar {
-        label: "stitch (orchestrator)".into(),
-        start: orchestrator.stitch_started_seconds,
-        seconds: orchestrator.stitch_seconds,
-        colour: "#76b7b2",
-        tooltip: format!("stitch and upload: {:.2} s", orchestrator.stitch_seconds),
-        split: Vec::new(),
-    });
+    bars.extend(report.chunks.iter().map(chunk_bar));
+    if orchestrator.stitch_seconds > 0.0 {
+        bars.push(step(
+            "stitch",
+            orchestrator.stitch_started_seconds,
+            orchestrator.stitch_seconds,
+            "stitch and upload",
+        ));
+    }
     bars
 }
 
@@ -396,6 +405,15 @@ mod tests {
         assert!(page.contains("job-&lt;1&gt;"));
         assert!(page.contains("a&amp;b.mp4"));
         assert!(page.contains("w&lt;script&gt;"));
+    }
+
+    #[test]
+    fn a_job_that_failed_at_the_probe_draws_no_empty_rows() {
+        let page = html(&CostReport {
+            state: "FAILED".into(),
+            ..CostReport::default()
+        });
+        assert_eq!(page.matches("<g class=\"bar\">").count(), 0, "{page}");
     }
 
     #[test]
