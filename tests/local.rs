@@ -179,6 +179,64 @@ fn matroska_outputs_keep_the_timestamps_of_early_audio() {
     }
 }
 
+/// An MP4 trimmed without re-encoding (`-ss` with stream copy, as phone and editor "trim"
+/// features do) starts mid-GOP: its edit list makes the frames before the cut reference-only
+/// (flagged discard), and only the frames after it are shown. The job must produce exactly
+/// the shown frames, whatever the chunk count.
+#[test]
+fn an_mp4_trimmed_mid_gop_yields_exactly_its_shown_frames() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let whole = dir.path().join("whole.mp4");
+    clip_with_audio(&whole, "320x180", 30, 6, 30);
+    let trimmed = dir.path().join("trimmed.mp4");
+    ffmpeg(&[
+        "-ss",
+        "1.3",
+        "-i",
+        whole.to_str().expect("utf-8"),
+        "-t",
+        "3",
+        "-c",
+        "copy",
+        trimmed.to_str().expect("utf-8"),
+    ]);
+    let shown = video_timing(&trimmed).pts_seconds.len();
+    assert!(
+        (85..=95).contains(&shown),
+        "{shown} shown frames in the trimmed clip"
+    );
+    let mut outputs = Vec::new();
+    for chunks in ["1", "3"] {
+        let output = dir.path().join(format!("out-{chunks}.mp4"));
+        let result = framefleet_local()
+            .arg(&trimmed)
+            .arg(&output)
+            .args([
+                "--workers",
+                "2",
+                "--chunks",
+                chunks,
+                "--scale",
+                "1",
+                "--lossless",
+            ])
+            .args(["--preset", "ultrafast"])
+            .output()
+            .expect("framefleet runs");
+        assert!(
+            result.status.success(),
+            "{chunks} chunks: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_exact(&trimmed, &output, (320, 180));
+        outputs.push(frame_hashes(&output));
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "frames differ between 1 and 3 chunks"
+    );
+}
+
 /// The report's clock: the probe, then every chunk held between its start and its
 /// acceptance, then the stitch once all are in, all within the job's wall time.
 fn assert_timeline_holds(report: &serde_json::Value) {

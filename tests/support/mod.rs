@@ -654,7 +654,7 @@ pub struct VideoTiming {
     pub size: (u32, u32),
     /// Time base denominator over numerator: ticks per second.
     pub ticks_per_second: f64,
-    /// Presentation times of every frame, in seconds, in presentation order.
+    /// Presentation times of every shown frame, in seconds, in presentation order.
     pub pts_seconds: Vec<f64>,
     /// Stream duration in seconds.
     pub duration: f64,
@@ -682,21 +682,30 @@ pub fn video_timing(path: &Path) -> VideoTiming {
     };
     let time_base = field("time_base");
     let (num, den) = time_base.split_once('/').unwrap_or(("1", "1"));
+    // Packets flagged D (discard) are decoded as references only, never shown: an MP4
+    // trimmed without re-encoding keeps the frames before its cut that way.
     let packets = ffprobe(
         &[
             "-select_streams",
             "v:0",
             "-show_entries",
-            "packet=pts_time",
+            "packet=pts_time,flags",
             "-of",
-            "csv=p=0",
+            "json",
         ],
         path,
     );
-    let mut pts_seconds: Vec<f64> = packets
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
-        .collect();
+    let parsed: serde_json::Value = serde_json::from_str(&packets).expect("ffprobe JSON");
+    let mut pts_seconds: Vec<f64> = parsed["packets"]
+        .as_array()
+        .map(|packets| {
+            packets
+                .iter()
+                .filter(|p| !p["flags"].as_str().unwrap_or_default().contains('D'))
+                .filter_map(|p| p["pts_time"].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     pts_seconds.sort_by(f64::total_cmp);
     VideoTiming {
         size: (

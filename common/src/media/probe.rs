@@ -21,8 +21,14 @@ use super::{discard_streams, open_input_with, PacketReader};
 /// Packets fed to the decoder to prove the stream decodes before giving up.
 const MAX_PACKETS_TO_FIRST_FRAME: usize = 256;
 
-/// FFmpeg's `AV_PKT_FLAG_DISCARD`: a packet decoded only as a reference, never shown.
-const PACKET_FLAG_DISCARD: i32 = 0x0004;
+/// True for a packet decoded only as a reference and never shown, such as the frames an
+/// MP4 edit list cuts from the start of a trimmed file (`AV_PKT_FLAG_DISCARD`). Read from
+/// the raw flags: ffmpeg-next's `Packet::flags` keeps only the key and corrupt bits.
+fn is_discarded(packet: &ffmpeg::Packet) -> bool {
+    // SAFETY: `as_ptr` points at the packet's own `AVPacket`, valid while it is borrowed.
+    let flags = unsafe { (*ffmpeg::packet::Ref::as_ptr(packet)).flags };
+    flags & ffmpeg::ffi::AV_PKT_FLAG_DISCARD as i32 != 0
+}
 
 /// Why an input cannot be processed.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +311,7 @@ where
                 decoded_first = true;
             }
         }
-        if packet.flags().bits() & PACKET_FLAG_DISCARD != 0 {
+        if is_discarded(&packet) {
             discarded += 1;
             continue;
         }
