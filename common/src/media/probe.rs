@@ -27,7 +27,7 @@ const MAX_PACKETS_TO_FIRST_FRAME: usize = 256;
 fn is_discarded(packet: &ffmpeg::Packet) -> bool {
     // SAFETY: `as_ptr` points at the packet's own `AVPacket`, valid while it is borrowed.
     let flags = unsafe { (*ffmpeg::packet::Ref::as_ptr(packet)).flags };
-    flags & ffmpeg::ffi::AV_PKT_FLAG_DISCARD as i32 != 0
+    flags & ffmpeg::ffi::AV_PKT_FLAG_DISCARD != 0
 }
 
 /// Why an input cannot be processed.
