@@ -237,6 +237,58 @@ fn an_mp4_trimmed_mid_gop_yields_exactly_its_shown_frames() {
     );
 }
 
+/// An AVI as FFmpeg writes it: MPEG-4 Part 2 with MP3, and a header that counts one frame
+/// more than the file holds (only an MP4 sample table is trusted to count frames).
+#[test]
+fn an_avi_runs_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("clip.avi");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=44100",
+        "-t",
+        "4",
+        "-c:v",
+        "mpeg4",
+        "-q:v",
+        "3",
+        "-g",
+        "25",
+        "-c:a",
+        "libmp3lame",
+        "-shortest",
+        input.to_str().expect("utf-8"),
+    ]);
+    let output = dir.path().join("out.mp4");
+    let result = framefleet_local()
+        .arg(&input)
+        .arg(&output)
+        .args([
+            "--workers",
+            "2",
+            "--chunks",
+            "3",
+            "--scale",
+            "1",
+            "--lossless",
+        ])
+        .args(["--preset", "ultrafast"])
+        .output()
+        .expect("framefleet runs");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_exact(&input, &output, (320, 240));
+}
+
 /// The report's clock: the probe, then every chunk held between its start and its
 /// acceptance, then the stitch once all are in, all within the job's wall time.
 fn assert_timeline_holds(report: &serde_json::Value) {

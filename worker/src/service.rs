@@ -4,7 +4,8 @@
 //! When the orchestrator drops the stream (it gave the chunk up, or the job was cancelled)
 //! the chunk's pipeline is cancelled and its upload aborted. When the worker shuts down it
 //! drains ([`WorkerState::drain`]): no new chunk is taken, held ones get a grace period to
-//! finish, and what is left then is cancelled, which hands it back to the orchestrator.
+//! finish, and what is left then is cancelled, which hands it back to the orchestrator. A
+//! `Drain` call starts the same shutdown (what a scale-in hook sends).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +28,6 @@ use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
 
 use crate::metrics::{ChunkOutcome, WorkerMetrics};
-
 use crate::pipeline::{run_chunk, AudioCopy, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
 use crate::processor::ProcessorSettings;
 use crate::progress::ChunkProgressCounters;

@@ -340,7 +340,9 @@ where
         return Err(unsupported("the video stream has no frames".into()));
     }
     let read = frames.len() as u64 + discarded;
-    if indexed_frames > 0 && read < indexed_frames {
+    // Only an MP4/MOV sample table counts every frame; an AVI header's frame count, for
+    // one, may include frames that were never written.
+    if reads_timestamps_from_index(&format) && indexed_frames > 0 && read < indexed_frames {
         return Err(unsupported(format!(
             "the file is truncated: its index lists {indexed_frames} video frames but only \
              {read} could be read; upload the complete file"
