@@ -156,25 +156,7 @@ fn matroska_outputs_keep_the_timestamps_of_early_audio() {
             input.to_str().expect("utf-8"),
         ]);
         let output = dir.path().join(format!("{name}.out.mkv"));
-        let result = framefleet_local()
-            .arg(&input)
-            .arg(&output)
-            .args([
-                "--workers",
-                "2",
-                "--chunks",
-                "2",
-                "--lossless",
-                "--preset",
-                "ultrafast",
-            ])
-            .output()
-            .expect("framefleet runs");
-        assert!(
-            result.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        lossless_local_job(&input, &output, 2, 2.0);
         assert_exact(&input, &output, (320, 180));
     }
 }
@@ -206,28 +188,9 @@ fn an_mp4_trimmed_mid_gop_yields_exactly_its_shown_frames() {
         "{shown} shown frames in the trimmed clip"
     );
     let mut outputs = Vec::new();
-    for chunks in ["1", "3"] {
+    for chunks in [1, 3] {
         let output = dir.path().join(format!("out-{chunks}.mp4"));
-        let result = framefleet_local()
-            .arg(&trimmed)
-            .arg(&output)
-            .args([
-                "--workers",
-                "2",
-                "--chunks",
-                chunks,
-                "--scale",
-                "1",
-                "--lossless",
-            ])
-            .args(["--preset", "ultrafast"])
-            .output()
-            .expect("framefleet runs");
-        assert!(
-            result.status.success(),
-            "{chunks} chunks: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        lossless_local_job(&trimmed, &output, chunks, 1.0);
         assert_exact(&trimmed, &output, (320, 180));
         outputs.push(frame_hashes(&output));
     }
@@ -266,27 +229,31 @@ fn an_avi_runs_exactly() {
         input.to_str().expect("utf-8"),
     ]);
     let output = dir.path().join("out.mp4");
+    lossless_local_job(&input, &output, 3, 1.0);
+    assert_exact(&input, &output, (320, 240));
+}
+
+/// Runs `framefleet local` on two workers, lossless, with `chunks` chunks at `scale`, and
+/// checks it succeeded.
+fn lossless_local_job(input: &std::path::Path, output: &std::path::Path, chunks: u32, scale: f64) {
     let result = framefleet_local()
-        .arg(&input)
-        .arg(&output)
+        .arg(input)
+        .arg(output)
+        .args(["--workers", "2", "--lossless", "--preset", "ultrafast"])
         .args([
-            "--workers",
-            "2",
             "--chunks",
-            "3",
+            &chunks.to_string(),
             "--scale",
-            "1",
-            "--lossless",
+            &scale.to_string(),
         ])
-        .args(["--preset", "ultrafast"])
         .output()
         .expect("framefleet runs");
     assert!(
         result.status.success(),
-        "{}",
+        "{} with {chunks} chunks: {}",
+        input.display(),
         String::from_utf8_lossy(&result.stderr)
     );
-    assert_exact(&input, &output, (320, 240));
 }
 
 /// The report's clock: the probe, then every chunk held between its start and its
