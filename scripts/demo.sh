@@ -12,4 +12,4 @@ ffmpeg -v error -y -f lavfi -i testsrc2=size=640x360:rate=30 \
   -f lavfi -i sine=frequency=440:sample_rate=48000 -t 10 \
   -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest demo/sample.mp4
 target/release/framefleet local demo/sample.mp4 demo/sample-2x.mp4 \
-  --workers 2 --scale 2 --report-json demo/report.json
+  --workers 2 --scale 2 --report-json demo/report.json --report-html demo/report.html
