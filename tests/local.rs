@@ -38,10 +38,22 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
         "-shortest",
         encoded.to_str().expect("utf-8"),
     ]);
-    // A phone-style display rotation, set on a stream copy as cameras do.
+    // A phone-style display rotation, set on a stream copy as cameras do, and two chapters
+    // (a MOV keeps their titles in the samples of a text track).
+    let chapter_file = dir.path().join("chapters.txt");
+    std::fs::write(
+        &chapter_file,
+        ";FFMETADATA1\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=1200\ntitle=Opening\n\
+         [CHAPTER]\nTIMEBASE=1/1000\nSTART=1200\nEND=2500\ntitle=Main part\n",
+    )
+    .expect("chapters written");
     ffmpeg(&[
         "-i",
         encoded.to_str().expect("utf-8"),
+        "-i",
+        chapter_file.to_str().expect("utf-8"),
+        "-map_chapters",
+        "1",
         "-c",
         "copy",
         "-metadata:s:v:0",
@@ -98,6 +110,14 @@ fn local_runs_a_job_end_to_end_on_plain_paths() {
             "the {tag} of {stream} was lost"
         );
     }
+    assert_eq!(
+        chapters(&output),
+        [
+            ("0.000000".to_string(), "Opening".to_string()),
+            ("1.200000".to_string(), "Main part".to_string())
+        ],
+        "the chapters were lost"
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
             .expect("JSON");

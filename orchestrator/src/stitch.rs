@@ -5,8 +5,8 @@
 //! input packet of their span exactly as demuxed, so every packet is copied once with its
 //! own timestamps and the stitch reads only the input's headers (for MP4, its index).
 //!
-//! The input's stream tags (timecode, language, titles) and display side data (rotation,
-//! HDR) are carried over. Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
+//! The input's stream tags (timecode, language, titles), display side data (rotation,
+//! HDR) and chapters are carried over. Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
 //! of files. Each frame keeps its input timestamp and gets its input duration back from
 //! the probe. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
 //! are written with the index first (`faststart`), so they play before they are fully
@@ -198,6 +198,7 @@ pub fn stitch(
         }
     }
     output_context.set_metadata(source.metadata().to_owned());
+    copy_chapters(&source, &mut output_context)?;
     let mut options = ffmpeg::Dictionary::new();
     let name = output_context.format().name().to_string();
     if name.contains("mp4") || name.contains("mov") {
@@ -374,6 +375,34 @@ fn kept_tags(from: &format::stream::Stream, reencoded: bool) -> ffmpeg::Dictiona
         }
     }
     kept
+}
+
+/// Copies the input's chapters (start, end, title and other tags) to the output: chapter
+/// marks are the input's timeline, which the output keeps.
+fn copy_chapters(
+    source: &format::context::Input,
+    output: &mut format::context::Output,
+) -> Result<(), StitchError> {
+    for chapter in source.chapters() {
+        let title = chapter
+            .metadata()
+            .get("title")
+            .unwrap_or_default()
+            .to_string();
+        let mut copied = output
+            .add_chapter(
+                chapter.id(),
+                chapter.time_base(),
+                chapter.start(),
+                chapter.end().max(chapter.start()),
+                title,
+            )
+            .map_err(write_error("cannot copy the input's chapters"))?;
+        for (key, value) in chapter.metadata().iter() {
+            copied.set_metadata(key, value);
+        }
+    }
+    Ok(())
 }
 
 fn copy_display_side_data(from: &format::stream::Stream, to: &mut format::stream::StreamMut) {

@@ -816,6 +816,37 @@ pub fn stream_tag(path: &Path, stream: &str, tag: &str) -> Option<String> {
     .find_map(|l| l.strip_prefix(&format!("TAG:{tag}=")).map(str::to_string))
 }
 
+/// The file's chapters as (start time in seconds, title), in order.
+pub fn chapters(path: &Path) -> Vec<(String, String)> {
+    let listing = ffprobe(
+        &[
+            "-show_entries",
+            "chapter=start_time:chapter_tags=title",
+            "-of",
+            "json",
+        ],
+        path,
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&listing).expect("ffprobe JSON");
+    parsed["chapters"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|chapter| {
+            (
+                chapter["start_time"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                chapter["tags"]["title"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The display rotation of the first video stream, if it has one.
 pub fn rotation(path: &Path) -> Option<String> {
     ffprobe(

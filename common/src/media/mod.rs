@@ -163,10 +163,11 @@ unsafe fn headers_describe_every_stream(context: *mut ffmpeg::ffi::AVFormatConte
 
 /// Opens an input for its streams' parameters and metadata, not its packets: an MP4 or
 /// MOV is opened with its sample data reading as zeros, so only its index is fetched.
-/// Reading packets from the returned input gives zeros for MP4 samples. One exception: a
-/// MOV or MP4 start timecode lives in the first sample of its timecode track, so when a
-/// stream has a timecode the input is opened again reading samples for real (the bytes
-/// already fetched are reused).
+/// Reading packets from the returned input gives zeros for MP4 samples. Two exceptions: a
+/// MOV or MP4 start timecode lives in the first sample of its timecode track, and chapter
+/// titles in the samples of a chapter text track, so when a stream has a timecode or the
+/// input has chapters it is opened again reading samples for real (the bytes already
+/// fetched are reused).
 pub fn open_input_headers<R>(
     mut reader: R,
     name: &str,
@@ -187,7 +188,7 @@ where
     let has_timecode = hollow
         .streams()
         .any(|stream| stream.metadata().get("timecode").is_some());
-    if has_timecode {
+    if has_timecode || hollow.chapters().next().is_some() {
         open_input_with(real, name, &[])
     } else {
         Ok(hollow)
