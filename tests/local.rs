@@ -253,9 +253,133 @@ fn an_avi_runs_exactly() {
     assert_exact(&input, &output, (320, 240));
 }
 
-/// Runs `framefleet local` on two workers, lossless, with `chunks` chunks at `scale`, and
-/// checks it succeeded.
-fn lossless_local_job(input: &std::path::Path, output: &std::path::Path, chunks: u32, scale: f64) {
+/// Subtitle tracks (MP4's `mov_text`, Matroska's SubRip) are copied packet for packet,
+/// cues near and across chunk boundaries included, and chapters kept (an MP4 keeps their
+/// titles in a text track's samples), whatever the chunk count; text subtitles the output
+/// container cannot hold are converted to its own text codec.
+#[test]
+fn subtitles_and_chapters_pass_through_for_any_chunk_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cues = dir.path().join("cues.srt");
+    std::fs::write(
+        &cues,
+        "1\n00:00:00,200 --> 00:00:01,100\nFirst\n\n\
+         2\n00:00:01,900 --> 00:00:02,600\nAcross the first cut\n\n\
+         3\n00:00:02,300 --> 00:00:02,500\nOverlapping\n\n\
+         4\n00:00:03,950 --> 00:00:04,500\nJust before the second cut\n\n\
+         5\n00:00:05,200 --> 00:00:05,900\nLast\n",
+    )
+    .expect("cues written");
+    let chapter_file = dir.path().join("chapters.txt");
+    std::fs::write(
+        &chapter_file,
+        ";FFMETADATA1\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=3000\ntitle=Start\n\
+         [CHAPTER]\nTIMEBASE=1/1000\nSTART=3000\nEND=6000\ntitle=End\n",
+    )
+    .expect("chapters written");
+    for (name, subtitle_codec) in [("clip.mp4", "mov_text"), ("clip.mkv", "srt")] {
+        let input = dir.path().join(name);
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x90:rate=24",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-i",
+            cues.to_str().expect("utf-8"),
+            "-i",
+            chapter_file.to_str().expect("utf-8"),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-map",
+            "2:s",
+            "-map_chapters",
+            "3",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-g",
+            "24",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-c:s",
+            subtitle_codec,
+            "-metadata:s:s:0",
+            "language=deu",
+            input.to_str().expect("utf-8"),
+        ]);
+        let cues_in = subtitle_cues(&input);
+        assert_eq!(cues_in.len(), 5, "{name}: {cues_in:?}");
+        for chunks in [1, 3] {
+            let output = dir.path().join(format!("out-{chunks}-{name}"));
+            lossless_local_job(&input, &output, chunks, 1.0);
+            assert_exact(&input, &output, (160, 90));
+            assert_eq!(
+                subtitle_cues(&output),
+                cues_in,
+                "{name}, {chunks} chunks: subtitles differ"
+            );
+            assert_eq!(
+                stream_tag(&output, "s:0", "language").as_deref(),
+                Some("deu")
+            );
+            assert_eq!(
+                chapters(&output),
+                [
+                    ("0.000000".to_string(), "Start".to_string()),
+                    ("3.000000".to_string(), "End".to_string())
+                ],
+                "{name}, {chunks} chunks: chapters differ"
+            );
+        }
+    }
+    // Across containers the text is converted (SubRip into MP4's mov_text, which shows one
+    // cue at a time, mov_text into Matroska's ASS): the cues read back are those of
+    // FFmpeg's own conversion of the input.
+    for (from, to, codec) in [
+        ("clip.mkv", "across.mp4", "mov_text"),
+        ("clip.mp4", "across.mkv", "ass"),
+    ] {
+        let input = dir.path().join(from);
+        let output = dir.path().join(to);
+        let printed = lossless_local_job(&input, &output, 3, 1.0);
+        assert!(
+            printed.contains("note: subtitle stream 2 ("),
+            "the conversion is not reported: {printed}"
+        );
+        assert_exact(&input, &output, (160, 90));
+        let reference = dir.path().join(format!("reference-{to}"));
+        ffmpeg(&[
+            "-i",
+            input.to_str().expect("utf-8"),
+            "-map",
+            "0:s",
+            "-c:s",
+            codec,
+            reference.to_str().expect("utf-8"),
+        ]);
+        let cues = subtitles_as_srt(&reference);
+        assert!(cues.contains("Across the first cut"), "{cues}");
+        assert_eq!(subtitles_as_srt(&output), cues, "{from} -> {to}");
+    }
+}
+
+/// Runs `framefleet local` on two workers, lossless, with `chunks` chunks at `scale`,
+/// checks it succeeded and returns what it printed.
+fn lossless_local_job(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    chunks: u32,
+    scale: f64,
+) -> String {
     let result = framefleet_local()
         .arg(input)
         .arg(output)
@@ -274,6 +398,7 @@ fn lossless_local_job(input: &std::path::Path, output: &std::path::Path, chunks:
         input.display(),
         String::from_utf8_lossy(&result.stderr)
     );
+    String::from_utf8_lossy(&result.stdout).into_owned()
 }
 
 /// The report's clock: the probe, then every chunk held between its start and its

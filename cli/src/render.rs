@@ -149,6 +149,9 @@ pub fn cost_table(report: &CostReport) -> String {
         report.orchestrator.probe_seconds,
         report.orchestrator.stitch_seconds
     );
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     out
 }
 

@@ -107,8 +107,9 @@ pub struct AcceptedChunk {
     pub output: ObjectUri,
     /// Its size in bytes when it was accepted.
     pub output_bytes: u64,
-    /// The packet log of the input's audio in the chunk's span, when the job copies audio.
-    pub audio: Option<ObjectUri>,
+    /// The packet log of the input's copied streams (audio, subtitles) in the chunk's
+    /// span, when the job copies any.
+    pub packet_log: Option<ObjectUri>,
     /// Attempts made, this one included.
     pub attempts: u32,
     /// GPU-seconds of failed attempts, measured here.
@@ -352,13 +353,13 @@ async fn attempt_once(
             if work.lines { "jsonl" } else { "mp4" }
         ))
         .map_err(|e| AttemptError::Permanent(e.to_string()))?;
-    let audio = if work.request.audio_streams.is_empty() {
+    let packet_log = if work.request.passthrough_streams.is_empty() {
         None
     } else {
         Some(
             work.scratch
                 .join(&format!(
-                    "chunks/{:05}-r{}-a{attempt}.audio",
+                    "chunks/{:05}-r{}-a{attempt}.packets",
                     range.index, work.run
                 ))
                 .map_err(|e| AttemptError::Permanent(e.to_string()))?,
@@ -369,7 +370,10 @@ async fn attempt_once(
     request.output_uri = output.to_string();
     request.range = Some(range);
     request.last_chunk = work.last;
-    request.audio_output_uri = audio.as_ref().map(ToString::to_string).unwrap_or_default();
+    request.packet_log_uri = packet_log
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let started = Instant::now();
     let since_accepted = || work.job.accepted.elapsed().as_secs_f64();
     let started_seconds = since_accepted();
@@ -387,7 +391,7 @@ async fn attempt_once(
         Err(StreamError::Permanent(message)) => return Err(AttemptError::Permanent(message)),
         Err(StreamError::Retry(message)) => return Err(retry(message)),
     };
-    let output_bytes = verify_objects(context, work, &output, audio.as_ref())
+    let output_bytes = verify_objects(context, work, &output, packet_log.as_ref())
         .await
         .map_err(retry)?;
     Ok(AcceptedChunk {
@@ -395,7 +399,7 @@ async fn attempt_once(
         result,
         output,
         output_bytes,
-        audio,
+        packet_log,
         attempts: attempt,
         wasted_gpu_seconds: 0.0,
         resumed: false,
@@ -407,7 +411,7 @@ async fn attempt_once(
 }
 
 /// Checks a chunk accepted before a restart before it is trusted again: its object still
-/// exists with the size it had and holds the range's frames, and its audio log exists.
+/// exists with the size it had and holds the range's frames, and its packet log exists.
 pub async fn recheck(
     context: &DispatchContext,
     work: &ChunkWork,
@@ -419,13 +423,19 @@ pub async fn recheck(
             work.range.index
         ));
     }
-    if work.request.audio_streams.is_empty() != previous.audio.is_none() {
+    if work.request.passthrough_streams.is_empty() != previous.packet_log.is_none() {
         return Err(format!(
-            "chunk {} was recorded with a different audio setting",
+            "chunk {} was recorded with a different setting for copied streams",
             work.range.index
         ));
     }
-    let size = verify_objects(context, work, &previous.output, previous.audio.as_ref()).await?;
+    let size = verify_objects(
+        context,
+        work,
+        &previous.output,
+        previous.packet_log.as_ref(),
+    )
+    .await?;
     if size != previous.output_bytes {
         return Err(format!(
             "chunk {} object holds {size} bytes, {} when it was accepted",
@@ -435,13 +445,13 @@ pub async fn recheck(
     Ok(())
 }
 
-/// Checks a chunk's objects (see [`verify_chunk`] and [`verify_lines`]) and that its audio
+/// Checks a chunk's objects (see [`verify_chunk`] and [`verify_lines`]) and that its packet
 /// log exists; returns the chunk object's size.
 async fn verify_objects(
     context: &DispatchContext,
     work: &ChunkWork,
     output: &ObjectUri,
-    audio: Option<&ObjectUri>,
+    packet_log: Option<&ObjectUri>,
 ) -> Result<u64, String> {
     let range = &work.range;
     let storage = &context.storage;
@@ -450,10 +460,10 @@ async fn verify_objects(
     } else {
         verify_chunk(context, output, range, work.time_base).await?
     };
-    if let Some(audio) = audio {
-        if let Err(error) = storage.size(audio).await {
+    if let Some(log) = packet_log {
+        if let Err(error) = storage.size(log).await {
             return Err(format!(
-                "chunk {} audio log is missing: {error}",
+                "chunk {} packet log is missing: {error}",
                 range.index
             ));
         }

@@ -135,7 +135,7 @@ const SCHEMA: &str = "
         result BLOB NOT NULL,
         output TEXT NOT NULL,
         output_bytes INTEGER NOT NULL,
-        audio TEXT,
+        audio TEXT, -- the packet log of copied streams (named when it held audio only)
         attempts INTEGER NOT NULL,
         wasted_gpu_seconds REAL NOT NULL,
         PRIMARY KEY (job_id, chunk_index)
@@ -208,7 +208,7 @@ impl SqliteJournal {
             output: parse(&row.output)?,
             output_bytes: u64::try_from(row.output_bytes)
                 .map_err(|e| self.corrupt(job, format!("chunk size: {e}")))?,
-            audio: row.audio.as_deref().map(parse).transpose()?,
+            packet_log: row.audio.as_deref().map(parse).transpose()?,
             attempts: row.attempts,
             wasted_gpu_seconds: row.wasted_gpu_seconds,
             resumed: false,
@@ -234,6 +234,7 @@ struct ChunkRow {
     result: Vec<u8>,
     output: String,
     output_bytes: i64,
+    /// The chunk's packet log (the `audio` column).
     audio: Option<String>,
     attempts: u32,
     wasted_gpu_seconds: f64,
@@ -281,7 +282,7 @@ impl JobJournal for SqliteJournal {
                     chunk.result.encode_to_vec(),
                     chunk.output.to_string(),
                     chunk.output_bytes as i64,
-                    chunk.audio.as_ref().map(ToString::to_string),
+                    chunk.packet_log.as_ref().map(ToString::to_string),
                     chunk.attempts,
                     chunk.wasted_gpu_seconds,
                 ],
@@ -533,8 +534,8 @@ mod tests {
             },
             output: ObjectUri::File(format!("/s/chunks/{index:05}.mp4").into()),
             output_bytes: 12345,
-            audio: Some(ObjectUri::File(
-                format!("/s/chunks/{index:05}.audio").into(),
+            packet_log: Some(ObjectUri::File(
+                format!("/s/chunks/{index:05}.packets").into(),
             )),
             attempts: 2,
             wasted_gpu_seconds: 0.25,

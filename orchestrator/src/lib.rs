@@ -3,8 +3,9 @@
 //! - [`service`] and [`server`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
 //!   services, with health and reflection.
 //! - [`runner`]: accepts jobs ([`validate`], [`store`]) and runs each one: probe,
-//!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`], cleanup and the
-//!   cost [`report`]; [`job`] holds a job's state, progress and report.
+//!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`] (with the
+//!   input's [`subtitles`]), cleanup and the cost [`report`]; [`job`] holds a job's state,
+//!   progress and report.
 //! - [`metrics`]: what the Prometheus endpoint shows; each job is also one trace (spans
 //!   `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers' spans join.
 
@@ -22,6 +23,7 @@ pub mod service;
 pub mod stitch;
 pub mod store;
 pub mod straggler;
+pub mod subtitles;
 pub mod validate;
 
 pub use args::OrchestratorArgs;

@@ -28,6 +28,8 @@ pub struct RunLog {
     pub stitch_seconds: f64,
     /// Size of the input object.
     pub input_size_bytes: u64,
+    /// Notes for the report's reader.
+    pub notes: Vec<String>,
 }
 
 /// The cost report of `job` as it ends in `state`.
@@ -56,6 +58,7 @@ pub fn build(
         chunks,
         orchestrator: orchestrator_cost(log, io),
         pricing: pricing.clone(),
+        notes: log.notes.clone(),
         ..CostReport::default()
     };
     report.finalize(job.accepted.elapsed().as_secs_f64(), log.input_size_bytes);

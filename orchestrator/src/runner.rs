@@ -39,6 +39,7 @@ use crate::report::{self, RunLog};
 use crate::stitch::{self, StitchError};
 use crate::store::{JobStore, KeyConflict};
 use crate::straggler::ChunkPeers;
+use crate::subtitles;
 use crate::validate::{self, InvalidSpec};
 
 /// Longest a probe may take before the job fails.
@@ -351,13 +352,23 @@ impl Orchestrator {
             .instrument(tracing::info_span!("probe"))
             .await?;
         check_limits(&info, input_size, &self.config.limits)?;
+        let mut info = info;
+        if validate::is_infer(spec) {
+            info.audio.clear();
+            info.subtitles.clear();
+        } else {
+            stitch::check_container(output.file_name(), &info)?;
+            let (subtitles, notes) = subtitles::subtitles_kept(output.file_name(), &info.subtitles);
+            for note in &notes {
+                tracing::info!(job = %job.id, "{note}");
+            }
+            info.subtitles = subtitles;
+            log.lock().unwrap_or_else(|p| p.into_inner()).notes = notes;
+        }
         let info = Arc::new(info);
         log.lock()
             .unwrap_or_else(|p| p.into_inner())
             .input_size_bytes = input_size;
-        if !validate::is_infer(spec) {
-            stitch::check_container(output.file_name(), &info)?;
-        }
         let processor = spec.processor.clone().unwrap_or_default();
         let profile = planner::profile_for(&spec.profile, &processor.model);
         let plan = planner::plan(&info.video, spec.chunks, &profile, &self.config.planner)?;
@@ -391,11 +402,12 @@ impl Orchestrator {
             task: spec.task,
             top_k: spec.top_k,
             fragmented_input: !video.fragments.is_empty(),
-            audio_streams: if validate::is_infer(spec) {
-                Vec::new()
-            } else {
-                info.audio.iter().map(|a| a.stream_index as u32).collect()
-            },
+            passthrough_streams: info
+                .audio
+                .iter()
+                .chain(&info.subtitles)
+                .map(|copied| copied.stream_index as u32)
+                .collect(),
             ..ProcessChunkRequest::default()
         };
         let context = DispatchContext {
@@ -446,8 +458,11 @@ impl Orchestrator {
             if validate::is_infer(spec) {
                 stitch::concatenate(&io.scratch, &io.output, &chunks, &output).await?;
             } else {
-                let audio = accepted.iter().filter_map(|c| c.audio.clone()).collect();
-                stitch_and_upload(io, &self.blocking, chunks, audio, input, info, &output).await?;
+                let logs = accepted
+                    .iter()
+                    .filter_map(|c| c.packet_log.clone())
+                    .collect();
+                stitch_and_upload(io, &self.blocking, chunks, logs, input, info, &output).await?;
             }
             Ok::<_, JobError>(())
         };
@@ -587,7 +602,7 @@ async fn stitch_and_upload(
     io: &JobIo,
     blocking: &TaskTracker,
     chunks: Vec<ObjectUri>,
-    audio: Vec<ObjectUri>,
+    packet_logs: Vec<ObjectUri>,
     input: ObjectUri,
     info: Arc<MediaInfo>,
     output: &ObjectUri,
@@ -610,7 +625,7 @@ async fn stitch_and_upload(
     let target = local.clone();
     let parts = stitch::Parts {
         chunks,
-        audio,
+        packet_logs,
         input,
     };
     blocking

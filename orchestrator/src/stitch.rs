@@ -1,18 +1,19 @@
 //! The stitch: joins the accepted chunks, in index order, into the final file without
-//! re-encoding, and copies the input's audio streams unchanged, once, for the whole job
-//! (audio re-encoded or remuxed per chunk drifts: AAC priming and per-chunk rounding add
-//! up). The audio packets come from the chunks' packet logs, where the workers wrote each
-//! input packet of their span exactly as demuxed, so every packet is copied once with its
-//! own timestamps and the stitch reads only the input's headers (for MP4, its index).
+//! re-encoding, and copies the input's audio and subtitle streams unchanged, once, for the
+//! whole job (audio re-encoded or remuxed per chunk drifts: AAC priming and per-chunk
+//! rounding add up). Those packets come from the chunks' packet logs, where the workers
+//! wrote each input packet of their span exactly as demuxed, so every packet is copied once
+//! with its own timestamps and the stitch reads only the input's headers (for MP4, its
+//! index).
 //!
-//! The input's stream tags (timecode, language, titles), display side data (rotation,
-//! HDR) and chapters are carried over. Chunks are opened one at a time, so a job with hundreds of chunks never holds hundreds
-//! of files. Each frame keeps its input timestamp and gets its input duration back from
-//! the probe. Video and audio packets are merged in decode-time order. MP4 and MOV outputs
-//! are written with the index first (`faststart`), so they play before they are fully
-//! downloaded. The stitch is a pure function of the chunk objects and the input, so it can
-//! be run again. Infer jobs' JSON Lines chunks are simply concatenated in order
-//! ([`concatenate`]).
+//! The input's stream tags (timecode, language, titles), dispositions (default, forced),
+//! display side data (rotation, HDR) and chapters are carried over. Chunks are opened one at
+//! a time, so a job with hundreds of chunks never holds hundreds of files. Each frame keeps
+//! its input timestamp and gets its input duration back from the probe. Video and copied
+//! packets are merged in decode-time order. MP4 and MOV outputs are written with the index
+//! first (`faststart`), so they play before they are fully downloaded. The stitch is a pure
+//! function of the chunk objects and the input, so it can be run again. Infer jobs' JSON
+//! Lines chunks are simply concatenated in order ([`concatenate`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +28,8 @@ use framefleet_common::media::{
     PacketReader, ReadError, INDEX_BLOCK_BYTES,
 };
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
+
+use crate::subtitles::{self, SubtitleAction, SubtitleConverter};
 
 /// Why the stitch failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,38 +63,12 @@ pub enum StitchError {
 /// audio unchanged (MP4 cannot hold PCM, for one), so a job does not fail after all its
 /// GPU work.
 pub fn check_container(output_name: &str, info: &MediaInfo) -> Result<(), StitchError> {
-    let Ok(name) = std::ffi::CString::new(output_name) else {
-        return Ok(());
-    };
-    // SAFETY: both calls read NUL-terminated strings that outlive them and return pointers
-    // to static FFmpeg tables (or null), which are only read.
-    let format =
-        unsafe { ffmpeg::ffi::av_guess_format(std::ptr::null(), name.as_ptr(), std::ptr::null()) };
-    if format.is_null() {
-        return Ok(());
-    }
     for audio in &info.audio {
-        let Ok(codec) = std::ffi::CString::new(audio.codec.as_str()) else {
-            continue;
-        };
-        // SAFETY: as above.
-        let refused = unsafe {
-            let descriptor = ffmpeg::ffi::avcodec_descriptor_get_by_name(codec.as_ptr());
-            !descriptor.is_null()
-                && ffmpeg::ffi::avformat_query_codec(
-                    format,
-                    (*descriptor).id,
-                    ffmpeg::ffi::FF_COMPLIANCE_NORMAL,
-                ) == 0
-        };
-        if refused {
-            let extension = Path::new(output_name)
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("output");
+        if output_holds(output_name, &audio.codec) == Some(false) {
             return Err(StitchError::Write(format!(
-                "a .{extension} file cannot hold the input's {} audio, which framefleet copies \
+                "a .{} file cannot hold the input's {} audio, which framefleet copies \
                  unchanged; choose a .mov output (or .mkv, which rounds timestamps to milliseconds)",
+                extension(output_name),
                 audio.codec
             )));
         }
@@ -99,13 +76,47 @@ pub fn check_container(output_name: &str, info: &MediaInfo) -> Result<(), Stitch
     Ok(())
 }
 
+/// Whether the container that `output_name`'s extension chooses can hold `codec` unchanged:
+/// `None` when FFmpeg does not know the container, the codec, or the answer.
+pub(crate) fn output_holds(output_name: &str, codec: &str) -> Option<bool> {
+    let name = std::ffi::CString::new(output_name).ok()?;
+    let codec = std::ffi::CString::new(codec).ok()?;
+    // SAFETY: the calls read NUL-terminated strings that outlive them and return pointers
+    // to static FFmpeg tables (or null), which are only read.
+    let answer = unsafe {
+        let format =
+            ffmpeg::ffi::av_guess_format(std::ptr::null(), name.as_ptr(), std::ptr::null());
+        let descriptor = ffmpeg::ffi::avcodec_descriptor_get_by_name(codec.as_ptr());
+        if format.is_null() || descriptor.is_null() {
+            return None;
+        }
+        ffmpeg::ffi::avformat_query_codec(
+            format,
+            (*descriptor).id,
+            ffmpeg::ffi::FF_COMPLIANCE_NORMAL,
+        )
+    };
+    match answer {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}
+
+fn extension(output_name: &str) -> &str {
+    Path::new(output_name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("output")
+}
+
 /// What the stitch wrote.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stitched {
     /// Video packets (frames) written.
     pub video_packets: u64,
-    /// Audio packets copied.
-    pub audio_packets: u64,
+    /// Audio and subtitle packets copied.
+    pub passthrough_packets: u64,
 }
 
 fn write_error(what: &str) -> impl Fn(ffmpeg::Error) -> StitchError + '_ {
@@ -116,8 +127,9 @@ fn write_error(what: &str) -> impl Fn(ffmpeg::Error) -> StitchError + '_ {
 pub struct Parts {
     /// The chunk objects, in index order.
     pub chunks: Vec<ObjectUri>,
-    /// The chunks' audio packet logs, in index order (empty when the input has no audio).
-    pub audio: Vec<ObjectUri>,
+    /// The chunks' packet logs of copied streams, in index order (empty when the job
+    /// copies no stream).
+    pub packet_logs: Vec<ObjectUri>,
     /// The job's input, for its streams' parameters and metadata.
     pub input: ObjectUri,
 }
@@ -133,7 +145,7 @@ pub struct Sources {
     pub runtime: tokio::runtime::Handle,
 }
 
-/// Joins the chunks and their audio logs into the local file `output` (its extension
+/// Joins the chunks and their packet logs into the local file `output` (its extension
 /// chooses the container). Blocking: run it on a thread of its own.
 pub fn stitch(
     sources: &Sources,
@@ -184,17 +196,42 @@ pub fn stitch(
             info.video.frame_rate.1,
         ));
     }
-    let mut audio_map = vec![None; source.nb_streams() as usize];
-    for (position, audio) in info.audio.iter().enumerate() {
-        let Some(stream) = source.stream(audio.stream_index) else {
+    // Input stream index -> (output stream index, input time base) of each copied stream,
+    // and the converter of each subtitle stream re-encoded for the output's container.
+    let mut copied_map = vec![None; source.nb_streams() as usize];
+    let mut converters: HashMap<usize, SubtitleConverter> = HashMap::new();
+    let output_name = output.to_string_lossy();
+    let audio = info.audio.iter().map(|copied| (copied, false));
+    let subtitle = info.subtitles.iter().map(|copied| (copied, true));
+    for (copied, is_subtitle) in audio.chain(subtitle) {
+        let Some(stream) = source.stream(copied.stream_index) else {
             continue;
         };
-        add_copy_stream(&mut output_context, stream.parameters(), stream.time_base())?;
-        if let Some(mut to) = output_context.stream_mut(position + 1) {
+        let position = output_context.nb_streams() as usize;
+        let conversion = match subtitles::action(&output_name, copied) {
+            SubtitleAction::Convert { to } if is_subtitle => Some(to),
+            _ => None,
+        };
+        let parameters = match conversion {
+            Some(to) => {
+                let converter = SubtitleConverter::new(&stream, to)?;
+                let parameters = converter.parameters();
+                converters.insert(position, converter);
+                parameters
+            }
+            None => stream.parameters(),
+        };
+        add_copy_stream(&mut output_context, parameters, stream.time_base())?;
+        if let Some(mut to) = output_context.stream_mut(position) {
             to.set_metadata(kept_tags(&stream, false));
+            // SAFETY: both streams' fields are plain integers; `to` belongs to an output
+            // context not yet started and is exclusively borrowed.
+            unsafe {
+                (*to.as_mut_ptr()).disposition = (*stream.as_ptr()).disposition;
+            }
         }
-        if let Some(slot) = audio_map.get_mut(audio.stream_index) {
-            *slot = Some((position + 1, stream.time_base()));
+        if let Some(slot) = copied_map.get_mut(copied.stream_index) {
+            *slot = Some((position, stream.time_base()));
         }
     }
     output_context.set_metadata(source.metadata().to_owned());
@@ -215,19 +252,24 @@ pub fn stitch(
     }
     let matroska = name.contains("matroska") || name.contains("webm");
     output_context.write_header_with(options).map_err(|e| {
-        let audio: Vec<&str> = info.audio.iter().map(|a| a.codec.as_str()).collect();
+        let copied: Vec<&str> = info
+            .audio
+            .iter()
+            .chain(&info.subtitles)
+            .map(|a| a.codec.as_str())
+            .collect();
         StitchError::Write(format!(
-            "the {name} container cannot hold these streams (video h264, audio: {}): {e}; \
+            "the {name} container cannot hold these streams (video h264, copied: {}): {e}; \
              choose a .mkv output to keep every audio codec",
-            if audio.is_empty() {
+            if copied.is_empty() {
                 "none".to_string()
             } else {
-                audio.join(", ")
+                copied.join(", ")
             }
         ))
     })?;
     let out_time_bases: Vec<Rational> = output_context.streams().map(|s| s.time_base()).collect();
-    let audio_shifts: Vec<i64> = output_context
+    let copied_shifts: Vec<i64> = output_context
         .streams()
         .zip(&out_time_bases)
         .map(|(stream, &time_base)| {
@@ -245,20 +287,20 @@ pub fn stitch(
         current: None,
         open: &open,
     };
-    let mut audio = AudioPackets {
-        logs: &parts.audio,
+    let mut copied = PassthroughPackets {
+        logs: &parts.packet_logs,
         next_log: 0,
         current: None,
-        map: &audio_map,
+        map: &copied_map,
         sources,
     };
     let mut next_video = video.next()?;
-    let mut next_audio = audio.next()?;
+    let mut next_copied = copied.next()?;
     let durations = frame_durations(info);
     let mut stitched = Stitched::default();
     let mut last_video_dts: Option<i64> = None;
     loop {
-        let take_video = match (&next_video, &next_audio) {
+        let take_video = match (&next_video, &next_copied) {
             (None, None) => break,
             (Some(_), None) => true,
             (None, Some(_)) => false,
@@ -278,18 +320,31 @@ pub fn stitch(
             stitched.video_packets += 1;
             next_video = video.next()?;
         } else {
-            let Some((mut packet, out_index, time_base)) = next_audio.take() else {
+            let Some((mut packet, out_index, time_base)) = next_copied.take() else {
                 break;
             };
+            next_copied = copied.next()?;
+            if let Some(converter) = converters.get_mut(&out_index) {
+                match converter.convert(&packet)? {
+                    Some(cue) => packet = cue,
+                    None => continue,
+                }
+            }
             packet.rescale_ts(time_base, out_time_bases[out_index]);
-            let shift = audio_shifts[out_index];
+            let shift = copied_shifts[out_index];
             if shift != 0 {
                 packet.set_pts(packet.pts().map(|pts| pts + shift));
                 packet.set_dts(packet.dts().map(|dts| dts + shift));
             }
             write(&mut packet, out_index, &mut output_context)?;
-            stitched.audio_packets += 1;
-            next_audio = audio.next()?;
+            stitched.passthrough_packets += 1;
+        }
+    }
+    for (&out_index, converter) in &mut converters {
+        if let Some(mut cue) = converter.finish() {
+            cue.rescale_ts(converter.time_base(), out_time_bases[out_index]);
+            write(&mut cue, out_index, &mut output_context)?;
+            stitched.passthrough_packets += 1;
         }
     }
     output_context
@@ -528,8 +583,8 @@ where
     }
 }
 
-/// The audio packets of every chunk's log in order, with the output stream each goes to.
-struct AudioPackets<'a> {
+/// The copied packets of every chunk's log in order, with the output stream each goes to.
+struct PassthroughPackets<'a> {
     logs: &'a [ObjectUri],
     next_log: usize,
     current: Option<(
@@ -540,12 +595,12 @@ struct AudioPackets<'a> {
     sources: &'a Sources,
 }
 
-impl AudioPackets<'_> {
+impl PassthroughPackets<'_> {
     fn next(&mut self) -> Result<Option<(Packet, usize, Rational)>, StitchError> {
         loop {
             if let Some((log, uri)) = &mut self.current {
                 let packet = log.next_packet().map_err(|e| {
-                    StitchError::Write(format!("reading the audio log {uri} failed: {e}"))
+                    StitchError::Write(format!("reading the packet log {uri} failed: {e}"))
                 })?;
                 match packet {
                     Some(packet) => {
@@ -566,7 +621,7 @@ impl AudioPackets<'_> {
                 .chunks
                 .open_reader(uri, self.sources.runtime.clone())?;
             let log = PacketLogReader::new(std::io::BufReader::new(reader)).map_err(|e| {
-                StitchError::Write(format!("{uri} is not a readable audio log: {e}"))
+                StitchError::Write(format!("{uri} is not a readable packet log: {e}"))
             })?;
             self.current = Some((log, uri));
         }

@@ -741,42 +741,74 @@ fn audio_reference(input: &Path) -> PathBuf {
 
 /// Audio packets of every audio stream as `pts seconds,size,payload MD5`. Per-packet
 /// durations are left out: MP4 derives them from sample times, Matroska rounds them to
-/// milliseconds, so they change with the container while the packets do not. (Read as
-/// JSON: ffprobe's CSV breaks the line of a packet that carries side data.)
+/// milliseconds, so they change with the container while the packets do not.
 pub fn audio_packets(path: &Path) -> Vec<String> {
+    packet_fields(path, "a", &["pts_time", "size", "data_hash"])
+}
+
+/// The cues of every subtitle stream as `pts seconds,duration seconds,size,payload MD5`
+/// (a cue's duration is how long it shows). An MP4 `mov_text` track's empty samples (two
+/// zero bytes) are left out: they only fill the time no cue shows, and the MP4 muxer writes
+/// them itself wherever the track has a gap or ends early.
+pub fn subtitle_cues(path: &Path) -> Vec<String> {
+    packet_fields(
+        path,
+        "s",
+        &["pts_time", "duration_time", "size", "data_hash"],
+    )
+    .into_iter()
+    .filter(|cue| cue.split(',').nth(2) != Some("2"))
+    .collect()
+}
+
+/// The first subtitle stream as SubRip text, as FFmpeg converts it: cue times (as stored,
+/// not moved to the file's start) and text, whatever the container's subtitle codec.
+pub fn subtitles_as_srt(path: &Path) -> String {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-copyts", "-i"])
+        .arg(path)
+        .args(["-map", "0:s:0", "-c:s", "srt", "-f", "srt", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        output.status.success(),
+        "reading the subtitles of {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The `fields` of every packet of the streams `select` picks, comma-joined, one string a
+/// packet in file order. (Read as JSON: ffprobe's CSV breaks the line of a packet that
+/// carries side data.)
+fn packet_fields(path: &Path, select: &str, fields: &[&str]) -> Vec<String> {
     let json = ffprobe(
         &[
             "-select_streams",
-            "a",
+            select,
             "-show_data_hash",
             "md5",
             "-show_entries",
-            "packet=pts_time,size,data_hash",
+            &format!("packet={}", fields.join(",")),
             "-of",
             "json",
         ],
         path,
     );
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("ffprobe JSON");
-    let field = |packet: &serde_json::Value, key: &str| {
-        packet[key].as_str().unwrap_or_default().to_string()
-    };
     parsed["packets"]
         .as_array()
-        .map(|packets| {
-            packets
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|packet| {
+            fields
                 .iter()
-                .map(|p| {
-                    format!(
-                        "{},{},{}",
-                        field(p, "pts_time"),
-                        field(p, "size"),
-                        field(p, "data_hash")
-                    )
-                })
-                .collect()
+                .map(|key| packet[*key].as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(",")
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Seconds in one tick of the first audio stream's time base (0 without audio).

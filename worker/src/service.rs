@@ -28,7 +28,7 @@ use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
 
 use crate::metrics::{ChunkOutcome, WorkerMetrics};
-use crate::pipeline::{run_chunk, AudioCopy, ChunkError, ChunkOutput, ChunkSpec, PhaseClock};
+use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, Passthrough, PhaseClock};
 use crate::processor::ProcessorSettings;
 use crate::progress::ChunkProgressCounters;
 
@@ -255,12 +255,16 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
         fragmented_input: request.fragmented_input,
         whole_input: config.whole_input_download,
-        audio: if request.audio_streams.is_empty() {
+        passthrough: if request.passthrough_streams.is_empty() {
             None
         } else {
-            Some(AudioCopy {
-                streams: request.audio_streams.iter().map(|&s| s as usize).collect(),
-                output: parse(&request.audio_output_uri)?,
+            Some(Passthrough {
+                streams: request
+                    .passthrough_streams
+                    .iter()
+                    .map(|&s| s as usize)
+                    .collect(),
+                output: parse(&request.packet_log_uri)?,
                 last_chunk: request.last_chunk,
             })
         },
@@ -394,7 +398,7 @@ fn chunk_result(
         output_width: output.width,
         output_height: output.height,
         device: output.device.to_string(),
-        audio_packets: output.audio_packets,
+        passthrough_packets: output.passthrough_packets,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct CostReport {
     pub pricing: BTreeMap<String, f64>,
     /// Sums over the job.
     pub totals: Totals,
+    /// What the job did differently from what was asked, for the user to read (an input
+    /// stream the output container could not hold, for one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The plan part of a report.

@@ -15,7 +15,7 @@ use std::sync::Once;
 
 use ffmpeg_next as ffmpeg;
 
-pub use probe::{probe, AudioInfo, FragmentStart, FrameStamp, MediaInfo, ProbeError, VideoInfo};
+pub use probe::{probe, CopiedStream, FragmentStart, FrameStamp, MediaInfo, ProbeError, VideoInfo};
 
 /// Bytes FFmpeg asks for per read from framefleet's I/O. Small, because FFmpeg reads this
 /// far ahead of what it demuxes, and a chunk's last read is partly past its end.

@@ -145,9 +145,9 @@ impl VideoInfo {
     }
 }
 
-/// An audio stream, copied unchanged into the output.
+/// An audio or subtitle stream, copied unchanged into the output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AudioInfo {
+pub struct CopiedStream {
     /// Index of the stream in the container.
     pub stream_index: usize,
     /// FFmpeg's codec name, e.g. `aac`.
@@ -162,7 +162,10 @@ pub struct MediaInfo {
     /// The first video stream.
     pub video: VideoInfo,
     /// Every audio stream.
-    pub audio: Vec<AudioInfo>,
+    pub audio: Vec<CopiedStream>,
+    /// Every subtitle stream (text or bitmap) of a codec FFmpeg knows.
+    #[serde(default)]
+    pub subtitles: Vec<CopiedStream>,
 }
 
 /// Probes an input: opens it, lists every video frame's timestamp and keyframe flag from
@@ -265,14 +268,19 @@ where
             codec_id.name()
         )));
     }
-    let audio = input
-        .streams()
-        .filter(|s| s.parameters().medium() == ffmpeg::media::Type::Audio)
-        .map(|s| AudioInfo {
-            stream_index: s.index(),
-            codec: s.parameters().id().name().to_string(),
-        })
-        .collect();
+    let copied = |medium: ffmpeg::media::Type| -> Vec<CopiedStream> {
+        input
+            .streams()
+            .filter(|s| s.parameters().medium() == medium)
+            .filter(|s| s.parameters().id() != ffmpeg::codec::Id::None)
+            .map(|s| CopiedStream {
+                stream_index: s.index(),
+                codec: s.parameters().id().name().to_string(),
+            })
+            .collect()
+    };
+    let audio = copied(ffmpeg::media::Type::Audio);
+    let subtitles = copied(ffmpeg::media::Type::Subtitle);
     // The probe needs video timestamps only; an MP4 demuxer then skips the audio bytes.
     discard_streams(&mut input, |index| index != stream_index);
 
@@ -388,6 +396,7 @@ where
             fragments,
         },
         audio,
+        subtitles,
     })
 }
 

@@ -24,7 +24,7 @@ use framefleet_common::proto::Phase;
 use framefleet_common::storage::ObjectReader;
 use framefleet_common::storage::Storage;
 
-use super::audio::{AudioCollector, Offer, Span};
+use super::passthrough::{Offer, PassthroughCollector, Span};
 use super::{ChunkError, ChunkSpec, PhaseClock, StageContext};
 
 /// Decoder errors on single packets tolerated before the input is declared corrupt.
@@ -37,7 +37,7 @@ pub(super) fn run(
     runtime: tokio::runtime::Handle,
     context: &StageContext,
     frames: SyncSender<VideoFrame>,
-    audio_log: Option<&Path>,
+    packet_log: Option<&Path>,
 ) -> Result<u64, ChunkError> {
     // Seek to the keyframe; when the demuxer lands after it anyway (containers without an
     // index, such as MPEG-TS, seek by estimate), seek again further back, then give up and
@@ -76,10 +76,12 @@ pub(super) fn run(
             input: shared.twin(false),
             seek_to: target,
             skip_fragments: tries == 0,
-            audio_log,
+            packet_log,
         };
         match decode_range(spec, context, &frames, attempt)? {
-            Decoded::Done { audio_packets } => return Ok(audio_packets),
+            Decoded::Done {
+                passthrough_packets,
+            } => return Ok(passthrough_packets),
             Decoded::SeekOvershot { first_pts } => {
                 tracing::debug!(
                     ?first_pts,
@@ -106,7 +108,7 @@ const SEEK_MARGINS_SECONDS: [i64; 5] = [0, 1, 2, 4, 8];
 
 enum Decoded {
     Done {
-        audio_packets: u64,
+        passthrough_packets: u64,
     },
     /// The seek landed after the range's start: the first frame decoded (or packet read)
     /// is later, or, when the seek landed at the very end, there was none.
@@ -123,8 +125,8 @@ struct Attempt<'a> {
     seek_to: Option<i64>,
     /// Whether a fragmented MP4's earlier fragments are skipped.
     skip_fragments: bool,
-    /// Where the audio packet log goes, when audio is passed through.
-    audio_log: Option<&'a Path>,
+    /// Where the packet log of copied streams goes, when streams are passed through.
+    packet_log: Option<&'a Path>,
 }
 
 fn decode_range(
@@ -137,7 +139,7 @@ fn decode_range(
         input: reader,
         seek_to,
         skip_fragments,
-        audio_log,
+        packet_log,
     } = attempt;
     let setup_started = Instant::now();
     let skipped = if skip_fragments && spec.fragmented_input {
@@ -172,11 +174,12 @@ fn decode_range(
         .decoder()
         .video()
         .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
-    let mut audio = match (&spec.audio, audio_log) {
-        (Some(copy), Some(path)) => Some(AudioCollector::new(
+    let mut passthrough = match (&spec.passthrough, packet_log) {
+        (Some(copy), Some(path)) => Some(PassthroughCollector::new(
             path,
             &copy.streams,
             &input,
+            spec.stream_index,
             Span {
                 start: (spec.range.start_frame > 0).then_some(spec.range.start_pts),
                 end: (!copy.last_chunk).then_some(spec.range.end_pts),
@@ -186,7 +189,7 @@ fn decode_range(
         _ => None,
     };
     let copied: Vec<usize> = spec
-        .audio
+        .passthrough
         .as_ref()
         .map_or(Vec::new(), |a| a.streams.clone());
     discard_streams(&mut input, |index| {
@@ -224,6 +227,9 @@ fn decode_range(
                 .map_err(|e| ChunkError::Decode(e.to_string()))?;
             match packet {
                 Some(packet) if packet.stream() == spec.stream_index => {
+                    if let Some(passthrough) = &mut passthrough {
+                        passthrough.offer(&packet)?;
+                    }
                     if let Err(e) = decoder.send_packet(&packet) {
                         packet_errors += 1;
                         if packet_errors > MAX_PACKET_ERRORS {
@@ -234,8 +240,8 @@ fn decode_range(
                     }
                 }
                 Some(packet) => {
-                    if let Some(audio) = &mut audio {
-                        if audio.offer(&packet)? == Offer::Late {
+                    if let Some(passthrough) = &mut passthrough {
+                        if passthrough.offer(&packet)? == Offer::Late {
                             return Ok(Decoded::SeekOvershot {
                                 first_pts: packet.dts().or(packet.pts()),
                             });
@@ -302,35 +308,40 @@ fn decode_range(
             expected,
         });
     }
-    let audio_packets = match audio {
-        Some(mut audio) => {
+    let passthrough_packets = match passthrough {
+        Some(mut passthrough) => {
             if !at_end {
-                finish_audio(&mut input, &mut packets, &mut audio, spec, context)?;
+                finish_passthrough(&mut input, &mut packets, &mut passthrough, spec, context)?;
             }
-            audio.finish()?
+            passthrough.finish()?
         }
         None => 0,
     };
-    Ok(Decoded::Done { audio_packets })
+    Ok(Decoded::Done {
+        passthrough_packets,
+    })
 }
 
-/// Once the video of the range is done, reads on (audio only) until every copied stream
-/// has passed the span's end, or the input ends.
-fn finish_audio(
+/// Once the video of the range is done, reads on (copied streams only, unless only video
+/// packets can tell how far reading has gone) until every copied stream is done with the
+/// span, or the input ends.
+fn finish_passthrough(
     input: &mut ffmpeg::format::context::Input,
     packets: &mut PacketReader,
-    audio: &mut AudioCollector,
+    passthrough: &mut PassthroughCollector,
     spec: &ChunkSpec,
     context: &StageContext,
 ) -> Result<(), ChunkError> {
-    discard_streams(input, |index| index == spec.stream_index);
-    while audio.wants_more() {
+    if !passthrough.needs_video() {
+        discard_streams(input, |index| index == spec.stream_index);
+    }
+    while passthrough.wants_more() {
         context.check_cancelled()?;
         let packet = packets
             .next(input)
             .map_err(|e| ChunkError::Decode(e.to_string()))?;
         let Some(packet) = packet else { break };
-        audio.offer(&packet)?;
+        passthrough.offer(&packet)?;
     }
     Ok(())
 }

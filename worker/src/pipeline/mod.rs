@@ -5,18 +5,18 @@
 //! works while the next frames are decoded and the previous ones encoded. The encoder
 //! writes a local MP4 (the container needs to seek back to finish its index), which the
 //! upload stage then sends to storage, as a multipart upload when it is large. The decode
-//! stage also passes the input's audio packets of the chunk's span through to a packet log
-//! (see [`audio`]), uploaded beside the chunk for the stitch. Every stage records the time it is busy
-//! (not the time it waits on its neighbours) into a [`PhaseClock`], and its frames done into
-//! the chunk's [`ChunkProgressCounters`].
+//! stage also passes the input's audio and subtitle packets of the chunk's span through to
+//! a packet log (see [`passthrough`]), uploaded beside the chunk for the stitch. Every stage
+//! records the time it is busy (not the time it waits on its neighbours) into a
+//! [`PhaseClock`], and its frames done into the chunk's [`ChunkProgressCounters`].
 //!
 //! A chunk is done only when exactly `end_frame - start_frame` frames went through every
 //! stage and the object is uploaded; anything else is an error and the upload is aborted.
 
-mod audio;
 mod decode;
 mod encode;
 mod infer;
+mod passthrough;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -105,13 +105,13 @@ pub struct ChunkSpec {
     pub fragmented_input: bool,
     /// Fetch the whole input in one GET instead of ranged reads.
     pub whole_input: bool,
-    /// The input's audio to pass through for the stitch, if any.
-    pub audio: Option<AudioCopy>,
+    /// The input's streams to pass through for the stitch, if any.
+    pub passthrough: Option<Passthrough>,
 }
 
-/// Which audio packets a chunk passes through, and where they go.
+/// Which input packets (audio, subtitles) a chunk passes through, and where they go.
 #[derive(Debug, Clone)]
-pub struct AudioCopy {
+pub struct Passthrough {
     /// Input streams to copy.
     pub streams: Vec<usize>,
     /// Where the packet log goes.
@@ -140,8 +140,8 @@ pub struct ChunkOutput {
     pub phase_seconds: [f64; 6],
     /// Where processing ran.
     pub device: &'static str,
-    /// Audio packets passed through.
-    pub audio_packets: u64,
+    /// Audio and subtitle packets passed through.
+    pub passthrough_packets: u64,
 }
 
 /// Busy time per phase, added to by every stage.
@@ -217,13 +217,13 @@ pub async fn run_chunk(
         .suffix(if infer { ".jsonl" } else { ".mp4" })
         .tempfile()
         .map_err(|e| ChunkError::Encode(format!("cannot create a temporary chunk file: {e}")))?;
-    let audio_log = match &spec.audio {
+    let packet_log = match &spec.passthrough {
         Some(_) => Some(
             tempfile::Builder::new()
-                .prefix("framefleet-audio-")
+                .prefix("framefleet-packets-")
                 .tempfile()
                 .map_err(|e| {
-                    ChunkError::Encode(format!("cannot create a temporary audio file: {e}"))
+                    ChunkError::Encode(format!("cannot create a temporary packet log: {e}"))
                 })?,
         ),
         None => None,
@@ -232,7 +232,7 @@ pub async fn run_chunk(
     let runtime = tokio::runtime::Handle::current();
     let decoding = {
         let (spec, storage, context) = (spec.clone(), storage.clone(), context.clone());
-        let audio_path = audio_log.as_ref().map(|file| file.path().to_path_buf());
+        let log_path = packet_log.as_ref().map(|file| file.path().to_path_buf());
         spawn_stage("decode", move || {
             decode::run(
                 &spec,
@@ -240,12 +240,12 @@ pub async fn run_chunk(
                 runtime,
                 &context,
                 decoded_tx,
-                audio_path.as_deref(),
+                log_path.as_deref(),
             )
         })
     };
     let path = local.path().to_path_buf();
-    let (device, audio_packets, encoded) = if infer {
+    let (device, passthrough_packets, encoded) = if infer {
         let inferring = {
             let (spec, context) = (spec.clone(), context.clone());
             spawn_stage("infer", move || {
@@ -257,9 +257,9 @@ pub async fn run_chunk(
             decoded,
             inferring.await.unwrap_or(Err(ChunkError::Crashed("infer"))),
         ) {
-            (Ok(audio_packets), Ok((frames, device))) => (
+            (Ok(passthrough_packets), Ok((frames, device))) => (
                 device,
-                audio_packets,
+                passthrough_packets,
                 encode::Encoded {
                     frames,
                     width: 0,
@@ -290,7 +290,9 @@ pub async fn run_chunk(
             encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
         );
         match results {
-            (Ok(audio_packets), Ok(device), Ok(encoded)) => (device, audio_packets, encoded),
+            (Ok(passthrough_packets), Ok(device), Ok(encoded)) => {
+                (device, passthrough_packets, encoded)
+            }
             (decoded, processed, encoded) => {
                 return Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
             }
@@ -300,8 +302,8 @@ pub async fn run_chunk(
     let started = Instant::now();
     let upload = async {
         storage.upload_file(local.path(), &spec.output).await?;
-        if let (Some(audio), Some(log)) = (&spec.audio, &audio_log) {
-            storage.upload_file(log.path(), &audio.output).await?;
+        if let (Some(passthrough), Some(log)) = (&spec.passthrough, &packet_log) {
+            storage.upload_file(log.path(), &passthrough.output).await?;
         }
         Ok::<_, StorageError>(())
     }
@@ -318,7 +320,7 @@ pub async fn run_chunk(
         height: encoded.height,
         phase_seconds: context.clock.seconds(),
         device,
-        audio_packets,
+        passthrough_packets,
     })
 }
 
