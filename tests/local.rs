@@ -278,38 +278,24 @@ fn subtitles_and_chapters_pass_through_for_any_chunk_count() {
     )
     .expect("chapters written");
     for (name, subtitle_codec) in [("clip.mp4", "mov_text"), ("clip.mkv", "srt")] {
+        let plain = dir.path().join(format!("plain-{name}"));
+        clip_with_audio(&plain, "160x90", 24, 6, 24);
         let input = dir.path().join(name);
         ffmpeg(&[
-            "-f",
-            "lavfi",
             "-i",
-            "testsrc2=size=160x90:rate=24",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
+            plain.to_str().expect("utf-8"),
             "-i",
             cues.to_str().expect("utf-8"),
             "-i",
             chapter_file.to_str().expect("utf-8"),
             "-map",
-            "0:v",
+            "0",
             "-map",
-            "1:a",
-            "-map",
-            "2:s",
+            "1",
             "-map_chapters",
-            "3",
-            "-t",
-            "6",
-            "-c:v",
-            "libx264",
-            "-g",
-            "24",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
+            "2",
+            "-c",
+            "copy",
             "-c:s",
             subtitle_codec,
             "-metadata:s:s:0",
@@ -370,6 +356,78 @@ fn subtitles_and_chapters_pass_through_for_any_chunk_count() {
         assert!(cues.contains("Across the first cut"), "{cues}");
         assert_eq!(subtitles_as_srt(&output), cues, "{from} -> {to}");
     }
+}
+
+/// A Matroska file's attachments (the fonts its styled subtitles name) and cover art are
+/// kept byte for byte; an MP4 output keeps the cover and says it left the font out.
+#[test]
+fn attachments_and_cover_art_are_kept_where_the_container_holds_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let font = dir.path().join("Subtitle Font.ttf");
+    let font_bytes: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&font, &font_bytes).expect("font written");
+    let cover = dir.path().join("cover.png");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64",
+        "-frames:v",
+        "1",
+        cover.to_str().expect("utf-8"),
+    ]);
+    let plain = dir.path().join("plain.mkv");
+    clip_with_audio(&plain, "160x90", 24, 3, 24);
+    let input = dir.path().join("with attachments.mkv");
+    ffmpeg(&[
+        "-i",
+        plain.to_str().expect("utf-8"),
+        "-c",
+        "copy",
+        "-attach",
+        font.to_str().expect("utf-8"),
+        "-metadata:s:t:0",
+        "mimetype=application/x-truetype-font",
+        "-attach",
+        cover.to_str().expect("utf-8"),
+        "-metadata:s:t:1",
+        "mimetype=image/png",
+        input.to_str().expect("utf-8"),
+    ]);
+    let cover_bytes = std::fs::read(&cover).expect("cover");
+    assert_eq!(attached_picture(&input), cover_bytes);
+
+    let kept = dir.path().join("kept.mkv");
+    lossless_local_job(&input, &kept, 2, 1.0);
+    assert_exact(&input, &kept, (160, 90));
+    let dumped = dir.path().join("dumped.ttf");
+    ffmpeg(&[
+        "-dump_attachment:t:0",
+        dumped.to_str().expect("utf-8"),
+        "-i",
+        kept.to_str().expect("utf-8"),
+        "-t",
+        "0",
+        "-f",
+        "null",
+        "-",
+    ]);
+    assert_eq!(std::fs::read(&dumped).expect("font dumped"), font_bytes);
+    assert_eq!(
+        stream_tag(&kept, "t:0", "filename").as_deref(),
+        Some("Subtitle Font.ttf")
+    );
+    assert_eq!(attached_picture(&kept), cover_bytes);
+
+    let mp4 = dir.path().join("kept.mp4");
+    let printed = lossless_local_job(&input, &mp4, 2, 1.0);
+    assert_exact(&input, &mp4, (160, 90));
+    assert_eq!(attached_picture(&mp4), cover_bytes);
+    assert!(
+        printed
+            .contains("note: attachment stream 2 (ttf) was left out: a .mp4 file cannot hold it"),
+        "{printed}"
+    );
 }
 
 /// Runs `framefleet local` on two workers, lossless, with `chunks` chunks at `scale`,

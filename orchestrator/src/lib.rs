@@ -3,13 +3,14 @@
 //! - [`service`] and [`server`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
 //!   services, with health and reflection.
 //! - [`runner`]: accepts jobs ([`validate`], [`store`]) and runs each one: probe,
-//!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`] (with the
-//!   input's [`subtitles`]), cleanup and the cost [`report`]; [`job`] holds a job's state,
-//!   progress and report.
+//!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`] (of what
+//!   [`carry`] keeps besides video and audio, converting [`subtitles`] where needed),
+//!   cleanup and the cost [`report`]; [`job`] holds a job's state, progress and report.
 //! - [`metrics`]: what the Prometheus endpoint shows; each job is also one trace (spans
 //!   `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers' spans join.
 
 pub mod args;
+pub mod carry;
 pub mod dispatch;
 pub mod fleet;
 pub mod job;

@@ -27,6 +27,7 @@ use framefleet_common::media::{self, MediaInfo, ProbeError};
 use framefleet_common::proto::{JobSpec, JobState, ProcessChunkRequest, Rational};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
+use crate::carry;
 use crate::dispatch::{
     self, AcceptedChunk, ChunkTimeline, ChunkWork, DispatchContext, DispatchError,
 };
@@ -39,7 +40,6 @@ use crate::report::{self, RunLog};
 use crate::stitch::{self, StitchError};
 use crate::store::{JobStore, KeyConflict};
 use crate::straggler::ChunkPeers;
-use crate::subtitles;
 use crate::validate::{self, InvalidSpec};
 
 /// Longest a probe may take before the job fails.
@@ -356,14 +356,16 @@ impl Orchestrator {
         if validate::is_infer(spec) {
             info.audio.clear();
             info.subtitles.clear();
+            info.attachments.clear();
         } else {
             stitch::check_container(output.file_name(), &info)?;
-            let (subtitles, notes) = subtitles::subtitles_kept(output.file_name(), &info.subtitles);
-            for note in &notes {
+            let carried = carry::plan(output.file_name(), &info);
+            for note in &carried.notes {
                 tracing::info!(job = %job.id, "{note}");
             }
-            info.subtitles = subtitles;
-            log.lock().unwrap_or_else(|p| p.into_inner()).notes = notes;
+            info.subtitles = carried.subtitles;
+            info.attachments = carried.attachments;
+            log.lock().unwrap_or_else(|p| p.into_inner()).notes = carried.notes;
         }
         let info = Arc::new(info);
         log.lock()

@@ -29,7 +29,8 @@ use framefleet_common::media::{
 };
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
 
-use crate::subtitles::{self, SubtitleAction, SubtitleConverter};
+use crate::carry::{self, SubtitleAction};
+use crate::subtitles::SubtitleConverter;
 
 /// Why the stitch failed.
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +209,7 @@ pub fn stitch(
             continue;
         };
         let position = output_context.nb_streams() as usize;
-        let conversion = match subtitles::action(&output_name, copied) {
+        let conversion = match carry::subtitle_action(&output_name, copied) {
             SubtitleAction::Convert { to } if is_subtitle => Some(to),
             _ => None,
         };
@@ -224,20 +225,18 @@ pub fn stitch(
         add_copy_stream(&mut output_context, parameters, stream.time_base())?;
         if let Some(mut to) = output_context.stream_mut(position) {
             to.set_metadata(kept_tags(&stream, false));
-            // SAFETY: both streams' fields are plain integers; `to` belongs to an output
-            // context not yet started and is exclusively borrowed.
-            unsafe {
-                (*to.as_mut_ptr()).disposition = (*stream.as_ptr()).disposition;
-            }
+            copy_disposition(&stream, &mut to);
         }
         if let Some(slot) = copied_map.get_mut(copied.stream_index) {
             *slot = Some((position, stream.time_base()));
         }
     }
+    let name = output_context.format().name().to_string();
+    let matroska = name.contains("matroska") || name.contains("webm");
+    let pictures = add_attachments(&source, info, &mut output_context, matroska)?;
     output_context.set_metadata(source.metadata().to_owned());
     copy_chapters(&source, &mut output_context)?;
     let mut options = ffmpeg::Dictionary::new();
-    let name = output_context.format().name().to_string();
     if name.contains("mp4") || name.contains("mov") {
         options.set("movflags", "+faststart");
         options.set(
@@ -250,7 +249,6 @@ pub fn stitch(
         // -21 ms, Opus at minus its pre-skip). Matroska holds negative times; keep them.
         options.set("avoid_negative_ts", "disabled");
     }
-    let matroska = name.contains("matroska") || name.contains("webm");
     output_context.write_header_with(options).map_err(|e| {
         let copied: Vec<&str> = info
             .audio
@@ -269,6 +267,9 @@ pub fn stitch(
         ))
     })?;
     let out_time_bases: Vec<Rational> = output_context.streams().map(|s| s.time_base()).collect();
+    for (out_index, mut picture) in pictures {
+        write(&mut picture, out_index, &mut output_context)?;
+    }
     let copied_shifts: Vec<i64> = output_context
         .streams()
         .zip(&out_time_bases)
@@ -430,6 +431,91 @@ fn kept_tags(from: &format::stream::Stream, reencoded: bool) -> ffmpeg::Dictiona
         }
     }
     kept
+}
+
+/// Adds the attachments and attached pictures `info` lists (the job kept those the output
+/// holds) as streams of `output`, with their tags (file name, MIME type) and dispositions;
+/// returns each attached picture's one packet, to write once the header is. Matroska
+/// keeps cover art as an attachment (`cover.png`, as Matroska tools name it), not as a
+/// one-frame video track.
+fn add_attachments(
+    source: &format::context::Input,
+    info: &MediaInfo,
+    output: &mut format::context::Output,
+    matroska: bool,
+) -> Result<Vec<(usize, Packet)>, StitchError> {
+    let mut pictures = Vec::new();
+    for attachment in &info.attachments {
+        let Some(stream) = source.stream(attachment.stream_index) else {
+            continue;
+        };
+        let position = output.nb_streams() as usize;
+        add_copy_stream(output, stream.parameters(), stream.time_base())?;
+        let Some(mut to) = output.stream_mut(position) else {
+            continue;
+        };
+        let mut tags = kept_tags(&stream, false);
+        let picture = attached_picture(&stream);
+        match picture {
+            Some(bytes) if matroska => {
+                if tags.get("filename").is_none() {
+                    let extension = match attachment.codec.as_str() {
+                        "mjpeg" => "jpg",
+                        other => other,
+                    };
+                    tags.set("filename", &format!("cover.{extension}"));
+                }
+                // SAFETY: `to` belongs to an output context not yet started and is
+                // exclusively borrowed; its parameters take ownership of a padded copy of
+                // the picture as extradata, which is what Matroska writes for an attachment.
+                unsafe {
+                    let parameters = &mut *to.parameters().as_mut_ptr();
+                    let padded = bytes.len() + ffmpeg::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
+                    let extradata = ffmpeg::ffi::av_mallocz(padded).cast::<u8>();
+                    if extradata.is_null() {
+                        return Err(StitchError::Write("out of memory".into()));
+                    }
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), extradata, bytes.len());
+                    ffmpeg::ffi::av_freep(std::ptr::addr_of_mut!(parameters.extradata).cast());
+                    parameters.extradata = extradata;
+                    parameters.extradata_size = i32::try_from(bytes.len()).unwrap_or(0);
+                    parameters.codec_type = ffmpeg::ffi::AVMediaType::AVMEDIA_TYPE_ATTACHMENT;
+                }
+            }
+            Some(bytes) => {
+                copy_disposition(&stream, &mut to);
+                let mut packet = Packet::copy(&bytes);
+                packet.set_pts(Some(0));
+                packet.set_dts(Some(0));
+                packet.set_flags(ffmpeg::packet::Flags::KEY);
+                pictures.push((position, packet));
+            }
+            None => copy_disposition(&stream, &mut to),
+        }
+        to.set_metadata(tags);
+    }
+    Ok(pictures)
+}
+
+/// The picture of an attached picture stream (cover art); `None` for other streams.
+fn attached_picture(stream: &format::stream::Stream) -> Option<Vec<u8>> {
+    // SAFETY: the stream belongs to an open input borrowed for this call; its attached
+    // picture packet (empty unless the stream is one) is only read, and copied.
+    unsafe {
+        let packet = &(*stream.as_ptr()).attached_pic;
+        let size = usize::try_from(packet.size).unwrap_or(0);
+        (!packet.data.is_null() && size > 0)
+            .then(|| std::slice::from_raw_parts(packet.data, size).to_vec())
+    }
+}
+
+/// Gives `to` the dispositions of `from` (default, forced, cover art).
+fn copy_disposition(from: &format::stream::Stream, to: &mut format::stream::StreamMut) {
+    // SAFETY: both dispositions are plain integers; `to` belongs to an output context not
+    // yet started and is exclusively borrowed.
+    unsafe {
+        (*to.as_mut_ptr()).disposition = (*from.as_ptr()).disposition;
+    }
 }
 
 /// Copies the input's chapters (start, end, title and other tags) to the output: chapter

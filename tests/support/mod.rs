@@ -779,6 +779,33 @@ pub fn subtitles_as_srt(path: &Path) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The bytes of the file's cover art (its second video stream, an attached picture).
+pub fn attached_picture(path: &Path) -> Vec<u8> {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-map",
+            "0:v:1",
+            "-c",
+            "copy",
+            "-frames:v",
+            "1",
+            "-f",
+            "image2",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        output.status.success(),
+        "reading the cover of {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// The `fields` of every packet of the streams `select` picks, comma-joined, one string a
 /// packet in file order. (Read as JSON: ffprobe's CSV breaks the line of a packet that
 /// carries side data.)

@@ -166,6 +166,13 @@ pub struct MediaInfo {
     /// Every subtitle stream (text or bitmap) of a codec FFmpeg knows.
     #[serde(default)]
     pub subtitles: Vec<CopiedStream>,
+    /// Streams held whole in the container's headers: attachments (a Matroska file's
+    /// fonts) and attached pictures (cover art).
+    #[serde(default)]
+    pub attachments: Vec<CopiedStream>,
+    /// Every other stream (timed metadata, other video), which no output carries.
+    #[serde(default)]
+    pub left_out: Vec<CopiedStream>,
 }
 
 /// Probes an input: opens it, lists every video frame's timestamp and keyframe flag from
@@ -235,9 +242,14 @@ where
         name: name.to_string(),
         reason,
     };
+    let moving = |stream: &ffmpeg::format::stream::Stream| {
+        stream.parameters().medium() == ffmpeg::media::Type::Video && !is_attached_picture(stream)
+    };
     let stream = input
         .streams()
         .best(ffmpeg::media::Type::Video)
+        .filter(|stream| moving(stream))
+        .or_else(|| input.streams().find(|stream| moving(stream)))
         .ok_or_else(|| ProbeError::NoVideo {
             name: name.to_string(),
         })?;
@@ -272,7 +284,7 @@ where
         input
             .streams()
             .filter(|s| s.parameters().medium() == medium)
-            .filter(|s| s.parameters().id() != ffmpeg::codec::Id::None)
+            .filter(|s| s.parameters().id() != ffmpeg::codec::Id::None && !is_hidden(s))
             .map(|s| CopiedStream {
                 stream_index: s.index(),
                 codec: s.parameters().id().name().to_string(),
@@ -281,6 +293,26 @@ where
     };
     let audio = copied(ffmpeg::media::Type::Audio);
     let subtitles = copied(ffmpeg::media::Type::Subtitle);
+    let (mut attachments, mut left_out) = (Vec::new(), Vec::new());
+    for other in input.streams() {
+        let medium = other.parameters().medium();
+        let copied = matches!(
+            medium,
+            ffmpeg::media::Type::Audio | ffmpeg::media::Type::Subtitle
+        ) && other.parameters().id() != ffmpeg::codec::Id::None;
+        if other.index() == stream_index || is_hidden(&other) || copied {
+            continue;
+        }
+        let described = CopiedStream {
+            stream_index: other.index(),
+            codec: other.parameters().id().name().to_string(),
+        };
+        if medium == ffmpeg::media::Type::Attachment || is_attached_picture(&other) {
+            attachments.push(described);
+        } else {
+            left_out.push(described);
+        }
+    }
     // The probe needs video timestamps only; an MP4 demuxer then skips the audio bytes.
     discard_streams(&mut input, |index| index != stream_index);
 
@@ -397,7 +429,30 @@ where
         },
         audio,
         subtitles,
+        attachments,
+        left_out,
     })
+}
+
+/// True for a track the demuxer reads for its own use: a QuickTime chapter track (its
+/// samples are the chapters' titles, which the output gets as chapters) or a timecode
+/// track (its one sample is the start timecode, which the output gets as a tag).
+fn is_hidden(stream: &ffmpeg::format::stream::Stream) -> bool {
+    const TIMECODE_TAG: u32 = u32::from_le_bytes(*b"tmcd");
+    // SAFETY: the stream belongs to an open input borrowed for this call; both fields are
+    // plain values, only read.
+    let (discard, tag) = unsafe {
+        let raw = stream.as_ptr();
+        ((*raw).discard, (*(*raw).codecpar).codec_tag)
+    };
+    discard == ffmpeg::ffi::AVDiscard::AVDISCARD_ALL || tag == TIMECODE_TAG
+}
+
+/// True for a stream that holds one picture (cover art), not moving video.
+fn is_attached_picture(stream: &ffmpeg::format::stream::Stream) -> bool {
+    stream
+        .disposition()
+        .contains(ffmpeg::format::stream::Disposition::ATTACHED_PIC)
 }
 
 /// Decodes the first frame from the held packets' real bytes; true when one came out.
