@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time: a build script binary may be reused for another checkout.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files: Vec<PathBuf> = ["types", "worker", "fleet", "orchestrator"]
         .iter()
         .map(|name| proto_root.join(format!("framefleet/v1/{name}.proto")))

@@ -253,6 +253,59 @@ fn an_avi_runs_exactly() {
     assert_exact(&input, &output, (320, 240));
 }
 
+/// An MPEG-TS recorded in the minute before its 33-bit clock wraps: FFmpeg unwraps its
+/// timestamps to below zero, where an MP4 cannot show a frame (its edit list hides it, so
+/// every chunk's first frames went missing). The job moves every stream later by the same
+/// amount, so the first frame is at 0 and the audio keeps its place; the report says so.
+#[test]
+fn an_mpeg_ts_about_to_wrap_its_clock_is_moved_to_start_at_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("wrap.ts");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=24000/1001",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=500:sample_rate=48000",
+        "-t",
+        "3",
+        "-c:v",
+        "mpeg2video",
+        "-g",
+        "12",
+        "-c:a",
+        "mp2",
+        "-shortest",
+        "-output_ts_offset",
+        "95400",
+        input.to_str().expect("utf-8"),
+    ]);
+    let first = video_timing(&input).pts_seconds[0];
+    assert!(
+        first < -40.0,
+        "the clip starts at {first} s, not below zero"
+    );
+    let mut outputs = Vec::new();
+    for (chunks, extension) in [(1, "mp4"), (3, "mp4"), (3, "mkv")] {
+        let output = dir.path().join(format!("out-{chunks}.{extension}"));
+        let printed = lossless_local_job(&input, &output, chunks, 1.0);
+        assert!(
+            printed.contains("every stream of the output is moved"),
+            "{printed}"
+        );
+        assert_exact_moved(&input, &output, (320, 180), -first);
+        assert!(video_timing(&output).pts_seconds[0].abs() < 1e-3);
+        outputs.push(frame_hashes(&output));
+    }
+    assert!(
+        outputs.windows(2).all(|pair| pair[0] == pair[1]),
+        "frames differ between chunk counts or containers"
+    );
+}
+
 /// Subtitle tracks (MP4's `mov_text`, Matroska's SubRip) are copied packet for packet,
 /// cues near and across chunk boundaries included, and chapters kept (an MP4 keeps their
 /// titles in a text track's samples), whatever the chunk count; text subtitles the output

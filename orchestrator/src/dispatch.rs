@@ -458,7 +458,7 @@ async fn verify_objects(
     let size = if work.lines {
         verify_lines(storage, output, range).await?
     } else {
-        verify_chunk(context, output, range, work.time_base).await?
+        verify_chunk(context, output, work).await?
     };
     if let Some(log) = packet_log {
         if let Err(error) = storage.size(log).await {
@@ -540,13 +540,13 @@ async fn stream_chunk(
 }
 
 /// Checks a chunk object: exactly the range's frame count, starting at the range's first
-/// timestamp. Returns the object's size.
+/// timestamp (moved by the job's `pts_offset`). Returns the object's size.
 async fn verify_chunk(
     context: &DispatchContext,
     output: &ObjectUri,
-    range: &ChunkRange,
-    time_base: ffmpeg_next::Rational,
+    work: &ChunkWork,
 ) -> Result<u64, String> {
+    let range = &work.range;
     let storage = context.storage.clone();
     let object = output.clone();
     let runtime = tokio::runtime::Handle::current();
@@ -578,11 +578,12 @@ async fn verify_chunk(
     let first = video
         .frames
         .first()
-        .map_or(0, |f| f.pts.rescale(chunk_base, time_base));
-    if first != range.start_pts {
+        .map_or(0, |f| f.pts.rescale(chunk_base, work.time_base));
+    let expected_first = range.start_pts + work.request.pts_offset;
+    if first != expected_first {
         return Err(format!(
-            "chunk {} output starts at pts {first}, expected {}",
-            range.index, range.start_pts
+            "chunk {} output starts at pts {first}, expected {expected_first}",
+            range.index
         ));
     }
     Ok(size)

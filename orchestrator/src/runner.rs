@@ -365,7 +365,9 @@ impl Orchestrator {
             }
             info.subtitles = carried.subtitles;
             info.attachments = carried.attachments;
-            log.lock().unwrap_or_else(|p| p.into_inner()).notes = carried.notes;
+            let mut notes = carried.notes;
+            notes.extend(stitch::timeline_note(&info.video));
+            log.lock().unwrap_or_else(|p| p.into_inner()).notes = notes;
         }
         let info = Arc::new(info);
         log.lock()
@@ -404,6 +406,7 @@ impl Orchestrator {
             task: spec.task,
             top_k: spec.top_k,
             fragmented_input: !video.fragments.is_empty(),
+            pts_offset: video.timeline_shift(),
             passthrough_streams: info
                 .audio
                 .iter()

@@ -9,7 +9,9 @@
 //! The input's stream tags (timecode, language, titles), dispositions (default, forced),
 //! display side data (rotation, HDR) and chapters are carried over. Chunks are opened one at
 //! a time, so a job with hundreds of chunks never holds hundreds of files. Each frame keeps
-//! its input timestamp and gets its input duration back from the probe. Video and copied
+//! its input timestamp and gets its input duration back from the probe; an input that
+//! starts before zero is moved as a whole, every stream together ([`timeline_note`]).
+//! Video and copied
 //! packets are merged in decode-time order. MP4 and MOV outputs are written with the index
 //! first (`faststart`), so they play before they are fully downloaded. The stitch is a pure
 //! function of the chunk objects and the input, so it can be run again. Infer jobs' JSON
@@ -25,7 +27,7 @@ use ffmpeg_next as ffmpeg;
 use framefleet_common::media::packet_log::PacketLogReader;
 use framefleet_common::media::{
     compare_timestamps, mp4_movie_timescale, open_input, open_input_headers, MediaInfo,
-    PacketReader, ReadError, INDEX_BLOCK_BYTES,
+    PacketReader, ReadError, VideoInfo, INDEX_BLOCK_BYTES,
 };
 use framefleet_common::storage::{ObjectReader, ObjectUri, Storage, StorageError};
 
@@ -184,6 +186,10 @@ pub fn stitch(
     let mut output_context =
         format::output(&output).map_err(write_error("cannot create the output"))?;
     let video_time_base = Rational::new(info.video.time_base.0, info.video.time_base.1);
+    let shift = Shift {
+        pts: info.video.timeline_shift(),
+        time_base: video_time_base,
+    };
     add_copy_stream(&mut output_context, video_parameters, video_time_base)?;
     if let (Some(from), Some(mut to)) = (
         source.stream(info.video.stream_index),
@@ -235,7 +241,7 @@ pub fn stitch(
     let matroska = name.contains("matroska") || name.contains("webm");
     let pictures = add_attachments(&source, info, &mut output_context, matroska)?;
     output_context.set_metadata(source.metadata().to_owned());
-    copy_chapters(&source, &mut output_context)?;
+    copy_chapters(&source, &mut output_context, shift)?;
     let mut options = ffmpeg::Dictionary::new();
     if name.contains("mp4") || name.contains("mov") {
         options.set("movflags", "+faststart");
@@ -294,10 +300,11 @@ pub fn stitch(
         current: None,
         map: &copied_map,
         sources,
+        shift,
     };
     let mut next_video = video.next()?;
     let mut next_copied = copied.next()?;
-    let durations = frame_durations(info);
+    let durations = frame_durations(info, shift.pts);
     let mut stitched = Stitched::default();
     let mut last_video_dts: Option<i64> = None;
     loop {
@@ -386,19 +393,61 @@ fn opus_delay_shift(parameters: &ffmpeg::codec::Parameters, time_base: Rational)
     nanoseconds.rescale(Rational::new(1, 1_000_000_000), time_base)
 }
 
-/// Every input frame's duration by its timestamp: the gap to the next frame, or to the end
-/// of the stream for the last one. Containers do not all keep packet durations, and MP4
-/// needs the last one to get the stream's length right.
-fn frame_durations(info: &MediaInfo) -> HashMap<i64, i64> {
+/// Every input frame's duration by its output timestamp (its input timestamp plus
+/// `offset`): the gap to the next frame, or to the end of the stream for the last one.
+/// Containers do not all keep packet durations, and MP4 needs the last one to get the
+/// stream's length right.
+fn frame_durations(info: &MediaInfo, offset: i64) -> HashMap<i64, i64> {
     let frames = &info.video.frames;
     frames
         .iter()
         .enumerate()
         .map(|(i, frame)| {
             let next = frames.get(i + 1).map_or(info.video.end_pts, |f| f.pts);
-            (frame.pts, next - frame.pts)
+            (frame.pts + offset, next - frame.pts)
         })
         .collect()
+}
+
+/// How far the whole output is moved so that its first frame is not before zero (see
+/// `VideoInfo::timeline_shift`): the chunks' frames already carry it, and every copied
+/// packet and chapter is moved by as much.
+#[derive(Debug, Clone, Copy)]
+struct Shift {
+    /// The move, in the video's time base.
+    pts: i64,
+    /// The video's time base.
+    time_base: Rational,
+}
+
+impl Shift {
+    /// The move in `time_base`.
+    fn in_time_base(self, time_base: Rational) -> i64 {
+        self.pts.rescale(self.time_base, time_base)
+    }
+
+    /// Moves a packet whose timestamps are in `time_base`.
+    fn apply(self, packet: &mut Packet, time_base: Rational) {
+        if self.pts != 0 {
+            let by = self.in_time_base(time_base);
+            packet.set_pts(packet.pts().map(|pts| pts + by));
+            packet.set_dts(packet.dts().map(|dts| dts + by));
+        }
+    }
+}
+
+/// The report's note for an input whose timestamps start before zero, saying how far the
+/// output was moved; `None` when nothing moves.
+pub fn timeline_note(video: &VideoInfo) -> Option<String> {
+    let shift = video.timeline_shift();
+    (shift > 0).then(|| {
+        let seconds = shift as f64 * f64::from(video.time_base.0) / f64::from(video.time_base.1);
+        format!(
+            "the input's timestamps start {seconds:.6} s before zero (an MPEG-TS clock \
+             wrap, or a cut with negative times); every stream of the output is moved \
+             {seconds:.6} s later so that its first frame is at 0, which MP4 needs to show it"
+        )
+    })
 }
 
 /// Stream side data that says how to show the video (rotation, HDR, 3D, 360°): kept on the
@@ -519,10 +568,11 @@ fn copy_disposition(from: &format::stream::Stream, to: &mut format::stream::Stre
 }
 
 /// Copies the input's chapters (start, end, title and other tags) to the output: chapter
-/// marks are the input's timeline, which the output keeps.
+/// marks are the input's timeline, which the output keeps (moved with it by `shift`).
 fn copy_chapters(
     source: &format::context::Input,
     output: &mut format::context::Output,
+    shift: Shift,
 ) -> Result<(), StitchError> {
     for chapter in source.chapters() {
         let title = chapter
@@ -530,12 +580,13 @@ fn copy_chapters(
             .get("title")
             .unwrap_or_default()
             .to_string();
+        let by = shift.in_time_base(chapter.time_base());
         let mut copied = output
             .add_chapter(
                 chapter.id(),
                 chapter.time_base(),
-                chapter.start(),
-                chapter.end().max(chapter.start()),
+                chapter.start() + by,
+                chapter.end().max(chapter.start()) + by,
                 title,
             )
             .map_err(write_error("cannot copy the input's chapters"))?;
@@ -679,6 +730,8 @@ struct PassthroughPackets<'a> {
     )>,
     map: &'a [Option<(usize, Rational)>],
     sources: &'a Sources,
+    /// Moves each packet with the job's video (see [`Shift`]).
+    shift: Shift,
 }
 
 impl PassthroughPackets<'_> {
@@ -691,6 +744,8 @@ impl PassthroughPackets<'_> {
                 match packet {
                     Some(packet) => {
                         if let Some(Some((out_index, time_base))) = self.map.get(packet.stream()) {
+                            let mut packet = packet;
+                            self.shift.apply(&mut packet, *time_base);
                             return Ok(Some((packet, *out_index, *time_base)));
                         }
                         continue;

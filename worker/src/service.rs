@@ -236,6 +236,12 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         .filter(|tb| tb.num > 0 && tb.den > 0)
         .ok_or_else(|| Status::invalid_argument("the request has no valid time base"))?;
     let frame_rate = request.frame_rate.unwrap_or_default();
+    if request.pts_offset < 0 || range.start_pts.checked_add(request.pts_offset).is_none() {
+        return Err(Status::invalid_argument(format!(
+            "pts offset {} is not a forward shift of chunk pts {}",
+            request.pts_offset, range.start_pts
+        )));
+    }
     Ok(ChunkSpec {
         input: parse(&request.input_uri)?,
         output: parse(&request.output_uri)?,
@@ -253,6 +259,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         },
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
+        pts_offset: request.pts_offset,
         fragmented_input: request.fragmented_input,
         whole_input: config.whole_input_download,
         passthrough: if request.passthrough_streams.is_empty() {
@@ -462,6 +469,9 @@ mod tests {
             ..empty.range.unwrap_or_default()
         });
         assert!(chunk_spec(&empty, &config).is_err());
+        let mut backwards = request();
+        backwards.pts_offset = -1;
+        assert!(chunk_spec(&backwards, &config).is_err());
         let mut no_time_base = request();
         no_time_base.time_base = None;
         assert!(chunk_spec(&no_time_base, &config).is_err());

@@ -127,6 +127,18 @@ impl VideoInfo {
         first.offset..own
     }
 
+    /// How far a job moves every output timestamp, in the stream's time base, so that no
+    /// frame is before zero: minus the first frame's timestamp when that is negative, else
+    /// 0. An MP4 cannot show a frame before zero (its edit list hides it), so an input whose
+    /// timestamps start below zero (an MPEG-TS recorded in the minute before its 33-bit
+    /// clock wraps, which FFmpeg unwraps below zero; a Matroska file cut with negative
+    /// times) is moved as a whole, every stream together, as the ffmpeg CLI does.
+    pub fn timeline_shift(&self) -> i64 {
+        self.frames
+            .first()
+            .map_or(0, |f| f.pts.saturating_neg().max(0))
+    }
+
     /// Seconds from the first frame to the end of the last.
     pub fn duration_seconds(&self) -> f64 {
         let first = self.frames.first().map_or(0, |f| f.pts);
@@ -688,5 +700,11 @@ mod tests {
         assert_eq!(video.keyframe_at_or_before(3), 100);
         assert_eq!(video.keyframe_at_or_before(4), 100);
         assert!((video.duration_seconds() - 0.18).abs() < 1e-9);
+        assert_eq!(video.timeline_shift(), 0);
+        let early = VideoInfo {
+            frames: stamps(&[-300, -200, -100, 0]),
+            ..video
+        };
+        assert_eq!(early.timeline_shift(), 300);
     }
 }

@@ -1,8 +1,8 @@
 //! The encode stage: libx264 with the job's settings, muxed into an MP4 chunk file.
 //!
 //! Every chunk of a job uses the same encoder settings and the input's own time base, so
-//! each output frame keeps its input timestamp exactly and the chunks can be joined without
-//! re-encoding. The chunk is a plain (seekable) MP4: it stores exact decode and
+//! each output frame keeps its input timestamp exactly (moved by the job's `pts_offset`
+//! when the input starts before zero) and the chunks can be joined without re-encoding. The chunk is a plain (seekable) MP4: it stores exact decode and
 //! presentation timestamps and per-frame durations, and handles the negative decode
 //! timestamps of B-frames at a chunk starting at 0 with an edit list. (NUT loses
 //! durations and early decode timestamps; Matroska rounds to milliseconds; fragmented MP4
@@ -94,6 +94,7 @@ struct EncodeSession {
     output: ffmpeg::format::context::Output,
     encoder_time_base: ffmpeg::Rational,
     stream_time_base: ffmpeg::Rational,
+    pts_offset: i64,
     durations: HashMap<i64, i64>,
     written: u64,
 }
@@ -176,6 +177,7 @@ impl EncodeSession {
             output,
             encoder_time_base: spec.time_base,
             stream_time_base,
+            pts_offset: spec.pts_offset,
             durations: HashMap::new(),
             written: 0,
         })
@@ -186,7 +188,9 @@ impl EncodeSession {
         match frame {
             Some((mut frame, duration)) => {
                 frame.set_kind(ffmpeg::picture::Type::None);
-                self.durations.insert(pts(&frame), duration.max(1));
+                let shifted = pts(&frame) + self.pts_offset;
+                frame.set_pts(Some(shifted));
+                self.durations.insert(shifted, duration.max(1));
                 self.encoder
                     .send_frame(&frame)
                     .map_err(encode_error("x264 rejected a frame"))?;

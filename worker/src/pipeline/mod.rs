@@ -100,6 +100,9 @@ pub struct ChunkSpec {
     pub time_base: ffmpeg_next::Rational,
     /// Average frame rate of the input, `0/1` when unknown.
     pub frame_rate: ffmpeg_next::Rational,
+    /// Added to every output frame's timestamp, so that no frame of the job is before zero
+    /// (see `VideoInfo::timeline_shift`).
+    pub pts_offset: i64,
     /// The input is a fragmented MP4 (read fragment by fragment, skipping
     /// `range.skip_from..range.skip_to`).
     pub fragmented_input: bool,
