@@ -1,8 +1,10 @@
 //! Neural processors on libtorch: the Real-ESRGAN catalog models and user TorchScript
 //! modules, batched, fp16 on CUDA, float on CPU.
 //!
-//! Frames go to RGB at their own size with swscale (cheap: input resolution), then to the
-//! device as one `N x 3 x H x W` batch. The model's output is turned into 8-bit YUV 4:2:0
+//! Frames go to RGB at their own size with swscale (cheap: input resolution) exactly as the
+//! ffmpeg CLI converts them by default, so a model sees what Real-ESRGAN's own scripts and
+//! ncnn tools see for the same video (`tests/neural.rs` holds the output to ncnn's on those
+//! frames), then to the device as one `N x 3 x H x W` batch. The model's output is turned into 8-bit YUV 4:2:0
 //! on the device (limited range, with the input's own BT.709 or BT.601 matrix both ways),
 //! so what crosses back to the host is 1.5 bytes per pixel instead of 12 (a 4x frame is 16
 //! times the input's pixels). Each model is loaded once per worker process and kept.
@@ -152,9 +154,7 @@ impl Neural {
                 Pixel::RGB24,
                 key.1,
                 key.2,
-                scaling::Flags::BICUBIC
-                    | scaling::Flags::ACCURATE_RND
-                    | scaling::Flags::FULL_CHR_H_INT,
+                scaling::Flags::BICUBIC,
             )?;
             self.to_rgb = Some((key.0, key.1, key.2, context));
         }
