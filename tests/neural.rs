@@ -349,6 +349,51 @@ fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
     );
 }
 
+/// A TorchScript module that is missing or is not one fails the job at once (no retry on
+/// other workers: they read the same path) with one line naming the file and the fix,
+/// without libtorch's C++ backtrace.
+#[test]
+fn a_module_that_cannot_be_loaded_fails_the_job_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10",
+        "-frames:v",
+        "4",
+        "-c:v",
+        "libx264",
+        input.to_str().expect("utf-8"),
+    ]);
+    let garbage = dir.path().join("garbage.pt");
+    std::fs::write(&garbage, "not a module").expect("write");
+    let missing = dir.path().join("missing.pt");
+    for (module, reason) in [(&garbage, "not a ZIP archive"), (&missing, "No such file")] {
+        let result = framefleet_local()
+            .arg(&input)
+            .arg(dir.path().join("out.mp4"))
+            .args(["--model", module.to_str().expect("utf-8")])
+            .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
+            .output()
+            .expect("framefleet runs");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!(
+                "cannot load the TorchScript module {}",
+                module.display()
+            )) && last.contains(reason)
+                && last.contains("torch.jit.save"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("Exception raised from"), "{stderr}");
+        assert!(!stderr.contains("attempt failed"), "retried: {stderr}");
+    }
+}
+
 /// Runs an infer job through `framefleet local` and returns its JSON lines.
 fn infer_lines(
     input: &Path,

@@ -106,10 +106,33 @@ pub enum ModelError {
     /// The files do not describe the expected network.
     #[error(transparent)]
     Ncnn(#[from] ncnn::NcnnError),
+    /// A TorchScript module a job named cannot be loaded.
+    #[error(
+        "cannot load the TorchScript module {path}: {reason}; give the absolute path, \
+         readable on every worker, of a module saved with torch.jit.save"
+    )]
+    TorchScript {
+        /// The module's path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// libtorch failed.
     #[cfg(feature = "torch")]
-    #[error("libtorch: {0}")]
+    #[error("libtorch: {}", torch_message(.0))]
     Torch(#[from] tch::TchError),
+}
+
+/// libtorch's message without the C++ backtrace it appends ("Exception raised from …"),
+/// which says nothing a user can act on.
+#[cfg(feature = "torch")]
+pub fn torch_message(error: &tch::TchError) -> String {
+    let text = error.to_string();
+    text.split("\nException raised from")
+        .next()
+        .unwrap_or(&text)
+        .trim()
+        .to_string()
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {

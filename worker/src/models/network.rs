@@ -149,7 +149,13 @@ impl Network {
 
     /// Loads a TorchScript module onto `device`.
     pub fn from_torchscript(path: &Path, device: Device) -> Result<Self, ModelError> {
-        let mut module = CModule::load_on_device(path, device)?;
+        let unloadable = |reason: String| ModelError::TorchScript {
+            path: path.to_path_buf(),
+            reason,
+        };
+        std::fs::File::open(path).map_err(|e| unloadable(e.to_string()))?;
+        let mut module = CModule::load_on_device(path, device)
+            .map_err(|e| unloadable(super::torch_message(&e)))?;
         module.f_set_eval()?;
         Ok(Network::Script(module))
     }

@@ -104,15 +104,15 @@ pub fn is_torchscript_path(model: &str) -> bool {
 
 fn model_error(error: ModelError) -> ProcessError {
     match error {
-        ModelError::NotInstalled { .. } | ModelError::Io { .. } => {
-            ProcessError::Invalid(error.to_string())
-        }
+        ModelError::NotInstalled { .. }
+        | ModelError::Io { .. }
+        | ModelError::TorchScript { .. } => ProcessError::Invalid(error.to_string()),
         other => ProcessError::Model(other.to_string()),
     }
 }
 
 fn torch_error(error: tch::TchError) -> ProcessError {
-    ProcessError::Model(error.to_string())
+    ProcessError::Model(models::torch_message(&error))
 }
 
 /// A neural processor for one model on one device.
