@@ -139,20 +139,7 @@ fn real_esrgan_jobs_are_exact_and_independent_of_the_chunk_count() {
 fn upscaled_frames_match_ncnn_run_on_the_frames_ffmpeg_decodes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let models = import_models(dir.path());
-    let input = dir.path().join("in.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=64x48:rate=10",
-        "-frames:v",
-        "3",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        input.to_str().expect("utf-8"),
-    ]);
+    let input = small_clip(dir.path(), 3);
     let output = dir.path().join("out.mp4");
     run_local(&models, &input, &output, "realesr-animevideov3-x2", 2);
     let (width, height) = (128, 96);
@@ -180,6 +167,25 @@ fn upscaled_frames_match_ncnn_run_on_the_frames_ffmpeg_decodes() {
             "frame {index}: {got:.2} dB against ncnn, the 4:2:0 bound is {best:.2} dB"
         );
     }
+}
+
+/// A 64x48 H.264 clip of `frames` frames at 10 fps, `in.mp4` in `dir`.
+fn small_clip(dir: &Path, frames: u32) -> PathBuf {
+    let input = dir.join("in.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10",
+        "-frames:v",
+        &frames.to_string(),
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        input.to_str().expect("utf-8"),
+    ]);
+    input
 }
 
 /// Every frame of `path` as packed RGB, as the ffmpeg CLI converts it by default.
@@ -355,18 +361,7 @@ fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
 #[test]
 fn a_module_that_cannot_be_loaded_fails_the_job_at_once_with_the_reason() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let input = dir.path().join("in.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=64x48:rate=10",
-        "-frames:v",
-        "4",
-        "-c:v",
-        "libx264",
-        input.to_str().expect("utf-8"),
-    ]);
+    let input = small_clip(dir.path(), 4);
     let garbage = dir.path().join("garbage.pt");
     std::fs::write(&garbage, "not a module").expect("write");
     let missing = dir.path().join("missing.pt");
