@@ -242,8 +242,17 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
         "+faststart",
         faststart.to_str().expect("utf-8"),
     ]);
+    let matroska = dir.path().join("whole.mkv");
+    ffmpeg(&[
+        "-i",
+        good.to_str().expect("utf-8"),
+        "-c",
+        "copy",
+        matroska.to_str().expect("utf-8"),
+    ]);
     let bytes = std::fs::read(&good).expect("read");
     let fast = std::fs::read(&faststart).expect("read");
+    let mkv = std::fs::read(&matroska).expect("read");
     let mut noise = Vec::with_capacity(200_000);
     let mut seed = 0x2545_f491_u32;
     for _ in 0..200_000 {
@@ -262,6 +271,11 @@ async fn bad_inputs_fail_fast_with_clear_messages_and_the_orchestrator_keeps_ser
         (
             "truncated-index-first.mp4",
             fast[..fast.len() * 6 / 10].to_vec(),
+            &["truncated"],
+        ),
+        (
+            "truncated.mkv",
+            mkv[..mkv.len() * 6 / 10].to_vec(),
             &["truncated"],
         ),
         (

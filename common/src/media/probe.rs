@@ -7,7 +7,8 @@
 //! `AVDISCARD_ALL`, and FFmpeg's MOV demuxer then returns each sample's timestamps and flags
 //! from the index without reading its bytes. A truncated file is caught by checking that
 //! every indexed sample lies inside the object. Other containers (Matroska, MPEG-TS) carry
-//! timestamps only next to the data, so they are read whole.
+//! timestamps only next to the data, so they are read whole; a Matroska file cut short is
+//! caught by the video length its header declares.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -267,6 +268,7 @@ where
         })?;
     let stream_index = stream.index();
     let indexed_frames = u64::try_from(stream.frames()).unwrap_or(0);
+    let declared_duration = declared_duration(&stream);
     let time_base = stream.time_base();
     let rate = stream.avg_frame_rate();
     let parameters = stream.parameters();
@@ -426,6 +428,19 @@ where
     };
     let frame_rate = (rate.numerator(), rate.denominator());
     let end_pts = end_of_last_frame(&frames, last_duration, time_base, frame_rate);
+    if let Some(declared) = declared_duration {
+        let seconds = |pts: i64| {
+            pts as f64 * f64::from(time_base.numerator()) / f64::from(time_base.denominator())
+        };
+        let end = seconds(end_pts);
+        let span = end - seconds(frames[0].pts);
+        if cut_short(declared, end, span) {
+            return Err(unsupported(format!(
+                "the file is truncated: its header says the video lasts {declared:.3} s but \
+                 only {span:.3} s of it could be read; upload the complete file"
+            )));
+        }
+    }
     Ok(MediaInfo {
         format,
         video: VideoInfo {
@@ -444,6 +459,38 @@ where
         attachments,
         left_out,
     })
+}
+
+/// The video stream's length a Matroska header declares, in seconds: the `DURATION`
+/// statistics tag its writer fills in once the file is complete, so a file cut short after
+/// that (a broken upload or copy) still declares its full length. `None` for other
+/// containers and for files written without it (live recordings).
+fn declared_duration(stream: &ffmpeg::format::stream::Stream) -> Option<f64> {
+    let metadata = stream.metadata();
+    let value = metadata
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case("DURATION"))?
+        .1;
+    parse_clock(value).filter(|&seconds| seconds > 0.0)
+}
+
+/// Whether a stream declared `declared` seconds long was cut short, when what could be read
+/// ends at `end` seconds and spans `span`. FFmpeg writes the end timestamp as `DURATION`,
+/// mkvmerge the span: the file is whole when either matches (to half a second and 1 % of
+/// the length) or when it declares less than was read.
+fn cut_short(declared: f64, end: f64, span: f64) -> bool {
+    let tolerance = 0.5 + 0.01 * declared.min(span).max(0.0);
+    declared - span > tolerance && (declared - end).abs() > tolerance
+}
+
+/// `HH:MM:SS.fraction` in seconds.
+fn parse_clock(value: &str) -> Option<f64> {
+    let mut parts = value.trim().splitn(3, ':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    (hours >= 0.0 && minutes >= 0.0 && seconds >= 0.0)
+        .then_some(hours * 3600.0 + minutes * 60.0 + seconds)
 }
 
 /// True for a track the demuxer reads for its own use: a QuickTime chapter track (its
@@ -681,6 +728,27 @@ mod tests {
         assert_eq!(end_of_last_frame(&frames, 700, tb, (30, 1)), 1724);
         assert_eq!(end_of_last_frame(&frames, 0, tb, (30, 1)), 1536);
         assert_eq!(end_of_last_frame(&frames, 0, tb, (0, 1)), 1536);
+    }
+
+    #[test]
+    fn matroska_duration_tags_parse_as_seconds() {
+        assert_eq!(parse_clock("10:00:02.500000000"), Some(36_002.5));
+        assert_eq!(parse_clock("00:00:04.000000000"), Some(4.0));
+        assert_eq!(parse_clock("4.0"), None);
+        assert_eq!(parse_clock("aa:00:01"), None);
+    }
+
+    #[test]
+    fn a_declared_length_beyond_both_end_and_span_means_cut_short() {
+        // Whole files: FFmpeg declares the end (10 h in), mkvmerge the span.
+        assert!(!cut_short(36_002.0, 36_002.0, 2.0));
+        assert!(!cut_short(2.0, 36_002.0, 2.0));
+        assert!(!cut_short(4.0, 4.0, 4.0));
+        assert!(!cut_short(3.0, 2.7, 3.3));
+        // Cut short: what was read ends early by either measure.
+        assert!(cut_short(36_002.0, 36_000.8, 0.8));
+        assert!(cut_short(2.0, 36_000.8, 0.8));
+        assert!(cut_short(4.0, 1.6, 1.6));
     }
 
     #[test]
