@@ -55,14 +55,15 @@ pub struct LocalArgs {
 
 /// Runs the job and prints its cost report; fails with a one-line error otherwise.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    let input = std::fs::canonicalize(&args.input)
-        .with_context(|| format!("cannot read the input {}", args.input.display()))?;
+    let input = local_path(&args.input, "input")?;
+    let input = std::fs::canonicalize(&input)
+        .with_context(|| format!("cannot read the input {}", input.display()))?;
     anyhow::ensure!(
         input.is_file(),
         "the input {} is not a file",
         input.display()
     );
-    let output = absolute_output(&args.output)?;
+    let output = absolute_output(&local_path(&args.output, "output")?)?;
     let mut config = Config::load(args.config.as_deref())?;
     framefleet_common::telemetry::init_logs(if args.verbose { "info" } else { "warn" });
     let scratch = tempfile::Builder::new()
@@ -108,6 +109,26 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     result
+}
+
+/// A local path given plainly or as a `file://` URI; any other URI is refused with the
+/// command that takes it (`local` stores everything on this machine).
+fn local_path(given: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let text = given.to_string_lossy();
+    if let Some(path) = text.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    match text.split_once("://") {
+        Some(("s3", _)) => anyhow::bail!(
+            "framefleet local takes a local {what} file, not {text}; for s3:// objects run \
+             an orchestrator and workers and use `framefleet submit` (see the README)"
+        ),
+        Some((scheme, _)) if !scheme.is_empty() && !scheme.contains('/') => anyhow::bail!(
+            "framefleet local takes a local {what} file, not {text}; framefleet reads local \
+             paths, file:// and s3:// URIs, so copy it here first"
+        ),
+        _ => Ok(given.to_path_buf()),
+    }
 }
 
 fn absolute_output(output: &Path) -> anyhow::Result<PathBuf> {
@@ -180,5 +201,33 @@ async fn run_job(
         }
         JobState::Cancelled => anyhow::bail!("the job was cancelled"),
         _ => anyhow::bail!("{}", job.error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_may_be_file_uris_and_other_uris_are_refused_with_the_way_out() {
+        assert_eq!(
+            local_path(Path::new("file:///videos/in.mp4"), "input").expect("file URI"),
+            PathBuf::from("/videos/in.mp4")
+        );
+        assert_eq!(
+            local_path(Path::new("clips/in.mp4"), "input").expect("plain path"),
+            PathBuf::from("clips/in.mp4")
+        );
+        let refused = local_path(Path::new("s3://bucket/in.mp4"), "input")
+            .expect_err("an S3 URI")
+            .to_string();
+        assert!(
+            refused.contains("not s3://bucket/in.mp4") && refused.contains("framefleet submit"),
+            "{refused}"
+        );
+        let web = local_path(Path::new("https://example.com/in.mp4"), "input")
+            .expect_err("a web URL")
+            .to_string();
+        assert!(web.contains("copy it here first"), "{web}");
     }
 }
