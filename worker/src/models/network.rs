@@ -160,6 +160,24 @@ impl Network {
         Ok(Network::Script(module))
     }
 
+    /// The element type its inputs must have: the type the weights were loaded in for a
+    /// catalog network (half on CUDA), and for a TorchScript module the type of its
+    /// floating-point parameters (float for a module exported as usual, on CUDA too),
+    /// float when it has none.
+    pub fn input_kind(&self) -> Kind {
+        match self {
+            Network::Compact(net) => net
+                .0
+                .body
+                .first()
+                .map_or(Kind::Float, |(c, _)| c.weight.kind()),
+            Network::Rrdb(net) => net.0.first.weight.kind(),
+            Network::Script(module) => {
+                parameter_kind(&module.named_parameters().unwrap_or_default())
+            }
+        }
+    }
+
     /// Output size over input size, when the network has a fixed integer one (catalog
     /// models); `None` for TorchScript modules.
     pub fn scale(&self) -> Option<i64> {
@@ -301,6 +319,20 @@ fn rrdb(
     })
 }
 
+/// The type of the first floating-point parameter, float when there is none.
+fn parameter_kind(parameters: &[(String, Tensor)]) -> Kind {
+    parameters
+        .iter()
+        .map(|(_, tensor)| tensor.kind())
+        .find(|kind| {
+            matches!(
+                kind,
+                Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
+            )
+        })
+        .unwrap_or(Kind::Float)
+}
+
 fn shape_error(layer: &Layer, reason: &str) -> ModelError {
     ncnn::NcnnError::Bin(format!("{}: {reason}", layer.name)).into()
 }
@@ -360,4 +392,26 @@ fn dense_block(convs: &[Conv; 5], x: &Tensor) -> Result<Tensor, TchError> {
     }
     let last = convs[4].forward(&Tensor::f_cat(&features, 1)?)?;
     last.f_mul_scalar(RESIDUAL_SCALE)?.f_add(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_takes_inputs_of_its_floating_point_parameters() {
+        let tensor = |kind: Kind| Tensor::zeros([1], (kind, Device::Cpu));
+        let named = |kinds: &[Kind]| -> Vec<(String, Tensor)> {
+            kinds
+                .iter()
+                .map(|&k| (format!("{k:?}"), tensor(k)))
+                .collect()
+        };
+        assert_eq!(parameter_kind(&named(&[])), Kind::Float);
+        assert_eq!(parameter_kind(&named(&[Kind::Float])), Kind::Float);
+        assert_eq!(
+            parameter_kind(&named(&[Kind::Int64, Kind::Half])),
+            Kind::Half
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! Neural processors on libtorch: the Real-ESRGAN catalog models and user TorchScript
-//! modules, batched, fp16 on CUDA, float on CPU.
+//! Neural processors on libtorch: the Real-ESRGAN catalog models (fp16 on CUDA, float on
+//! CPU) and user TorchScript modules (fed in the type of their own parameters, float for a
+//! module exported as usual), batched.
 //!
 //! Frames go to RGB at their own size with swscale (cheap: input resolution) exactly as the
 //! ffmpeg CLI converts them by default, so a model sees what Real-ESRGAN's own scripts and
@@ -120,6 +121,7 @@ pub struct Neural {
     network: Shared,
     tile_size: i64,
     device: Device,
+    /// The element type the network takes.
     kind: Kind,
     to_rgb: Option<(Pixel, u32, u32, scaling::Context)>,
 }
@@ -127,15 +129,16 @@ pub struct Neural {
 impl Neural {
     /// Loads (or reuses) `model`.
     pub fn new(model: &str, settings: &NeuralSettings) -> Result<Self, ProcessError> {
+        let network = load(model, settings)?;
+        let kind = network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .input_kind();
         Ok(Self {
-            network: load(model, settings)?,
+            network,
             tile_size: settings.tile_size,
             device: settings.device,
-            kind: if settings.device.is_cuda() {
-                Kind::Half
-            } else {
-                Kind::Float
-            },
+            kind,
             to_rgb: None,
         })
     }
