@@ -366,15 +366,7 @@ fn a_module_that_cannot_be_loaded_fails_the_job_at_once_with_the_reason() {
     std::fs::write(&garbage, "not a module").expect("write");
     let missing = dir.path().join("missing.pt");
     for (module, reason) in [(&garbage, "not a ZIP archive"), (&missing, "No such file")] {
-        let result = framefleet_local()
-            .arg(&input)
-            .arg(dir.path().join("out.mp4"))
-            .args(["--model", module.to_str().expect("utf-8")])
-            .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
-            .output()
-            .expect("framefleet runs");
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(!result.status.success(), "{stderr}");
+        let stderr = failing_local(&input, module.to_str().expect("utf-8"), "cpu");
         let last = stderr.lines().last().unwrap_or_default();
         assert!(
             last.contains(&format!(
@@ -387,6 +379,43 @@ fn a_module_that_cannot_be_loaded_fails_the_job_at_once_with_the_reason() {
         assert!(!stderr.contains("Exception raised from"), "{stderr}");
         assert!(!stderr.contains("attempt failed"), "retried: {stderr}");
     }
+}
+
+/// A worker whose settings cannot work (a GPU this machine does not have) fails as it
+/// starts; `framefleet local` stops at once with the worker's own reason instead of
+/// starting replacements that fail the same way, forever.
+#[test]
+fn a_worker_that_cannot_start_stops_the_job_with_its_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = small_clip(dir.path(), 2);
+    let started = std::time::Instant::now();
+    let stderr = failing_local(&input, "lanczos", "cuda:99");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("could not start") && last.contains("worker.device is cuda:99"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Runs `framefleet local` on `input` with `model` on `device`, expecting it to fail;
+/// returns what it printed on stderr.
+fn failing_local(input: &Path, model: &str, device: &str) -> String {
+    let output = input.with_file_name("failed.mp4");
+    let result = framefleet_local()
+        .arg(input)
+        .arg(output)
+        .args(["--model", model])
+        .env("FRAMEFLEET_WORKER__DEVICE", device)
+        .output()
+        .expect("framefleet runs");
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(!result.status.success(), "{stderr}");
+    stderr
 }
 
 /// Runs an infer job through `framefleet local` and returns its JSON lines.

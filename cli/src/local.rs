@@ -81,6 +81,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
+    let gpus = if config.worker.device == "auto" {
+        cuda_devices()
+    } else {
+        0
+    };
     let orchestrator = Orchestrator::open(config, shutdown.clone()).await?;
     let server = tokio::spawn(serve_on(listener, orchestrator, shutdown.clone()));
     let logs = scratch.path().join("logs");
@@ -92,6 +97,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             config: args.config.clone(),
             verbose: args.verbose,
             logs,
+            gpus,
         },
     )?;
     let result = tokio::select! {
@@ -109,6 +115,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     result
+}
+
+/// GPUs libtorch sees (none without the `torch` feature).
+fn cuda_devices() -> u32 {
+    #[cfg(feature = "torch")]
+    {
+        u32::try_from(tch::Cuda::device_count()).unwrap_or(0)
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        0
+    }
 }
 
 /// A local path given plainly or as a `file://` URI; any other URI is refused with the

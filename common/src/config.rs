@@ -164,7 +164,9 @@ pub struct WorkerConfig {
     /// Where neural models are installed (`framefleet models import`); empty means
     /// `~/.cache/framefleet/models`.
     pub model_dir: String,
-    /// Where neural models run: `auto` (CUDA when libtorch sees a GPU, else CPU) or `cpu`.
+    /// Where neural models run: `auto` (CUDA when libtorch sees a GPU, else CPU), `cpu`,
+    /// or `cuda:N` (GPU N of this machine; `framefleet local` gives its workers one GPU
+    /// each this way when it sees several).
     pub device: String,
     /// Largest tile side for neural models, in input pixels: bigger frames run in
     /// overlapping tiles so they fit in memory (0: always whole frames).
@@ -546,8 +548,11 @@ impl Config {
         if self.worker.gpus_per_slot == 0 {
             return invalid("worker.gpus_per_slot", "must be at least 1");
         }
-        if !["auto", "cpu"].contains(&self.worker.device.as_str()) {
-            return invalid("worker.device", "must be `auto` or `cpu`");
+        let gpu_index = self.worker.device.strip_prefix("cuda:");
+        if !(["auto", "cpu"].contains(&self.worker.device.as_str())
+            || gpu_index.is_some_and(|n| n.parse::<u16>().is_ok()))
+        {
+            return invalid("worker.device", "must be `auto`, `cpu` or `cuda:N`");
         }
         if self.worker.batch_frames == 0 {
             return invalid("worker.batch_frames", "must be at least 1");
@@ -752,6 +757,10 @@ mod tests {
         assert!(error.to_string().contains("worker.slots"), "{error}");
         let error = from_toml("[worker]\ngpu_type = \"B200\"\n").expect_err("no price");
         assert!(error.to_string().contains("worker.gpu_type"), "{error}");
+        let error = from_toml("[worker]\ndevice = \"gpu\"\n").expect_err("no such device");
+        assert!(error.to_string().contains("cuda:N"), "{error}");
+        let pinned = from_toml("[worker]\ndevice = \"cuda:1\"\n").expect("one GPU of several");
+        assert_eq!(pinned.worker.device, "cuda:1");
     }
 
     #[test]

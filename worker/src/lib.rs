@@ -3,9 +3,10 @@
 //! A worker registers itself with the orchestrator ([`registration`]), serves the `Worker`
 //! gRPC service ([`service`], [`server`]), and runs each chunk it accepts through the
 //! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk,
-//! [`processor`] (lanczos, and neural models in later work), x264 encode and a streaming
-//! upload, with measured [`progress`] streamed back as it goes. Each chunk is a span that
-//! joins its job's trace, and [`metrics`] feed the Prometheus endpoint.
+//! [`processor`] (lanczos, and neural [`models`] on libtorch with the `torch` feature),
+//! x264 encode and a streaming upload, with measured [`progress`] streamed back as it
+//! goes. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
+//! Prometheus endpoint.
 
 pub mod args;
 pub mod metrics;
@@ -23,6 +24,8 @@ pub use server::{serve, ServeError};
 /// Runs a worker from its command-line arguments until Ctrl-C or SIGTERM.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.load_config()?;
+    #[cfg(feature = "torch")]
+    processor::neural::check_device(&config.worker.device).map_err(anyhow::Error::msg)?;
     let telemetry = framefleet_common::telemetry::init(&config.telemetry, "framefleet-worker")?;
     let served = serve(config, framefleet_common::signals::shutdown_token()).await;
     telemetry.shutdown().await;

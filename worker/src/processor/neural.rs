@@ -43,11 +43,33 @@ pub struct NeuralSettings {
 /// (`tests/models.rs` measures both).
 const TILE_PAD: i64 = 32;
 
-/// Picks CUDA when libtorch sees a GPU (unless `requested` is `cpu`), else the CPU.
+/// The device `requested` names (`worker.device`): `cpu`; `cuda:N`, GPU N when libtorch
+/// sees it (the worker checks at start, [`check_device`]); `auto`, the first GPU when
+/// there is one, else the CPU.
 pub fn select_device(requested: &str) -> Device {
-    match requested {
-        "cpu" => Device::Cpu,
+    match requested.strip_prefix("cuda:").map(str::parse::<usize>) {
+        Some(Ok(index)) if (index as i64) < tch::Cuda::device_count() => Device::Cuda(index),
+        _ if requested == "cpu" => Device::Cpu,
         _ => Device::cuda_if_available(),
+    }
+}
+
+/// Refuses a `cuda:N` this machine does not have, so a worker does not start on the wrong
+/// device.
+pub fn check_device(requested: &str) -> Result<(), String> {
+    let Some(Ok(index)) = requested.strip_prefix("cuda:").map(str::parse::<i64>) else {
+        return Ok(());
+    };
+    match tch::Cuda::device_count() {
+        count if index < count => Ok(()),
+        0 => Err(format!(
+            "worker.device is {requested} but libtorch sees no CUDA device; use auto or cpu"
+        )),
+        count => Err(format!(
+            "worker.device is {requested} but libtorch sees {count} CUDA devices; choose \
+             cuda:0 to cuda:{}, or auto",
+            count - 1
+        )),
     }
 }
 
