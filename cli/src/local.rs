@@ -86,6 +86,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     } else {
         0
     };
+    let on_cpu = config.worker.device == "cpu" || (config.worker.device == "auto" && gpus == 0);
+    let cpu_threads =
+        (on_cpu && std::env::var_os("OMP_NUM_THREADS").is_none()).then(|| cores_each(args.workers));
     let orchestrator = Orchestrator::open(config, shutdown.clone()).await?;
     let server = tokio::spawn(serve_on(listener, orchestrator, shutdown.clone()));
     let logs = scratch.path().join("logs");
@@ -98,6 +101,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             verbose: args.verbose,
             logs,
             gpus,
+            cpu_threads,
         },
     )?;
     let result = tokio::select! {
@@ -115,6 +119,17 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     result
+}
+
+/// The cores each of `workers` CPU workers gets when they share this machine: libtorch
+/// otherwise gives every worker a thread per core, and `workers` times too many threads
+/// fight over the cores (two workers on two cores ran a neural job 40 % slower).
+fn cores_each(workers: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores)
+        .unwrap_or(u32::MAX)
+        .div_ceil(workers.max(1))
+        .max(1)
 }
 
 /// GPUs libtorch sees (none without the `torch` feature).
@@ -225,6 +240,14 @@ async fn run_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_workers_share_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        assert_eq!(cores_each(1), cores);
+        assert_eq!(cores_each(cores), 1);
+        assert_eq!(cores_each(cores * 4), 1);
+    }
 
     #[test]
     fn local_paths_may_be_file_uris_and_other_uris_are_refused_with_the_way_out() {

@@ -38,9 +38,12 @@ pub struct WorkerLaunch {
     pub verbose: bool,
     /// Where their log files go.
     pub logs: PathBuf,
-    /// GPUs to share out: the worker in slot `i` gets `cuda:{i % gpus}` when there are several (0 or 1
-    /// leaves `worker.device` as configured).
+    /// GPUs to share out: the worker in slot `i` gets `cuda:{i % gpus}` when there are
+    /// several (0 or 1 leaves `worker.device` as configured).
     pub gpus: u32,
+    /// Threads each worker's libtorch may use on the CPU (`OMP_NUM_THREADS`), when the
+    /// workers share this machine's cores; `None` leaves libtorch's default.
+    pub cpu_threads: Option<u32>,
 }
 
 /// The running workers.
@@ -229,6 +232,9 @@ fn start_worker(index: u32, slot: u32, launch: &WorkerLaunch) -> anyhow::Result<
     }
     if let Some(device) = gpu_for(slot, launch.gpus) {
         command.env("FRAMEFLEET_WORKER__DEVICE", device);
+    }
+    if let Some(threads) = launch.cpu_threads {
+        command.env("OMP_NUM_THREADS", threads.to_string());
     }
     if launch.verbose {
         command.stderr(Stdio::inherit());
