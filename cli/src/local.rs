@@ -81,14 +81,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let gpus = if config.worker.device == "auto" {
-        cuda_devices()
-    } else {
-        0
-    };
-    let on_cpu = config.worker.device == "cpu" || (config.worker.device == "auto" && gpus == 0);
-    let cpu_threads =
-        (on_cpu && std::env::var_os("OMP_NUM_THREADS").is_none()).then(|| cores_each(args.workers));
+    let (gpus, cpu_threads) = machine_shares(&config.worker.device, args.workers);
     let orchestrator = Orchestrator::open(config, shutdown.clone()).await?;
     let server = tokio::spawn(serve_on(listener, orchestrator, shutdown.clone()));
     let logs = scratch.path().join("logs");
@@ -119,6 +112,17 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     result
+}
+
+/// How `workers` local workers share this machine for `device` (`worker.device`): the GPUs
+/// to take in turn when `auto` finds several, and the threads each may use when they run
+/// on the CPU (unless `OMP_NUM_THREADS` says otherwise).
+fn machine_shares(device: &str, workers: u32) -> (u32, Option<u32>) {
+    let gpus = if device == "auto" { cuda_devices() } else { 0 };
+    let on_cpu = device == "cpu" || (device == "auto" && gpus == 0);
+    let threads =
+        (on_cpu && std::env::var_os("OMP_NUM_THREADS").is_none()).then(|| cores_each(workers));
+    (gpus, threads)
 }
 
 /// The cores each of `workers` CPU workers gets when they share this machine: libtorch
