@@ -10,12 +10,11 @@
 //! display side data (rotation, HDR) and chapters are carried over. Chunks are opened one at
 //! a time, so a job with hundreds of chunks never holds hundreds of files. Each frame keeps
 //! its input timestamp and gets its input duration back from the probe; an input that
-//! starts before zero is moved as a whole, every stream together ([`timeline_note`]).
-//! Video and copied
-//! packets are merged in decode-time order. MP4 and MOV outputs are written with the index
-//! first (`faststart`), so they play before they are fully downloaded. The stitch is a pure
-//! function of the chunk objects and the input, so it can be run again. Infer jobs' JSON
-//! Lines chunks are simply concatenated in order ([`concatenate`]).
+//! starts before zero is moved as a whole, every stream together ([`timeline_note`]). Video
+//! and copied packets are merged in decode-time order. MP4 and MOV outputs are written with
+//! the index first (`faststart`), so they play before they are fully downloaded. The stitch
+//! is a pure function of the chunk objects and the input, so it can be run again. Infer
+//! jobs' JSON Lines chunks are simply concatenated in order ([`concatenate`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -445,7 +444,7 @@ pub fn timeline_note(video: &VideoInfo) -> Option<String> {
         format!(
             "the input's timestamps start {seconds:.6} s before zero (an MPEG-TS clock \
              wrap, or a cut with negative times); every stream of the output is moved \
-             {seconds:.6} s later so that its first frame is at 0, which MP4 needs to show it"
+             {seconds:.6} s later so that its first frame is at 0 (an MP4 hides frames before 0)"
         )
     })
 }

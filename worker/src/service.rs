@@ -236,10 +236,10 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         .filter(|tb| tb.num > 0 && tb.den > 0)
         .ok_or_else(|| Status::invalid_argument("the request has no valid time base"))?;
     let frame_rate = request.frame_rate.unwrap_or_default();
-    if request.pts_offset < 0 || range.start_pts.checked_add(request.pts_offset).is_none() {
+    if request.pts_offset < 0 || range.end_pts.checked_add(request.pts_offset).is_none() {
         return Err(Status::invalid_argument(format!(
-            "pts offset {} is not a forward shift of chunk pts {}",
-            request.pts_offset, range.start_pts
+            "pts offset {} does not move chunk pts [{}, {}) forward",
+            request.pts_offset, range.start_pts, range.end_pts
         )));
     }
     Ok(ChunkSpec {
