@@ -190,19 +190,7 @@ fn small_clip(dir: &Path, frames: u32) -> PathBuf {
 
 /// Every frame of `path` as packed RGB, as the ffmpeg CLI converts it by default.
 fn rgb_frames(path: &Path, width: usize, height: usize) -> Vec<Vec<u8>> {
-    let output = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        output.status.success(),
-        "decoding {} failed",
-        path.display()
-    );
-    output
-        .stdout
+    raw_video(path, "null", "rgb24")
         .chunks_exact(width * height * 3)
         .map(<[u8]>::to_vec)
         .collect()
@@ -294,15 +282,28 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
     10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10()
 }
 
-/// Y planes of every frame, via ffmpeg.
-fn luma(path: &Path, filter: &str) -> Vec<u8> {
+/// Every frame of `path` through the ffmpeg `filter`, as raw `pixel_format`, one after
+/// the other.
+fn raw_video(path: &Path, filter: &str, pixel_format: &str) -> Vec<u8> {
     let output = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(path)
-        .args(["-vf", filter, "-f", "rawvideo", "-pix_fmt", "gray", "-"])
+        .args([
+            "-vf",
+            filter,
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            pixel_format,
+            "-",
+        ])
         .output()
         .expect("ffmpeg runs");
-    assert!(output.status.success());
+    assert!(
+        output.status.success(),
+        "decoding {} failed",
+        path.display()
+    );
     output.stdout
 }
 
@@ -340,8 +341,8 @@ fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
         2,
     );
     assert_exact(&input, &output, (96, 64));
-    let ours = luma(&output, "null");
-    let expected = luma(&input, "hflip");
+    let ours = raw_video(&output, "null", "gray");
+    let expected = raw_video(&input, "hflip", "gray");
     assert_eq!(ours.len(), expected.len());
     let differences: Vec<u32> = ours
         .iter()

@@ -440,7 +440,7 @@ impl Shift {
 pub fn timeline_note(video: &VideoInfo) -> Option<String> {
     let shift = video.timeline_shift();
     (shift > 0).then(|| {
-        let seconds = shift as f64 * f64::from(video.time_base.0) / f64::from(video.time_base.1);
+        let seconds = video.seconds(shift);
         format!(
             "the input's timestamps start {seconds:.6} s before zero (an MPEG-TS clock \
              wrap, or a cut with negative times); every stream of the output is moved \

@@ -722,6 +722,9 @@ pub fn video_timing(path: &Path) -> VideoTiming {
 /// for AAC in MPEG-TS (framed as ADTS there) its audio remuxed to MP4 by ffmpeg, which
 /// drops the 7-byte ADTS headers as any MP4 muxer must.
 fn audio_reference(input: &Path) -> PathBuf {
+    if input.extension().is_none_or(|e| e != "ts") {
+        return input.to_path_buf();
+    }
     let codec = ffprobe(
         &[
             "-select_streams",
@@ -733,7 +736,7 @@ fn audio_reference(input: &Path) -> PathBuf {
         ],
         input,
     );
-    if input.extension().is_none_or(|e| e != "ts") || !codec.lines().any(|l| l.trim() == "aac") {
+    if !codec.lines().any(|l| l.trim() == "aac") {
         return input.to_path_buf();
     }
     let reference = input.with_extension("audio-reference.mp4");

@@ -143,7 +143,12 @@ impl VideoInfo {
     /// Seconds from the first frame to the end of the last.
     pub fn duration_seconds(&self) -> f64 {
         let first = self.frames.first().map_or(0, |f| f.pts);
-        (self.end_pts - first) as f64 * f64::from(self.time_base.0) / f64::from(self.time_base.1)
+        self.seconds(self.end_pts - first)
+    }
+
+    /// `ticks` of the stream's time base in seconds.
+    pub fn seconds(&self, ticks: i64) -> f64 {
+        ticks as f64 * f64::from(self.time_base.0) / f64::from(self.time_base.1)
     }
 
     /// Timestamp of the last keyframe at or before frame `index` (the first frame's when
@@ -428,13 +433,20 @@ where
     };
     let frame_rate = (rate.numerator(), rate.denominator());
     let end_pts = end_of_last_frame(&frames, last_duration, time_base, frame_rate);
+    let video = VideoInfo {
+        stream_index,
+        codec: codec_id.name().to_string(),
+        width,
+        height,
+        time_base: (time_base.numerator(), time_base.denominator()),
+        frame_rate,
+        frames,
+        end_pts,
+        fragments,
+    };
     if let Some(declared) = declared_duration {
-        let seconds = |pts: i64| {
-            pts as f64 * f64::from(time_base.numerator()) / f64::from(time_base.denominator())
-        };
-        let end = seconds(end_pts);
-        let span = end - seconds(frames[0].pts);
-        if cut_short(declared, end, span) {
+        let span = video.duration_seconds();
+        if cut_short(declared, video.seconds(end_pts), span) {
             return Err(unsupported(format!(
                 "the file is truncated: its header says the video lasts {declared:.3} s but \
                  only {span:.3} s of it could be read; upload the complete file"
@@ -443,17 +455,7 @@ where
     }
     Ok(MediaInfo {
         format,
-        video: VideoInfo {
-            stream_index,
-            codec: codec_id.name().to_string(),
-            width,
-            height,
-            time_base: (time_base.numerator(), time_base.denominator()),
-            frame_rate,
-            frames,
-            end_pts,
-            fragments,
-        },
+        video,
         audio,
         subtitles,
         attachments,

@@ -47,8 +47,8 @@ const TILE_PAD: i64 = 32;
 /// sees it (the worker checks at start, [`check_device`]); `auto`, the first GPU when
 /// there is one, else the CPU.
 pub fn select_device(requested: &str) -> Device {
-    match requested.strip_prefix("cuda:").map(str::parse::<usize>) {
-        Some(Ok(index)) if (index as i64) < tch::Cuda::device_count() => Device::Cuda(index),
+    match gpu_index(requested) {
+        Some(index) if (index as i64) < tch::Cuda::device_count() => Device::Cuda(index),
         _ if requested == "cpu" => Device::Cpu,
         _ => Device::cuda_if_available(),
     }
@@ -57,11 +57,11 @@ pub fn select_device(requested: &str) -> Device {
 /// Refuses a `cuda:N` this machine does not have, so a worker does not start on the wrong
 /// device.
 pub fn check_device(requested: &str) -> Result<(), String> {
-    let Some(Ok(index)) = requested.strip_prefix("cuda:").map(str::parse::<i64>) else {
+    let Some(index) = gpu_index(requested) else {
         return Ok(());
     };
     match tch::Cuda::device_count() {
-        count if index < count => Ok(()),
+        count if (index as i64) < count => Ok(()),
         0 => Err(format!(
             "worker.device is {requested} but libtorch sees no CUDA device; use auto or cpu"
         )),
@@ -71,6 +71,11 @@ pub fn check_device(requested: &str) -> Result<(), String> {
             count - 1
         )),
     }
+}
+
+/// N of a `cuda:N` device setting.
+fn gpu_index(requested: &str) -> Option<usize> {
+    requested.strip_prefix("cuda:")?.parse().ok()
 }
 
 /// Name of a device for reports: `cuda` or `cpu`.
