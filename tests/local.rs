@@ -253,6 +253,167 @@ fn an_avi_runs_exactly() {
     assert_exact(&input, &output, (320, 240));
 }
 
+/// Containers that store a presentation time on some video packets only (a DVD's MPEG
+/// program stream, MPEG-4 Part 2 with B-frames in AVI) or on none (H.264 with B-frames in
+/// AVI, here with open GOPs) give every frame in place for any chunk count: frames at the
+/// times FFmpeg fills in, or at the AVI's frame clock, and each frame the input's own.
+/// Both failed before: "two video frames share timestamp", or every chunk two frames short
+/// after three attempts.
+#[test]
+fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, codecs) in [
+        (
+            "dvd.vob",
+            &[
+                "-c:v",
+                "mpeg2video",
+                "-g",
+                "12",
+                "-bf",
+                "2",
+                "-c:a",
+                "ac3",
+                "-f",
+                "vob",
+            ][..],
+        ),
+        (
+            "xvid.avi",
+            &[
+                "-c:v",
+                "mpeg4",
+                "-g",
+                "25",
+                "-bf",
+                "2",
+                "-vtag",
+                "XVID",
+                "-c:a",
+                "libmp3lame",
+            ][..],
+        ),
+        (
+            "h264.avi",
+            &[
+                "-c:v",
+                "libx264",
+                "-bf",
+                "3",
+                "-x264-params",
+                "open-gop=1:keyint=25:min-keyint=25:scenecut=0",
+                "-c:a",
+                "libmp3lame",
+            ][..],
+        ),
+    ] {
+        let input = dir.path().join(name);
+        let mut args = vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x90:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:sample_rate=48000",
+            "-t",
+            "4",
+            "-shortest",
+        ];
+        args.extend_from_slice(codecs);
+        args.push(input.to_str().expect("utf-8"));
+        ffmpeg(&args);
+        let decoded = frame_hashes(&input);
+        assert_eq!(decoded.len(), 100, "{name}");
+        for chunks in [1, 3] {
+            let output = dir.path().join(format!("{name}-{chunks}.mkv"));
+            lossless_local_job(&input, &output, chunks, 1.0);
+            assert_exact(&input, &output, (160, 90));
+            assert_eq!(
+                frame_hashes(&output),
+                decoded,
+                "{name} in {chunks} chunks: frames differ from the input's"
+            );
+        }
+    }
+}
+
+/// Colours come through the trip to 4:2:0 YUV as FFmpeg itself would carry them, and the
+/// output is tagged so that players show them: an untagged SD input upscaled to HD is tagged
+/// BT.601 (players guess the matrix of untagged video from its size, and would show BT.709
+/// colours the input never had), tagged inputs keep their tags, and an RGB input is tagged
+/// as the limited-range BT.601 it became (it was tagged "gbr", full range: a player read
+/// the YUV planes as RGB; 24 dB against FFmpeg's own upscale of it).
+#[test]
+fn colours_come_through_and_are_tagged_as_players_need() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, codecs, expected) in [
+        (
+            "untagged.mp4",
+            &["-c:v", "libx264", "-pix_fmt", "yuv420p"][..],
+            "smpte170m",
+        ),
+        (
+            "bt709.mp4",
+            &[
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-colorspace",
+                "bt709",
+            ][..],
+            "bt709",
+        ),
+        (
+            "rgb.mkv",
+            &["-c:v", "ffv1", "-pix_fmt", "gbrp"][..],
+            "smpte170m",
+        ),
+    ] {
+        let input = dir.path().join(name);
+        let mut args = vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=25",
+            "-t",
+            "1",
+        ];
+        args.extend_from_slice(codecs);
+        args.push(input.to_str().expect("utf-8"));
+        ffmpeg(&args);
+        let output = dir.path().join(format!("hd-{name}.mkv"));
+        lossless_local_job(&input, &output, 2, 4.0);
+        assert_eq!(video_timing(&output).size, (1280, 720));
+        assert_eq!(
+            stream_field(&output, "color_space").as_deref(),
+            Some(expected),
+            "{name}"
+        );
+        assert_eq!(stream_field(&output, "color_range").as_deref(), Some("tv"));
+        let reference = first_frame_rgb(&input, "scale=1280:720:flags=lanczos,format=rgb24");
+        let psnr = psnr(&first_frame_rgb(&output, "format=rgb24"), &reference);
+        assert!(
+            psnr > 30.0,
+            "{name}: {psnr:.2} dB from FFmpeg's own upscale"
+        );
+    }
+}
+
+/// The first frame of `path` as packed RGB bytes, through the filter chain `filters`.
+fn first_frame_rgb(path: &std::path::Path, filters: &str) -> Vec<u8> {
+    let output = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-vf", filters, "-frames:v", "1", "-f", "rawvideo", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(output.status.success(), "decoding {}", path.display());
+    output.stdout
+}
+
 /// An MPEG-TS recorded in the minute before its 33-bit clock wraps: FFmpeg unwraps its
 /// timestamps to below zero, where an MP4 cannot show a frame (its edit list hides it, so
 /// every chunk's first frames went missing). The job moves every stream later by the same

@@ -271,17 +271,6 @@ fn through_420(rgb: &[u8], width: usize, height: usize, work: &Path) -> Vec<u8> 
     raw(&target, "yuv420p", "rgb24", "-")
 }
 
-/// Peak signal-to-noise ratio of `b` against `a`, in dB.
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let squared: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-        .sum();
-    let mse = squared / a.len() as f64;
-    10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10()
-}
-
 /// Every frame of `path` through the ffmpeg `filter`, as raw `pixel_format`, one after
 /// the other.
 fn raw_video(path: &Path, filter: &str, pixel_format: &str) -> Vec<u8> {

@@ -167,7 +167,7 @@ fn is_text(id: codec::Id) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use framefleet_common::media::VideoInfo;
+    use framefleet_common::media::{TimestampSource, VideoInfo};
 
     use super::*;
 
@@ -212,6 +212,7 @@ mod tests {
                 frames: Vec::new(),
                 end_pts: 0,
                 fragments: Vec::new(),
+                timestamps: TimestampSource::default(),
             },
             audio: Vec::new(),
             subtitles: vec![stream(2, "subrip"), stream(3, "hdmv_pgs_subtitle")],

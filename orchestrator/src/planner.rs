@@ -201,7 +201,7 @@ fn keyframe_aligned(frames: u64, count: u64, keyframes: &[u64]) -> Option<Vec<u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use framefleet_common::media::FrameStamp;
+    use framefleet_common::media::{FrameStamp, TimestampSource};
 
     fn video(frames: usize, step: i64, time_base: (i32, i32)) -> VideoInfo {
         VideoInfo {
@@ -219,6 +219,7 @@ mod tests {
                 .collect(),
             end_pts: frames as i64 * step,
             fragments: Vec::new(),
+            timestamps: TimestampSource::default(),
         }
     }
 

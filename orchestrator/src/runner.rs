@@ -24,7 +24,7 @@ use tracing::Instrument;
 use framefleet_common::auth::AttachToken;
 use framefleet_common::config::{Config, LimitsConfig};
 use framefleet_common::media::{self, MediaInfo, ProbeError};
-use framefleet_common::proto::{JobSpec, JobState, ProcessChunkRequest, Rational};
+use framefleet_common::proto::{FrameTimestamps, JobSpec, JobState, ProcessChunkRequest, Rational};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::carry;
@@ -407,6 +407,7 @@ impl Orchestrator {
             top_k: spec.top_k,
             fragmented_input: !video.fragments.is_empty(),
             pts_offset: video.timeline_shift(),
+            frame_timestamps: FrameTimestamps::from(video.timestamps).into(),
             passthrough_streams: info
                 .audio
                 .iter()

@@ -682,30 +682,16 @@ pub fn video_timing(path: &Path) -> VideoTiming {
     };
     let time_base = field("time_base");
     let (num, den) = time_base.split_once('/').unwrap_or(("1", "1"));
-    // Packets flagged D (discard) are decoded as references only, never shown: an MP4
-    // trimmed without re-encoding keeps the frames before its cut that way.
-    let packets = ffprobe(
-        &[
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time,flags",
-            "-of",
-            "json",
-        ],
-        path,
-    );
-    let parsed: serde_json::Value = serde_json::from_str(&packets).expect("ffprobe JSON");
-    let mut pts_seconds: Vec<f64> = parsed["packets"]
-        .as_array()
-        .map(|packets| {
-            packets
-                .iter()
-                .filter(|p| !p["flags"].as_str().unwrap_or_default().contains('D'))
-                .filter_map(|p| p["pts_time"].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut pts_seconds = shown_times(path, "pts_time", &[]);
+    let decode_seconds = shown_times(path, "dts_time", &[]);
+    if pts_seconds.is_empty() {
+        // No presentation times at all (H.264 in AVI): the container's frame clock shows
+        // the k-th frame at the k-th decode time.
+        pts_seconds = decode_seconds;
+    } else if pts_seconds.len() < decode_seconds.len() {
+        // Some packets lack one (a DVD's program stream): FFmpeg fills them in.
+        pts_seconds = shown_times(path, "pts_time", &["-fflags", "+genpts"]);
+    }
     pts_seconds.sort_by(f64::total_cmp);
     VideoTiming {
         size: (
@@ -716,6 +702,32 @@ pub fn video_timing(path: &Path) -> VideoTiming {
         pts_seconds,
         duration: field("duration").parse().unwrap_or(0.0),
     }
+}
+
+/// The `field` (`pts_time`, `dts_time`) of every shown video packet that has it, in file
+/// order; `options` go before the input. Packets flagged D (discard) are decoded as
+/// references only, never shown: an MP4 trimmed without re-encoding keeps the frames before
+/// its cut that way.
+fn shown_times(path: &Path, field: &str, options: &[&str]) -> Vec<f64> {
+    let entries = format!("packet={field},flags");
+    let mut args = options.to_vec();
+    args.extend([
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        &entries,
+        "-of",
+        "json",
+    ]);
+    let packets = ffprobe(&args, path);
+    let parsed: serde_json::Value = serde_json::from_str(&packets).expect("ffprobe JSON");
+    parsed["packets"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|p| !p["flags"].as_str().unwrap_or_default().contains('D'))
+        .filter_map(|p| p[field].as_str()?.parse().ok())
+        .collect()
 }
 
 /// The file whose audio packets a copy of `input`'s audio must match: the input itself, or
@@ -872,6 +884,36 @@ fn audio_tick(path: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Peak signal-to-noise ratio of `b` against `a` (8-bit samples), in dB.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "frame sizes differ");
+    let squared: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let mse = squared / a.len() as f64;
+    10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10()
+}
+
+/// A field of the first video stream as ffprobe names it (`color_space`, `pix_fmt`), if set.
+pub fn stream_field(path: &Path, field: &str) -> Option<String> {
+    ffprobe(
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            &format!("stream={field}"),
+            "-of",
+            "default=noprint_wrappers=1",
+        ],
+        path,
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix(&format!("{field}=")).map(str::to_string))
+    .filter(|value| value != "unknown")
+}
+
 /// A tag of one stream (`v:0`, `a:1`), if it has it.
 pub fn stream_tag(path: &Path, stream: &str, tag: &str) -> Option<String> {
     ffprobe(
@@ -937,12 +979,21 @@ pub fn rotation(path: &Path) -> Option<String> {
     .find_map(|l| l.strip_prefix("rotation=").map(str::to_string))
 }
 
-/// MD5 of every decoded video frame, in order.
+/// MD5 of every decoded video frame, in order (all of them: none dropped or repeated to
+/// mend timestamps).
 pub fn frame_hashes(path: &Path) -> Vec<String> {
     let output = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(path)
-        .args(["-map", "0:v:0", "-f", "framemd5", "-"])
+        .args([
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "framemd5",
+            "-",
+        ])
         .output()
         .expect("ffmpeg runs");
     assert!(

@@ -21,8 +21,8 @@ use tracing::Instrument;
 use framefleet_common::config::WorkerConfig;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChunkEvent, ChunkResult, DrainRequest, Phase, PhaseTiming, ProcessChunkRequest,
-    Task, WorkerStatus, WorkerStatusRequest,
+    chunk_event, ChunkEvent, ChunkResult, DrainRequest, FrameTimestamps, Phase, PhaseTiming,
+    ProcessChunkRequest, Task, WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
@@ -236,6 +236,12 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         .filter(|tb| tb.num > 0 && tb.den > 0)
         .ok_or_else(|| Status::invalid_argument("the request has no valid time base"))?;
     let frame_rate = request.frame_rate.unwrap_or_default();
+    let timestamps = FrameTimestamps::try_from(request.frame_timestamps).map_err(|_| {
+        Status::invalid_argument(format!(
+            "unknown frame timestamp source {}; update this worker to the orchestrator's version",
+            request.frame_timestamps
+        ))
+    })?;
     if request.pts_offset < 0 || range.end_pts.checked_add(request.pts_offset).is_none() {
         return Err(Status::invalid_argument(format!(
             "pts offset {} does not move chunk pts [{}, {}) forward",
@@ -261,6 +267,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
         pts_offset: request.pts_offset,
         fragmented_input: request.fragmented_input,
+        timestamps: timestamps.into(),
         whole_input: config.whole_input_download,
         passthrough: if request.passthrough_streams.is_empty() {
             None
@@ -475,6 +482,10 @@ mod tests {
         let mut no_time_base = request();
         no_time_base.time_base = None;
         assert!(chunk_spec(&no_time_base, &config).is_err());
+        let mut newer = request();
+        newer.frame_timestamps = 99;
+        let status = chunk_spec(&newer, &config).expect_err("unknown timestamp source");
+        assert!(status.message().contains("update this worker"), "{status}");
     }
 
     #[test]

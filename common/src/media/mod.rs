@@ -15,7 +15,10 @@ use std::sync::Once;
 
 use ffmpeg_next as ffmpeg;
 
-pub use probe::{probe, CopiedStream, FragmentStart, FrameStamp, MediaInfo, ProbeError, VideoInfo};
+pub use probe::{
+    probe, CopiedStream, FragmentStart, FrameStamp, MediaInfo, ProbeError, TimestampSource,
+    VideoInfo,
+};
 
 /// Bytes FFmpeg asks for per read from framefleet's I/O. Small, because FFmpeg reads this
 /// far ahead of what it demuxes, and a chunk's last read is partly past its end.
@@ -265,15 +268,29 @@ pub fn mp4_movie_timescale(time_base: ffmpeg::Rational) -> i64 {
 /// primaries, transfer and range) from a decoded frame to the frame made from it, which
 /// swscale and the models leave blank. `range_converted` is true when the processor
 /// already converted a full-range (`yuvj`) source to limited range.
+///
+/// A standard-definition frame without a colour matrix is written down as BT.601, the
+/// matrix every player assumes for it: players guess the matrix of untagged video from its
+/// size, so an upscale left untagged would play with BT.709 colours once it is HD. (An
+/// untagged HD frame stays untagged: FFmpeg reads it as BT.601, size-guessing players as
+/// BT.709, and the output keeps that same ambiguity rather than settle it wrongly.) An RGB
+/// source became limited-range BT.601 YUV on the way, and is tagged so.
 pub fn copy_picture_properties(
     from: &ffmpeg::frame::Video,
     to: &mut ffmpeg::frame::Video,
     range_converted: bool,
 ) {
-    to.set_color_space(from.color_space());
+    use ffmpeg::color::Space;
+    let rgb = is_rgb_format(from.format());
+    let standard_definition = from.width() < 1280 && from.height() <= 576;
+    to.set_color_space(match from.color_space() {
+        _ if rgb => Space::SMPTE170M,
+        Space::Unspecified if standard_definition => Space::SMPTE170M,
+        space => space,
+    });
     to.set_color_primaries(from.color_primaries());
     to.set_color_transfer_characteristic(from.color_transfer_characteristic());
-    to.set_color_range(if range_converted {
+    to.set_color_range(if range_converted || rgb {
         ffmpeg::color::Range::MPEG
     } else {
         from.color_range()
@@ -284,6 +301,17 @@ pub fn copy_picture_properties(
     unsafe {
         (*to.as_mut_ptr()).sample_aspect_ratio = aspect.into();
     }
+}
+
+/// True for pixel formats that hold RGB samples, or palette entries in RGB (GIF): swscale
+/// turns them into limited-range BT.601 YUV, whatever the frame's colour tags say.
+pub fn is_rgb_format(format: ffmpeg::format::Pixel) -> bool {
+    let rgb_flags = ffmpeg::ffi::AV_PIX_FMT_FLAG_RGB | ffmpeg::ffi::AV_PIX_FMT_FLAG_PAL;
+    let rgb_flags = u64::try_from(rgb_flags).unwrap_or(0);
+    // SAFETY: a descriptor FFmpeg returns points at its static, immutable format table.
+    format
+        .descriptor()
+        .is_some_and(|descriptor| unsafe { (*descriptor.as_ptr()).flags } & rgb_flags != 0)
 }
 
 /// True for the deprecated full-range `yuvj*` pixel formats, which swscale converts to
@@ -318,6 +346,43 @@ pub fn frame_pts(frame: &ffmpeg::frame::Video) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untagged_standard_definition_is_written_down_as_bt601() {
+        let copied = |width, height, space| {
+            let mut from = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width, height);
+            from.set_color_space(space);
+            let mut to =
+                ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width * 4, height * 4);
+            copy_picture_properties(&from, &mut to, false);
+            to.color_space()
+        };
+        use ffmpeg::color::Space;
+        assert_eq!(copied(720, 576, Space::Unspecified), Space::SMPTE170M);
+        assert_eq!(copied(640, 360, Space::Unspecified), Space::SMPTE170M);
+        assert_eq!(copied(1280, 720, Space::Unspecified), Space::Unspecified);
+        assert_eq!(copied(640, 360, Space::BT709), Space::BT709);
+        assert_eq!(copied(1920, 1080, Space::BT709), Space::BT709);
+    }
+
+    #[test]
+    fn rgb_sources_are_tagged_as_the_limited_bt601_they_became() {
+        use ffmpeg::format::Pixel;
+        for format in [Pixel::RGB24, Pixel::GBRP, Pixel::BGRA, Pixel::PAL8] {
+            let mut from = ffmpeg::frame::Video::new(format, 1920, 1080);
+            from.set_color_space(ffmpeg::color::Space::RGB);
+            from.set_color_range(ffmpeg::color::Range::JPEG);
+            let mut to = ffmpeg::frame::Video::new(Pixel::YUV420P, 3840, 2160);
+            copy_picture_properties(&from, &mut to, false);
+            assert_eq!(
+                to.color_space(),
+                ffmpeg::color::Space::SMPTE170M,
+                "{format:?}"
+            );
+            assert_eq!(to.color_range(), ffmpeg::color::Range::MPEG, "{format:?}");
+        }
+        assert!(!is_rgb_format(Pixel::YUV420P) && !is_rgb_format(Pixel::YUVJ420P));
+    }
 
     #[test]
     fn timestamps_compare_exactly_across_time_bases() {

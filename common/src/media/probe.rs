@@ -9,6 +9,11 @@
 //! every indexed sample lies inside the object. Other containers (Matroska, MPEG-TS) carry
 //! timestamps only next to the data, so they are read whole; a Matroska file cut short is
 //! caught by the video length its header declares.
+//!
+//! A few containers leave presentation timestamps off some packets (MPEG program streams,
+//! AVI with B-frames) or store none: the probe then reads the input a second time with
+//! FFmpeg filling them in, or takes AVI's frame clock, and tells the workers which
+//! ([`TimestampSource`]).
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -100,6 +105,36 @@ pub struct VideoInfo {
     /// so a chunk can skip the fragments before its own. Empty for other inputs.
     #[serde(default)]
     pub fragments: Vec<FragmentStart>,
+    /// Where the frames' timestamps come from: workers must read the input the same way.
+    #[serde(default)]
+    pub timestamps: TimestampSource,
+}
+
+/// Where a video's frame timestamps come from. Most containers store a presentation
+/// timestamp with every packet; a few store them on some packets only, or store decode
+/// timestamps alone, and the frames' times must then be derived, the same way by the probe
+/// and by every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimestampSource {
+    /// Every packet carries its presentation timestamp.
+    #[default]
+    Presentation,
+    /// Some packets carry none (MPEG program streams such as DVD VOBs, raw MPEG video, XviD
+    /// in AVI): FFmpeg's demuxer fills them in from the packets that follow (`genpts`).
+    Generated,
+    /// No packet carries one, only decode timestamps (H.264 with B-frames in AVI): the
+    /// container's clock gives the k-th frame shown the k-th decode timestamp.
+    DecodeOrder,
+}
+
+impl TimestampSource {
+    /// The demuxer flags that read the input this way (`+genpts` for generated ones).
+    pub fn demuxer_flags(self) -> &'static str {
+        match self {
+            TimestampSource::Generated => "+genpts",
+            TimestampSource::Presentation | TimestampSource::DecodeOrder => "",
+        }
+    }
 }
 
 /// Where one fragment of a fragmented MP4 starts, and its first keyframe.
@@ -209,14 +244,40 @@ where
     let boxed = starts_with_a_box(&mut reader);
     let source = HollowReader::new(reader, object_size, false);
     if boxed {
-        match probe_with(source.twin(true), &source, name, object_size) {
-            Ok(info) => return Ok(info),
+        match probe_with(source.twin(true), &source, name, object_size, false) {
+            Ok(Probed::Info(info)) => return Ok(*info),
+            Ok(Probed::SomePtsMissing) => {
+                tracing::debug!("index-only probe found packets without timestamps")
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "index-only probe failed; reading the whole input")
             }
         }
     }
-    probe_with(source.twin(false), &source, name, object_size)
+    match probe_with(source.twin(false), &source, name, object_size, false)? {
+        Probed::Info(info) => Ok(*info),
+        // A second read of the whole input, for the few containers that need it.
+        Probed::SomePtsMissing => {
+            match probe_with(source.twin(false), &source, name, object_size, true)? {
+                Probed::Info(info) => Ok(*info),
+                Probed::SomePtsMissing => Err(ProbeError::Unsupported {
+                    name: name.to_string(),
+                    reason: "some video packets carry no timestamp and FFmpeg cannot fill \
+                             them in; remux it into MKV with timestamps first"
+                        .into(),
+                }),
+            }
+        }
+    }
+}
+
+/// What one probing pass found.
+enum Probed {
+    /// The input, with every frame's timestamp.
+    Info(Box<MediaInfo>),
+    /// Some video packets carry a presentation timestamp and some do not: read it again
+    /// with FFmpeg filling them in.
+    SomePtsMissing,
 }
 
 /// Video codecs FFmpeg's MOV demuxer passes through without a parser, so packets' flags
@@ -234,13 +295,15 @@ struct HeldPacket {
 
 /// Probes through `reader`: a hollow one (sample data reads as zeros) gives timestamps and
 /// flags from the index, and the first frame is then decoded from bytes read for real
-/// through `source`; a plain one decodes as it reads.
+/// through `source`; a plain one decodes as it reads. With `generate_pts`, FFmpeg fills in
+/// the presentation timestamps that packets lack.
 fn probe_with<R>(
     reader: HollowReader<R>,
     source: &HollowReader<R>,
     name: &str,
     object_size: u64,
-) -> Result<MediaInfo, ProbeError>
+    generate_pts: bool,
+) -> Result<Probed, ProbeError>
 where
     R: Read + Seek + Send + 'static,
 {
@@ -249,6 +312,8 @@ where
     // keyframe flags the index gives).
     let options: &[(&str, &str)] = if hollow {
         &[("fflags", "+noparse")]
+    } else if generate_pts {
+        &[("fflags", TimestampSource::Generated.demuxer_flags())]
     } else {
         &[]
     };
@@ -341,6 +406,7 @@ where
     let mut discarded = 0u64;
     let mut last_duration = 0;
     let mut max_pts: Option<i64> = None;
+    let mut without_pts = 0usize;
     let mut decoded_first = false;
     let mut fed = 0usize;
     let mut reader = PacketReader::default();
@@ -373,6 +439,9 @@ where
         if is_discarded(&packet) {
             discarded += 1;
             continue;
+        }
+        if packet.pts().is_none() {
+            without_pts += 1;
         }
         let pts = packet.pts().or(packet.dts()).ok_or_else(|| {
             unsupported("video packets carry no timestamps; remux it into MP4 or MKV first".into())
@@ -418,6 +487,13 @@ where
             "no frame of the video stream could be decoded; the file is corrupt".into(),
         ));
     }
+    let timestamps = match without_pts {
+        0 if generate_pts => TimestampSource::Generated,
+        0 => TimestampSource::Presentation,
+        // Each frame was listed at its decode timestamp.
+        all if all == frames.len() => TimestampSource::DecodeOrder,
+        _ => return Ok(Probed::SomePtsMissing),
+    };
     frames.sort_by_key(|f| f.pts);
     let mut seen = HashSet::with_capacity(frames.len());
     if let Some(duplicate) = frames.iter().find(|f| !seen.insert(f.pts)) {
@@ -443,6 +519,7 @@ where
         frames,
         end_pts,
         fragments,
+        timestamps,
     };
     if let Some(declared) = declared_duration {
         let span = video.duration_seconds();
@@ -453,14 +530,14 @@ where
             )));
         }
     }
-    Ok(MediaInfo {
+    Ok(Probed::Info(Box::new(MediaInfo {
         format,
         video,
         audio,
         subtitles,
         attachments,
         left_out,
-    })
+    })))
 }
 
 /// The video stream's length a Matroska header declares, in seconds: the `DURATION`
@@ -628,6 +705,15 @@ mod tests {
 
     /// Makes a 4 s clip with half-second GOPs, B-frames and audio; `extra` adds muxer flags.
     fn clip(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+        let mut codecs = vec![
+            "-c:v", "libx264", "-g", "15", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        ];
+        codecs.extend_from_slice(extra);
+        encoded_clip(dir, name, &codecs)
+    }
+
+    /// Makes a 4 s 30 fps clip with audio, encoded and muxed as `codecs` say.
+    fn encoded_clip(dir: &std::path::Path, name: &str, codecs: &[&str]) -> std::path::PathBuf {
         let path = dir.join(name);
         let mut args = vec![
             "-v",
@@ -642,19 +728,9 @@ mod tests {
             "sine=frequency=440:sample_rate=48000",
             "-t",
             "4",
-            "-c:v",
-            "libx264",
-            "-g",
-            "15",
-            "-bf",
-            "2",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
             "-shortest",
         ];
-        args.extend_from_slice(extra);
+        args.extend_from_slice(codecs);
         args.push(path.to_str().expect("utf-8"));
         let status = std::process::Command::new("ffmpeg")
             .args(&args)
@@ -664,12 +740,31 @@ mod tests {
         path
     }
 
+    fn info(probed: Result<Probed, ProbeError>) -> MediaInfo {
+        match probed.expect("probed") {
+            Probed::Info(info) => *info,
+            Probed::SomePtsMissing => panic!("the pass asked for generated timestamps"),
+        }
+    }
+
     fn probe_both(path: &std::path::Path) -> (MediaInfo, MediaInfo) {
         let file = std::fs::File::open(path).expect("clip");
         let size = file.metadata().expect("size").len();
         let source = HollowReader::new(file, size, false);
-        let hollow = probe_with(source.twin(true), &source, "clip.mp4", size).expect("hollow");
-        let full = probe_with(source.twin(false), &source, "clip.mp4", size).expect("full");
+        let hollow = info(probe_with(
+            source.twin(true),
+            &source,
+            "clip.mp4",
+            size,
+            false,
+        ));
+        let full = info(probe_with(
+            source.twin(false),
+            &source,
+            "clip.mp4",
+            size,
+            false,
+        ));
         (hollow, full)
     }
 
@@ -724,6 +819,48 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_missing_from_some_or_all_packets_are_derived() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, codecs, expected) in [
+            (
+                "clip.mp4",
+                &["-c:v", "libx264", "-bf", "2"][..],
+                TimestampSource::Presentation,
+            ),
+            (
+                "dvd.vob",
+                &["-c:v", "mpeg2video", "-bf", "2", "-c:a", "ac3", "-f", "vob"][..],
+                TimestampSource::Generated,
+            ),
+            (
+                "xvid.avi",
+                &["-c:v", "mpeg4", "-bf", "2", "-vtag", "XVID", "-c:a", "mp3"][..],
+                TimestampSource::Generated,
+            ),
+            (
+                "h264.avi",
+                &["-c:v", "libx264", "-bf", "3", "-c:a", "mp3"][..],
+                TimestampSource::DecodeOrder,
+            ),
+        ] {
+            let path = encoded_clip(dir.path(), name, codecs);
+            let file = std::fs::File::open(&path).expect("clip");
+            let video = probe(file, name).expect(name).video;
+            assert_eq!(video.timestamps, expected, "{name}");
+            assert_eq!(video.frames.len(), 120, "{name}");
+            let steps: Vec<i64> = video
+                .frames
+                .windows(2)
+                .map(|w| w[1].pts - w[0].pts)
+                .collect();
+            assert!(
+                steps.iter().all(|&step| step == steps[0] && step > 0),
+                "{name}: frames are not one frame apart: {steps:?}"
+            );
+        }
+    }
+
+    #[test]
     fn last_frame_duration_prefers_the_packet_then_the_rate_then_the_gaps() {
         let frames = stamps(&[0, 512, 1024]);
         let tb = ffmpeg::Rational::new(1, 15360);
@@ -765,6 +902,7 @@ mod tests {
             frames: stamps(&[0, 40, 80, 100, 140]),
             end_pts: 180,
             fragments: Vec::new(),
+            timestamps: TimestampSource::default(),
         };
         assert_eq!(video.keyframe_at_or_before(2), 0);
         assert_eq!(video.keyframe_at_or_before(3), 100);

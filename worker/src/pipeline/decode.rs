@@ -3,11 +3,13 @@
 //! its end.
 //!
 //! Frames are selected by presentation timestamp, `[start_pts, end_pts)`, which is exact for
-//! variable frame rate input. In a fragmented MP4 the fragments before the chunk's own are
+//! variable frame rate input. Where the container stores no presentation timestamps, frames
+//! take them the way the probe derived them (see `TimestampSource`). In a fragmented MP4 the fragments before the chunk's own are
 //! hidden behind a `skip` box, so they are neither read nor walked. If a seek lands after the range's start (a container whose
 //! index disagrees with its packets), the stage starts again from the beginning of the
 //! input rather than lose frames.
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::mpsc::SyncSender;
@@ -19,7 +21,9 @@ use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::isobmff::{HollowReader, SkipFragments};
-use framefleet_common::media::{discard_streams, frame_pts, open_input_for_decoding, PacketReader};
+use framefleet_common::media::{
+    discard_streams, frame_pts, open_input_for_decoding, PacketReader, TimestampSource,
+};
 use framefleet_common::proto::Phase;
 use framefleet_common::storage::ObjectReader;
 use framefleet_common::storage::Storage;
@@ -41,9 +45,11 @@ pub(super) fn run(
 ) -> Result<u64, ChunkError> {
     // Seek to the keyframe; when the demuxer lands after it anyway (containers without an
     // index, such as MPEG-TS, seek by estimate), seek again further back, then give up and
-    // decode from the beginning.
+    // decode from the beginning. Frames timed by decode order are counted from the first:
+    // after a seek, a decoder drops the frames of an open GOP it cannot decode, and the
+    // count would slip.
     let mut targets: Vec<Option<i64>> = Vec::new();
-    if spec.range.start_frame > 0 {
+    if spec.range.start_frame > 0 && spec.timestamps != TimestampSource::DecodeOrder {
         let ticks_per_second =
             i64::from(spec.time_base.denominator()) / i64::from(spec.time_base.numerator()).max(1);
         targets.extend(
@@ -151,10 +157,14 @@ fn decode_range(
         .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
     // A fragmented MP4's fragments are read as decoding reaches them: by default FFmpeg
     // walks every fragment header when it opens the file.
-    let options: &[(&str, &str)] = if spec.fragmented_input {
-        &[("fflags", "+ignidx")]
-    } else {
+    let mut flags = spec.timestamps.demuxer_flags().to_string();
+    if spec.fragmented_input {
+        flags.push_str("+ignidx");
+    }
+    let options: &[(&str, &str)] = if flags.is_empty() {
         &[]
+    } else {
+        &[("fflags", &flags)]
     };
     let mut input = open_input_for_decoding(reader, spec.input.file_name(), options)
         .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
@@ -212,6 +222,7 @@ fn decode_range(
     let expected = spec.frames();
     let (start, end) = (spec.range.start_pts, spec.range.end_pts);
     let mut packets = PacketReader::default();
+    let mut clock = FrameClock::new(spec.timestamps);
     let mut sent = 0u64;
     let mut first_frame = true;
     let mut packet_errors = 0u32;
@@ -230,12 +241,15 @@ fn decode_range(
                     if let Some(passthrough) = &mut passthrough {
                         passthrough.offer(&packet)?;
                     }
-                    if let Err(e) = decoder.send_packet(&packet) {
-                        packet_errors += 1;
-                        if packet_errors > MAX_PACKET_ERRORS {
-                            return Err(ChunkError::Decode(format!(
-                                "too many undecodable packets ({e}); the input is corrupt"
-                            )));
+                    match decoder.send_packet(&packet) {
+                        Ok(()) => clock.packet_sent(&packet),
+                        Err(e) => {
+                            packet_errors += 1;
+                            if packet_errors > MAX_PACKET_ERRORS {
+                                return Err(ChunkError::Decode(format!(
+                                    "too many undecodable packets ({e}); the input is corrupt"
+                                )));
+                            }
                         }
                     }
                 }
@@ -268,7 +282,7 @@ fn decode_range(
             if !received {
                 break;
             }
-            let Some(pts) = frame_pts(&decoded) else {
+            let Some(pts) = clock.frame_shown(&decoded) else {
                 continue;
             };
             if first_frame && seek && pts > start {
@@ -344,6 +358,38 @@ fn finish_passthrough(
         passthrough.offer(&packet)?;
     }
     Ok(())
+}
+
+/// Gives each decoded frame its timestamp, the way the probe listed it.
+struct FrameClock {
+    source: TimestampSource,
+    /// For `DecodeOrder`: the decode timestamps of the packets sent and not yet shown.
+    decode_times: VecDeque<Option<i64>>,
+}
+
+impl FrameClock {
+    fn new(source: TimestampSource) -> Self {
+        FrameClock {
+            source,
+            decode_times: VecDeque::new(),
+        }
+    }
+
+    /// Notes a video packet the decoder took.
+    fn packet_sent(&mut self, packet: &ffmpeg::Packet) {
+        if self.source == TimestampSource::DecodeOrder {
+            self.decode_times.push_back(packet.dts());
+        }
+    }
+
+    /// The timestamp of the next frame the decoder shows: its own, or, for `DecodeOrder`,
+    /// the oldest decode timestamp not yet given out. `None` skips the frame.
+    fn frame_shown(&mut self, frame: &VideoFrame) -> Option<i64> {
+        match self.source {
+            TimestampSource::DecodeOrder => self.decode_times.pop_front().flatten(),
+            TimestampSource::Presentation | TimestampSource::Generated => frame_pts(frame),
+        }
+    }
 }
 
 /// Setup time that was not spent reading counts as `init`.

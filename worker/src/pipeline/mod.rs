@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use framefleet_common::media::TimestampSource;
 use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec, Task};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
@@ -106,6 +107,8 @@ pub struct ChunkSpec {
     /// The input is a fragmented MP4 (read fragment by fragment, skipping
     /// `range.skip_from..range.skip_to`).
     pub fragmented_input: bool,
+    /// Where decoded frames take their timestamps from (the probe's finding).
+    pub timestamps: TimestampSource,
     /// Fetch the whole input in one GET instead of ranged reads.
     pub whole_input: bool,
     /// The input's streams to pass through for the stitch, if any.
