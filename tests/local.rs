@@ -414,6 +414,70 @@ fn first_frame_rgb(path: &std::path::Path, filters: &str) -> Vec<u8> {
     output.stdout
 }
 
+/// `--deinterlace` gives exactly FFmpeg's own `bwdif` (one frame per frame) whatever the
+/// chunking, chunk starts on keyframes included (each output frame is made from its
+/// neighbours, so a chunk decodes the frame before its range and the one after it), with
+/// every frame at its input time.
+#[test]
+fn deinterlacing_matches_ffmpeg_bwdif_for_any_chunk_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Interlaced H.264 in MP4: its index makes every seek land exactly on the keyframe.
+    let input = dir.path().join("interlaced.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x96:rate=50",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=48000",
+        "-t",
+        "4",
+        "-vf",
+        "tinterlace=interleave_top,fieldorder=tff",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:v",
+        "libx264",
+        "-flags",
+        "+ildct+ilme",
+        "-x264-params",
+        "interlaced=1:tff=1:keyint=25",
+        "-bf",
+        "2",
+        "-c:a",
+        "aac",
+        input.to_str().expect("utf-8"),
+    ]);
+    let reference = dir.path().join("bwdif.mkv");
+    ffmpeg(&[
+        "-i",
+        input.to_str().expect("utf-8"),
+        "-map",
+        "0:v",
+        "-vf",
+        "bwdif=mode=send_frame:parity=auto:deint=interlaced",
+        "-c:v",
+        "ffv1",
+        reference.to_str().expect("utf-8"),
+    ]);
+    let expected = frame_hashes(&reference);
+    assert_eq!(expected.len(), 100);
+    assert_ne!(expected, frame_hashes(&input), "the clip is not interlaced");
+    for chunks in [1, 4] {
+        let output = dir.path().join(format!("out-{chunks}.mkv"));
+        lossless_local_job_with(&input, &output, chunks, 1.0, &["--deinterlace"]);
+        assert_exact(&input, &output, (160, 96));
+        let got = frame_hashes(&output);
+        let differing = (0..expected.len()).find(|&i| got.get(i) != expected.get(i));
+        assert_eq!(
+            differing, None,
+            "{chunks} chunks: this frame differs from FFmpeg's bwdif"
+        );
+    }
+}
+
 /// An MPEG-TS recorded in the minute before its 33-bit clock wraps: FFmpeg unwraps its
 /// timestamps to below zero, where an MP4 cannot show a frame (its edit list hides it, so
 /// every chunk's first frames went missing). The job moves every stream later by the same
@@ -665,6 +729,17 @@ fn lossless_local_job(
     chunks: u32,
     scale: f64,
 ) -> String {
+    lossless_local_job_with(input, output, chunks, scale, &[])
+}
+
+/// [`lossless_local_job`] with more options for `framefleet local`.
+fn lossless_local_job_with(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    chunks: u32,
+    scale: f64,
+    options: &[&str],
+) -> String {
     let result = framefleet_local()
         .arg(input)
         .arg(output)
@@ -675,6 +750,7 @@ fn lossless_local_job(
             "--scale",
             &scale.to_string(),
         ])
+        .args(options)
         .output()
         .expect("framefleet runs");
     assert!(

@@ -29,6 +29,10 @@ pub struct JobOptions {
     /// Scale factor for width and height.
     #[arg(long, default_value_t = 2.0)]
     pub scale: f64,
+    /// Deinterlace the frames flagged interlaced first (FFmpeg's bwdif, one frame per frame),
+    /// for DVD and broadcast sources: a model would otherwise enlarge the combing.
+    #[arg(long)]
+    pub deinterlace: bool,
     /// x264 constant rate factor (0-51, lower is better).
     #[arg(long, default_value_t = 18, conflicts_with = "lossless")]
     pub crf: u32,
@@ -55,6 +59,7 @@ impl JobOptions {
             processor: Some(ProcessorSpec {
                 model: self.model.clone(),
                 scale: self.scale,
+                deinterlace: self.deinterlace,
             }),
             encoder: Some(EncoderSettings {
                 crf: if self.lossless { 0 } else { self.crf },

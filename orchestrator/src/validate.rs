@@ -145,7 +145,12 @@ fn normalize_infer(
         )));
     }
     policy.check(&ObjectUri::File(path.into()), "model")?;
-    spec.processor = Some(ProcessorSpec { model, scale: 1.0 });
+    let deinterlace = spec.processor.as_ref().is_some_and(|p| p.deinterlace);
+    spec.processor = Some(ProcessorSpec {
+        model,
+        scale: 1.0,
+        deinterlace,
+    });
     spec.encoder = None;
     check_chunks(&spec, config)?;
     Ok(spec)
@@ -256,6 +261,7 @@ mod tests {
         infer.processor = Some(ProcessorSpec {
             model: "/models/classify.pt".into(),
             scale: 0.0,
+            ..ProcessorSpec::default()
         });
         assert!(normalize(infer.clone(), &config).is_ok());
         infer.output_uri = "s3://bucket/out.mp4".into();
@@ -267,6 +273,7 @@ mod tests {
         infer.processor = Some(ProcessorSpec {
             model: "lanczos".into(),
             scale: 1.0,
+            ..ProcessorSpec::default()
         });
         assert!(normalize(infer, &config).is_err());
     }
@@ -317,7 +324,7 @@ mod tests {
                 let spec = JobSpec {
                     input_uri: input,
                     output_uri: output,
-                    processor: Some(ProcessorSpec { model, scale }),
+                    processor: Some(ProcessorSpec { model, scale, ..ProcessorSpec::default() }),
                     encoder: Some(EncoderSettings { crf, preset, lossless: false }),
                     chunks,
                     task,

@@ -554,6 +554,7 @@ pub fn lossless_spec(input: &ObjectUri, output: &ObjectUri, scale: f64, chunks: 
         processor: Some(ProcessorSpec {
             model: "lanczos".into(),
             scale,
+            ..ProcessorSpec::default()
         }),
         encoder: Some(EncoderSettings {
             crf: 0,

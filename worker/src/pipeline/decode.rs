@@ -28,6 +28,7 @@ use framefleet_common::proto::Phase;
 use framefleet_common::storage::ObjectReader;
 use framefleet_common::storage::Storage;
 
+use super::deinterlace::Deinterlacer;
 use super::passthrough::{Offer, PassthroughCollector, Span};
 use super::{ChunkError, ChunkSpec, PhaseClock, StageContext};
 
@@ -48,14 +49,21 @@ pub(super) fn run(
     // decode from the beginning. Frames timed by decode order are counted from the first:
     // after a seek, a decoder drops the frames of an open GOP it cannot decode, and the
     // count would slip.
+    // A deinterlaced range also needs the frame before its first: when the chunk starts on
+    // its keyframe, the seek aims just before it, at the keyframe before.
     let mut targets: Vec<Option<i64>> = Vec::new();
     if spec.range.start_frame > 0 && spec.timestamps != TimestampSource::DecodeOrder {
         let ticks_per_second =
             i64::from(spec.time_base.denominator()) / i64::from(spec.time_base.numerator()).max(1);
+        let aim = if spec.processor.deinterlace {
+            spec.range.keyframe_pts.min(spec.range.start_pts - 1)
+        } else {
+            spec.range.keyframe_pts
+        };
         targets.extend(
             SEEK_MARGINS_SECONDS
                 .iter()
-                .map(|seconds| Some(spec.range.keyframe_pts - seconds * ticks_per_second)),
+                .map(|seconds| Some(aim - seconds * ticks_per_second)),
         );
     }
     targets.push(None);
@@ -219,11 +227,20 @@ fn decode_range(
     context.progress.finish(Phase::Download);
     add_setup_time(&context.clock, setup_started);
 
-    let expected = spec.frames();
-    let (start, end) = (spec.range.start_pts, spec.range.end_pts);
+    let start = spec.range.start_pts;
+    let mut range = RangeSender {
+        start,
+        end: spec.range.end_pts,
+        expected: spec.frames(),
+        sent: 0,
+        frames,
+    };
+    // With deinterlacing, the frame before the range must be decoded too (unless the range
+    // starts the input).
+    let needs_previous = spec.processor.deinterlace && spec.range.start_frame > 0;
+    let mut deinterlacer: Option<Deinterlacer> = None;
     let mut packets = PacketReader::default();
     let mut clock = FrameClock::new(spec.timestamps);
-    let mut sent = 0u64;
     let mut first_frame = true;
     let mut packet_errors = 0u32;
     let mut at_end = false;
@@ -285,31 +302,35 @@ fn decode_range(
             let Some(pts) = clock.frame_shown(&decoded) else {
                 continue;
             };
-            if first_frame && seek && pts > start {
+            if first_frame && seek && (pts > start || (needs_previous && pts == start)) {
                 return Ok(Decoded::SeekOvershot {
                     first_pts: Some(pts),
                 });
             }
             first_frame = false;
-            if pts < start {
-                continue;
-            }
-            if pts >= end {
-                break 'decoding;
-            }
             let mut frame = std::mem::replace(&mut decoded, VideoFrame::empty());
             frame.set_pts(Some(pts));
-            frames.send(frame).map_err(|_| ChunkError::Disconnected)?;
-            sent += 1;
-            context.progress.set(Phase::Decode, sent);
-            if sent == expected {
+            let ready = if spec.processor.deinterlace {
+                let filter = match &mut deinterlacer {
+                    Some(filter) => filter,
+                    None => deinterlacer.insert(Deinterlacer::new(&frame, time_base)?),
+                };
+                filter.push(frame)?
+            } else {
+                vec![frame]
+            };
+            if range.send(ready, context)? == Range::Complete {
                 break 'decoding;
             }
         }
         if at_end {
+            if let Some(filter) = &mut deinterlacer {
+                range.send(filter.finish()?, context)?;
+            }
             break;
         }
     }
+    let (sent, expected) = (range.sent, range.expected);
     if seek && first_frame {
         // The seek landed at the end of the input (an estimated seek, as in MPEG-TS, that
         // overshot the last keyframe): no frame at all.
@@ -358,6 +379,51 @@ fn finish_passthrough(
         passthrough.offer(&packet)?;
     }
     Ok(())
+}
+
+/// Whether a range has all its frames.
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    Open,
+    Complete,
+}
+
+/// Sends a range's frames on to processing: those with timestamps in `[start, end)`, up to
+/// the count the plan expects.
+struct RangeSender<'a> {
+    start: i64,
+    end: i64,
+    expected: u64,
+    sent: u64,
+    frames: &'a SyncSender<VideoFrame>,
+}
+
+impl RangeSender<'_> {
+    /// Sends the frames of `ready` (in presentation order) that belong to the range.
+    fn send(
+        &mut self,
+        ready: Vec<VideoFrame>,
+        context: &StageContext,
+    ) -> Result<Range, ChunkError> {
+        for frame in ready {
+            let Some(pts) = frame.pts() else { continue };
+            if pts < self.start {
+                continue;
+            }
+            if pts >= self.end {
+                return Ok(Range::Complete);
+            }
+            self.frames
+                .send(frame)
+                .map_err(|_| ChunkError::Disconnected)?;
+            self.sent += 1;
+            context.progress.set(Phase::Decode, self.sent);
+            if self.sent == self.expected {
+                return Ok(Range::Complete);
+            }
+        }
+        Ok(Range::Open)
+    }
 }
 
 /// Gives each decoded frame its timestamp, the way the probe listed it.

@@ -14,6 +14,7 @@
 //! stage and the object is uploaded; anything else is an error and the upload is aborted.
 
 mod decode;
+mod deinterlace;
 mod encode;
 mod infer;
 mod passthrough;

@@ -239,6 +239,7 @@ mod tests {
             &ProcessorSpec {
                 model: "magic".into(),
                 scale: 2.0,
+                ..ProcessorSpec::default()
             },
             &settings,
         )
