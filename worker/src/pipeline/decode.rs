@@ -4,10 +4,13 @@
 //!
 //! Frames are selected by presentation timestamp, `[start_pts, end_pts)`, which is exact for
 //! variable frame rate input. Where the container stores no presentation timestamps, frames
-//! take them the way the probe derived them (see `TimestampSource`). In a fragmented MP4 the fragments before the chunk's own are
-//! hidden behind a `skip` box, so they are neither read nor walked. If a seek lands after the range's start (a container whose
-//! index disagrees with its packets), the stage starts again from the beginning of the
-//! input rather than lose frames.
+//! take them the way the probe derived them (see `TimestampSource`). In a fragmented MP4
+//! the fragments before the chunk's own are hidden behind a `skip` box, so they are neither
+//! read nor walked. If a seek lands after the range's start (a container whose index
+//! disagrees with its packets), the stage seeks further back, and at last starts again from
+//! the beginning of the input rather than lose frames. A job that deinterlaces passes the
+//! decoded frames through the deinterlacer, which needs the frames either side of the
+//! range as well.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
