@@ -27,16 +27,21 @@ pub(super) struct Deinterlacer {
 impl Deinterlacer {
     /// A filter for frames shaped like `first`, timed in `time_base`.
     pub fn new(first: &VideoFrame, time_base: ffmpeg::Rational) -> Result<Self, ChunkError> {
+        let shape = (first.width(), first.height(), first.format());
+        // The input's frames cannot be deinterlaced: trying again elsewhere would not help.
         let error = |e: ffmpeg::Error| {
-            ChunkError::Decode(format!("cannot set up the deinterlacer ({FILTER}): {e}"))
+            ChunkError::Invalid(format!(
+                "cannot deinterlace {}x{} {:?} frames with {FILTER} ({e}); run the job without \
+                 deinterlacing",
+                shape.0, shape.1, shape.2
+            ))
         };
         let missing = |name: &str| {
-            ChunkError::Decode(format!(
+            ChunkError::Invalid(format!(
                 "this FFmpeg has no {name} filter; install one built with libavfilter's video \
                  filters"
             ))
         };
-        let shape = (first.width(), first.height(), first.format());
         let aspect = first.aspect_ratio();
         let format_id: ffmpeg::ffi::AVPixelFormat = shape.2.into();
         let args = format!(
