@@ -262,7 +262,7 @@ fn an_avi_runs_exactly() {
 #[test]
 fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
     let dir = tempfile::tempdir().expect("temp dir");
-    for (name, codecs) in [
+    for (name, codecs, note) in [
         (
             "dvd.vob",
             &[
@@ -277,6 +277,7 @@ fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
                 "-f",
                 "vob",
             ][..],
+            "FFmpeg filled them in",
         ),
         (
             "xvid.avi",
@@ -292,6 +293,7 @@ fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
                 "-c:a",
                 "libmp3lame",
             ][..],
+            "FFmpeg filled them in",
         ),
         (
             "h264.avi",
@@ -305,6 +307,7 @@ fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
                 "-c:a",
                 "libmp3lame",
             ][..],
+            "the AVI frame clock",
         ),
     ] {
         let input = dir.path().join(name);
@@ -328,7 +331,8 @@ fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
         assert_eq!(decoded.len(), 100, "{name}");
         for chunks in [1, 3] {
             let output = dir.path().join(format!("{name}-{chunks}.mkv"));
-            lossless_local_job(&input, &output, chunks, 1.0);
+            let printed = lossless_local_job(&input, &output, chunks, 1.0);
+            assert!(printed.contains(note), "{name}: no note in {printed}");
             assert_exact(&input, &output, (160, 90));
             assert_eq!(
                 frame_hashes(&output),

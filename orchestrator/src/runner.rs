@@ -367,6 +367,7 @@ impl Orchestrator {
             info.attachments = carried.attachments;
             let mut notes = carried.notes;
             notes.extend(stitch::timeline_note(&info.video));
+            notes.extend(info.video.timestamps.report_note().map(str::to_string));
             log.lock().unwrap_or_else(|p| p.into_inner()).notes = notes;
         }
         let info = Arc::new(info);

@@ -135,6 +135,25 @@ impl TimestampSource {
             TimestampSource::Presentation | TimestampSource::DecodeOrder => "",
         }
     }
+
+    /// What a job's report says about frame times derived this way; `None` when the
+    /// packets carried them.
+    pub fn report_note(self) -> Option<&'static str> {
+        match self {
+            TimestampSource::Presentation => None,
+            TimestampSource::Generated => Some(
+                "some video packets of the input carry no presentation time (an MPEG program \
+                 stream such as a DVD VOB, or B-frames in AVI): FFmpeg filled them in from the \
+                 packets that follow, as `ffmpeg -fflags +genpts` does, and the probe read the \
+                 input twice",
+            ),
+            TimestampSource::DecodeOrder => Some(
+                "the input's video packets carry decode times only (H.264 with B-frames in \
+                 AVI): frames follow the AVI frame clock, the k-th shown at the k-th decode \
+                 time, and every chunk decodes from the start of the file",
+            ),
+        }
+    }
 }
 
 /// Where one fragment of a fragmented MP4 starts, and its first keyframe.
