@@ -437,6 +437,12 @@ pub fn default_pricing() -> BTreeMap<String, f64> {
     .collect()
 }
 
+/// N of a `worker.device` setting `cuda:N` (GPU N of the machine); `None` for any other.
+pub fn cuda_index(device: &str) -> Option<usize> {
+    let index: u16 = device.strip_prefix("cuda:")?.parse().ok()?;
+    Some(usize::from(index))
+}
+
 impl Config {
     /// Loads defaults, then `file` (when given; it must exist), then `FRAMEFLEET_*`
     /// variables, and validates the result.
@@ -548,9 +554,8 @@ impl Config {
         if self.worker.gpus_per_slot == 0 {
             return invalid("worker.gpus_per_slot", "must be at least 1");
         }
-        let gpu_index = self.worker.device.strip_prefix("cuda:");
         if !(["auto", "cpu"].contains(&self.worker.device.as_str())
-            || gpu_index.is_some_and(|n| n.parse::<u16>().is_ok()))
+            || cuda_index(&self.worker.device).is_some())
         {
             return invalid("worker.device", "must be `auto`, `cpu` or `cuda:N`");
         }

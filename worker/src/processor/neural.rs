@@ -5,10 +5,11 @@
 //! Frames go to RGB at their own size with swscale (cheap: input resolution) exactly as the
 //! ffmpeg CLI converts them by default, so a model sees what Real-ESRGAN's own scripts and
 //! ncnn tools see for the same video (`tests/neural.rs` holds the output to ncnn's on those
-//! frames), then to the device as one `N x 3 x H x W` batch. The model's output is turned into 8-bit YUV 4:2:0
-//! on the device (limited range, with the input's own BT.709 or BT.601 matrix both ways),
-//! so what crosses back to the host is 1.5 bytes per pixel instead of 12 (a 4x frame is 16
-//! times the input's pixels). Each model is loaded once per worker process and kept.
+//! frames), then to the device as one `N x 3 x H x W` batch. The model's output is turned
+//! into 8-bit YUV 4:2:0 on the device (limited range, with the input's own BT.709 or BT.601
+//! matrix both ways), so what crosses back to the host is 1.5 bytes per pixel instead of 12
+//! (a 4x frame is 16 times the input's pixels). Each model is loaded once per worker process
+//! and kept.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 use tch::{Device, Kind, Tensor};
 
+use framefleet_common::config::cuda_index;
 use framefleet_common::media::copy_picture_properties;
 
 use super::{FrameProcessor, ProcessError};
@@ -47,7 +49,7 @@ const TILE_PAD: i64 = 32;
 /// sees it (the worker checks at start, [`check_device`]); `auto`, the first GPU when
 /// there is one, else the CPU.
 pub fn select_device(requested: &str) -> Device {
-    match gpu_index(requested) {
+    match cuda_index(requested) {
         Some(index) if (index as i64) < tch::Cuda::device_count() => Device::Cuda(index),
         _ if requested == "cpu" => Device::Cpu,
         _ => Device::cuda_if_available(),
@@ -57,7 +59,7 @@ pub fn select_device(requested: &str) -> Device {
 /// Refuses a `cuda:N` this machine does not have, so a worker does not start on the wrong
 /// device.
 pub fn check_device(requested: &str) -> Result<(), String> {
-    let Some(index) = gpu_index(requested) else {
+    let Some(index) = cuda_index(requested) else {
         return Ok(());
     };
     match tch::Cuda::device_count() {
@@ -71,11 +73,6 @@ pub fn check_device(requested: &str) -> Result<(), String> {
             count - 1
         )),
     }
-}
-
-/// N of a `cuda:N` device setting.
-fn gpu_index(requested: &str) -> Option<usize> {
-    requested.strip_prefix("cuda:")?.parse().ok()
 }
 
 /// Name of a device for reports: `cuda` or `cpu`.
