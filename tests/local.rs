@@ -311,22 +311,7 @@ fn inputs_whose_packets_lack_presentation_times_keep_every_frame_in_place() {
         ),
     ] {
         let input = dir.path().join(name);
-        let mut args = vec![
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x90:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=300:sample_rate=48000",
-            "-t",
-            "4",
-            "-shortest",
-        ];
-        args.extend_from_slice(codecs);
-        args.push(input.to_str().expect("utf-8"));
-        ffmpeg(&args);
+        encoded_clip(&input, "size=160x90:rate=25", 4, true, codecs);
         let decoded = frame_hashes(&input);
         assert_eq!(decoded.len(), 100, "{name}");
         for chunks in [1, 3] {
@@ -377,17 +362,7 @@ fn colours_come_through_and_are_tagged_as_players_need() {
         ),
     ] {
         let input = dir.path().join(name);
-        let mut args = vec![
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x180:rate=25",
-            "-t",
-            "1",
-        ];
-        args.extend_from_slice(codecs);
-        args.push(input.to_str().expect("utf-8"));
-        ffmpeg(&args);
+        encoded_clip(&input, "size=320x180:rate=25", 1, false, codecs);
         let output = dir.path().join(format!("hd-{name}.mkv"));
         lossless_local_job(&input, &output, 2, 4.0);
         assert_eq!(video_timing(&output).size, (1280, 720));
@@ -427,33 +402,28 @@ fn deinterlacing_matches_ffmpeg_bwdif_for_any_chunk_count() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Interlaced H.264 in MP4: its index makes every seek land exactly on the keyframe.
     let input = dir.path().join("interlaced.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=160x96:rate=50",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=300:sample_rate=48000",
-        "-t",
-        "4",
-        "-vf",
-        "tinterlace=interleave_top,fieldorder=tff",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:v",
-        "libx264",
-        "-flags",
-        "+ildct+ilme",
-        "-x264-params",
-        "interlaced=1:tff=1:keyint=25",
-        "-bf",
-        "2",
-        "-c:a",
-        "aac",
-        input.to_str().expect("utf-8"),
-    ]);
+    encoded_clip(
+        &input,
+        "size=160x96:rate=50",
+        4,
+        true,
+        &[
+            "-vf",
+            "tinterlace=interleave_top,fieldorder=tff",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-flags",
+            "+ildct+ilme",
+            "-x264-params",
+            "interlaced=1:tff=1:keyint=25",
+            "-bf",
+            "2",
+            "-c:a",
+            "aac",
+        ],
+    );
     let reference = dir.path().join("bwdif.mkv");
     ffmpeg(&[
         "-i",

@@ -546,6 +546,21 @@ pub fn clip_with_audio(path: &Path, size: &str, rate: u32, seconds: u32, gop: u3
     ]);
 }
 
+/// Makes `seconds` of testsrc2 `video` (`size=WxH:rate=R`), with a sine tone when `audio`,
+/// encoded and muxed as `codecs` say (codec, filter and muxer options).
+pub fn encoded_clip(path: &Path, video: &str, seconds: u32, audio: bool, codecs: &[&str]) {
+    let source = format!("testsrc2={video}");
+    let seconds = seconds.to_string();
+    let mut args = vec!["-f", "lavfi", "-i", &source];
+    if audio {
+        args.extend(["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000"]);
+    }
+    args.extend(["-t", &seconds, "-shortest"]);
+    args.extend_from_slice(codecs);
+    args.push(path.to_str().expect("utf-8 path"));
+    ffmpeg(&args);
+}
+
 /// A job spec: lanczos at `scale`, lossless x264 `ultrafast`, `chunks` fixed chunks.
 pub fn lossless_spec(input: &ObjectUri, output: &ObjectUri, scale: f64, chunks: u32) -> JobSpec {
     JobSpec {
@@ -683,16 +698,22 @@ pub fn video_timing(path: &Path) -> VideoTiming {
     };
     let time_base = field("time_base");
     let (num, den) = time_base.split_once('/').unwrap_or(("1", "1"));
-    let mut pts_seconds = shown_times(path, "pts_time", &[]);
-    let decode_seconds = shown_times(path, "dts_time", &[]);
-    if pts_seconds.is_empty() {
+    let packets = shown_packet_times(path, &[]);
+    let presented = || packets.iter().filter_map(|&(pts, _)| pts);
+    let decoded = packets.iter().filter_map(|&(_, dts)| dts).count();
+    let mut pts_seconds: Vec<f64> = if presented().next().is_none() {
         // No presentation times at all (H.264 in AVI): the container's frame clock shows
         // the k-th frame at the k-th decode time.
-        pts_seconds = decode_seconds;
-    } else if pts_seconds.len() < decode_seconds.len() {
+        packets.iter().filter_map(|&(_, dts)| dts).collect()
+    } else if presented().count() < decoded {
         // Some packets lack one (a DVD's program stream): FFmpeg fills them in.
-        pts_seconds = shown_times(path, "pts_time", &["-fflags", "+genpts"]);
-    }
+        shown_packet_times(path, &["-fflags", "+genpts"])
+            .into_iter()
+            .filter_map(|(pts, _)| pts)
+            .collect()
+    } else {
+        presented().collect()
+    };
     pts_seconds.sort_by(f64::total_cmp);
     VideoTiming {
         size: (
@@ -705,29 +726,29 @@ pub fn video_timing(path: &Path) -> VideoTiming {
     }
 }
 
-/// The `field` (`pts_time`, `dts_time`) of every shown video packet that has it, in file
-/// order; `options` go before the input. Packets flagged D (discard) are decoded as
-/// references only, never shown: an MP4 trimmed without re-encoding keeps the frames before
-/// its cut that way.
-fn shown_times(path: &Path, field: &str, options: &[&str]) -> Vec<f64> {
-    let entries = format!("packet={field},flags");
+/// Presentation and decode times, in seconds, of every shown video packet in file order
+/// (`None` where the packet has none); `options` go before the input. Packets flagged D
+/// (discard) are decoded as references only, never shown: an MP4 trimmed without
+/// re-encoding keeps the frames before its cut that way.
+fn shown_packet_times(path: &Path, options: &[&str]) -> Vec<(Option<f64>, Option<f64>)> {
     let mut args = options.to_vec();
     args.extend([
         "-select_streams",
         "v:0",
         "-show_entries",
-        &entries,
+        "packet=pts_time,dts_time,flags",
         "-of",
         "json",
     ]);
     let packets = ffprobe(&args, path);
     let parsed: serde_json::Value = serde_json::from_str(&packets).expect("ffprobe JSON");
+    let seconds = |value: &serde_json::Value| value.as_str()?.parse().ok();
     parsed["packets"]
         .as_array()
         .map_or(&[][..], Vec::as_slice)
         .iter()
         .filter(|p| !p["flags"].as_str().unwrap_or_default().contains('D'))
-        .filter_map(|p| p[field].as_str()?.parse().ok())
+        .map(|p| (seconds(&p["pts_time"]), seconds(&p["dts_time"])))
         .collect()
 }
 
