@@ -5,7 +5,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time: a build script binary may be reused for another checkout.
     let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let files: Vec<PathBuf> = ["types", "worker", "fleet", "orchestrator"]
+    let files: Vec<PathBuf> = ["types", "cost", "worker", "fleet", "orchestrator"]
         .iter()
         .map(|name| proto_root.join(format!("framefleet/v1/{name}.proto")))
         .collect();
@@ -13,8 +13,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("framefleet_descriptor.bin");
-    tonic_prost_build::configure()
+    // The cost messages are also the report's JSON: serde on the generated types, every
+    // field defaulted so reports stored by older versions still read.
+    let cost_messages = [
+        "CostReport",
+        "PlanSummary",
+        "ChunkCost",
+        "OrchestratorCost",
+        "Totals",
+        "CostSummary",
+        "GpuTypeUse",
+    ];
+    let mut builder = tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
-        .compile_protos(&files, &[proto_root])?;
+        .btree_map(".framefleet.v1.CostReport")
+        .btree_map(".framefleet.v1.ChunkCost")
+        .btree_map(".framefleet.v1.CostSummary");
+    for message in cost_messages {
+        builder = builder.type_attribute(
+            format!(".framefleet.v1.{message}"),
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        );
+    }
+    builder = builder.field_attribute(
+        ".framefleet.v1.CostReport.notes",
+        "#[serde(skip_serializing_if = \"Vec::is_empty\")]",
+    );
+    builder.compile_protos(&files, &[proto_root])?;
     Ok(())
 }

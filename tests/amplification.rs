@@ -5,7 +5,7 @@
 //! chunk; for MP4 so does the whole job (probe, workers and stitch). The requests the
 //! report counts are the requests Garage counts it served.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::time::Duration;
 

@@ -3,8 +3,11 @@
 //! and `Worker` services refuses a call without a token, with a wrong one, or with the
 //! other service's token (`UNAUTHENTICATED`), and serves one with the right token; a job
 //! runs through the whole fleet over TLS; no token or storage secret shows in any log.
+//! Reflection, in both protocol versions, lists each server's own services to a client
+//! with the token, and hands out the descriptors a client needs to call them: a Python
+//! client with grpcio-reflection alone lists the jobs and reads a typed cost report.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::path::Path;
 use std::process::Command;
@@ -22,6 +25,50 @@ use framefleet_common::proto::{
 };
 use support::*;
 use tonic::Code;
+
+/// The services a server's reflection lists (`v1` or `v1alpha` of the protocol), and the
+/// files of the descriptors it gives for `symbol`; the error code when it refuses.
+macro_rules! reflect {
+    ($version:ident, $channel:expr, $token:expr, $symbol:expr) => {{
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        let mut client =
+            ServerReflectionClient::with_interceptor($channel, AttachToken::new($token));
+        let requests = [
+            MessageRequest::ListServices(String::new()),
+            MessageRequest::FileContainingSymbol($symbol.to_string()),
+        ]
+        .map(|request| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        });
+        async move {
+            let mut replies = client
+                .server_reflection_info(tokio_stream::iter(requests))
+                .await?
+                .into_inner();
+            let (mut services, mut files) = (Vec::new(), Vec::new());
+            while let Some(reply) = replies.message().await? {
+                match reply.message_response {
+                    Some(MessageResponse::ListServicesResponse(list)) => {
+                        services.extend(list.service.into_iter().map(|s| s.name))
+                    }
+                    Some(MessageResponse::FileDescriptorResponse(found)) => files.extend(
+                        found
+                            .file_descriptor_proto
+                            .iter()
+                            .map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+                    ),
+                    other => panic!("unexpected reflection reply {other:?}"),
+                }
+            }
+            services.sort();
+            Ok::<_, tonic::Status>((services, files))
+        }
+    }};
+}
 
 const CLIENT_TOKEN: &str = "client-token-5f2c9a7e41d3b8";
 const FLEET_TOKEN: &str = "fleet-token-0b7d3e9c15a2f6";
@@ -181,6 +228,39 @@ async fn call_everything(
     ]
 }
 
+/// Runs `tests/reflection_client.py` against the orchestrator at `url` (TLS checked
+/// against `ca`): it must find the services, list job `id` and read its report.
+fn python_reflection_client(url: &str, ca: &str, id: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reflection_client.py");
+    let address = url.trim_start_matches("https://");
+    let output = Command::new("python3")
+        .args([script, address, CLIENT_TOKEN, ca, id])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "the Python reflection client failed (scripts/setup.sh --clients installs \
+         grpcio-reflection): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let found: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the client prints JSON");
+    let services = found["services"].to_string();
+    assert!(
+        services.contains("framefleet.v1.Orchestrator") && !services.contains("Worker"),
+        "{services}"
+    );
+    assert!(found["jobs"].to_string().contains(id), "{found}");
+    let report = &found["report"];
+    assert_eq!(report["job_id"], id, "{report}");
+    assert_eq!(report["state"], "SUCCEEDED");
+    assert_eq!(
+        report["chunks"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_needs_its_token_over_tls_and_no_secret_is_logged() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -219,6 +299,56 @@ async fn every_rpc_needs_its_token_over_tls_and_no_secret_is_logged() {
         .pop()
         .expect("snapshots");
     assert_eq!(state(&last), JobState::Succeeded, "{}", last.error);
+
+    // Reflection: both versions, behind the token, listing the server's own services.
+    let channel = auth::endpoint(&cluster.url, &tls)
+        .expect("endpoint")
+        .connect_lazy();
+    let symbol = "framefleet.v1.Orchestrator";
+    let served = [
+        "framefleet.v1.Fleet",
+        "framefleet.v1.Orchestrator",
+        "grpc.health.v1.Health",
+    ];
+    for (services, files) in [
+        reflect!(v1alpha, channel.clone(), CLIENT_TOKEN, symbol)
+            .await
+            .expect("v1alpha reflection"),
+        reflect!(v1, channel.clone(), CLIENT_TOKEN, symbol)
+            .await
+            .expect("v1 reflection"),
+    ] {
+        let ours: Vec<&str> = services
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with("grpc.reflection"))
+            .collect();
+        assert_eq!(ours, served, "{services:?}");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.contains("framefleet/v1/orchestrator.proto")),
+            "no descriptor of the Orchestrator service"
+        );
+    }
+    let refused = reflect!(v1alpha, channel.clone(), "", symbol)
+        .await
+        .expect_err("reflection without a token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let worker = auth::endpoint(&cluster.worker_urls[0], &tls)
+        .expect("endpoint")
+        .connect_lazy();
+    let (services, _) = reflect!(v1alpha, worker, FLEET_TOKEN, "framefleet.v1.Worker")
+        .await
+        .expect("the worker's reflection");
+    assert!(
+        services.contains(&"framefleet.v1.Worker".to_string())
+            && !services.iter().any(|s| s.contains("Orchestrator")),
+        "{services:?}"
+    );
+
+    // A client in another language with reflection alone: Python's grpcio-reflection.
+    python_reflection_client(&cluster.url, &ca, &id);
 
     let wrong = "wrong-token-8c1e4f6a0d2b97";
     for (what, client_token, fleet_token) in [

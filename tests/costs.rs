@@ -2,7 +2,7 @@
 //! the reports of the jobs that ended add up, by state and GPU type, and the time range and
 //! labels pick which jobs count.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

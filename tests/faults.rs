@@ -4,7 +4,7 @@
 //! cancel, and an empty fleet. Every job reaches exactly one
 //! terminal state, with a message a person can act on, and leaves no chunk objects.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::time::{Duration, Instant};
 

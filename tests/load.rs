@@ -4,7 +4,7 @@
 //! output has exactly the input's frames at the input's timestamps, and the bucket holds
 //! the input and the outputs and nothing else.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::time::Duration;
 

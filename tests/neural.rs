@@ -4,7 +4,7 @@
 //! scale, with lossless encoding the frames do not depend on the chunk count, and the
 //! upscaled frames are ncnn's on the same decoded frames, as close as 4:2:0 allows.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

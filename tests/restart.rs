@@ -3,7 +3,7 @@
 //! resumes and succeeds with a frame-exact output, the chunks accepted before the stop are
 //! re-checked and reused, not processed again, and no chunk object is left behind.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! Reads resume from the byte where they stopped, each resumed request is counted, and jobs
 //! through either proxy still produce the exact output and leave nothing behind.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! large objects, single PUTs of small ones, ranged reads, listing, prefix deletes, and
 //! byte accounting.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::io::{Read, Seek, SeekFrom};
 

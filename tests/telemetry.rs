@@ -6,7 +6,7 @@
 //! attempt that sent it. The metrics endpoints count the job, its chunk attempts, the
 //! workers and the frames they made.
 
-mod support;
+use framefleet_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use framefleet_common::auth::AttachToken;
 use framefleet_common::config::{Config, TlsConfig};
-use framefleet_common::cost::CostReport;
 use framefleet_common::proto::{
     CancelJobRequest, GetCostReportRequest, JobState, SubmitJobRequest,
 };
@@ -205,12 +204,13 @@ async fn run_job(
         .map_err(status_error)?
         .into_inner()
         .job_id;
+    let watched = remote::watch_stream(&mut client, &job_id).await?;
     let job = tokio::select! {
-        job = render::follow(&mut client, &job_id) => job?,
+        job = render::follow(watched, &job_id) => job?,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("framefleet: interrupted; cancelling the job");
             client.cancel_job(CancelJobRequest { job_id: job_id.clone() }).await.map_err(status_error)?;
-            render::follow(&mut client, &job_id).await?
+            render::follow(remote::watch_stream(&mut client, &job_id).await?, &job_id).await?
         }
     };
     let report = client
@@ -219,18 +219,16 @@ async fn run_job(
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .json;
+        .into_inner();
+    let parsed = remote::report_of(report)?;
     if let Some(path) = &args.report_json {
-        std::fs::write(path, &report)
+        std::fs::write(path, parsed.to_json())
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
-    let parsed: CostReport = serde_json::from_str(&report)
-        .context("the orchestrator sent a cost report this CLI cannot read")?;
     if let Some(path) = &args.report_html {
         crate::remote::write_waterfall(path, &parsed)?;
     }
-    match render::state_of(&job) {
+    match job.state() {
         JobState::Succeeded => {
             print!("{}", render::cost_table(&parsed));
             println!("output: {}", output.display());

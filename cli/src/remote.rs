@@ -7,11 +7,11 @@ use tonic::transport::Channel;
 
 use framefleet_common::auth::{self, AttachToken};
 use framefleet_common::config::TlsConfig;
-use framefleet_common::cost::{CostReport, CostSummary};
+use framefleet_common::cost::CostReport;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
-    CancelJobRequest, GetCostReportRequest, GetJobRequest, Job, JobState, ListJobsRequest,
-    SubmitJobRequest, SummarizeCostsRequest,
+    CancelJobRequest, GetCostReportRequest, GetCostReportResponse, GetJobRequest, Job, JobState,
+    ListJobsRequest, SubmitJobRequest, SummarizeCostsRequest, WatchJobRequest,
 };
 
 use crate::job_options::JobOptions;
@@ -19,6 +19,20 @@ use crate::render;
 
 /// A client of the `Orchestrator` service that presents the client token.
 pub type Client = OrchestratorClient<InterceptedService<Channel, AttachToken>>;
+
+/// The `WatchJob` stream of job `job_id`: its snapshot now and at every change.
+pub async fn watch_stream(
+    client: &mut Client,
+    job_id: &str,
+) -> anyhow::Result<tonic::Streaming<Job>> {
+    let stream = client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(status_error)?;
+    Ok(stream.into_inner())
+}
 
 /// Where the orchestrator is and how to prove who we are.
 #[derive(Debug, Clone, clap::Args)]
@@ -175,7 +189,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         println!("{}", reply.job_id);
     }
     if args.wait {
-        let job = render::follow(&mut client, &reply.job_id).await?;
+        let job = render::follow(
+            watch_stream(&mut client, &reply.job_id).await?,
+            &reply.job_id,
+        )
+        .await?;
         return finished(&job, args.connection.json);
     }
     Ok(())
@@ -184,7 +202,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// Follows a job until it ends; fails when it did not succeed.
 pub async fn watch(args: JobArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
-    let job = render::follow(&mut client, &args.job_id).await?;
+    let job = render::follow(watch_stream(&mut client, &args.job_id).await?, &args.job_id).await?;
     finished(&job, args.connection.json)
 }
 
@@ -218,25 +236,30 @@ pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
 pub async fn cost(args: CostArgs) -> anyhow::Result<()> {
     let connection = &args.job.connection;
     let mut client = connection.client().await?;
-    let json = client
+    let reply = client
         .get_cost_report(GetCostReportRequest {
             job_id: args.job.job_id.clone(),
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .json;
-    let report: CostReport = serde_json::from_str(&json)
-        .context("the orchestrator sent a cost report this CLI cannot read")?;
+        .into_inner();
+    let report = report_of(reply)?;
     if let Some(path) = &args.html {
         write_waterfall(path, &report)?;
     }
     if connection.json {
-        println!("{json}");
+        println!("{}", report.to_json());
     } else {
         print!("{}", render::cost_table(&report));
     }
     Ok(())
+}
+
+/// The report a `GetCostReport` reply carries.
+pub fn report_of(reply: GetCostReportResponse) -> anyhow::Result<CostReport> {
+    reply
+        .report
+        .context("the orchestrator's reply holds no cost report; is it an older version?")
 }
 
 /// Writes `report`'s HTML waterfall to `path`.
@@ -255,7 +278,7 @@ pub async fn costs(args: CostsArgs) -> anyhow::Result<()> {
             .map_or(0.0, |t| t.as_secs_f64()),
         None => 0.0,
     };
-    let json = client
+    let summary = client
         .summarize_costs(SummarizeCostsRequest {
             ended_after,
             ended_before: 0.0,
@@ -264,12 +287,11 @@ pub async fn costs(args: CostsArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner()
-        .json;
+        .summary
+        .context("the orchestrator's reply holds no cost summary; is it an older version?")?;
     if args.connection.json {
-        println!("{json}");
+        println!("{}", summary.to_json());
     } else {
-        let summary: CostSummary = serde_json::from_str(&json)
-            .context("the orchestrator sent a cost summary this CLI cannot read")?;
         print!("{}", render::cost_summary_table(&summary));
     }
     Ok(())
@@ -304,7 +326,7 @@ pub fn job_json(job: &Job) -> serde_json::Value {
     let progress = job.progress.clone().unwrap_or_default();
     serde_json::json!({
         "job_id": job.id,
-        "state": render::state_of(job).label(),
+        "state": job.state().label(),
         "error": job.error,
         "percent": progress.percent,
         "frames_done": progress.frames_done,
@@ -316,7 +338,7 @@ pub fn job_json(job: &Job) -> serde_json::Value {
 
 fn finished(job: &Job, json: bool) -> anyhow::Result<()> {
     print_job(job, json)?;
-    match render::state_of(job) {
+    match job.state() {
         JobState::Succeeded => Ok(()),
         JobState::Cancelled => anyhow::bail!("job {} was cancelled", job.id),
         _ => anyhow::bail!("job {} failed: {}", job.id, job.error),

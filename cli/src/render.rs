@@ -7,11 +7,11 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use framefleet_common::cost::{CostReport, CostSummary};
-use framefleet_common::proto::{Job, JobState, WatchJobRequest};
+use framefleet_common::proto::Job;
 
-/// Follows a job until it ends, drawing its progress (on a terminal), and returns its
-/// final state.
-pub async fn follow(client: &mut crate::remote::Client, job_id: &str) -> anyhow::Result<Job> {
+/// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
+/// terminal), and returns its final state.
+pub async fn follow(mut stream: tonic::Streaming<Job>, job_id: &str) -> anyhow::Result<Job> {
     let bar = ProgressBar::new(1000);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:40}] {msg}")
@@ -19,12 +19,6 @@ pub async fn follow(client: &mut crate::remote::Client, job_id: &str) -> anyhow:
             .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut stream = client
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await?
-        .into_inner();
     let mut last = None;
     while let Some(job) = stream.message().await? {
         let progress = job.progress.clone().unwrap_or_default();
@@ -32,29 +26,23 @@ pub async fn follow(client: &mut crate::remote::Client, job_id: &str) -> anyhow:
         bar.set_message(format!(
             "{:>5.1}% {} {} frames {}/{} chunks {}/{}",
             progress.percent,
-            state_of(&job).label(),
+            job.state().label(),
             progress.phase,
             progress.frames_done,
             progress.frames_total,
             progress.chunks_done,
             progress.chunks_total
         ));
-        let terminal = state_of(&job).is_terminal();
+        let terminal = job.state().is_terminal();
         last = Some(job);
         if terminal {
             break;
         }
     }
     bar.finish_and_clear();
-    last.filter(|job| state_of(job).is_terminal())
-        .ok_or_else(|| {
-            anyhow::anyhow!("the orchestrator closed the watch before job {job_id} ended")
-        })
-}
-
-/// The state of a job snapshot.
-pub fn state_of(job: &Job) -> JobState {
-    JobState::try_from(job.state).unwrap_or(JobState::Unspecified)
+    last.filter(|job| job.state().is_terminal()).ok_or_else(|| {
+        anyhow::anyhow!("the orchestrator closed the watch before job {job_id} ended")
+    })
 }
 
 /// One line about a job, for `status` and `list`.
@@ -63,7 +51,7 @@ pub fn job_line(job: &Job) -> String {
     let mut line = format!(
         "{}  {:<9}  {:>5.1}%  frames {}/{}",
         job.id,
-        state_of(job).label(),
+        job.state().label(),
         progress.percent,
         progress.frames_done,
         progress.frames_total
@@ -80,7 +68,7 @@ pub fn job_line(job: &Job) -> String {
 /// The cost report as a table: one row per chunk, then the totals.
 pub fn cost_table(report: &CostReport) -> String {
     let mut out = String::new();
-    let plan = &report.plan;
+    let plan = &report.plan();
     let _ = writeln!(out, "job {}  {}", report.job_id, report.state);
     let _ = writeln!(
         out,
@@ -124,7 +112,7 @@ pub fn cost_table(report: &CostReport) -> String {
             chunk.cost_usd
         );
     }
-    let totals = &report.totals;
+    let totals = &report.totals();
     let _ = writeln!(
         out,
         "total: {} frames, {} attempts, {:.2} GPU-s ({:.2} wasted), ${:.6}, wall {:.2} s, \
@@ -146,8 +134,8 @@ pub fn cost_table(report: &CostReport) -> String {
         totals.read_amplification,
         bytes(totals.bytes_written),
         totals.requests,
-        report.orchestrator.probe_seconds,
-        report.orchestrator.stitch_seconds
+        report.orchestrator().probe_seconds,
+        report.orchestrator().stitch_seconds
     );
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");

@@ -56,8 +56,8 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}\
 svg text{font:12px system-ui,sans-serif}";
 
 fn summary(page: &mut String, report: &CostReport) {
-    let totals = &report.totals;
-    let plan = &report.plan;
+    let totals = &report.totals();
+    let plan = &report.plan();
     let rows = [
         ("state", report.state.clone()),
         ("input", report.input_uri.clone()),
@@ -116,7 +116,7 @@ struct Bar {
 /// The probe, the chunks and the stitch; the probe or stitch of a job that failed before
 /// finishing them is left out.
 fn bars(report: &CostReport) -> Vec<Bar> {
-    let orchestrator = &report.orchestrator;
+    let orchestrator = &report.orchestrator();
     let step = |label: &str, start: f64, seconds: f64, what: &str| Bar {
         label: format!("{label} (orchestrator)"),
         start,
@@ -191,7 +191,7 @@ fn svg(page: &mut String, report: &CostReport) {
     let end = bars
         .iter()
         .map(|bar| bar.start + bar.seconds)
-        .fold(report.totals.wall_seconds, f64::max)
+        .fold(report.totals().wall_seconds, f64::max)
         .max(1e-3);
     let scale = PLOT_WIDTH / end;
     let height = AXIS_HEIGHT + ROW_HEIGHT * bars.len() as f64;
@@ -366,13 +366,13 @@ mod tests {
                     ..ChunkCost::default()
                 },
             ],
-            orchestrator: OrchestratorCost {
+            orchestrator: Some(OrchestratorCost {
                 probe_started_seconds: 0.0,
                 probe_seconds: 1.0,
                 stitch_started_seconds: 9.5,
                 stitch_seconds: 0.5,
                 ..OrchestratorCost::default()
-            },
+            }),
             ..CostReport::default()
         };
         report.finalize(10.0, 0);

@@ -471,96 +471,12 @@ impl Config {
 
     /// Checks the values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: &str| {
-            Err(ConfigError::Invalid {
-                key: key.into(),
-                reason: reason.into(),
-            })
-        };
-        let dispatch = &self.dispatch;
-        if !(dispatch.straggler_factor.is_finite() && dispatch.straggler_factor >= 0.0) {
-            return invalid(
-                "dispatch.straggler_factor",
-                "must be 0 (off) or a positive factor",
-            );
-        }
-        if !(dispatch.straggler_min_seconds.is_finite() && dispatch.straggler_min_seconds >= 0.0) {
-            return invalid(
-                "dispatch.straggler_min_seconds",
-                "must be 0 or more seconds",
-            );
-        }
-        let limits = &self.limits;
-        for (key, value) in [
-            ("limits.max_input_bytes", limits.max_input_bytes),
-            ("limits.max_frames", limits.max_frames),
-            ("limits.max_pixels", limits.max_pixels),
-            ("limits.max_chunks", u64::from(limits.max_chunks)),
-            (
-                "limits.max_running_jobs",
-                u64::from(limits.max_running_jobs),
-            ),
-            ("limits.max_queued_jobs", u64::from(limits.max_queued_jobs)),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        if !(limits.max_duration_seconds.is_finite() && limits.max_duration_seconds > 0.0) {
-            return invalid(
-                "limits.max_duration_seconds",
-                "must be a positive number of seconds",
-            );
-        }
-        for (key, token) in [
-            ("auth.client_token", &self.auth.client_token),
-            ("auth.fleet_token", &self.auth.fleet_token),
-        ] {
-            let printable = token.bytes().all(|b| b.is_ascii_graphic());
-            if !token.is_empty() && (token.len() < 16 || !printable) {
-                return invalid(
-                    key,
-                    "must be empty (no check) or at least 16 printable ASCII characters without spaces",
-                );
-            }
-        }
-        if self.tls.cert_path.is_empty() != self.tls.key_path.is_empty() {
-            return invalid(
-                "tls.key_path",
-                "and tls.cert_path must be set together (or both left empty for plain HTTP/2)",
-            );
-        }
-        if !(self.worker.chunk_deadline_seconds.is_finite()
-            && self.worker.chunk_deadline_seconds > 0.0)
-        {
-            return invalid(
-                "worker.chunk_deadline_seconds",
-                "must be a positive number of seconds",
-            );
-        }
-        if !(self.worker.drain_grace_seconds.is_finite() && self.worker.drain_grace_seconds >= 0.0)
-        {
-            return invalid(
-                "worker.drain_grace_seconds",
-                "must be a number of seconds, 0 or more",
-            );
-        }
+        self.dispatch.validate()?;
+        self.limits.validate()?;
+        self.validate_access()?;
+        self.worker.validate()?;
         if !(self.orchestrator.lease_seconds.is_finite() && self.orchestrator.lease_seconds > 0.5) {
             return invalid("orchestrator.lease_seconds", "must be more than 0.5");
-        }
-        if self.worker.slots == 0 {
-            return invalid("worker.slots", "must be at least 1");
-        }
-        if self.worker.gpus_per_slot == 0 {
-            return invalid("worker.gpus_per_slot", "must be at least 1");
-        }
-        if !(["auto", "cpu"].contains(&self.worker.device.as_str())
-            || cuda_index(&self.worker.device).is_some())
-        {
-            return invalid("worker.device", "must be `auto`, `cpu` or `cuda:N`");
-        }
-        if self.worker.batch_frames == 0 {
-            return invalid("worker.batch_frames", "must be at least 1");
         }
         if !self.pricing.contains_key(&self.worker.gpu_type) {
             return invalid(
@@ -582,25 +498,121 @@ impl Config {
                 "must be a non-negative number of USD per second",
             );
         }
-        if self.storage.multipart_part_bytes < 5 * 1024 * 1024 {
+        self.storage.validate()?;
+        self.planner.validate()?;
+        self.telemetry.validate()
+    }
+
+    /// Tokens and TLS files.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        for (key, token) in [
+            ("auth.client_token", &self.auth.client_token),
+            ("auth.fleet_token", &self.auth.fleet_token),
+        ] {
+            let printable = token.bytes().all(|b| b.is_ascii_graphic());
+            if !token.is_empty() && (token.len() < 16 || !printable) {
+                return invalid(
+                    key,
+                    "must be empty (no check) or at least 16 printable ASCII characters without spaces",
+                );
+            }
+        }
+        if self.tls.cert_path.is_empty() != self.tls.key_path.is_empty() {
+            return invalid(
+                "tls.key_path",
+                "and tls.cert_path must be set together (or both left empty for plain HTTP/2)",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = self;
+        for (key, value) in [
+            ("limits.max_input_bytes", limits.max_input_bytes),
+            ("limits.max_frames", limits.max_frames),
+            ("limits.max_pixels", limits.max_pixels),
+            ("limits.max_chunks", u64::from(limits.max_chunks)),
+            (
+                "limits.max_running_jobs",
+                u64::from(limits.max_running_jobs),
+            ),
+            ("limits.max_queued_jobs", u64::from(limits.max_queued_jobs)),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if !(limits.max_duration_seconds.is_finite() && limits.max_duration_seconds > 0.0) {
+            return invalid(
+                "limits.max_duration_seconds",
+                "must be a positive number of seconds",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl WorkerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.chunk_deadline_seconds.is_finite() && self.chunk_deadline_seconds > 0.0) {
+            return invalid(
+                "worker.chunk_deadline_seconds",
+                "must be a positive number of seconds",
+            );
+        }
+        if !(self.drain_grace_seconds.is_finite() && self.drain_grace_seconds >= 0.0) {
+            return invalid(
+                "worker.drain_grace_seconds",
+                "must be a number of seconds, 0 or more",
+            );
+        }
+        if self.slots == 0 {
+            return invalid("worker.slots", "must be at least 1");
+        }
+        if self.gpus_per_slot == 0 {
+            return invalid("worker.gpus_per_slot", "must be at least 1");
+        }
+        if !(["auto", "cpu"].contains(&self.device.as_str()) || cuda_index(&self.device).is_some())
+        {
+            return invalid("worker.device", "must be `auto`, `cpu` or `cuda:N`");
+        }
+        if self.batch_frames == 0 {
+            return invalid("worker.batch_frames", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.multipart_part_bytes < 5 * 1024 * 1024 {
             return invalid(
                 "storage.multipart_part_bytes",
                 "must be at least 5 MiB (5242880), the S3 minimum part size",
             );
         }
-        if self.storage.read_block_bytes < 4096 {
+        if self.read_block_bytes < 4096 {
             return invalid("storage.read_block_bytes", "must be at least 4096");
         }
-        if self.storage.read_ahead_bytes < self.storage.read_block_bytes {
+        if self.read_ahead_bytes < self.read_block_bytes {
             return invalid(
                 "storage.read_ahead_bytes",
                 "must be at least storage.read_block_bytes",
             );
         }
-        self.planner.validate()?;
-        self.dispatch.validate()?;
-        self.telemetry.validate()
+        Ok(())
     }
+}
+
+/// A configuration error for `key`, saying why its value is refused.
+fn invalid(key: &str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    })
 }
 
 impl TelemetryConfig {
@@ -686,6 +698,12 @@ impl DispatchConfig {
         };
         if self.max_attempts == 0 {
             return invalid("max_attempts", "must be at least 1");
+        }
+        if !(self.straggler_factor.is_finite() && self.straggler_factor >= 0.0) {
+            return invalid("straggler_factor", "must be 0 (off) or a positive factor");
+        }
+        if !(self.straggler_min_seconds.is_finite() && self.straggler_min_seconds >= 0.0) {
+            return invalid("straggler_min_seconds", "must be 0 or more seconds");
         }
         if self.backoff_initial_ms > self.backoff_max_ms {
             return invalid("backoff_initial_ms", "must not exceed backoff_max_ms");

@@ -8,16 +8,20 @@
 //!   FFmpeg, multipart uploads, prefix deletes, with byte accounting.
 //! - [`media`]: FFmpeg set-up, bounded packet reading and the probe that lists every frame's
 //!   timestamp of a video.
+//! - [`phases`]: per-phase figures of a chunk's pipeline, read by phase.
 //! - [`cost`]: the cost report a job produces and the GPU price table.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 //! - [`signals`]: the Ctrl-C / SIGTERM future servers shut down on.
+//! - [`reflection`]: gRPC reflection (v1 and v1alpha) listing a server's own services.
 //! - [`auth`]: bearer tokens and TLS for the gRPC servers and their clients.
 
 pub mod auth;
 pub mod config;
 pub mod cost;
 pub mod media;
+pub mod phases;
 pub mod proto;
+pub mod reflection;
 pub mod signals;
 pub mod storage;
 pub mod telemetry;

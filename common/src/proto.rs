@@ -10,6 +10,17 @@ pub use generated::*;
 /// Encoded file descriptor set of `framefleet.v1`, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("framefleet_descriptor");
 
+/// True when a worker's `ProcessChunk` error means the request cannot succeed on any
+/// worker (`INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`; see `worker.proto`): the
+/// chunk fails at once instead of being retried. Workers answer with these codes, the
+/// orchestrator decides by this function.
+pub fn is_permanent_chunk_error(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+    )
+}
+
 impl Phase {
     /// Lower-case name used in reports and progress output, e.g. `"decode"`.
     pub fn label(self) -> &'static str {

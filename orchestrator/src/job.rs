@@ -13,10 +13,21 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use framefleet_common::cost::CostReport;
-use framefleet_common::proto::{ChunkProgress, Job, JobSpec, JobState, Phase, Plan, Progress};
+use framefleet_common::phases::PerPhase;
+use framefleet_common::proto::{ChunkProgress, Job, JobState, Phase, Plan, Progress};
 
-/// Share of a chunk's work per phase, in [`Phase::ALL`] order.
-const PHASE_WEIGHTS: [f64; 6] = [0.05, 0.05, 0.2, 0.4, 0.2, 0.1];
+use crate::validate::ValidJob;
+
+/// Share of a chunk's work in `phase`.
+fn phase_weight(phase: Phase) -> f64 {
+    match phase {
+        Phase::Unspecified => 0.0,
+        Phase::Download | Phase::Init => 0.05,
+        Phase::Decode | Phase::Encode => 0.2,
+        Phase::Process => 0.4,
+        Phase::Upload => 0.1,
+    }
+}
 
 /// Share of the job that is chunk work; the rest is the stitch.
 const CHUNK_SHARE: f64 = 95.0;
@@ -27,8 +38,8 @@ pub struct JobRecord {
     pub id: String,
     /// Submission order, used for queue priority.
     pub seq: u64,
-    /// What was asked.
-    pub spec: JobSpec,
+    /// What was asked, checked and parsed.
+    pub request: ValidJob,
     /// Fires when the job is cancelled.
     pub cancel: CancellationToken,
     /// When the job was accepted.
@@ -41,21 +52,21 @@ pub struct JobRecord {
 #[derive(Default)]
 struct ProgressFold {
     frames_per_chunk: Vec<u64>,
-    done: Vec<[u64; 6]>,
+    done: Vec<PerPhase<u64>>,
     chunks_done: Vec<bool>,
     percent: f64,
 }
 
 impl JobRecord {
     /// A new queued job.
-    pub fn new(id: String, seq: u64, spec: JobSpec) -> Self {
+    pub fn new(id: String, seq: u64, request: ValidJob) -> Self {
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
         let snapshot = Job {
             id: id.clone(),
-            spec: Some(spec.clone()),
+            spec: Some(request.spec.clone()),
             state: JobState::Queued as i32,
             created_at,
             progress: Some(Progress::default()),
@@ -64,7 +75,7 @@ impl JobRecord {
         Self {
             id,
             seq,
-            spec,
+            request,
             cancel: CancellationToken::new(),
             accepted: Instant::now(),
             state: watch::Sender::new(snapshot),
@@ -73,23 +84,28 @@ impl JobRecord {
         }
     }
 
-    /// A job read back from the journal at start: an ended one as it ended, with its
-    /// report; any other queued again, to be resumed.
-    pub fn restore(stored: &crate::journal::StoredJob) -> Self {
-        let mut snapshot = stored.snapshot.clone();
-        let terminal = JobState::try_from(snapshot.state).is_ok_and(JobState::is_terminal);
+    /// A job read back from the job store at start, from its last recorded `snapshot`: an
+    /// ended one as it ended, with its `report`; any other queued again, to be resumed.
+    pub fn restore(
+        id: String,
+        seq: u64,
+        request: ValidJob,
+        mut snapshot: Job,
+        report: Option<CostReport>,
+    ) -> Self {
+        let terminal = snapshot.state().is_terminal();
         if !terminal {
-            snapshot.state = JobState::Queued as i32;
+            snapshot.set_state(JobState::Queued);
         }
         Self {
-            id: stored.id.clone(),
-            seq: stored.seq,
-            spec: stored.spec.clone(),
+            id,
+            seq,
+            request,
             cancel: CancellationToken::new(),
             accepted: Instant::now(),
             state: watch::Sender::new(snapshot),
             progress: Mutex::default(),
-            report: Mutex::new(stored.report.clone().filter(|_| terminal)),
+            report: Mutex::new(report.filter(|_| terminal)),
         }
     }
 
@@ -100,7 +116,7 @@ impl JobRecord {
 
     /// Current state.
     pub fn state(&self) -> JobState {
-        JobState::try_from(self.state.borrow().state).unwrap_or(JobState::Unspecified)
+        self.state.borrow().state()
     }
 
     /// A receiver that sees every later change.
@@ -111,11 +127,10 @@ impl JobRecord {
     /// Moves to a non-terminal state (ignored once terminal).
     pub fn set_state(&self, state: JobState) {
         self.state.send_if_modified(|job| {
-            let terminal = JobState::try_from(job.state).is_ok_and(JobState::is_terminal);
-            if terminal || job.state == state as i32 {
+            if job.state().is_terminal() || job.state() == state {
                 return false;
             }
-            job.state = state as i32;
+            job.set_state(state);
             true
         });
     }
@@ -129,7 +144,7 @@ impl JobRecord {
                 .iter()
                 .map(|r| r.end_frame - r.start_frame)
                 .collect();
-            fold.done = vec![[0; 6]; plan.ranges.len()];
+            fold.done = vec![PerPhase::default(); plan.ranges.len()];
             fold.chunks_done = vec![false; plan.ranges.len()];
         }
         self.state.send_modify(|job| {
@@ -147,13 +162,14 @@ impl JobRecord {
     pub fn chunk_progress(&self, index: u32, event: &ChunkProgress) {
         let progress = {
             let mut fold = self.lock_progress();
-            let Some(phase) = Phase::ALL.iter().position(|&p| p as i32 == event.phase) else {
+            let Some(done) = fold
+                .done
+                .get_mut(index as usize)
+                .and_then(|done| done.get_mut(event.phase()))
+            else {
                 return;
             };
-            let Some(done) = fold.done.get_mut(index as usize) else {
-                return;
-            };
-            done[phase] = done[phase].max(event.frames_done);
+            *done = (*done).max(event.frames_done);
             fold.progress()
         };
         self.publish_progress(progress);
@@ -169,7 +185,7 @@ impl JobRecord {
                 .copied()
                 .unwrap_or(0);
             if let Some(done) = fold.done.get_mut(index as usize) {
-                *done = [frames; 6];
+                *done = PerPhase::splat(frames);
             }
             if let Some(flag) = fold.chunks_done.get_mut(index as usize) {
                 *flag = true;
@@ -190,10 +206,10 @@ impl JobRecord {
     }
 
     /// The snapshot this job would show once ended as `state` (with `error`), for the
-    /// journal to record before [`finish`](Self::finish) publishes it.
+    /// job store to record before [`finish`](Self::finish) publishes it.
     pub fn ending(&self, state: JobState, error: Option<String>) -> Job {
         let mut job = self.snapshot();
-        job.state = state as i32;
+        job.set_state(state);
         job.error = error.unwrap_or_default();
         job.finished_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -220,7 +236,7 @@ impl JobRecord {
             *self.report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
         }
         self.state.send_if_modified(|job| {
-            if JobState::try_from(job.state).is_ok_and(JobState::is_terminal) {
+            if job.state().is_terminal() {
                 return false;
             }
             *job = ended;
@@ -256,7 +272,7 @@ impl ProgressFold {
         let total: u64 = self.frames_per_chunk.iter().sum();
         let mut weighted = 0.0;
         let mut frames_done = 0;
-        let mut slowest: Option<usize> = None;
+        let mut slowest: Option<Phase> = None;
         for ((frames, done), finished) in self
             .frames_per_chunk
             .iter()
@@ -265,14 +281,18 @@ impl ProgressFold {
         {
             let fraction: f64 = done
                 .iter()
-                .zip(PHASE_WEIGHTS)
-                .map(|(&d, w)| w * (d as f64 / (*frames).max(1) as f64).min(1.0))
+                .map(|(phase, &d)| {
+                    phase_weight(phase) * (d as f64 / (*frames).max(1) as f64).min(1.0)
+                })
                 .sum();
             weighted += fraction * *frames as f64;
-            frames_done += done[4].min(*frames);
+            frames_done += done.value_or(Phase::Encode, 0).min(*frames);
             if !finished {
-                let phase = done.iter().position(|&d| d < *frames).unwrap_or(5);
-                slowest = Some(slowest.map_or(phase, |s: usize| s.min(phase)));
+                let phase = done
+                    .iter()
+                    .find(|(_, &d)| d < *frames)
+                    .map_or(Phase::Upload, |(phase, _)| phase);
+                slowest = Some(slowest.map_or(phase, |s: Phase| s.min(phase)));
             }
         }
         let percent = CHUNK_SHARE * weighted / (total.max(1) as f64);
@@ -281,9 +301,7 @@ impl ProgressFold {
             percent: self.percent,
             frames_done,
             frames_total: total,
-            phase: slowest
-                .map_or("stitch", |i| Phase::ALL[i].label())
-                .to_string(),
+            phase: slowest.map_or("stitch", Phase::label).to_string(),
             chunks_done: self.chunks_done.iter().filter(|&&d| d).count() as u32,
             chunks_total: self.frames_per_chunk.len() as u32,
         }
@@ -293,7 +311,7 @@ impl ProgressFold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use framefleet_common::proto::ChunkRange;
+    use framefleet_common::proto::{ChunkRange, JobSpec};
 
     fn plan(sizes: &[u64]) -> Plan {
         let mut start = 0;
@@ -327,7 +345,13 @@ mod tests {
 
     #[test]
     fn progress_is_weighted_monotonic_and_complete_only_on_success() {
-        let job = JobRecord::new("j".into(), 0, JobSpec::default());
+        let spec = JobSpec {
+            input_uri: "file:///in.mp4".into(),
+            output_uri: "file:///out.mp4".into(),
+            ..JobSpec::default()
+        };
+        let request = ValidJob::parse(spec, &Default::default()).expect("valid");
+        let job = JobRecord::new("j".into(), 0, request);
         job.set_plan(&plan(&[10, 10]));
         job.chunk_progress(0, &event(Phase::Process, 10));
         let after_process = job.snapshot().progress.unwrap_or_default();

@@ -1,34 +1,44 @@
 //! framefleet-orchestrator: turns one long GPU job into N short ones.
 //!
-//! - [`service`] and [`server`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
-//!   services, with health and reflection.
-//! - [`runner`]: accepts jobs ([`validate`], [`store`]) and runs each one: probe,
-//!   [`planner`], [`dispatch`] to the [`fleet`] with retries, [`stitch`] (of what
-//!   [`carry`] keeps besides video and audio, converting [`subtitles`] where needed),
-//!   cleanup and the cost [`report`]; [`job`] holds a job's state, progress and report.
-//! - [`metrics`]: what the Prometheus endpoint shows; each job is also one trace (spans
-//!   `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers' spans join.
+//! From the outside in:
+//!
+//! - [`server`] and [`service`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
+//!   services on one listener, with health and reflection.
+//! - [`orchestrator`]: the central [`Orchestrator`]: accepts jobs ([`validate`] into a
+//!   [`validate::ValidJob`], recorded in the [`job_store`], indexed in [`live_jobs`]),
+//!   cancels them, resumes them after a restart.
+//! - [`runner`]: runs one job: [`probe`], [`planner`], [`dispatch`] of every chunk to the
+//!   [`fleet`] (retries, backup races against [`straggler`]s), [`acceptance`] of each
+//!   chunk, [`stitch`], cleanup and the cost [`report`].
+//! - Below them, shared by several: [`job`] (a job's state, progress and report),
+//!   [`accepted`] (an accepted chunk, stored and at run time), [`job_io`] (a job's counted
+//!   storage traffic) and [`metrics`] (the Prometheus counters). Each job is also one
+//!   trace (spans `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers'
+//!   spans join.
 
+pub mod acceptance;
+pub mod accepted;
 pub mod args;
-pub mod carry;
 pub mod dispatch;
 pub mod fleet;
 pub mod job;
-pub mod journal;
+pub mod job_io;
+pub mod job_store;
+pub mod live_jobs;
 pub mod metrics;
+pub mod orchestrator;
 pub mod planner;
+pub mod probe;
 pub mod report;
 pub mod runner;
 pub mod server;
 pub mod service;
 pub mod stitch;
-pub mod store;
 pub mod straggler;
-pub mod subtitles;
 pub mod validate;
 
 pub use args::OrchestratorArgs;
-pub use runner::Orchestrator;
+pub use orchestrator::Orchestrator;
 pub use server::{serve, serve_on, ServeError};
 
 /// Runs the orchestrator from its command-line arguments until Ctrl-C or SIGTERM.

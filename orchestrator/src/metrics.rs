@@ -4,7 +4,6 @@
 //! (read from live state at each scrape).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Weak};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,9 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use framefleet_common::proto::JobState;
-use framefleet_common::telemetry::metrics::{self, MetricsSource};
-
-use crate::runner::Orchestrator;
+use framefleet_common::telemetry::metrics;
 
 /// One label: `(name, value)`.
 type Label = [(&'static str, &'static str); 1];
@@ -141,16 +138,15 @@ impl OrchestratorMetrics {
             .inc();
     }
 
-    /// Brings the gauges up to date with `orchestrator`'s state.
-    fn refresh(&self, orchestrator: &Orchestrator) {
+    /// Renders every metric, with the gauges set to `now`.
+    pub fn render(&self, now: &Gauges) -> Result<String, std::fmt::Error> {
         let mut open = [
             ("queued", 0i64),
             ("probing", 0),
             ("running", 0),
             ("stitching", 0),
         ];
-        for job in orchestrator.jobs.list() {
-            let state = job.state();
+        for &state in &now.job_states {
             if let Some(slot) = open
                 .iter_mut()
                 .find(|(name, _)| *name == state_label(state))
@@ -161,17 +157,31 @@ impl OrchestratorMetrics {
         for (state, count) in open {
             self.jobs.get_or_create(&[("state", state)]).set(count);
         }
-        let fleet = &orchestrator.fleet;
-        self.chunks_waiting.set(fleet.queue_depth() as i64);
-        self.workers.set(fleet.len() as i64);
-        let (all, busy) = fleet.slots();
+        self.chunks_waiting.set(now.chunks_waiting as i64);
+        self.workers.set(now.workers as i64);
         self.slots
             .get_or_create(&[("state", "busy")])
-            .set(i64::from(busy));
+            .set(i64::from(now.busy_slots));
         self.slots
             .get_or_create(&[("state", "free")])
-            .set(i64::from(all.saturating_sub(busy)));
+            .set(i64::from(now.slots.saturating_sub(now.busy_slots)));
+        metrics::encode(&self.registry)
     }
+}
+
+/// The live state the gauges show, read at each scrape.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// The state of every job held.
+    pub job_states: Vec<JobState>,
+    /// Chunks waiting for a slot.
+    pub chunks_waiting: usize,
+    /// Registered workers.
+    pub workers: usize,
+    /// Their slots.
+    pub slots: u32,
+    /// Of which busy.
+    pub busy_slots: u32,
 }
 
 /// Lower-case state names, as Prometheus labels usually are.
@@ -188,32 +198,6 @@ fn state_label(state: JobState) -> &'static str {
     }
 }
 
-/// The `/metrics` view of a running orchestrator. It holds the orchestrator weakly, so
-/// the endpoint never keeps a stopped one alive.
-pub struct Exposition {
-    orchestrator: Weak<Orchestrator>,
-}
-
-impl Exposition {
-    /// The view of `orchestrator`.
-    pub fn new(orchestrator: &Arc<Orchestrator>) -> Self {
-        Self {
-            orchestrator: Arc::downgrade(orchestrator),
-        }
-    }
-}
-
-impl MetricsSource for Exposition {
-    fn render(&self) -> Result<String, std::fmt::Error> {
-        let Some(orchestrator) = self.orchestrator.upgrade() else {
-            return Ok(String::new());
-        };
-        let metrics = &orchestrator.metrics;
-        metrics.refresh(&orchestrator);
-        metrics::encode(&metrics.registry)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,7 +209,14 @@ mod tests {
         metrics.job_ended(JobState::Succeeded, 12.5);
         metrics.attempt_ended(AttemptOutcome::Accepted, 3.0);
         metrics.attempt_ended(AttemptOutcome::Failed, 0.0);
-        let text = metrics::encode(&metrics.registry).expect("encodes");
+        let now = Gauges {
+            job_states: vec![JobState::Running, JobState::Queued, JobState::Running],
+            chunks_waiting: 3,
+            workers: 2,
+            slots: 4,
+            busy_slots: 1,
+        };
+        let text = metrics.render(&now).expect("encodes");
         for line in [
             "framefleet_jobs_submitted_total 1",
             "framefleet_jobs_ended_total{state=\"succeeded\"} 1",
@@ -233,6 +224,9 @@ mod tests {
             "framefleet_chunk_attempts_total{outcome=\"failed\"} 1",
             "framefleet_gpu_seconds_total 12.5",
             "framefleet_chunk_gpu_seconds_count 1",
+            "framefleet_jobs{state=\"running\"} 2",
+            "framefleet_chunks_waiting 3",
+            "framefleet_worker_slots{state=\"free\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

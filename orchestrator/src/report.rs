@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use framefleet_common::cost::{ChunkCost, CostReport, OrchestratorCost, PlanSummary};
-use framefleet_common::proto::{JobState, Phase, Plan};
+use framefleet_common::proto::{JobState, Plan};
 
-use crate::dispatch::AcceptedChunk;
+use crate::accepted::{ChunkTiming, FinishedChunk};
 use crate::job::JobRecord;
-use crate::runner::JobIo;
+use crate::job_io::JobIo;
 
 /// What a job's run recorded as it went.
 #[derive(Debug, Default)]
@@ -17,7 +17,7 @@ pub struct RunLog {
     /// The plan, once made.
     pub plan: Option<Plan>,
     /// Chunks accepted so far.
-    pub accepted: Vec<AcceptedChunk>,
+    pub accepted: Vec<FinishedChunk>,
     /// When probing began, in seconds since the job was accepted.
     pub probe_started_seconds: f64,
     /// Seconds spent probing.
@@ -46,17 +46,17 @@ pub fn build(
     let mut report = CostReport {
         job_id: job.id.clone(),
         state: state.label().to_string(),
-        input_uri: job.spec.input_uri.clone(),
-        output_uri: job.spec.output_uri.clone(),
-        plan: PlanSummary {
+        input_uri: job.request.spec.input_uri.clone(),
+        output_uri: job.request.spec.output_uri.clone(),
+        plan: Some(PlanSummary {
             chunks: plan.chunks,
             rule: plan.rule,
             profile: log.profile.clone(),
             frames: plan.frames,
             duration_seconds: plan.duration_seconds,
-        },
+        }),
         chunks,
-        orchestrator: orchestrator_cost(log, io),
+        orchestrator: Some(orchestrator_cost(log, io)),
         pricing: pricing.clone(),
         notes: log.notes.clone(),
         ..CostReport::default()
@@ -84,8 +84,10 @@ fn orchestrator_cost(log: &RunLog, io: &JobIo) -> OrchestratorCost {
     }
 }
 
-fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
+fn chunk_cost(finished: &FinishedChunk) -> ChunkCost {
+    let chunk = &finished.chunk;
     let result = &chunk.result;
+    let timeline = finished.timeline();
     ChunkCost {
         index: chunk.range.index,
         start_frame: chunk.range.start_frame,
@@ -101,11 +103,7 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
         phases: result
             .phases
             .iter()
-            .filter_map(|timing| {
-                Phase::try_from(timing.phase)
-                    .ok()
-                    .map(|phase| (phase.label().to_string(), timing.seconds))
-            })
+            .map(|timing| (timing.phase().label().to_string(), timing.seconds))
             .collect(),
         bytes_read: result.bytes_read,
         bytes_written: result.bytes_written,
@@ -113,8 +111,8 @@ fn chunk_cost(chunk: &AcceptedChunk) -> ChunkCost {
         retried_requests: result.retried_requests,
         bytes_wasted: result.bytes_wasted,
         wall_seconds: result.wall_seconds,
-        resumed: chunk.resumed,
-        started_seconds: chunk.timeline.started_seconds,
-        accepted_seconds: chunk.timeline.accepted_seconds,
+        resumed: finished.timing == ChunkTiming::Reused,
+        started_seconds: timeline.started_seconds,
+        accepted_seconds: timeline.accepted_seconds,
     }
 }

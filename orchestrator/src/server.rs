@@ -10,17 +10,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 
 use framefleet_common::auth::{self, RequireToken};
 use framefleet_common::config::Config;
 use framefleet_common::proto::fleet_server::FleetServer;
 use framefleet_common::proto::orchestrator_server::OrchestratorServer;
-use framefleet_common::proto::FILE_DESCRIPTOR_SET;
+use framefleet_common::reflection;
 use framefleet_common::telemetry::metrics;
 
-use crate::metrics::Exposition;
-use crate::runner::Orchestrator;
+use crate::orchestrator::{Exposition, Orchestrator};
 use crate::service::{FleetService, OrchestratorService};
 
 /// The orchestrator could not start or stopped on an error.
@@ -40,7 +38,7 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     /// The job store could not be opened or read.
     #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
+    Store(#[from] crate::job_store::JobStoreError),
     /// TLS could not be set up.
     #[error(transparent)]
     Auth(#[from] framefleet_common::auth::AuthError),
@@ -76,9 +74,6 @@ pub async fn serve_on(
     health_reporter
         .set_serving::<OrchestratorServer<OrchestratorService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let exposition = match orchestrator.config.telemetry.metrics_address() {
         Some(address) => Some(tokio::spawn(metrics::serve(
             metrics::bind(address).await?,
@@ -116,9 +111,13 @@ pub async fn serve_on(
     if let Some(tls) = auth::server_tls(&config.tls)? {
         server = server.tls_config(tls)?;
     }
+    let reflection = reflection::routes(
+        &["framefleet.v1.Orchestrator", "framefleet.v1.Fleet"],
+        clients.clone(),
+    )?;
     let served = server
+        .add_routes(reflection)
         .add_service(health)
-        .add_service(InterceptedService::new(reflection, clients.clone()))
         .add_service(OrchestratorServer::with_interceptor(
             OrchestratorService::new(orchestrator.clone()),
             clients,

@@ -9,15 +9,16 @@ use tonic::{Request, Response, Status};
 use framefleet_common::proto::fleet_server::Fleet as FleetApi;
 use framefleet_common::proto::orchestrator_server::Orchestrator as OrchestratorApi;
 use framefleet_common::proto::{
-    CancelJobRequest, CostReport, CostSummary, DeregisterRequest, DeregisterResponse,
-    GetCostReportRequest, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobState,
+    CancelJobRequest, DeregisterRequest, DeregisterResponse, GetCostReportRequest,
+    GetCostReportResponse, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobState,
     ListJobsRequest, ListJobsResponse, RegisterWorkerRequest, RegisterWorkerResponse,
-    SubmitJobRequest, SubmitJobResponse, SummarizeCostsRequest, WatchJobRequest,
+    SubmitJobRequest, SubmitJobResponse, SummarizeCostsRequest, SummarizeCostsResponse,
+    WatchJobRequest,
 };
 
 use crate::job::JobRecord;
-use crate::runner::{Orchestrator, SubmitError};
-use crate::store::SummaryFilter;
+use crate::live_jobs::SummaryFilter;
+use crate::orchestrator::{Orchestrator, SubmitError};
 
 /// The `Orchestrator` gRPC service.
 pub struct OrchestratorService {
@@ -54,7 +55,7 @@ impl OrchestratorApi for OrchestratorService {
             .map_err(|e| match e {
                 SubmitError::Invalid(e) => Status::invalid_argument(e.to_string()),
                 SubmitError::Conflict(e) => Status::already_exists(e.to_string()),
-                SubmitError::ShuttingDown | SubmitError::Journal(_) => {
+                SubmitError::ShuttingDown | SubmitError::Store(_) => {
                     Status::unavailable(e.to_string())
                 }
                 SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
@@ -83,7 +84,7 @@ impl OrchestratorApi for OrchestratorService {
         tokio::spawn(async move {
             loop {
                 let snapshot = changes.borrow_and_update().clone();
-                let terminal = JobState::try_from(snapshot.state).is_ok_and(JobState::is_terminal);
+                let terminal = snapshot.state().is_terminal();
                 if updates.send(Ok(snapshot)).await.is_err() || terminal {
                     return;
                 }
@@ -127,7 +128,7 @@ impl OrchestratorApi for OrchestratorService {
     async fn get_cost_report(
         &self,
         request: Request<GetCostReportRequest>,
-    ) -> Result<Response<CostReport>, Status> {
+    ) -> Result<Response<GetCostReportResponse>, Status> {
         let job = self.job(&request.into_inner().job_id)?;
         let report = job.report().ok_or_else(|| {
             Status::failed_precondition(format!(
@@ -136,18 +137,16 @@ impl OrchestratorApi for OrchestratorService {
                 job.state().label()
             ))
         })?;
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
-        Ok(Response::new(CostReport {
-            job_id: job.id.clone(),
-            json,
+        Ok(Response::new(GetCostReportResponse {
+            json: report.to_json(),
+            report: Some(report),
         }))
     }
 
     async fn summarize_costs(
         &self,
         request: Request<SummarizeCostsRequest>,
-    ) -> Result<Response<CostSummary>, Status> {
+    ) -> Result<Response<SummarizeCostsResponse>, Status> {
         let request = request.into_inner();
         let bounds = [request.ended_after, request.ended_before];
         if bounds.iter().any(|t| !t.is_finite() || *t < 0.0) {
@@ -160,9 +159,10 @@ impl OrchestratorApi for OrchestratorService {
             ended_before: request.ended_before,
             labels: request.labels,
         });
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| Status::internal(format!("cannot encode the summary: {e}")))?;
-        Ok(Response::new(CostSummary { json }))
+        Ok(Response::new(SummarizeCostsResponse {
+            json: summary.to_json(),
+            summary: Some(summary),
+        }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Submission checks: a job is refused at the door, with a message naming what to fix,
 //! rather than failing later. Also fills in defaults, so equal requests compare equal for
-//! idempotency.
+//! idempotency. What passes becomes a [`ValidJob`]: the spec with its URIs parsed, its task
+//! and its scratch root, which the rest of the orchestrator uses without parsing again.
 
 use std::path::Path;
 
@@ -8,8 +9,7 @@ use framefleet_common::config::Config;
 use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
 
-/// Output containers the stitch can write.
-const OUTPUT_EXTENSIONS: [&str; 4] = ["mp4", "m4v", "mov", "mkv"];
+use crate::stitch::VIDEO_EXTENSIONS;
 
 /// x264 presets.
 const PRESETS: [&str; 10] = [
@@ -39,8 +39,74 @@ impl From<StorageError> for InvalidSpec {
     }
 }
 
-/// Checks a spec and fills its defaults (lanczos at scale 1, x264 `medium` at crf 18).
-pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
+/// What a job produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobTask {
+    /// A video: every frame processed, encoded, stitched with the input's other streams.
+    Process,
+    /// JSON Lines: one line of model output per frame.
+    Infer,
+}
+
+/// A job spec that passed the checks, with what they parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidJob {
+    /// The spec with its defaults filled in (what the job store keeps).
+    pub spec: JobSpec,
+    /// Where the input is read.
+    pub input: ObjectUri,
+    /// Where the output is written.
+    pub output: ObjectUri,
+    /// What the job produces.
+    pub task: JobTask,
+    /// Under which prefix the job's temporary objects go (see [`ValidJob::scratch`]).
+    scratch_root: ObjectUri,
+}
+
+impl ValidJob {
+    /// Parses a spec already checked once (read back from the job store): URIs, task and
+    /// scratch root, without the access checks of a new submission.
+    pub fn parse(spec: JobSpec, config: &Config) -> Result<Self, InvalidSpec> {
+        let input: ObjectUri = spec.input_uri.parse()?;
+        let output: ObjectUri = spec.output_uri.parse()?;
+        let scratch_root = if config.orchestrator.scratch_uri.is_empty() {
+            output.parent().join(".framefleet")?
+        } else {
+            config.orchestrator.scratch_uri.parse()?
+        };
+        let task = if spec.task() == Task::Infer {
+            JobTask::Infer
+        } else {
+            JobTask::Process
+        };
+        Ok(Self {
+            spec,
+            input,
+            output,
+            task,
+            scratch_root,
+        })
+    }
+
+    /// Where job `job_id`'s temporary chunk objects go: `<scratch>/jobs/<job>/`, the
+    /// scratch root being `orchestrator.scratch_uri` or `.framefleet/` beside the output.
+    pub fn scratch(&self, job_id: &str) -> Result<ObjectUri, StorageError> {
+        self.scratch_root.join(&format!("jobs/{job_id}"))
+    }
+
+    /// True for jobs that write JSON Lines instead of video.
+    pub fn is_infer(&self) -> bool {
+        self.task == JobTask::Infer
+    }
+}
+
+/// Checks a submitted spec, fills its defaults (lanczos at scale 1, x264 `medium` at
+/// crf 18) and parses it into a [`ValidJob`].
+pub fn check(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
+    ValidJob::parse(normalize(spec, config)?, config)
+}
+
+fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
     let input: ObjectUri = spec.input_uri.parse()?;
     let output: ObjectUri = spec.output_uri.parse()?;
     if input == output {
@@ -62,11 +128,11 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
     if is_infer(&spec) {
         return normalize_infer(spec, &extension, config, &policy);
     }
-    if !OUTPUT_EXTENSIONS.contains(&extension.as_str()) {
+    if !VIDEO_EXTENSIONS.contains(&extension.as_str()) {
         return Err(InvalidSpec(format!(
             "the output `{}` must end in one of: .{}",
             spec.output_uri,
-            OUTPUT_EXTENSIONS.join(", .")
+            VIDEO_EXTENSIONS.join(", .")
         )));
     }
     let processor = spec.processor.get_or_insert_with(ProcessorSpec::default);
@@ -116,9 +182,8 @@ pub fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidS
     Ok(spec)
 }
 
-/// True for jobs that write JSON Lines instead of video.
-pub fn is_infer(spec: &JobSpec) -> bool {
-    spec.task == Task::Infer as i32
+fn is_infer(spec: &JobSpec) -> bool {
+    spec.task() == Task::Infer
 }
 
 fn normalize_infer(
@@ -175,24 +240,6 @@ pub fn idempotency_key(key: &str) -> Result<(), InvalidSpec> {
         )));
     }
     Ok(())
-}
-
-/// Where a job's temporary chunk objects go: `<scratch>/jobs/<job>/`, the scratch root being
-/// `orchestrator.scratch_uri` or `.framefleet/` beside the output.
-pub fn scratch_prefix(
-    spec: &JobSpec,
-    job_id: &str,
-    config: &Config,
-) -> Result<ObjectUri, StorageError> {
-    let root = if config.orchestrator.scratch_uri.is_empty() {
-        spec.output_uri
-            .parse::<ObjectUri>()?
-            .parent()
-            .join(".framefleet")?
-    } else {
-        config.orchestrator.scratch_uri.parse()?
-    };
-    root.join(&format!("jobs/{job_id}"))
 }
 
 #[cfg(test)]
@@ -281,8 +328,8 @@ mod tests {
     #[test]
     fn scratch_defaults_beside_the_output() {
         let config = Config::default();
-        let prefix =
-            scratch_prefix(&spec("s3://bucket/exports/out.mp4"), "job-1", &config).expect("ok");
+        let job = check(spec("s3://bucket/exports/out.mp4"), &config).expect("valid");
+        let prefix = job.scratch("job-1").expect("ok");
         assert_eq!(
             prefix.to_string(),
             "s3://bucket/exports/.framefleet/jobs/job-1"
@@ -331,13 +378,13 @@ mod tests {
                     ..JobSpec::default()
                 };
                 let _ = idempotency_key(&key);
-                if let Ok(accepted) = normalize(spec, &config) {
-                    let input: ObjectUri = accepted.input_uri.parse().expect("input parses");
-                    let output: ObjectUri = accepted.output_uri.parse().expect("output parses");
-                    prop_assert_ne!(input, output);
+                if let Ok(valid) = check(spec, &config) {
+                    let accepted = &valid.spec;
+                    prop_assert_ne!(&valid.input, &valid.output);
+                    prop_assert_eq!(valid.is_infer(), is_infer(accepted));
                     prop_assert!(accepted.chunks <= config.limits.max_chunks);
                     prop_assert!(!accepted.output_uri.contains(".."));
-                    if !is_infer(&accepted) {
+                    if !valid.is_infer() {
                         let scale = accepted.processor.as_ref().map_or(0.0, |p| p.scale);
                         prop_assert!((0.05..=16.0).contains(&scale));
                         let encoder = accepted.encoder.clone().unwrap_or_default();

@@ -1,19 +1,16 @@
 //! The worker's Prometheus metrics: chunks ended by outcome, frames produced and busy
-//! seconds per pipeline phase (counted as chunks end), and the chunks running now (read
-//! from its slots at each scrape).
+//! seconds per pipeline phase (counted as chunks end), and the chunks running now (given
+//! at each scrape by the server, which reads the worker's slots).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Weak};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use framefleet_common::proto::Phase;
-use framefleet_common::telemetry::metrics::{self, MetricsSource};
-
-use crate::service::WorkerState;
+use framefleet_common::phases::PerPhase;
+use framefleet_common::telemetry::metrics;
 
 /// One label: `(name, value)`.
 type Label = [(&'static str, &'static str); 1];
@@ -77,7 +74,7 @@ impl Default for WorkerMetrics {
 
 impl WorkerMetrics {
     /// A chunk ended; a done one adds its frames and its busy seconds per phase.
-    pub fn chunk_ended(&self, outcome: ChunkOutcome, frames: u64, phase_seconds: &[f64; 6]) {
+    pub fn chunk_ended(&self, outcome: ChunkOutcome, frames: u64, phase_seconds: &PerPhase<f64>) {
         let label = match outcome {
             ChunkOutcome::Done => "done",
             ChunkOutcome::Failed => "failed",
@@ -86,37 +83,18 @@ impl WorkerMetrics {
         self.chunks.get_or_create(&[("outcome", label)]).inc();
         if let ChunkOutcome::Done = outcome {
             self.frames.inc_by(frames);
-            for (phase, seconds) in Phase::ALL.iter().zip(phase_seconds) {
+            for (phase, seconds) in phase_seconds.iter() {
                 self.phase_seconds
                     .get_or_create(&[("phase", phase.label())])
                     .inc_by(*seconds);
             }
         }
     }
-}
 
-/// The `/metrics` view of a running worker, holding its state weakly.
-pub struct Exposition {
-    state: Weak<WorkerState>,
-}
-
-impl Exposition {
-    /// The view of `state`.
-    pub fn new(state: &Arc<WorkerState>) -> Self {
-        Self {
-            state: Arc::downgrade(state),
-        }
-    }
-}
-
-impl MetricsSource for Exposition {
-    fn render(&self) -> Result<String, std::fmt::Error> {
-        let Some(state) = self.state.upgrade() else {
-            return Ok(String::new());
-        };
-        let metrics = state.metrics();
-        metrics.running.set(i64::from(state.busy_slots()));
-        metrics::encode(&metrics.registry)
+    /// Renders every metric, with `running` chunks being processed now.
+    pub fn render(&self, running: u32) -> Result<String, std::fmt::Error> {
+        self.running.set(i64::from(running));
+        metrics::encode(&self.registry)
     }
 }
 
@@ -127,14 +105,18 @@ mod tests {
     #[test]
     fn done_chunks_add_frames_and_phase_seconds() {
         let metrics = WorkerMetrics::default();
-        metrics.chunk_ended(ChunkOutcome::Done, 48, &[0.5, 0.0, 1.0, 2.0, 3.0, 0.25]);
-        metrics.chunk_ended(ChunkOutcome::Cancelled, 10, &[1.0; 6]);
-        let text = metrics::encode(&metrics.registry).expect("encodes");
+        let seconds = [0.5, 0.0, 1.0, 2.0, 3.0, 0.25];
+        let mut next = seconds.iter();
+        let done = PerPhase::from_fn(|_| next.next().copied().unwrap_or_default());
+        metrics.chunk_ended(ChunkOutcome::Done, 48, &done);
+        metrics.chunk_ended(ChunkOutcome::Cancelled, 10, &PerPhase::splat(1.0));
+        let text = metrics.render(2).expect("encodes");
         for line in [
             "framefleet_worker_chunks_total{outcome=\"done\"} 1",
             "framefleet_worker_chunks_total{outcome=\"cancelled\"} 1",
             "framefleet_worker_frames_total 48",
             "framefleet_worker_phase_seconds_total{phase=\"process\"} 2.0",
+            "framefleet_worker_chunks_running 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

@@ -3,13 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{ChunkProgress, Phase};
 
 /// Frames done per phase of one chunk; every stage writes its own counter.
 #[derive(Debug)]
 pub struct ChunkProgressCounters {
     total: u64,
-    done: [AtomicU64; 6],
+    done: PerPhase<AtomicU64>,
 }
 
 impl ChunkProgressCounters {
@@ -23,7 +24,7 @@ impl ChunkProgressCounters {
 
     /// Sets the frames done in `phase` (never beyond the total, never backwards).
     pub fn set(&self, phase: Phase, frames: u64) {
-        if let Some(counter) = slot(&self.done, phase) {
+        if let Some(counter) = self.done.get(phase) {
             counter.fetch_max(frames.min(self.total), Ordering::Relaxed);
         }
     }
@@ -35,18 +36,20 @@ impl ChunkProgressCounters {
 
     /// Frames done in `phase`.
     pub fn get(&self, phase: Phase) -> u64 {
-        slot(&self.done, phase).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.done
+            .get(phase)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// One progress message per phase whose count differs from `last` (which is updated).
-    pub fn changes(&self, last: &mut [u64; 6]) -> Vec<ChunkProgress> {
+    pub fn changes(&self, last: &mut PerPhase<u64>) -> Vec<ChunkProgress> {
         Phase::ALL
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &phase)| {
+            .into_iter()
+            .filter_map(|phase| {
                 let now = self.get(phase);
-                (now != last[i]).then(|| {
-                    last[i] = now;
+                let seen = last.get_mut(phase)?;
+                (now != *seen).then(|| {
+                    *seen = now;
                     ChunkProgress {
                         phase: phase as i32,
                         frames_done: now,
@@ -56,13 +59,6 @@ impl ChunkProgressCounters {
             })
             .collect()
     }
-}
-
-fn slot(done: &[AtomicU64; 6], phase: Phase) -> Option<&AtomicU64> {
-    Phase::ALL
-        .iter()
-        .position(|&p| p == phase)
-        .map(|i| &done[i])
 }
 
 #[cfg(test)]
@@ -77,7 +73,7 @@ mod tests {
         progress.set(Phase::Process, 40);
         assert_eq!(progress.get(Phase::Decode), 4);
         assert_eq!(progress.get(Phase::Process), 10);
-        let mut last = [0; 6];
+        let mut last = PerPhase::default();
         let changes = progress.changes(&mut last);
         assert_eq!(changes.len(), 2);
         assert!(progress.changes(&mut last).is_empty());

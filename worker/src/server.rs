@@ -4,21 +4,19 @@
 //! endpoint, when configured, runs beside it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 
 use framefleet_common::auth::{self, AttachToken, RequireToken};
 use framefleet_common::config::Config;
 use framefleet_common::proto::worker_server::WorkerServer;
-use framefleet_common::proto::{RegisterWorkerRequest, FILE_DESCRIPTOR_SET};
+use framefleet_common::proto::RegisterWorkerRequest;
+use framefleet_common::reflection;
 use framefleet_common::storage::Storage;
-use framefleet_common::telemetry::metrics;
-
-use crate::metrics::Exposition;
+use framefleet_common::telemetry::metrics::{self, MetricsSource};
 
 use crate::registration::keep_registered;
 use crate::service::{WorkerService, WorkerState};
@@ -76,9 +74,6 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
     health_reporter
         .set_serving::<WorkerServer<WorkerService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let state = WorkerState::new(
         worker.clone(),
         Storage::new(&config.storage),
@@ -122,9 +117,10 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         ))
     });
     let callers = RequireToken::new(fleet_token, "auth.fleet_token");
+    let reflection = reflection::routes(&["framefleet.v1.Worker"], callers.clone())?;
     let served = server
+        .add_routes(reflection)
         .add_service(health)
-        .add_service(InterceptedService::new(reflection, callers.clone()))
         .add_service(WorkerServer::with_interceptor(
             WorkerService::new(state),
             callers,
@@ -137,4 +133,27 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         let _ = exposition.await;
     }
     served.map_err(ServeError::from)
+}
+
+/// The `/metrics` view of a running worker, holding its state weakly so the endpoint never
+/// keeps a stopped worker alive.
+struct Exposition {
+    state: Weak<WorkerState>,
+}
+
+impl Exposition {
+    fn new(state: &Arc<WorkerState>) -> Self {
+        Self {
+            state: Arc::downgrade(state),
+        }
+    }
+}
+
+impl MetricsSource for Exposition {
+    fn render(&self) -> Result<String, std::fmt::Error> {
+        match self.state.upgrade() {
+            Some(state) => state.metrics().render(state.busy_slots()),
+            None => Ok(String::new()),
+        }
+    }
 }

@@ -19,10 +19,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use framefleet_common::config::WorkerConfig;
+use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChunkEvent, ChunkResult, DrainRequest, FrameTimestamps, Phase, PhaseTiming,
-    ProcessChunkRequest, Task, WorkerStatus, WorkerStatusRequest,
+    chunk_event, ChunkEvent, ChunkResult, DrainRequest, FrameTimestamps, PhaseTiming,
+    ProcessChunkRequest, WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
@@ -256,7 +257,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         processor: request.processor.clone().unwrap_or_default(),
         encoder: request.encoder.clone().unwrap_or_default(),
         batch_frames: config.batch_frames as usize,
-        task: Task::try_from(request.task).unwrap_or(Task::Unspecified),
+        task: request.task(),
         top_k: request.top_k,
         settings: ProcessorSettings {
             model_dir: crate::models::cache_dir(&config.model_dir),
@@ -308,7 +309,7 @@ async fn run_and_report(
     );
     tokio::pin!(chunk);
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-    let mut last = [0u64; 6];
+    let mut last = PerPhase::default();
     let mut last_sent = Instant::now();
     let deadline = tokio::time::sleep(Duration::from_secs_f64(state.config.chunk_deadline_seconds));
     tokio::pin!(deadline);
@@ -324,7 +325,7 @@ async fn run_and_report(
             _ = ticker.tick() => {
                 let mut changes = progress.changes(&mut last);
                 if changes.is_empty() && last_sent.elapsed() >= KEEPALIVE_INTERVAL {
-                    changes = progress.changes(&mut [u64::MAX; 6]);
+                    changes = progress.changes(&mut PerPhase::splat(u64::MAX));
                 }
                 for change in changes {
                     last_sent = Instant::now();
@@ -392,10 +393,10 @@ fn chunk_result(
 ) -> ChunkResult {
     ChunkResult {
         frames: output.frames,
-        phases: Phase::ALL
+        phases: output
+            .phase_seconds
             .iter()
-            .zip(output.phase_seconds)
-            .map(|(&phase, seconds)| PhaseTiming {
+            .map(|(phase, &seconds)| PhaseTiming {
                 phase: phase as i32,
                 seconds,
             })

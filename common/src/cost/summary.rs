@@ -3,56 +3,12 @@
 //! of finished video. Served by `SummarizeCosts`; a report's chunks tell which GPU types
 //! the money went to.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
-use super::CostReport;
-
-/// Sums over a set of ended jobs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CostSummary {
-    /// Jobs counted.
-    pub jobs: u64,
-    /// Of those, by terminal state (`SUCCEEDED`, `FAILED`, `CANCELLED`).
-    pub by_state: BTreeMap<String, u64>,
-    /// Frames produced.
-    pub frames: u64,
-    /// Seconds of video in the succeeded jobs' inputs.
-    pub video_seconds: f64,
-    /// GPU-seconds of accepted chunk attempts.
-    pub gpu_seconds: f64,
-    /// GPU-seconds of attempts that failed or were abandoned.
-    pub wasted_gpu_seconds: f64,
-    /// Price of all GPU-seconds.
-    pub cost_usd: f64,
-    /// Of that, the price of the succeeded jobs.
-    pub succeeded_cost_usd: f64,
-    /// Wall time of the jobs, added up.
-    pub wall_seconds: f64,
-    /// Use and price by GPU type.
-    pub by_gpu_type: BTreeMap<String, GpuTypeUse>,
-    /// `cost_usd` of the succeeded jobs per minute of their video (0 without any).
-    pub usd_per_video_minute: f64,
-}
-
-/// One GPU type's share of a summary.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GpuTypeUse {
-    /// Chunks accepted on this type.
-    pub chunks: u64,
-    /// GPU-seconds of those chunks.
-    pub gpu_seconds: f64,
-    /// GPU-seconds wasted on this type.
-    pub wasted_gpu_seconds: f64,
-    /// Their price.
-    pub cost_usd: f64,
-}
+use super::{CostReport, CostSummary};
 
 impl CostSummary {
     /// Adds one ended job's report.
     pub fn add(&mut self, report: &CostReport) {
-        let totals = &report.totals;
+        let totals = report.totals();
         self.jobs += 1;
         *self.by_state.entry(report.state.clone()).or_default() += 1;
         self.frames += totals.frames;
@@ -61,7 +17,7 @@ impl CostSummary {
         self.cost_usd += totals.cost_usd;
         self.wall_seconds += totals.wall_seconds;
         if report.state == "SUCCEEDED" {
-            self.video_seconds += report.plan.duration_seconds;
+            self.video_seconds += report.plan().duration_seconds;
             self.succeeded_cost_usd += totals.cost_usd;
         }
         for chunk in &report.chunks {
@@ -77,6 +33,11 @@ impl CostSummary {
             0.0
         };
     }
+
+    /// The sums as pretty-printed JSON, with the message's field names.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -87,10 +48,10 @@ mod tests {
     fn report(state: &str, video_seconds: f64, chunks: &[(&str, f64, f64)]) -> CostReport {
         let mut report = CostReport {
             state: state.into(),
-            plan: PlanSummary {
+            plan: Some(PlanSummary {
                 duration_seconds: video_seconds,
                 ..PlanSummary::default()
-            },
+            }),
             chunks: chunks
                 .iter()
                 .map(|&(gpu, used, wasted)| ChunkCost {

@@ -327,6 +327,104 @@ where
     R: Read + Seek + Send + 'static,
 {
     let hollow = reader.is_hollow();
+    let unsupported = |reason: String| ProbeError::Unsupported {
+        name: name.to_string(),
+        reason,
+    };
+    let (mut input, mut stream) = open_video(reader, name, generate_pts)?;
+    let (audio, subtitles, attachments, left_out) = other_streams(&input, stream.index);
+    // The probe needs video timestamps only; an MP4 demuxer then skips the audio bytes.
+    discard_streams(&mut input, |index| index != stream.index);
+    let mut scan = scan_packets(&mut input, &mut stream, hollow, name)?;
+    if hollow {
+        scan.decoded_first =
+            decode_held(&scan.held, source, &mut stream.decoder, &mut scan.decoded);
+    } else if !scan.decoded_first && !scan.frames.is_empty() {
+        let _ = stream.decoder.send_eof();
+        scan.decoded_first = stream.decoder.receive_frame(&mut scan.decoded).is_ok();
+    }
+    check_complete(&input, &stream, &scan, object_size).map_err(unsupported)?;
+    let timestamps = match scan.without_pts {
+        0 if generate_pts => TimestampSource::Generated,
+        0 => TimestampSource::Presentation,
+        // Each frame was listed at its decode timestamp.
+        all if all == scan.frames.len() => TimestampSource::DecodeOrder,
+        _ => return Ok(Probed::SomePtsMissing),
+    };
+    let mut frames = std::mem::take(&mut scan.frames);
+    frames.sort_by_key(|f| f.pts);
+    let mut seen = HashSet::with_capacity(frames.len());
+    if let Some(duplicate) = frames.iter().find(|f| !seen.insert(f.pts)) {
+        return Err(unsupported(format!(
+            "two video frames share timestamp {}; the stream's timestamps are broken",
+            duplicate.pts
+        )));
+    }
+    let fragments = if hollow {
+        source.with_boxes(|boxes| fragment_starts(boxes, &scan.keyframe_positions))
+    } else {
+        Vec::new()
+    };
+    let (time_base, rate) = (stream.time_base, stream.rate);
+    let frame_rate = (rate.numerator(), rate.denominator());
+    let end_pts = end_of_last_frame(&frames, scan.last_duration, time_base, frame_rate);
+    let video = VideoInfo {
+        stream_index: stream.index,
+        codec: stream.codec_id.name().to_string(),
+        width: stream.width,
+        height: stream.height,
+        time_base: (time_base.numerator(), time_base.denominator()),
+        frame_rate,
+        frames,
+        end_pts,
+        fragments,
+        timestamps,
+    };
+    if let Some(declared) = stream.declared_duration {
+        let span = video.duration_seconds();
+        if cut_short(declared, video.seconds(end_pts), span) {
+            return Err(unsupported(format!(
+                "the file is truncated: its header says the video lasts {declared:.3} s but \
+                 only {span:.3} s of it could be read; upload the complete file"
+            )));
+        }
+    }
+    Ok(Probed::Info(Box::new(MediaInfo {
+        format: stream.format,
+        video,
+        audio,
+        subtitles,
+        attachments,
+        left_out,
+    })))
+}
+
+/// The video stream a probe reads, as the demuxer and decoder describe it.
+struct VideoStream {
+    index: usize,
+    /// Frames the container's index lists (0 when it lists none).
+    indexed_frames: u64,
+    declared_duration: Option<f64>,
+    time_base: ffmpeg::Rational,
+    rate: ffmpeg::Rational,
+    codec_id: ffmpeg::codec::Id,
+    decoder: ffmpeg::decoder::Video,
+    width: u32,
+    height: u32,
+    /// The container's short name.
+    format: String,
+}
+
+/// Opens the input and its moving video stream (not cover art), with a decoder for it.
+fn open_video<R>(
+    reader: HollowReader<R>,
+    name: &str,
+    generate_pts: bool,
+) -> Result<(ffmpeg::format::context::Input, VideoStream), ProbeError>
+where
+    R: Read + Seek + Send + 'static,
+{
+    let hollow = reader.is_hollow();
     // Hollow samples are zeros: a parser must not look at them (it would clear the
     // keyframe flags the index gives).
     let options: &[(&str, &str)] = if hollow {
@@ -336,7 +434,7 @@ where
     } else {
         &[]
     };
-    let mut input = open_input_with(reader, name, options).map_err(|source| ProbeError::Open {
+    let input = open_input_with(reader, name, options).map_err(|source| ProbeError::Open {
         name: name.to_string(),
         source,
     })?;
@@ -355,47 +453,67 @@ where
         .ok_or_else(|| ProbeError::NoVideo {
             name: name.to_string(),
         })?;
-    let stream_index = stream.index();
-    let indexed_frames = u64::try_from(stream.frames()).unwrap_or(0);
-    let declared_duration = declared_duration(&stream);
-    let time_base = stream.time_base();
-    let rate = stream.avg_frame_rate();
     let parameters = stream.parameters();
     let codec_id = parameters.id();
-    let mut decoder = ffmpeg::codec::context::Context::from_parameters(parameters)
+    let decoder = ffmpeg::codec::context::Context::from_parameters(parameters)
         .and_then(|context| context.decoder().video())
         .map_err(|e| unsupported(format!("no decoder for video codec {codec_id:?} ({e})")))?;
-    let (width, height) = (decoder.width(), decoder.height());
-    if width == 0 || height == 0 {
+    let video = VideoStream {
+        index: stream.index(),
+        indexed_frames: u64::try_from(stream.frames()).unwrap_or(0),
+        declared_duration: declared_duration(&stream),
+        time_base: stream.time_base(),
+        rate: stream.avg_frame_rate(),
+        codec_id,
+        width: decoder.width(),
+        height: decoder.height(),
+        decoder,
+        format: input.format().name().to_string(),
+    };
+    if video.width == 0 || video.height == 0 {
         return Err(unsupported("the video stream has no frame size".into()));
     }
-    if time_base.numerator() <= 0 || time_base.denominator() <= 0 {
+    if video.time_base.numerator() <= 0 || video.time_base.denominator() <= 0 {
         return Err(unsupported(
             "the video stream has no valid time base".into(),
         ));
     }
-    let format = input.format().name().to_string();
     if hollow
-        && !(reads_timestamps_from_index(&format) && INDEX_ONLY_CODECS.contains(&codec_id.name()))
+        && !(reads_timestamps_from_index(&video.format)
+            && INDEX_ONLY_CODECS.contains(&codec_id.name()))
     {
         return Err(unsupported(format!(
-            "{format} with {} video is not read from its index alone",
+            "{} with {} video is not read from its index alone",
+            video.format,
             codec_id.name()
         )));
     }
+    Ok((input, video))
+}
+
+/// The input's streams other than the video at `video_index`: audio and subtitles (the
+/// job copies them), attachments and cover art, and what it leaves out.
+fn other_streams(
+    input: &ffmpeg::format::context::Input,
+    video_index: usize,
+) -> (
+    Vec<CopiedStream>,
+    Vec<CopiedStream>,
+    Vec<CopiedStream>,
+    Vec<CopiedStream>,
+) {
+    let describe = |s: &ffmpeg::format::stream::Stream| CopiedStream {
+        stream_index: s.index(),
+        codec: s.parameters().id().name().to_string(),
+    };
     let copied = |medium: ffmpeg::media::Type| -> Vec<CopiedStream> {
         input
             .streams()
             .filter(|s| s.parameters().medium() == medium)
             .filter(|s| s.parameters().id() != ffmpeg::codec::Id::None && !is_hidden(s))
-            .map(|s| CopiedStream {
-                stream_index: s.index(),
-                codec: s.parameters().id().name().to_string(),
-            })
+            .map(|s| describe(&s))
             .collect()
     };
-    let audio = copied(ffmpeg::media::Type::Audio);
-    let subtitles = copied(ffmpeg::media::Type::Subtitle);
     let (mut attachments, mut left_out) = (Vec::new(), Vec::new());
     for other in input.streams() {
         let medium = other.parameters().medium();
@@ -403,160 +521,147 @@ where
             medium,
             ffmpeg::media::Type::Audio | ffmpeg::media::Type::Subtitle
         ) && other.parameters().id() != ffmpeg::codec::Id::None;
-        if other.index() == stream_index || is_hidden(&other) || copied {
+        if other.index() == video_index || is_hidden(&other) || copied {
             continue;
         }
-        let described = CopiedStream {
-            stream_index: other.index(),
-            codec: other.parameters().id().name().to_string(),
-        };
         if medium == ffmpeg::media::Type::Attachment || is_attached_picture(&other) {
-            attachments.push(described);
+            attachments.push(describe(&other));
         } else {
-            left_out.push(described);
+            left_out.push(describe(&other));
         }
     }
-    // The probe needs video timestamps only; an MP4 demuxer then skips the audio bytes.
-    discard_streams(&mut input, |index| index != stream_index);
+    (
+        copied(ffmpeg::media::Type::Audio),
+        copied(ffmpeg::media::Type::Subtitle),
+        attachments,
+        left_out,
+    )
+}
 
-    let mut frames = Vec::new();
-    let mut keyframe_positions = Vec::new();
-    let mut held = Vec::new();
-    let mut discarded = 0u64;
-    let mut last_duration = 0;
+/// What one pass over the video packets found.
+struct PacketScan {
+    /// Every frame's timestamp, in packet order.
+    frames: Vec<FrameStamp>,
+    /// Each keyframe's timestamp and byte position.
+    keyframe_positions: Vec<(i64, isize)>,
+    /// The first packets of a hollow read, decoded later from the real bytes.
+    held: Vec<HeldPacket>,
+    /// Packets the container marks as discarded.
+    discarded: u64,
+    /// Duration of the packet with the highest timestamp.
+    last_duration: i64,
+    /// Packets without a presentation timestamp.
+    without_pts: usize,
+    /// A frame was decoded (the stream is decodable).
+    decoded_first: bool,
+    decoded: ffmpeg::frame::Video,
+}
+
+/// Reads every packet of the video stream, listing its frames and decoding the first.
+fn scan_packets(
+    input: &mut ffmpeg::format::context::Input,
+    stream: &mut VideoStream,
+    hollow: bool,
+    name: &str,
+) -> Result<PacketScan, ProbeError> {
+    let mut scan = PacketScan {
+        frames: Vec::new(),
+        keyframe_positions: Vec::new(),
+        held: Vec::new(),
+        discarded: 0,
+        last_duration: 0,
+        without_pts: 0,
+        decoded_first: false,
+        decoded: ffmpeg::frame::Video::empty(),
+    };
     let mut max_pts: Option<i64> = None;
-    let mut without_pts = 0usize;
-    let mut decoded_first = false;
     let mut fed = 0usize;
     let mut reader = PacketReader::default();
-    let mut decoded = ffmpeg::frame::Video::empty();
     loop {
-        let packet = reader.next(&mut input).map_err(|source| ProbeError::Read {
+        let packet = reader.next(input).map_err(|source| ProbeError::Read {
             name: name.to_string(),
             source,
         })?;
         let Some(packet) = packet else { break };
-        if packet.stream() != stream_index {
+        if packet.stream() != stream.index {
             continue;
         }
-        if !decoded_first && fed < MAX_PACKETS_TO_FIRST_FRAME {
+        if !scan.decoded_first && fed < MAX_PACKETS_TO_FIRST_FRAME {
             fed += 1;
             if hollow {
-                held.push(HeldPacket {
+                scan.held.push(HeldPacket {
                     position: u64::try_from(packet.position()).unwrap_or(u64::MAX),
                     size: packet.size(),
                     pts: packet.pts(),
                     dts: packet.dts(),
                     key: packet.is_key(),
                 });
-            } else if decoder.send_packet(&packet).is_ok()
-                && decoder.receive_frame(&mut decoded).is_ok()
+            } else if stream.decoder.send_packet(&packet).is_ok()
+                && stream.decoder.receive_frame(&mut scan.decoded).is_ok()
             {
-                decoded_first = true;
+                scan.decoded_first = true;
             }
         }
         if is_discarded(&packet) {
-            discarded += 1;
+            scan.discarded += 1;
             continue;
         }
         if packet.pts().is_none() {
-            without_pts += 1;
+            scan.without_pts += 1;
         }
-        let pts = packet.pts().or(packet.dts()).ok_or_else(|| {
-            unsupported("video packets carry no timestamps; remux it into MP4 or MKV first".into())
-        })?;
-        frames.push(FrameStamp {
+        let pts = packet
+            .pts()
+            .or(packet.dts())
+            .ok_or_else(|| ProbeError::Unsupported {
+                name: name.to_string(),
+                reason: "video packets carry no timestamps; remux it into MP4 or MKV first".into(),
+            })?;
+        scan.frames.push(FrameStamp {
             pts,
             keyframe: packet.is_key(),
         });
         if packet.is_key() {
-            keyframe_positions.push((pts, packet.position()));
+            scan.keyframe_positions.push((pts, packet.position()));
         }
         if max_pts.is_none_or(|max| pts > max) {
             max_pts = Some(pts);
-            last_duration = packet.duration();
+            scan.last_duration = packet.duration();
         }
     }
-    if hollow {
-        decoded_first = decode_held(&held, source, &mut decoder, &mut decoded);
-    } else if !decoded_first && !frames.is_empty() {
-        let _ = decoder.send_eof();
-        decoded_first = decoder.receive_frame(&mut decoded).is_ok();
+    Ok(scan)
+}
+
+/// Refuses a stream with no frames, a file cut short of what its index lists, and a
+/// stream of which no frame decodes; says why.
+fn check_complete(
+    input: &ffmpeg::format::context::Input,
+    stream: &VideoStream,
+    scan: &PacketScan,
+    object_size: u64,
+) -> Result<(), String> {
+    if scan.frames.is_empty() {
+        return Err("the video stream has no frames".into());
     }
-    if frames.is_empty() {
-        return Err(unsupported("the video stream has no frames".into()));
-    }
-    let read = frames.len() as u64 + discarded;
+    let read = scan.frames.len() as u64 + scan.discarded;
+    let indexed_frames = stream.indexed_frames;
     // Only an MP4/MOV sample table counts every frame; an AVI header's frame count, for
     // one, may include frames that were never written.
-    if reads_timestamps_from_index(&format) && indexed_frames > 0 && read < indexed_frames {
-        return Err(unsupported(format!(
+    if reads_timestamps_from_index(&stream.format) && indexed_frames > 0 && read < indexed_frames {
+        return Err(format!(
             "the file is truncated: its index lists {indexed_frames} video frames but only \
              {read} could be read; upload the complete file"
-        )));
-    }
-    if let Some(end) = indexed_data_end(&input).filter(|&end| end > object_size) {
-        return Err(unsupported(format!(
-            "the file is truncated: its index places samples up to byte {end} but the object \
-             holds {object_size} bytes; upload the complete file"
-        )));
-    }
-    if !decoded_first {
-        return Err(unsupported(
-            "no frame of the video stream could be decoded; the file is corrupt".into(),
         ));
     }
-    let timestamps = match without_pts {
-        0 if generate_pts => TimestampSource::Generated,
-        0 => TimestampSource::Presentation,
-        // Each frame was listed at its decode timestamp.
-        all if all == frames.len() => TimestampSource::DecodeOrder,
-        _ => return Ok(Probed::SomePtsMissing),
-    };
-    frames.sort_by_key(|f| f.pts);
-    let mut seen = HashSet::with_capacity(frames.len());
-    if let Some(duplicate) = frames.iter().find(|f| !seen.insert(f.pts)) {
-        return Err(unsupported(format!(
-            "two video frames share timestamp {}; the stream's timestamps are broken",
-            duplicate.pts
-        )));
+    if let Some(end) = indexed_data_end(input).filter(|&end| end > object_size) {
+        return Err(format!(
+            "the file is truncated: its index places samples up to byte {end} but the object \
+             holds {object_size} bytes; upload the complete file"
+        ));
     }
-    let fragments = if hollow {
-        source.with_boxes(|boxes| fragment_starts(boxes, &keyframe_positions))
-    } else {
-        Vec::new()
-    };
-    let frame_rate = (rate.numerator(), rate.denominator());
-    let end_pts = end_of_last_frame(&frames, last_duration, time_base, frame_rate);
-    let video = VideoInfo {
-        stream_index,
-        codec: codec_id.name().to_string(),
-        width,
-        height,
-        time_base: (time_base.numerator(), time_base.denominator()),
-        frame_rate,
-        frames,
-        end_pts,
-        fragments,
-        timestamps,
-    };
-    if let Some(declared) = declared_duration {
-        let span = video.duration_seconds();
-        if cut_short(declared, video.seconds(end_pts), span) {
-            return Err(unsupported(format!(
-                "the file is truncated: its header says the video lasts {declared:.3} s but \
-                 only {span:.3} s of it could be read; upload the complete file"
-            )));
-        }
+    if !scan.decoded_first {
+        return Err("no frame of the video stream could be decoded; the file is corrupt".into());
     }
-    Ok(Probed::Info(Box::new(MediaInfo {
-        format,
-        video,
-        audio,
-        subtitles,
-        attachments,
-        left_out,
-    })))
+    Ok(())
 }
 
 /// The video stream's length a Matroska header declares, in seconds: the `DURATION`

@@ -146,12 +146,98 @@ struct Attempt<'a> {
     packet_log: Option<&'a Path>,
 }
 
+/// One attempt at the range: open (and seek), decode to the range's end, then finish the
+/// packet log of copied streams.
 fn decode_range(
     spec: &ChunkSpec,
     context: &StageContext,
     frames: &SyncSender<VideoFrame>,
     attempt: Attempt<'_>,
 ) -> Result<Decoded, ChunkError> {
+    let seek = attempt.seek_to.is_some();
+    let opened = open_at(spec, context, attempt)?;
+    let mut decoding = RangeDecoding {
+        spec,
+        context,
+        seek,
+        // With deinterlacing, the frame before the range must be decoded too (unless the
+        // range starts the input).
+        needs_previous: spec.processor.deinterlace && spec.range.start_frame > 0,
+        range: RangeSender {
+            start: spec.range.start_pts,
+            end: spec.range.end_pts,
+            expected: spec.frames(),
+            sent: 0,
+            frames,
+        },
+        opened,
+        deinterlacer: None,
+        packets: PacketReader::default(),
+        clock: FrameClock::new(spec.timestamps),
+        first_frame: true,
+        packet_errors: 0,
+        at_end: false,
+        decoded: VideoFrame::empty(),
+    };
+    if let Some(overshot) = decoding.decode()? {
+        return Ok(overshot);
+    }
+    let (sent, expected) = (decoding.range.sent, decoding.range.expected);
+    if seek && decoding.first_frame {
+        // The seek landed at the end of the input (an estimated seek, as in MPEG-TS, that
+        // overshot the last keyframe): no frame at all.
+        return Ok(Decoded::SeekOvershot { first_pts: None });
+    }
+    if sent != expected {
+        return Err(ChunkError::FrameCount {
+            phase: "decode",
+            got: sent,
+            expected,
+        });
+    }
+    let RangeDecoding {
+        mut opened,
+        mut packets,
+        at_end,
+        ..
+    } = decoding;
+    let passthrough_packets = match opened.passthrough {
+        Some(mut passthrough) => {
+            if !at_end {
+                finish_passthrough(
+                    &mut opened.input,
+                    &mut packets,
+                    &mut passthrough,
+                    spec,
+                    context,
+                )?;
+            }
+            passthrough.finish()?
+        }
+        None => 0,
+    };
+    Ok(Decoded::Done {
+        passthrough_packets,
+    })
+}
+
+/// The input opened for one attempt, at the point decoding starts.
+struct Opened {
+    input: ffmpeg::format::context::Input,
+    decoder: ffmpeg::decoder::Video,
+    /// Time base of the video stream.
+    time_base: ffmpeg::Rational,
+    /// Collects the copied streams' packets, when the job copies any.
+    passthrough: Option<PassthroughCollector>,
+}
+
+/// Opens the input as `attempt` says (skipping fragments, seeking) with a decoder for its
+/// video stream; the time spent is the chunk's set-up.
+fn open_at(
+    spec: &ChunkSpec,
+    context: &StageContext,
+    attempt: Attempt<'_>,
+) -> Result<Opened, ChunkError> {
     let Attempt {
         input: reader,
         seek_to,
@@ -191,11 +277,11 @@ fn decode_range(
     context_builder.set_threading(ffmpeg::codec::threading::Config::kind(
         ffmpeg::codec::threading::Type::Frame,
     ));
-    let mut decoder = context_builder
+    let decoder = context_builder
         .decoder()
         .video()
         .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
-    let mut passthrough = match (&spec.passthrough, packet_log) {
+    let passthrough = match (&spec.passthrough, packet_log) {
         (Some(copy), Some(path)) => Some(PassthroughCollector::new(
             path,
             &copy.streams,
@@ -216,7 +302,6 @@ fn decode_range(
     discard_streams(&mut input, |index| {
         index != spec.stream_index && !copied.contains(&index)
     });
-    let seek = seek_to.is_some();
     if let Some(pts) = seek_to {
         let target = pts.rescale_with(
             time_base,
@@ -229,135 +314,170 @@ fn decode_range(
     }
     context.progress.finish(Phase::Download);
     add_setup_time(&context.clock, setup_started);
+    Ok(Opened {
+        input,
+        decoder,
+        time_base,
+        passthrough,
+    })
+}
 
-    let start = spec.range.start_pts;
-    let mut range = RangeSender {
-        start,
-        end: spec.range.end_pts,
-        expected: spec.frames(),
-        sent: 0,
-        frames,
-    };
-    // With deinterlacing, the frame before the range must be decoded too (unless the range
-    // starts the input).
-    let needs_previous = spec.processor.deinterlace && spec.range.start_frame > 0;
-    let mut deinterlacer: Option<Deinterlacer> = None;
-    let mut packets = PacketReader::default();
-    let mut clock = FrameClock::new(spec.timestamps);
-    let mut first_frame = true;
-    let mut packet_errors = 0u32;
-    let mut at_end = false;
-    let mut decoded = VideoFrame::empty();
-    'decoding: loop {
-        context.check_cancelled()?;
-        if !at_end {
-            let busy = Instant::now();
-            let reading_before = context.clock.seconds()[0];
-            let packet = packets
-                .next(&mut input)
-                .map_err(|e| ChunkError::Decode(e.to_string()))?;
-            match packet {
-                Some(packet) if packet.stream() == spec.stream_index => {
-                    if let Some(passthrough) = &mut passthrough {
-                        passthrough.offer(&packet)?;
+/// What the decoder's ready frames came to.
+enum Received {
+    /// All sent; the decoder needs more packets.
+    Drained,
+    /// The range is complete.
+    Complete,
+    /// The first frame decoded (at this pts) is after the range's start.
+    Overshot(i64),
+}
+
+/// What happens after a packet is read.
+enum Step {
+    /// Frames may be ready.
+    Decode,
+    /// A copied packet showed the seek landed late.
+    Overshot(Option<i64>),
+}
+
+/// The state of decoding one range.
+struct RangeDecoding<'a> {
+    spec: &'a ChunkSpec,
+    context: &'a StageContext,
+    /// The attempt seeked (so a first frame after the start means it overshot).
+    seek: bool,
+    needs_previous: bool,
+    range: RangeSender<'a>,
+    opened: Opened,
+    deinterlacer: Option<Deinterlacer>,
+    packets: PacketReader,
+    clock: FrameClock,
+    first_frame: bool,
+    packet_errors: u32,
+    at_end: bool,
+    decoded: VideoFrame,
+}
+
+impl RangeDecoding<'_> {
+    /// Decodes until the range is complete or the input ends; `Some` when the seek landed
+    /// after the range's start.
+    fn decode(&mut self) -> Result<Option<Decoded>, ChunkError> {
+        loop {
+            self.context.check_cancelled()?;
+            if !self.at_end {
+                match self.read_packet()? {
+                    Step::Decode => {}
+                    Step::Overshot(first_pts) => {
+                        return Ok(Some(Decoded::SeekOvershot { first_pts }))
                     }
-                    match decoder.send_packet(&packet) {
-                        Ok(()) => clock.packet_sent(&packet),
-                        Err(e) => {
-                            packet_errors += 1;
-                            if packet_errors > MAX_PACKET_ERRORS {
-                                return Err(ChunkError::Decode(format!(
-                                    "too many undecodable packets ({e}); the input is corrupt"
-                                )));
-                            }
-                        }
-                    }
-                }
-                Some(packet) => {
-                    if let Some(passthrough) = &mut passthrough {
-                        if passthrough.offer(&packet)? == Offer::Late {
-                            return Ok(Decoded::SeekOvershot {
-                                first_pts: packet.dts().or(packet.pts()),
-                            });
-                        }
-                    }
-                    continue;
-                }
-                None => {
-                    at_end = true;
-                    let _ = decoder.send_eof();
                 }
             }
-            let reading = context.clock.seconds()[0] - reading_before;
-            context.clock.add(
-                Phase::Decode,
-                busy.elapsed()
-                    .saturating_sub(Duration::from_secs_f64(reading.max(0.0))),
-            );
+            match self.receive_frames()? {
+                Received::Drained => {}
+                Received::Complete => return Ok(None),
+                Received::Overshot(pts) => {
+                    return Ok(Some(Decoded::SeekOvershot {
+                        first_pts: Some(pts),
+                    }))
+                }
+            }
+            if self.at_end {
+                if let Some(filter) = &mut self.deinterlacer {
+                    self.range.send(filter.finish()?, self.context)?;
+                }
+                return Ok(None);
+            }
         }
+    }
+
+    /// Reads one packet: video goes to the decoder, copied streams to the packet log;
+    /// the time not spent reading is decode time.
+    fn read_packet(&mut self) -> Result<Step, ChunkError> {
+        let (spec, context) = (self.spec, self.context);
+        let busy = Instant::now();
+        let reading_before = context.clock.seconds_of(Phase::Download);
+        let packet = self
+            .packets
+            .next(&mut self.opened.input)
+            .map_err(|e| ChunkError::Decode(e.to_string()))?;
+        match packet {
+            Some(packet) if packet.stream() == spec.stream_index => {
+                if let Some(passthrough) = &mut self.opened.passthrough {
+                    passthrough.offer(&packet)?;
+                }
+                match self.opened.decoder.send_packet(&packet) {
+                    Ok(()) => self.clock.packet_sent(&packet),
+                    Err(e) => {
+                        self.packet_errors += 1;
+                        if self.packet_errors > MAX_PACKET_ERRORS {
+                            return Err(ChunkError::Decode(format!(
+                                "too many undecodable packets ({e}); the input is corrupt"
+                            )));
+                        }
+                    }
+                }
+            }
+            Some(packet) => {
+                if let Some(passthrough) = &mut self.opened.passthrough {
+                    if passthrough.offer(&packet)? == Offer::Late {
+                        return Ok(Step::Overshot(packet.dts().or(packet.pts())));
+                    }
+                }
+                return Ok(Step::Decode);
+            }
+            None => {
+                self.at_end = true;
+                let _ = self.opened.decoder.send_eof();
+            }
+        }
+        let reading = context.clock.seconds_of(Phase::Download) - reading_before;
+        context.clock.add(
+            Phase::Decode,
+            busy.elapsed()
+                .saturating_sub(Duration::from_secs_f64(reading.max(0.0))),
+        );
+        Ok(Step::Decode)
+    }
+
+    /// Sends every frame the decoder has ready (deinterlaced when asked) to the range.
+    fn receive_frames(&mut self) -> Result<Received, ChunkError> {
+        let (spec, context) = (self.spec, self.context);
         loop {
             let busy = Instant::now();
-            let received = decoder.receive_frame(&mut decoded).is_ok();
+            let received = self.opened.decoder.receive_frame(&mut self.decoded).is_ok();
             context.clock.add(Phase::Decode, busy.elapsed());
             if !received {
-                break;
+                return Ok(Received::Drained);
             }
-            let Some(pts) = clock.frame_shown(&decoded) else {
+            let Some(pts) = self.clock.frame_shown(&self.decoded) else {
                 continue;
             };
-            if first_frame && seek && (pts > start || (needs_previous && pts == start)) {
-                return Ok(Decoded::SeekOvershot {
-                    first_pts: Some(pts),
-                });
+            let start = self.range.start;
+            if self.first_frame
+                && self.seek
+                && (pts > start || (self.needs_previous && pts == start))
+            {
+                return Ok(Received::Overshot(pts));
             }
-            first_frame = false;
-            let mut frame = std::mem::replace(&mut decoded, VideoFrame::empty());
+            self.first_frame = false;
+            let mut frame = std::mem::replace(&mut self.decoded, VideoFrame::empty());
             frame.set_pts(Some(pts));
             let ready = if spec.processor.deinterlace {
-                let filter = match &mut deinterlacer {
+                let filter = match &mut self.deinterlacer {
                     Some(filter) => filter,
-                    None => deinterlacer.insert(Deinterlacer::new(&frame, time_base)?),
+                    None => self
+                        .deinterlacer
+                        .insert(Deinterlacer::new(&frame, self.opened.time_base)?),
                 };
                 filter.push(frame)?
             } else {
                 vec![frame]
             };
-            if range.send(ready, context)? == Range::Complete {
-                break 'decoding;
+            if self.range.send(ready, context)? == Range::Complete {
+                return Ok(Received::Complete);
             }
         }
-        if at_end {
-            if let Some(filter) = &mut deinterlacer {
-                range.send(filter.finish()?, context)?;
-            }
-            break;
-        }
     }
-    let (sent, expected) = (range.sent, range.expected);
-    if seek && first_frame {
-        // The seek landed at the end of the input (an estimated seek, as in MPEG-TS, that
-        // overshot the last keyframe): no frame at all.
-        return Ok(Decoded::SeekOvershot { first_pts: None });
-    }
-    if sent != expected {
-        return Err(ChunkError::FrameCount {
-            phase: "decode",
-            got: sent,
-            expected,
-        });
-    }
-    let passthrough_packets = match passthrough {
-        Some(mut passthrough) => {
-            if !at_end {
-                finish_passthrough(&mut input, &mut packets, &mut passthrough, spec, context)?;
-            }
-            passthrough.finish()?
-        }
-        None => 0,
-    };
-    Ok(Decoded::Done {
-        passthrough_packets,
-    })
 }
 
 /// Once the video of the range is done, reads on (copied streams only, unless only video
@@ -463,7 +583,7 @@ impl FrameClock {
 
 /// Setup time that was not spent reading counts as `init`.
 fn add_setup_time(clock: &Arc<PhaseClock>, started: Instant) {
-    let reading = clock.seconds()[0];
+    let reading = clock.seconds_of(Phase::Download);
     let setup = started.elapsed().as_secs_f64() - reading;
     clock.add(Phase::Init, Duration::from_secs_f64(setup.max(0.0)));
 }

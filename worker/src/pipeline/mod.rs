@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use framefleet_common::media::TimestampSource;
+use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec, Task};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
@@ -143,8 +144,8 @@ pub struct ChunkOutput {
     pub width: u32,
     /// Output frame height.
     pub height: u32,
-    /// Busy seconds per phase, in [`Phase::ALL`] order.
-    pub phase_seconds: [f64; 6],
+    /// Busy seconds per phase.
+    pub phase_seconds: PerPhase<f64>,
     /// Where processing ran.
     pub device: &'static str,
     /// Audio and subtitle packets passed through.
@@ -154,15 +155,15 @@ pub struct ChunkOutput {
 /// Busy time per phase, added to by every stage.
 #[derive(Debug, Default)]
 pub struct PhaseClock {
-    nanos: [AtomicU64; 6],
+    nanos: PerPhase<AtomicU64>,
 }
 
 impl PhaseClock {
     /// Adds `elapsed` to `phase`.
     pub fn add(&self, phase: Phase, elapsed: Duration) {
-        if let Some(i) = Phase::ALL.iter().position(|&p| p == phase) {
+        if let Some(counter) = self.nanos.get(phase) {
             let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-            self.nanos[i].fetch_add(nanos, Ordering::Relaxed);
+            counter.fetch_add(nanos, Ordering::Relaxed);
         }
     }
 
@@ -174,9 +175,15 @@ impl PhaseClock {
         result
     }
 
-    /// Seconds per phase, in [`Phase::ALL`] order.
-    pub fn seconds(&self) -> [f64; 6] {
-        std::array::from_fn(|i| self.nanos[i].load(Ordering::Relaxed) as f64 / 1e9)
+    /// Seconds per phase.
+    pub fn seconds(&self) -> PerPhase<f64> {
+        self.nanos
+            .map(|_, nanos| nanos.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
+    /// Seconds of `phase`.
+    pub fn seconds_of(&self, phase: Phase) -> f64 {
+        self.seconds().value_or(phase, 0.0)
     }
 }
 
@@ -217,29 +224,15 @@ pub async fn run_chunk(
             "the chunk range holds no frames".into(),
         ));
     }
-    let batch = spec.batch_frames.max(1);
-    let infer = spec.task == Task::Infer;
-    let local = tempfile::Builder::new()
-        .prefix("framefleet-chunk-")
-        .suffix(if infer { ".jsonl" } else { ".mp4" })
-        .tempfile()
-        .map_err(|e| ChunkError::Encode(format!("cannot create a temporary chunk file: {e}")))?;
-    let packet_log = match &spec.passthrough {
-        Some(_) => Some(
-            tempfile::Builder::new()
-                .prefix("framefleet-packets-")
-                .tempfile()
-                .map_err(|e| {
-                    ChunkError::Encode(format!("cannot create a temporary packet log: {e}"))
-                })?,
-        ),
-        None => None,
-    };
-    let (decoded_tx, decoded_rx) = sync_channel::<VideoFrame>(batch * 2);
-    let runtime = tokio::runtime::Handle::current();
+    let files = ChunkFiles::create(&spec)?;
+    let (decoded_tx, decoded_rx) = sync_channel::<VideoFrame>(spec.batch_frames.max(1) * 2);
     let decoding = {
         let (spec, storage, context) = (spec.clone(), storage.clone(), context.clone());
-        let log_path = packet_log.as_ref().map(|file| file.path().to_path_buf());
+        let runtime = tokio::runtime::Handle::current();
+        let log_path = files
+            .packet_log
+            .as_ref()
+            .map(|file| file.path().to_path_buf());
         spawn_stage("decode", move || {
             decode::run(
                 &spec,
@@ -251,65 +244,153 @@ pub async fn run_chunk(
             )
         })
     };
-    let path = local.path().to_path_buf();
-    let (device, passthrough_packets, encoded) = if infer {
-        let inferring = {
-            let (spec, context) = (spec.clone(), context.clone());
-            spawn_stage("infer", move || {
-                infer::run(&spec, &context, decoded_rx, &path)
-            })
-        };
-        let decoded = decoding.await.unwrap_or(Err(ChunkError::Crashed("decode")));
-        match (
-            decoded,
-            inferring.await.unwrap_or(Err(ChunkError::Crashed("infer"))),
-        ) {
-            (Ok(passthrough_packets), Ok((frames, device))) => (
-                device,
-                passthrough_packets,
-                encode::Encoded {
-                    frames,
-                    width: 0,
-                    height: 0,
-                },
-            ),
-            (decoded, inferred) => return Err(first_cause([decoded.err(), inferred.err(), None])),
-        }
+    let path = files.chunk.path().to_path_buf();
+    let produced = if spec.task == Task::Infer {
+        infer_stages(&spec, &context, decoding, decoded_rx, path).await?
     } else {
-        let (processed_tx, processed_rx) = sync_channel::<VideoFrame>(batch * 2);
-        let processing = {
-            let (spec, context) = (spec.clone(), context.clone());
-            spawn_stage("process", move || {
-                process(&spec, &context, decoded_rx, processed_tx)
-            })
-        };
-        let encoding = {
-            let (spec, context) = (spec.clone(), context.clone());
-            spawn_stage("encode", move || {
-                encode::run(&spec, &context, processed_rx, &path)
-            })
-        };
-        let results = (
-            decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
-            processing
-                .await
-                .unwrap_or(Err(ChunkError::Crashed("process"))),
-            encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
-        );
-        match results {
-            (Ok(passthrough_packets), Ok(device), Ok(encoded)) => {
-                (device, passthrough_packets, encoded)
-            }
-            (decoded, processed, encoded) => {
-                return Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
-            }
-        }
+        video_stages(&spec, &context, decoding, decoded_rx, path).await?
     };
     context.check_cancelled()?;
+    upload(&spec, &storage, &context, &files).await?;
+    let encoded = produced.encoded;
+    Ok(ChunkOutput {
+        frames: encoded.frames,
+        width: encoded.width,
+        height: encoded.height,
+        phase_seconds: context.clock.seconds(),
+        device: produced.device,
+        passthrough_packets: produced.passthrough_packets,
+    })
+}
+
+/// The local files a chunk is written to before its upload.
+struct ChunkFiles {
+    /// The encoded chunk (or its JSON Lines).
+    chunk: tempfile::NamedTempFile,
+    /// The packet log of copied streams, when the job copies any.
+    packet_log: Option<tempfile::NamedTempFile>,
+}
+
+impl ChunkFiles {
+    fn create(spec: &ChunkSpec) -> Result<Self, ChunkError> {
+        let chunk = tempfile::Builder::new()
+            .prefix("framefleet-chunk-")
+            .suffix(if spec.task == Task::Infer {
+                ".jsonl"
+            } else {
+                ".mp4"
+            })
+            .tempfile()
+            .map_err(|e| {
+                ChunkError::Encode(format!("cannot create a temporary chunk file: {e}"))
+            })?;
+        let packet_log = match &spec.passthrough {
+            Some(_) => Some(
+                tempfile::Builder::new()
+                    .prefix("framefleet-packets-")
+                    .tempfile()
+                    .map_err(|e| {
+                        ChunkError::Encode(format!("cannot create a temporary packet log: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Self { chunk, packet_log })
+    }
+}
+
+/// What the stages after decoding produced.
+struct Produced {
+    device: &'static str,
+    passthrough_packets: u64,
+    encoded: encode::Encoded,
+}
+
+/// Decoded frames into the model, one JSON line per frame into `path`.
+async fn infer_stages(
+    spec: &ChunkSpec,
+    context: &StageContext,
+    decoding: oneshot::Receiver<Result<u64, ChunkError>>,
+    decoded_rx: Receiver<VideoFrame>,
+    path: std::path::PathBuf,
+) -> Result<Produced, ChunkError> {
+    let inferring = {
+        let (spec, context) = (spec.clone(), context.clone());
+        spawn_stage("infer", move || {
+            infer::run(&spec, &context, decoded_rx, &path)
+        })
+    };
+    let decoded = decoding.await.unwrap_or(Err(ChunkError::Crashed("decode")));
+    match (
+        decoded,
+        inferring.await.unwrap_or(Err(ChunkError::Crashed("infer"))),
+    ) {
+        (Ok(passthrough_packets), Ok((frames, device))) => Ok(Produced {
+            device,
+            passthrough_packets,
+            encoded: encode::Encoded {
+                frames,
+                width: 0,
+                height: 0,
+            },
+        }),
+        (decoded, inferred) => Err(first_cause([decoded.err(), inferred.err(), None])),
+    }
+}
+
+/// Decoded frames through the processor and the encoder into `path`.
+async fn video_stages(
+    spec: &ChunkSpec,
+    context: &StageContext,
+    decoding: oneshot::Receiver<Result<u64, ChunkError>>,
+    decoded_rx: Receiver<VideoFrame>,
+    path: std::path::PathBuf,
+) -> Result<Produced, ChunkError> {
+    let (processed_tx, processed_rx) = sync_channel::<VideoFrame>(spec.batch_frames.max(1) * 2);
+    let processing = {
+        let (spec, context) = (spec.clone(), context.clone());
+        spawn_stage("process", move || {
+            process(&spec, &context, decoded_rx, processed_tx)
+        })
+    };
+    let encoding = {
+        let (spec, context) = (spec.clone(), context.clone());
+        spawn_stage("encode", move || {
+            encode::run(&spec, &context, processed_rx, &path)
+        })
+    };
+    let results = (
+        decoding.await.unwrap_or(Err(ChunkError::Crashed("decode"))),
+        processing
+            .await
+            .unwrap_or(Err(ChunkError::Crashed("process"))),
+        encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
+    );
+    match results {
+        (Ok(passthrough_packets), Ok(device), Ok(encoded)) => Ok(Produced {
+            device,
+            passthrough_packets,
+            encoded,
+        }),
+        (decoded, processed, encoded) => {
+            Err(first_cause([decoded.err(), processed.err(), encoded.err()]))
+        }
+    }
+}
+
+/// Uploads the chunk (and its packet log), unless the chunk is cancelled first.
+async fn upload(
+    spec: &ChunkSpec,
+    storage: &Storage,
+    context: &StageContext,
+    files: &ChunkFiles,
+) -> Result<(), ChunkError> {
     let started = Instant::now();
     let upload = async {
-        storage.upload_file(local.path(), &spec.output).await?;
-        if let (Some(passthrough), Some(log)) = (&spec.passthrough, &packet_log) {
+        storage
+            .upload_file(files.chunk.path(), &spec.output)
+            .await?;
+        if let (Some(passthrough), Some(log)) = (&spec.passthrough, &files.packet_log) {
             storage.upload_file(log.path(), &passthrough.output).await?;
         }
         Ok::<_, StorageError>(())
@@ -321,14 +402,7 @@ pub async fn run_chunk(
     }
     context.clock.add(Phase::Upload, started.elapsed());
     context.progress.finish(Phase::Upload);
-    Ok(ChunkOutput {
-        frames: encoded.frames,
-        width: encoded.width,
-        height: encoded.height,
-        phase_seconds: context.clock.seconds(),
-        device,
-        passthrough_packets,
-    })
+    Ok(())
 }
 
 /// The error that started a failure: the first one that is not a neighbour's disconnect.
@@ -444,7 +518,7 @@ mod tests {
         let clock = PhaseClock::default();
         clock.add(Phase::Decode, Duration::from_millis(1500));
         clock.add(Phase::Decode, Duration::from_millis(500));
-        assert_eq!(clock.seconds()[2], 2.0);
-        assert_eq!(clock.seconds()[0], 0.0);
+        assert_eq!(clock.seconds_of(Phase::Decode), 2.0);
+        assert_eq!(clock.seconds_of(Phase::Download), 0.0);
     }
 }

@@ -1,15 +1,14 @@
 //! Where jobs live while the orchestrator runs: by id, in submission order, and by
 //! idempotency key, so a repeated submission returns the job it first created. What
-//! outlives the process is in the [`journal`](crate::journal); this is its live index,
-//! which also adds up the cost reports of ended jobs ([`JobStore::summarize`]).
+//! outlives the process is in the [`job store`](crate::job_store); this is its live index,
+//! which also adds up the cost reports of ended jobs ([`LiveJobs::summarize`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use framefleet_common::cost::CostSummary;
-use framefleet_common::proto::JobSpec;
-
 use crate::job::JobRecord;
+use crate::validate::ValidJob;
+use framefleet_common::cost::CostSummary;
 
 /// A submission reused an idempotency key for a different job.
 #[derive(Debug, thiserror::Error)]
@@ -37,22 +36,26 @@ impl State {
 
 /// The jobs of this orchestrator.
 #[derive(Default)]
-pub struct JobStore {
+pub struct LiveJobs {
     state: Mutex<State>,
 }
 
-impl JobStore {
+impl LiveJobs {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates a job for `spec`, or returns the one an earlier submission with the same
+    /// Creates a job for `request`, or returns the one an earlier submission with the same
     /// non-empty `key` created. The flag is true when the job is new.
-    pub fn create(&self, key: &str, spec: JobSpec) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
+    pub fn create(
+        &self,
+        key: &str,
+        request: ValidJob,
+    ) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
         let mut state = self.lock();
         if !key.is_empty() {
             if let Some(existing) = state.job_for_key(key) {
-                if existing.spec != spec {
+                if existing.request.spec != request.spec {
                     return Err(KeyConflict {
                         key: key.to_string(),
                         job_id: existing.id.clone(),
@@ -64,7 +67,7 @@ impl JobStore {
         let seq = state.next_seq;
         state.next_seq += 1;
         let id = format!("job-{}", uuid::Uuid::new_v4().simple());
-        let job = Arc::new(JobRecord::new(id.clone(), seq, spec));
+        let job = Arc::new(JobRecord::new(id.clone(), seq, request));
         state.jobs.insert(id.clone(), job.clone());
         state.order.push(id.clone());
         if !key.is_empty() {
@@ -73,7 +76,7 @@ impl JobStore {
         Ok((job, true))
     }
 
-    /// Puts back a job read from the journal at start, under its key.
+    /// Puts back a job read from the job store at start, under its key.
     pub fn restore(&self, key: &str, job: Arc<JobRecord>) {
         let mut state = self.lock();
         state.next_seq = state.next_seq.max(job.seq + 1);
@@ -131,11 +134,11 @@ impl SummaryFilter {
             && self
                 .labels
                 .iter()
-                .all(|(key, value)| job.spec.labels.get(key) == Some(value))
+                .all(|(key, value)| job.request.spec.labels.get(key) == Some(value))
     }
 }
 
-impl JobStore {
+impl LiveJobs {
     /// Adds up the cost reports of the ended jobs `filter` admits.
     pub fn summarize(&self, filter: &SummaryFilter) -> CostSummary {
         let mut summary = CostSummary::default();
@@ -155,16 +158,20 @@ impl JobStore {
 mod tests {
     use super::*;
 
-    fn spec(input: &str) -> JobSpec {
-        JobSpec {
+    use framefleet_common::proto::JobSpec;
+
+    fn spec(input: &str) -> ValidJob {
+        let spec = JobSpec {
             input_uri: input.into(),
+            output_uri: "file:///out.mp4".into(),
             ..JobSpec::default()
-        }
+        };
+        ValidJob::parse(spec, &Default::default()).expect("valid")
     }
 
     #[test]
     fn idempotency_keys_map_to_one_job() {
-        let store = JobStore::default();
+        let store = LiveJobs::default();
         let (first, created) = store.create("k1", spec("file:///a")).expect("new");
         assert!(created);
         let (again, created) = store.create("k1", spec("file:///a")).expect("same");

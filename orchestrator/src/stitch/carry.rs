@@ -1,7 +1,7 @@
 //! What a job carries of the input besides its video frames and audio, decided once from
 //! the probe and the output's container, before any chunk runs, and again by the stitch:
 //! subtitle streams (copied packet for packet, or converted to the container's own text
-//! codec by [`crate::subtitles`]), attachments and cover art (held in the headers), and a
+//! codec by [`super::subtitles`]), attachments and cover art (held in the headers), and a
 //! note in the job's report for each stream converted or left out. Subtitles and fonts are
 //! worth keeping, but not worth failing a job over.
 
@@ -10,7 +10,7 @@ use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::{CopiedStream, MediaInfo};
 
-use crate::stitch::output_holds;
+use super::container::OutputContainer;
 
 /// What the job does with one subtitle stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,15 +26,15 @@ pub enum SubtitleAction {
     LeaveOut(String),
 }
 
-/// Decides what the job does with `subtitle` for an output named `output_name`.
-pub fn subtitle_action(output_name: &str, subtitle: &CopiedStream) -> SubtitleAction {
-    if output_holds(output_name, &subtitle.codec) == Some(true) {
+/// Decides what the job does with `subtitle` for an `output` container.
+pub fn subtitle_action(output: &OutputContainer, subtitle: &CopiedStream) -> SubtitleAction {
+    if output.holds(&subtitle.codec) == Some(true) {
         return SubtitleAction::Copy;
     }
-    if let Some(to) = text_conversion(output_name, &subtitle.codec) {
+    if let Some(to) = text_conversion(output, &subtitle.codec) {
         return SubtitleAction::Convert { to };
     }
-    let extension = extension(output_name);
+    let extension = output.extension();
     SubtitleAction::LeaveOut(format!(
         "subtitle stream {} ({}) was left out: a .{extension} file cannot hold it; choose {} \
          to keep it",
@@ -59,12 +59,12 @@ pub struct Carried {
     pub notes: Vec<String>,
 }
 
-/// Decides what a job writing `output_name` carries of the input `info` describes.
-pub fn plan(output_name: &str, info: &MediaInfo) -> Carried {
+/// Decides what a job writing to `output` carries of the input `info` describes.
+pub fn plan(output: &OutputContainer, info: &MediaInfo) -> Carried {
     let mut carried = Carried::default();
-    let extension = extension(output_name);
+    let extension = output.extension();
     for subtitle in &info.subtitles {
-        match subtitle_action(output_name, subtitle) {
+        match subtitle_action(output, subtitle) {
             SubtitleAction::Copy => carried.subtitles.push(subtitle.clone()),
             SubtitleAction::Convert { to } => {
                 carried.notes.push(format!(
@@ -80,7 +80,7 @@ pub fn plan(output_name: &str, info: &MediaInfo) -> Carried {
         }
     }
     for attachment in &info.attachments {
-        if attachment_kept(output_name, attachment) {
+        if output.holds_attachment(&attachment.codec) {
             carried.attachments.push(attachment.clone());
         } else {
             carried.notes.push(format!(
@@ -100,20 +100,6 @@ pub fn plan(output_name: &str, info: &MediaInfo) -> Carried {
     carried
 }
 
-/// Whether the output holds `attachment`: Matroska holds every attachment and picture;
-/// other containers hold a picture (cover art) whose codec they know.
-pub fn attachment_kept(output_name: &str, attachment: &CopiedStream) -> bool {
-    let matroska = matches!(extension(output_name), "mkv" | "mka" | "mks");
-    matroska || output_holds(output_name, &attachment.codec) == Some(true)
-}
-
-fn extension(output_name: &str) -> &str {
-    std::path::Path::new(output_name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("output")
-}
-
 /// Text subtitle codecs a container may hold, in the order a conversion prefers them
 /// after the container's own default (FFmpeg's MP4 muxer names none).
 const TEXT_CODECS: [codec::Id; 4] = [
@@ -123,37 +109,27 @@ const TEXT_CODECS: [codec::Id; 4] = [
     codec::Id::WEBVTT,
 ];
 
-/// The text subtitle codec to convert `codec` to for an output named `output_name`: the
+/// The text subtitle codec to convert `codec` to for the `output` container: the
 /// container's default subtitle codec, else the first of [`TEXT_CODECS`] it holds. `None`
 /// when `codec` is not a text codec FFmpeg decodes, or no text codec fits the container.
-fn text_conversion(output_name: &str, codec: &str) -> Option<codec::Id> {
-    let name = std::ffi::CString::new(output_name).ok()?;
+fn text_conversion(output: &OutputContainer, codec: &str) -> Option<codec::Id> {
     let codec = std::ffi::CString::new(codec).ok()?;
-    // SAFETY: the calls read NUL-terminated strings that outlive them and return pointers
-    // to static FFmpeg tables (or null), which are only read.
-    let (source, default) = unsafe {
-        use ffmpeg::ffi;
-        let format = ffi::av_guess_format(std::ptr::null(), name.as_ptr(), std::ptr::null());
-        let source = ffi::avcodec_descriptor_get_by_name(codec.as_ptr());
-        if format.is_null() || source.is_null() {
+    // SAFETY: reads a NUL-terminated string that outlives the call and returns a pointer
+    // to a static FFmpeg table (or null), which is only read.
+    let source = unsafe {
+        let source = ffmpeg::ffi::avcodec_descriptor_get_by_name(codec.as_ptr());
+        if source.is_null() || (*source).props & ffmpeg::ffi::AV_CODEC_PROP_TEXT_SUB == 0 {
             return None;
         }
-        if (*source).props & ffi::AV_CODEC_PROP_TEXT_SUB == 0 {
-            return None;
-        }
-        (
-            codec::Id::from((*source).id),
-            codec::Id::from((*format).subtitle_codec),
-        )
+        codec::Id::from((*source).id)
     };
     ffmpeg::decoder::find(source)?;
-    std::iter::once(default)
+    output
+        .default_text_subtitle()
+        .into_iter()
         .chain(TEXT_CODECS)
-        .filter(|&to| to != codec::Id::None && is_text(to))
-        .find(|&to| {
-            ffmpeg::encoder::find(to).is_some()
-                && output_holds(output_name, to.name()) == Some(true)
-        })
+        .filter(|&to| is_text(to))
+        .find(|&to| ffmpeg::encoder::find(to).is_some() && output.holds(to.name()) == Some(true))
 }
 
 /// Whether FFmpeg describes `id` as a text subtitle codec.
@@ -181,7 +157,9 @@ mod tests {
     #[test]
     fn text_subtitles_are_copied_where_they_fit_and_converted_where_not() {
         ffmpeg::init().expect("FFmpeg initialises");
-        let action = |output: &str, codec: &str| subtitle_action(output, &stream(2, codec));
+        let action = |output: &str, codec: &str| {
+            subtitle_action(&OutputContainer::for_name(output), &stream(2, codec))
+        };
         assert_eq!(action("out.mp4", "mov_text"), SubtitleAction::Copy);
         assert_eq!(action("out.mkv", "subrip"), SubtitleAction::Copy);
         assert_eq!(action("out.mkv", "ass"), SubtitleAction::Copy);
@@ -219,7 +197,10 @@ mod tests {
             attachments,
             left_out: vec![stream(6, "bin_data")],
         };
-        let into_mp4 = plan("out.mp4", &info(vec![stream(4, "ttf"), stream(5, "png")]));
+        let into_mp4 = plan(
+            &OutputContainer::for_name("out.mp4"),
+            &info(vec![stream(4, "ttf"), stream(5, "png")]),
+        );
         assert_eq!(
             into_mp4
                 .subtitles
@@ -250,7 +231,10 @@ mod tests {
                  input's audio, subtitles, chapters, attachments and cover art",
             ]
         );
-        let into_mkv = plan("out.mkv", &info(vec![stream(4, "ttf"), stream(5, "png")]));
+        let into_mkv = plan(
+            &OutputContainer::for_name("out.mkv"),
+            &info(vec![stream(4, "ttf"), stream(5, "png")]),
+        );
         assert_eq!(into_mkv.subtitles.len(), 2);
         assert_eq!(into_mkv.attachments.len(), 2);
         assert_eq!(into_mkv.notes.len(), 1, "{:?}", into_mkv.notes);

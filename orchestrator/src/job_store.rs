@@ -2,11 +2,11 @@
 //! written before the orchestrator acknowledges it, so a restart (even after `kill -9`)
 //! resumes every job that had not ended.
 //!
-//! [`JobJournal`] is the small contract a store must meet; [`SqliteJournal`] is the embedded
-//! default. SQLite because it is crash-safe by design (an atomic commit survives a killed
+//! [`JobStoreBackend`] is the small contract a store must meet; [`SqliteJobStore`] is the
+//! embedded default. SQLite because it is crash-safe by design (an atomic commit survives a killed
 //! process, and with `synchronous = FULL` a power cut), needs no server, is compiled into
 //! the binary (`rusqlite` with `bundled`), and is well kept; a shared database can take its
-//! place behind the trait when several orchestrators run. [`Journal`] is what the async
+//! place behind the trait when several orchestrators run. [`JobStore`] is what the async
 //! code holds: it runs each write on a blocking thread and awaits it.
 //!
 //! What is kept: per job its spec, idempotency key, submission order, latest snapshot
@@ -24,11 +24,11 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::proto::{ChunkRange, ChunkResult, Job, JobSpec};
 use framefleet_common::storage::ObjectUri;
 
-use crate::dispatch::{AcceptedChunk, ChunkTimeline};
+use crate::accepted::AcceptedChunk;
 
 /// The job store failed: the orchestrator cannot keep its promises without it.
 #[derive(Debug, thiserror::Error)]
-pub enum JournalError {
+pub enum JobStoreError {
     /// The database refused an operation.
     #[error("the job store at {path} failed: {source}; check that the file is writable and the disk is not full")]
     Database {
@@ -62,7 +62,7 @@ pub enum JournalError {
     Crashed(String),
 }
 
-/// A job as the journal holds it.
+/// A job as the job store holds it (the run-time record is [`crate::job::JobRecord`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredJob {
     /// Job id.
@@ -86,32 +86,32 @@ pub struct StoredJob {
 }
 
 /// What a durable job store does. Every method returns only once the change is durable.
-pub trait JobJournal: Send + Sync {
+pub trait JobStoreBackend: Send + Sync {
     /// Records a newly accepted job.
-    fn insert(&self, job: &StoredJob) -> Result<(), JournalError>;
+    fn insert(&self, job: &StoredJob) -> Result<(), JobStoreError>;
     /// Replaces a job's snapshot (state, plan, progress).
-    fn save_snapshot(&self, id: &str, snapshot: &Job) -> Result<(), JournalError>;
+    fn save_snapshot(&self, id: &str, snapshot: &Job) -> Result<(), JobStoreError>;
     /// Records an accepted chunk.
-    fn save_chunk(&self, id: &str, chunk: &AcceptedChunk) -> Result<(), JournalError>;
+    fn save_chunk(&self, id: &str, chunk: &AcceptedChunk) -> Result<(), JobStoreError>;
     /// Records a cancel request.
-    fn request_cancel(&self, id: &str) -> Result<(), JournalError>;
+    fn request_cancel(&self, id: &str) -> Result<(), JobStoreError>;
     /// Counts one more start of a job's run and returns the new count.
-    fn begin_run(&self, id: &str) -> Result<u32, JournalError>;
+    fn begin_run(&self, id: &str) -> Result<u32, JobStoreError>;
     /// Records a job's terminal snapshot and report and forgets its chunks.
     fn finish(
         &self,
         id: &str,
         snapshot: &Job,
         report: Option<&CostReport>,
-    ) -> Result<(), JournalError>;
+    ) -> Result<(), JobStoreError>;
     /// Every job, in submission order.
-    fn load(&self) -> Result<Vec<StoredJob>, JournalError>;
+    fn load(&self) -> Result<Vec<StoredJob>, JobStoreError>;
     /// True when what is written outlives the process.
     fn is_durable(&self) -> bool;
 }
 
 /// The embedded store: one SQLite file (or memory, for one-shot runs).
-pub struct SqliteJournal {
+pub struct SqliteJobStore {
     connection: Mutex<Connection>,
     path: String,
     durable: bool,
@@ -142,19 +142,19 @@ const SCHEMA: &str = "
     );
 ";
 
-impl SqliteJournal {
+impl SqliteJobStore {
     /// Opens (creating when needed) the store at `path`; `None` keeps it in memory, which
     /// does not survive the process.
-    pub fn open(path: Option<&Path>) -> Result<Self, JournalError> {
+    pub fn open(path: Option<&Path>) -> Result<Self, JobStoreError> {
         let shown = path.map_or_else(|| "memory".to_string(), |p| p.display().to_string());
-        let failed = |source| JournalError::Database {
+        let failed = |source| JobStoreError::Database {
             path: shown.clone(),
             source,
         };
         let connection = match path {
             Some(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|source| JournalError::Directory {
+                    std::fs::create_dir_all(parent).map_err(|source| JobStoreError::Directory {
                         path: parent.display().to_string(),
                         source,
                     })?;
@@ -179,23 +179,23 @@ impl SqliteJournal {
     fn with<T>(
         &self,
         operation: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, JournalError> {
+    ) -> Result<T, JobStoreError> {
         let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        operation(&mut connection).map_err(|source| JournalError::Database {
+        operation(&mut connection).map_err(|source| JobStoreError::Database {
             path: self.path.clone(),
             source,
         })
     }
 
-    fn corrupt(&self, job: &str, reason: impl ToString) -> JournalError {
-        JournalError::Corrupt {
+    fn corrupt(&self, job: &str, reason: impl ToString) -> JobStoreError {
+        JobStoreError::Corrupt {
             path: self.path.clone(),
             job: job.to_string(),
             reason: reason.to_string(),
         }
     }
 
-    fn decode_chunk(&self, job: &str, row: ChunkRow) -> Result<AcceptedChunk, JournalError> {
+    fn decode_chunk(&self, job: &str, row: ChunkRow) -> Result<AcceptedChunk, JobStoreError> {
         let parse = |uri: &str| {
             uri.parse::<ObjectUri>()
                 .map_err(|e| self.corrupt(job, format!("chunk object `{uri}`: {e}")))
@@ -211,8 +211,6 @@ impl SqliteJournal {
             packet_log: row.audio.as_deref().map(parse).transpose()?,
             attempts: row.attempts,
             wasted_gpu_seconds: row.wasted_gpu_seconds,
-            resumed: false,
-            timeline: ChunkTimeline::default(),
         })
     }
 }
@@ -240,8 +238,8 @@ struct ChunkRow {
     wasted_gpu_seconds: f64,
 }
 
-impl JobJournal for SqliteJournal {
-    fn insert(&self, job: &StoredJob) -> Result<(), JournalError> {
+impl JobStoreBackend for SqliteJobStore {
+    fn insert(&self, job: &StoredJob) -> Result<(), JobStoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO jobs (id, seq, idempotency_key, spec, snapshot, runs) \
@@ -259,7 +257,7 @@ impl JobJournal for SqliteJournal {
         })
     }
 
-    fn save_snapshot(&self, id: &str, snapshot: &Job) -> Result<(), JournalError> {
+    fn save_snapshot(&self, id: &str, snapshot: &Job) -> Result<(), JobStoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE jobs SET snapshot = ?2 WHERE id = ?1",
@@ -269,7 +267,7 @@ impl JobJournal for SqliteJournal {
         })
     }
 
-    fn save_chunk(&self, id: &str, chunk: &AcceptedChunk) -> Result<(), JournalError> {
+    fn save_chunk(&self, id: &str, chunk: &AcceptedChunk) -> Result<(), JobStoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO chunks \
@@ -291,7 +289,7 @@ impl JobJournal for SqliteJournal {
         })
     }
 
-    fn request_cancel(&self, id: &str) -> Result<(), JournalError> {
+    fn request_cancel(&self, id: &str) -> Result<(), JobStoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
@@ -301,7 +299,7 @@ impl JobJournal for SqliteJournal {
         })
     }
 
-    fn begin_run(&self, id: &str) -> Result<u32, JournalError> {
+    fn begin_run(&self, id: &str) -> Result<u32, JobStoreError> {
         self.with(|c| {
             c.query_row(
                 "UPDATE jobs SET runs = runs + 1 WHERE id = ?1 RETURNING runs",
@@ -316,7 +314,7 @@ impl JobJournal for SqliteJournal {
         id: &str,
         snapshot: &Job,
         report: Option<&CostReport>,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), JobStoreError> {
         let report = report
             .map(serde_json::to_string)
             .transpose()
@@ -332,7 +330,7 @@ impl JobJournal for SqliteJournal {
         })
     }
 
-    fn load(&self) -> Result<Vec<StoredJob>, JournalError> {
+    fn load(&self) -> Result<Vec<StoredJob>, JobStoreError> {
         let (jobs, chunks) = self.with(|c| {
             let jobs = c
                 .prepare(
@@ -410,83 +408,83 @@ impl JobJournal for SqliteJournal {
     }
 }
 
-/// The journal as async code uses it: each operation runs on a blocking thread, and the
+/// The job store as async code uses it: each operation runs on a blocking thread, and the
 /// caller goes on only once it is durable.
 #[derive(Clone)]
-pub struct Journal {
-    store: Arc<dyn JobJournal>,
+pub struct JobStore {
+    backend: Arc<dyn JobStoreBackend>,
 }
 
-impl Journal {
-    /// A journal over `store`.
-    pub fn new(store: Arc<dyn JobJournal>) -> Self {
-        Self { store }
+impl JobStore {
+    /// A job store over `backend`.
+    pub fn new(backend: Arc<dyn JobStoreBackend>) -> Self {
+        Self { backend }
     }
 
-    /// The SQLite journal at `path` (in memory when `path` is empty).
-    pub fn open_sqlite(path: &str) -> Result<Self, JournalError> {
+    /// The SQLite job store at `path` (in memory when `path` is empty).
+    pub fn open_sqlite(path: &str) -> Result<Self, JobStoreError> {
         let path = (!path.is_empty()).then(|| PathBuf::from(path));
-        Ok(Self::new(Arc::new(SqliteJournal::open(path.as_deref())?)))
+        Ok(Self::new(Arc::new(SqliteJobStore::open(path.as_deref())?)))
     }
 
     /// True when jobs outlive the process.
     pub fn is_durable(&self) -> bool {
-        self.store.is_durable()
+        self.backend.is_durable()
     }
 
     async fn run<T: Send + 'static>(
         &self,
-        operation: impl FnOnce(&dyn JobJournal) -> Result<T, JournalError> + Send + 'static,
-    ) -> Result<T, JournalError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || operation(store.as_ref()))
+        operation: impl FnOnce(&dyn JobStoreBackend) -> Result<T, JobStoreError> + Send + 'static,
+    ) -> Result<T, JobStoreError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || operation(backend.as_ref()))
             .await
-            .map_err(|e| JournalError::Crashed(e.to_string()))?
+            .map_err(|e| JobStoreError::Crashed(e.to_string()))?
     }
 
-    /// See [`JobJournal::insert`].
-    pub async fn insert(&self, job: StoredJob) -> Result<(), JournalError> {
+    /// See [`JobStoreBackend::insert`].
+    pub async fn insert(&self, job: StoredJob) -> Result<(), JobStoreError> {
         self.run(move |s| s.insert(&job)).await
     }
 
-    /// See [`JobJournal::save_snapshot`].
-    pub async fn save_snapshot(&self, id: &str, snapshot: Job) -> Result<(), JournalError> {
+    /// See [`JobStoreBackend::save_snapshot`].
+    pub async fn save_snapshot(&self, id: &str, snapshot: Job) -> Result<(), JobStoreError> {
         let id = id.to_string();
         self.run(move |s| s.save_snapshot(&id, &snapshot)).await
     }
 
-    /// See [`JobJournal::save_chunk`].
-    pub async fn save_chunk(&self, id: &str, chunk: AcceptedChunk) -> Result<(), JournalError> {
+    /// See [`JobStoreBackend::save_chunk`].
+    pub async fn save_chunk(&self, id: &str, chunk: AcceptedChunk) -> Result<(), JobStoreError> {
         let id = id.to_string();
         self.run(move |s| s.save_chunk(&id, &chunk)).await
     }
 
-    /// See [`JobJournal::request_cancel`].
-    pub async fn request_cancel(&self, id: &str) -> Result<(), JournalError> {
+    /// See [`JobStoreBackend::request_cancel`].
+    pub async fn request_cancel(&self, id: &str) -> Result<(), JobStoreError> {
         let id = id.to_string();
         self.run(move |s| s.request_cancel(&id)).await
     }
 
-    /// See [`JobJournal::begin_run`].
-    pub async fn begin_run(&self, id: &str) -> Result<u32, JournalError> {
+    /// See [`JobStoreBackend::begin_run`].
+    pub async fn begin_run(&self, id: &str) -> Result<u32, JobStoreError> {
         let id = id.to_string();
         self.run(move |s| s.begin_run(&id)).await
     }
 
-    /// See [`JobJournal::finish`].
+    /// See [`JobStoreBackend::finish`].
     pub async fn finish(
         &self,
         id: &str,
         snapshot: Job,
         report: Option<CostReport>,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), JobStoreError> {
         let id = id.to_string();
         self.run(move |s| s.finish(&id, &snapshot, report.as_ref()))
             .await
     }
 
-    /// See [`JobJournal::load`].
-    pub async fn load(&self) -> Result<Vec<StoredJob>, JournalError> {
+    /// See [`JobStoreBackend::load`].
+    pub async fn load(&self) -> Result<Vec<StoredJob>, JobStoreError> {
         self.run(|s| s.load()).await
     }
 }
@@ -539,8 +537,6 @@ mod tests {
             )),
             attempts: 2,
             wasted_gpu_seconds: 0.25,
-            resumed: false,
-            timeline: ChunkTimeline::default(),
         }
     }
 
@@ -549,26 +545,26 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let path = directory.path().join("state/jobs.sqlite3");
         {
-            let journal = SqliteJournal::open(Some(&path)).expect("open");
-            assert!(journal.is_durable());
-            journal.insert(&job("a", 0)).expect("insert a");
-            journal.insert(&job("b", 1)).expect("insert b");
-            journal.save_chunk("a", &chunk(1)).expect("chunk 1");
-            journal.save_chunk("a", &chunk(0)).expect("chunk 0");
-            assert_eq!(journal.begin_run("a").expect("run"), 1);
-            assert_eq!(journal.begin_run("a").expect("run"), 2);
-            journal.request_cancel("b").expect("cancel");
+            let store = SqliteJobStore::open(Some(&path)).expect("open");
+            assert!(store.is_durable());
+            store.insert(&job("a", 0)).expect("insert a");
+            store.insert(&job("b", 1)).expect("insert b");
+            store.save_chunk("a", &chunk(1)).expect("chunk 1");
+            store.save_chunk("a", &chunk(0)).expect("chunk 0");
+            assert_eq!(store.begin_run("a").expect("run"), 1);
+            assert_eq!(store.begin_run("a").expect("run"), 2);
+            store.request_cancel("b").expect("cancel");
             let mut ended = job("b", 1).snapshot;
             ended.state = JobState::Cancelled as i32;
             let report = CostReport {
                 job_id: "b".into(),
                 ..CostReport::default()
             };
-            journal.save_chunk("b", &chunk(0)).expect("chunk");
-            journal.finish("b", &ended, Some(&report)).expect("finish");
+            store.save_chunk("b", &chunk(0)).expect("chunk");
+            store.finish("b", &ended, Some(&report)).expect("finish");
         }
-        let journal = SqliteJournal::open(Some(&path)).expect("reopen");
-        let jobs = journal.load().expect("load");
+        let store = SqliteJobStore::open(Some(&path)).expect("reopen");
+        let jobs = store.load().expect("load");
         assert_eq!(jobs.len(), 2);
         let (a, b) = (&jobs[0], &jobs[1]);
         assert_eq!(a.id, "a");
@@ -585,11 +581,11 @@ mod tests {
 
     #[test]
     fn a_duplicate_job_id_is_refused_and_an_unwritable_path_is_named() {
-        let journal = SqliteJournal::open(None).expect("memory");
-        assert!(!journal.is_durable());
-        journal.insert(&job("a", 0)).expect("insert");
-        assert!(journal.insert(&job("a", 1)).is_err());
-        let error = SqliteJournal::open(Some(Path::new("/proc/framefleet/jobs.sqlite3")))
+        let store = SqliteJobStore::open(None).expect("memory");
+        assert!(!store.is_durable());
+        store.insert(&job("a", 0)).expect("insert");
+        assert!(store.insert(&job("a", 1)).is_err());
+        let error = SqliteJobStore::open(Some(Path::new("/proc/framefleet/jobs.sqlite3")))
             .err()
             .expect("unwritable");
         assert!(error.to_string().contains("/proc/framefleet"), "{error}");

@@ -1,12 +1,12 @@
 //! The one conversion the stitch makes: text subtitles the output container cannot hold
 //! unchanged (SubRip in MP4, `mov_text` in Matroska) are decoded and encoded again as the
 //! container's own text subtitle codec, cue by cue, with their times and text (see
-//! [`crate::carry`] for when).
+//! [`super::carry`] for when).
 
 use ffmpeg::{codec, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
 
-use crate::stitch::StitchError;
+use super::error::StitchError;
 
 /// Re-encodes one text subtitle stream's cues for the output.
 pub struct SubtitleConverter {

@@ -1,0 +1,242 @@
+//! The central type: [`Orchestrator`] holds the configuration, storage, workers and jobs,
+//! accepts jobs (checked by [`validate`](crate::validate), recorded in the
+//! [`job store`](crate::job_store) before the submission is answered), cancels them
+//! (recorded before acknowledged) and hands each one to the [`runner`](crate::runner). At
+//! start every job in the job store that had not ended runs again. [`Exposition`] is its
+//! Prometheus view.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use framefleet_common::auth::AttachToken;
+use framefleet_common::config::Config;
+use framefleet_common::proto::JobSpec;
+use framefleet_common::storage::Storage;
+use framefleet_common::telemetry::metrics::MetricsSource;
+
+use crate::fleet::{Fleet, WorkerAccess};
+use crate::job::JobRecord;
+use crate::job_store::{JobStore, JobStoreError, StoredJob};
+use crate::live_jobs::{KeyConflict, LiveJobs};
+use crate::metrics::{Gauges, OrchestratorMetrics};
+use crate::runner::JobRunner;
+use crate::validate::{self, InvalidSpec, ValidJob};
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSpec),
+    /// The idempotency key belongs to another job.
+    #[error(transparent)]
+    Conflict(#[from] KeyConflict),
+    /// The orchestrator is shutting down.
+    #[error("the orchestrator is shutting down and accepts no new jobs")]
+    ShuttingDown,
+    /// Too many jobs are waiting.
+    #[error("{0} jobs are already queued or running, the most this orchestrator takes (limits.max_queued_jobs); submit again when some have ended")]
+    QueueFull(u32),
+    /// The job could not be recorded, so it was not accepted.
+    #[error("the job was not accepted: {0}; try again later")]
+    Store(#[from] JobStoreError),
+}
+
+/// The orchestrator: configuration, storage, workers and jobs.
+pub struct Orchestrator {
+    /// Configuration it was started with.
+    pub config: Arc<Config>,
+    /// Registered workers.
+    pub fleet: Arc<Fleet>,
+    /// Jobs.
+    pub jobs: LiveJobs,
+    /// Counters and gauges for the Prometheus endpoint.
+    pub metrics: Arc<OrchestratorMetrics>,
+    store: JobStore,
+    runner: Arc<JobRunner>,
+    /// Submissions are recorded one at a time, so a repeated idempotency key is answered
+    /// only once the job it names is durable.
+    submissions: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+impl Orchestrator {
+    /// Opens the job store named by `orchestrator.store_path` and resumes every job in it
+    /// that had not ended; jobs stop (or stay for the next start) on `shutdown`.
+    pub async fn open(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, JobStoreError> {
+        let store = JobStore::open_sqlite(&config.orchestrator.store_path)?;
+        let stored = store.load().await?;
+        let config = Arc::new(config);
+        let fleet = Fleet::new(
+            Duration::from_secs_f64(config.orchestrator.lease_seconds),
+            WorkerAccess {
+                tls: config.tls.clone(),
+                token: AttachToken::new(&config.auth.fleet_token),
+            },
+        );
+        let metrics = Arc::<OrchestratorMetrics>::default();
+        let runner = Arc::new(JobRunner {
+            storage: Storage::new(&config.storage),
+            fleet: fleet.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            running: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_running_jobs as usize,
+            )),
+            shutdown: shutdown.clone(),
+            tasks: TaskTracker::new(),
+            blocking: TaskTracker::new(),
+            config: config.clone(),
+        });
+        let orchestrator = Arc::new(Self {
+            config,
+            fleet,
+            jobs: LiveJobs::default(),
+            metrics,
+            store,
+            runner,
+            submissions: tokio::sync::Mutex::new(()),
+            shutdown,
+        });
+        for job in stored {
+            orchestrator.resume(job)?;
+        }
+        Ok(orchestrator)
+    }
+
+    /// Puts a job read from the job store back among the live ones and, when it had not
+    /// ended, runs it again.
+    fn resume(&self, stored: StoredJob) -> Result<(), JobStoreError> {
+        let request =
+            ValidJob::parse(stored.spec, &self.config).map_err(|e| JobStoreError::Corrupt {
+                path: self.config.orchestrator.store_path.clone(),
+                job: stored.id.clone(),
+                reason: e.to_string(),
+            })?;
+        let record = Arc::new(JobRecord::restore(
+            stored.id,
+            stored.seq,
+            request,
+            stored.snapshot,
+            stored.report,
+        ));
+        self.jobs.restore(&stored.idempotency_key, record.clone());
+        if record.state().is_terminal() {
+            return Ok(());
+        }
+        tracing::info!(job = %record.id, chunks_done = stored.chunks.len(), "resuming a job from the job store");
+        if stored.cancel_requested {
+            record.cancel.cancel();
+        }
+        self.runner.start(record, stored.chunks);
+        Ok(())
+    }
+
+    /// Validates and accepts a job (or returns the one its idempotency key names) and
+    /// starts it. A new job is in the job store before this returns.
+    pub async fn submit(
+        &self,
+        idempotency_key: &str,
+        spec: JobSpec,
+    ) -> Result<(Arc<JobRecord>, bool), SubmitError> {
+        if self.shutdown.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        validate::idempotency_key(idempotency_key)?;
+        let request = validate::check(spec, &self.config)?;
+        let _one_at_a_time = self.submissions.lock().await;
+        let most = self.config.limits.max_queued_jobs;
+        let open = self
+            .jobs
+            .list()
+            .iter()
+            .filter(|j| !j.state().is_terminal())
+            .count();
+        let repeated = !idempotency_key.is_empty() && self.jobs.by_key(idempotency_key).is_some();
+        if open >= most as usize && !repeated {
+            return Err(SubmitError::QueueFull(most));
+        }
+        let (job, created) = self.jobs.create(idempotency_key, request)?;
+        if created {
+            let stored = StoredJob {
+                id: job.id.clone(),
+                seq: job.seq,
+                idempotency_key: idempotency_key.to_string(),
+                spec: job.request.spec.clone(),
+                snapshot: job.snapshot(),
+                report: None,
+                chunks: Vec::new(),
+                cancel_requested: false,
+                runs: 0,
+            };
+            if let Err(error) = self.store.insert(stored).await {
+                self.jobs.forget(&job.id);
+                return Err(error.into());
+            }
+            tracing::info!(job = %job.id, input = %job.request.input, output = %job.request.output, "job accepted");
+            self.metrics.job_submitted();
+            self.runner.start(job.clone(), Vec::new());
+        }
+        Ok((job, created))
+    }
+
+    /// Cancels a job that has not ended; the request is in the job store before this
+    /// returns, so a restart does not bring the job back.
+    pub async fn cancel(&self, job: &JobRecord) -> Result<(), JobStoreError> {
+        if !job.state().is_terminal() {
+            self.store.request_cancel(&job.id).await?;
+            tracing::info!(job = %job.id, "job cancel requested");
+            job.cancel.cancel();
+        }
+        Ok(())
+    }
+
+    /// Stops accepting jobs and waits for running ones to reach a terminal state (or, with
+    /// a durable job store, to stop where they are) and for their blocking work to end.
+    pub async fn drain(&self) {
+        self.fleet.close();
+        self.runner.drain().await;
+    }
+
+    /// The live state the metrics' gauges show.
+    fn gauges(&self) -> Gauges {
+        let (slots, busy_slots) = self.fleet.slots();
+        Gauges {
+            job_states: self.jobs.list().iter().map(|job| job.state()).collect(),
+            chunks_waiting: self.fleet.queue_depth(),
+            workers: self.fleet.len(),
+            slots,
+            busy_slots,
+        }
+    }
+}
+
+/// The `/metrics` view of a running orchestrator. It holds the orchestrator weakly, so
+/// the endpoint never keeps a stopped one alive.
+pub struct Exposition {
+    orchestrator: Weak<Orchestrator>,
+}
+
+impl Exposition {
+    /// The view of `orchestrator`.
+    pub fn new(orchestrator: &Arc<Orchestrator>) -> Self {
+        Self {
+            orchestrator: Arc::downgrade(orchestrator),
+        }
+    }
+}
+
+impl MetricsSource for Exposition {
+    fn render(&self) -> Result<String, std::fmt::Error> {
+        let Some(orchestrator) = self.orchestrator.upgrade() else {
+            return Ok(String::new());
+        };
+        orchestrator.metrics.render(&orchestrator.gauges())
+    }
+}
