@@ -272,6 +272,28 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
         }),
         "no intermediate progress with real frame counts was reported"
     );
+    let phases: Vec<String> = snapshots
+        .iter()
+        .map(|s| s.progress.clone().unwrap_or_default().phase)
+        .collect();
+    let known = [
+        "queued", "waiting", "init", "process", "encode", "upload", "stitch", "done",
+    ];
+    assert!(
+        phases.iter().all(|p| known.contains(&p.as_str())),
+        "{phases:?}"
+    );
+    assert!(
+        phases.iter().any(|p| p == "process" || p == "encode"),
+        "the phase never left set-up while the model ran: {phases:?}"
+    );
+    assert!(
+        snapshots.iter().all(|s| {
+            let p = s.progress.clone().unwrap_or_default();
+            p.seconds_remaining == 0.0 || p.frames_done > 0
+        }),
+        "a time left was shown before any model frame"
+    );
 
     let report = report(&mut client, &id).await;
     for key in ["plan", "chunks", "totals", "orchestrator", "pricing"] {

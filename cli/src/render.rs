@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use framefleet_common::cost::{CostReport, CostSummary};
-use framefleet_common::proto::Job;
+use framefleet_common::proto::{Job, Progress};
 
 /// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
 /// terminal), and returns its final state.
@@ -23,16 +23,7 @@ pub async fn follow(mut stream: tonic::Streaming<Job>, job_id: &str) -> anyhow::
     while let Some(job) = stream.message().await? {
         let progress = job.progress.clone().unwrap_or_default();
         bar.set_position((progress.percent * 10.0).round() as u64);
-        bar.set_message(format!(
-            "{:>5.1}% {} {} frames {}/{} chunks {}/{}",
-            progress.percent,
-            job.state().label(),
-            progress.phase,
-            progress.frames_done,
-            progress.frames_total,
-            progress.chunks_done,
-            progress.chunks_total
-        ));
+        bar.set_message(progress_line(&job, &progress));
         let terminal = job.state().is_terminal();
         last = Some(job);
         if terminal {
@@ -43,6 +34,24 @@ pub async fn follow(mut stream: tonic::Streaming<Job>, job_id: &str) -> anyhow::
     last.filter(|job| job.state().is_terminal()).ok_or_else(|| {
         anyhow::anyhow!("the orchestrator closed the watch before job {job_id} ended")
     })
+}
+
+/// The progress bar's message: state, phase, model frames, chunks and the time left.
+fn progress_line(job: &Job, progress: &Progress) -> String {
+    let mut line = format!(
+        "{:>5.1}% {} {} frame {}/{} chunks {}/{}",
+        progress.percent,
+        job.state().label(),
+        progress.phase,
+        progress.frames_done,
+        progress.frames_total,
+        progress.chunks_done,
+        progress.chunks_total
+    );
+    if progress.seconds_remaining > 0.0 {
+        let _ = write!(line, " ~{:.0} s left", progress.seconds_remaining.ceil());
+    }
+    line
 }
 
 /// One line about a job, for `status` and `list`.

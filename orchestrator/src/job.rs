@@ -4,7 +4,10 @@
 //! Progress is folded from the workers' per-phase events: each chunk's completion is the
 //! weighted sum of its phases' fractions, the job's is the frame-weighted mean of its
 //! chunks' (95 %) plus the stitch (5 %). It never goes backwards, even when a chunk is
-//! retried, and reaches 100 % only on success.
+//! retried, and reaches 100 % only on success. The frames shown are the frames the model
+//! has done; the phase is the one the least advanced chunk is really in (`waiting` for a
+//! worker's slot, `init` while it opens the input and loads the model, then `process`,
+//! `encode`, `upload`); the time remaining comes from the measured rate of model frames.
 
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +31,11 @@ fn phase_weight(phase: Phase) -> f64 {
         Phase::Upload => 0.1,
     }
 }
+
+/// Shortest span the model's rate is measured over before a time left is shown: frames
+/// arrive in batches, and two chunks' first batches a moment apart would otherwise
+/// promise the job done in a second.
+const MIN_RATE_SECONDS: f64 = 5.0;
 
 /// Share of the job that is chunk work; the rest is the stitch.
 const CHUNK_SHARE: f64 = 95.0;
@@ -53,8 +61,23 @@ pub struct JobRecord {
 struct ProgressFold {
     frames_per_chunk: Vec<u64>,
     done: Vec<PerPhase<u64>>,
-    chunks_done: Vec<bool>,
+    stages: Vec<ChunkStage>,
     percent: f64,
+    /// When the model's first frame of the job was reported, and the job's model frames
+    /// then: where the measured rate starts.
+    rate_start: Option<(Instant, u64)>,
+}
+
+/// Where a chunk stands between dispatch and acceptance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkStage {
+    /// Waiting for a worker's slot.
+    #[default]
+    Waiting,
+    /// An attempt holds a slot.
+    Running,
+    /// Accepted.
+    Done,
 }
 
 impl JobRecord {
@@ -69,7 +92,10 @@ impl JobRecord {
             spec: Some(request.spec.clone()),
             state: JobState::Queued as i32,
             created_at,
-            progress: Some(Progress::default()),
+            progress: Some(Progress {
+                phase: "queued".into(),
+                ..Progress::default()
+            }),
             ..Job::default()
         };
         Self {
@@ -145,7 +171,7 @@ impl JobRecord {
                 .map(|r| r.end_frame - r.start_frame)
                 .collect();
             fold.done = vec![PerPhase::default(); plan.ranges.len()];
-            fold.chunks_done = vec![false; plan.ranges.len()];
+            fold.stages = vec![ChunkStage::Waiting; plan.ranges.len()];
         }
         self.state.send_modify(|job| {
             job.plan = Some(plan.clone());
@@ -170,7 +196,27 @@ impl JobRecord {
                 return;
             };
             *done = (*done).max(event.frames_done);
-            fold.progress()
+            fold.progress(Instant::now())
+        };
+        self.publish_progress(progress);
+    }
+
+    /// Chunk `index` got a worker's slot (`true`) or lost it and waits for another.
+    pub fn chunk_running(&self, index: u32, running: bool) {
+        let progress = {
+            let mut fold = self.lock_progress();
+            let Some(stage) = fold.stages.get_mut(index as usize) else {
+                return;
+            };
+            if *stage == ChunkStage::Done {
+                return;
+            }
+            *stage = if running {
+                ChunkStage::Running
+            } else {
+                ChunkStage::Waiting
+            };
+            fold.progress(Instant::now())
         };
         self.publish_progress(progress);
     }
@@ -187,10 +233,10 @@ impl JobRecord {
             if let Some(done) = fold.done.get_mut(index as usize) {
                 *done = PerPhase::splat(frames);
             }
-            if let Some(flag) = fold.chunks_done.get_mut(index as usize) {
-                *flag = true;
+            if let Some(stage) = fold.stages.get_mut(index as usize) {
+                *stage = ChunkStage::Done;
             }
-            fold.progress()
+            fold.progress(Instant::now())
         };
         self.publish_progress(progress);
     }
@@ -268,16 +314,17 @@ impl JobRecord {
 }
 
 impl ProgressFold {
-    fn progress(&mut self) -> Progress {
+    /// The job's progress as of `now`.
+    fn progress(&mut self, now: Instant) -> Progress {
         let total: u64 = self.frames_per_chunk.iter().sum();
         let mut weighted = 0.0;
         let mut frames_done = 0;
-        let mut slowest: Option<Phase> = None;
-        for ((frames, done), finished) in self
+        let mut slowest: Option<(u8, &'static str)> = None;
+        for ((frames, done), stage) in self
             .frames_per_chunk
             .iter()
             .zip(&self.done)
-            .zip(&self.chunks_done)
+            .zip(&self.stages)
         {
             let fraction: f64 = done
                 .iter()
@@ -286,13 +333,9 @@ impl ProgressFold {
                 })
                 .sum();
             weighted += fraction * *frames as f64;
-            frames_done += done.value_or(Phase::Encode, 0).min(*frames);
-            if !finished {
-                let phase = done
-                    .iter()
-                    .find(|(_, &d)| d < *frames)
-                    .map_or(Phase::Upload, |(phase, _)| phase);
-                slowest = Some(slowest.map_or(phase, |s: Phase| s.min(phase)));
+            frames_done += done.value_or(Phase::Process, 0).min(*frames);
+            if let Some(current) = current_phase(*stage, done, *frames) {
+                slowest = Some(slowest.map_or(current, |s| s.min(current)));
             }
         }
         let percent = CHUNK_SHARE * weighted / (total.max(1) as f64);
@@ -301,10 +344,51 @@ impl ProgressFold {
             percent: self.percent,
             frames_done,
             frames_total: total,
-            phase: slowest.map_or("stitch", Phase::label).to_string(),
-            chunks_done: self.chunks_done.iter().filter(|&&d| d).count() as u32,
+            phase: slowest.map_or("stitch", |(_, label)| label).to_string(),
+            chunks_done: self
+                .stages
+                .iter()
+                .filter(|&&s| s == ChunkStage::Done)
+                .count() as u32,
             chunks_total: self.frames_per_chunk.len() as u32,
+            seconds_remaining: self.seconds_remaining(now, frames_done, total),
         }
+    }
+
+    /// Seconds until the model has done every frame, at the rate measured since its
+    /// first frame of the job; 0 until that rate spans [`MIN_RATE_SECONDS`].
+    fn seconds_remaining(&mut self, now: Instant, frames_done: u64, total: u64) -> f64 {
+        let Some((since, at_start)) = self.rate_start else {
+            if frames_done > 0 {
+                self.rate_start = Some((now, frames_done));
+            }
+            return 0.0;
+        };
+        let seconds = now.duration_since(since).as_secs_f64();
+        let frames = frames_done.saturating_sub(at_start);
+        if frames == 0 || seconds < MIN_RATE_SECONDS {
+            return 0.0;
+        }
+        total.saturating_sub(frames_done) as f64 * seconds / frames as f64
+    }
+}
+
+/// The phase a chunk is in, with its place in pipeline order (lower is less advanced);
+/// `None` once it is accepted. A chunk whose model has done no frame yet is in `init`
+/// (opening its input, loading the model): the one-shot phases count no frames.
+fn current_phase(
+    stage: ChunkStage,
+    done: &PerPhase<u64>,
+    frames: u64,
+) -> Option<(u8, &'static str)> {
+    let unfinished = |phase| done.value_or(phase, 0) < frames;
+    match stage {
+        ChunkStage::Done => None,
+        ChunkStage::Waiting => Some((0, "waiting")),
+        ChunkStage::Running if done.value_or(Phase::Process, 0) == 0 => Some((1, "init")),
+        ChunkStage::Running if unfinished(Phase::Process) => Some((2, "process")),
+        ChunkStage::Running if unfinished(Phase::Encode) => Some((3, "encode")),
+        ChunkStage::Running => Some((4, "upload")),
     }
 }
 
@@ -353,10 +437,15 @@ mod tests {
         let request = ValidJob::parse(spec, &Default::default()).expect("valid");
         let job = JobRecord::new("j".into(), 0, request);
         job.set_plan(&plan(&[10, 10]));
+        job.chunk_running(0, true);
+        job.chunk_running(1, true);
         job.chunk_progress(0, &event(Phase::Process, 10));
         let after_process = job.snapshot().progress.unwrap_or_default();
         assert!((after_process.percent - 95.0 * 0.4 * 0.5).abs() < 1e-9);
-        assert_eq!(after_process.phase, "download");
+        assert_eq!(
+            after_process.phase, "init",
+            "chunk 1 has no model frame yet"
+        );
         // A retry starting over does not take progress back.
         job.chunk_progress(0, &event(Phase::Process, 2));
         assert_eq!(
@@ -372,5 +461,52 @@ mod tests {
         assert_eq!(job.snapshot().progress.unwrap_or_default().percent, 100.0);
         assert!(!job.finish(job.ending(JobState::Failed, Some("late".into())), None));
         assert_eq!(job.state(), JobState::Succeeded);
+    }
+
+    #[test]
+    fn progress_shows_model_frames_the_real_phase_and_a_measured_time_left() {
+        let mut fold = ProgressFold {
+            frames_per_chunk: vec![100, 100],
+            done: vec![PerPhase::default(); 2],
+            stages: vec![ChunkStage::Waiting; 2],
+            ..ProgressFold::default()
+        };
+        let start = Instant::now();
+        let at = |seconds: u64| start + std::time::Duration::from_secs(seconds);
+        assert_eq!(fold.progress(at(0)).phase, "waiting");
+        fold.stages = vec![ChunkStage::Running, ChunkStage::Waiting];
+        assert_eq!(
+            fold.progress(at(1)).phase,
+            "waiting",
+            "the least advanced chunk"
+        );
+        fold.stages[1] = ChunkStage::Running;
+        // Decoded frames and a loading model: still setting up.
+        *fold.done[0].get_mut(Phase::Decode).expect("phase") = 8;
+        let loading = fold.progress(at(2));
+        assert_eq!((loading.phase.as_str(), loading.frames_done), ("init", 0));
+        assert_eq!(loading.seconds_remaining, 0.0, "no rate yet");
+        for (chunk, frames) in [(0, 10), (1, 10)] {
+            *fold.done[chunk].get_mut(Phase::Process).expect("phase") = frames;
+        }
+        let first = fold.progress(at(10));
+        assert_eq!((first.phase.as_str(), first.frames_done), ("process", 20));
+        // The other chunk's batch a moment later is no rate to go by.
+        *fold.done[1].get_mut(Phase::Process).expect("phase") = 14;
+        assert_eq!(fold.progress(at(11)).seconds_remaining, 0.0);
+        *fold.done[1].get_mut(Phase::Process).expect("phase") = 10;
+        // 40 more model frames in 20 s: 2 frames/s, 140 to go.
+        for chunk in 0..2 {
+            *fold.done[chunk].get_mut(Phase::Process).expect("phase") = 30;
+        }
+        let later = fold.progress(at(30));
+        assert_eq!(later.frames_done, 60);
+        assert!((later.seconds_remaining - 70.0).abs() < 1e-9, "{later:?}");
+        *fold.done[0].get_mut(Phase::Process).expect("phase") = 100;
+        *fold.done[1].get_mut(Phase::Process).expect("phase") = 100;
+        *fold.done[1].get_mut(Phase::Encode).expect("phase") = 100;
+        assert_eq!(fold.progress(at(40)).phase, "encode");
+        fold.stages = vec![ChunkStage::Done; 2];
+        assert_eq!(fold.progress(at(41)).phase, "stitch");
     }
 }

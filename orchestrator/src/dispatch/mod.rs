@@ -181,6 +181,7 @@ async fn attempt_once(
         .map_err(AttemptError::NoSlot)?;
     clock.start(&grant.worker.id, grant.worker.gpus_per_slot);
     tracing::Span::current().record("worker", grant.worker.name.as_str());
+    work.job.chunk_running(range.index, true);
     let output = work.object(
         attempt,
         match work.expected.task {
@@ -218,6 +219,9 @@ async fn attempt_once(
     let held_gpu_seconds = started.elapsed().as_secs_f64() * f64::from(grant.worker.gpus_per_slot);
     let worker_id = grant.worker.id.clone();
     drop(grant);
+    if streamed.is_err() {
+        work.job.chunk_running(range.index, false);
+    }
     let retry = |message: String| AttemptError::Retry {
         message,
         worker: Some(worker_id.clone()),
