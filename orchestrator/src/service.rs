@@ -138,6 +138,7 @@ impl OrchestratorApi for OrchestratorService {
             ))
         })?;
         Ok(Response::new(GetCostReportResponse {
+            job_id: job.id.clone(),
             json: report.to_json(),
             report: Some(report),
         }))

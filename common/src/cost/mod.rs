@@ -154,4 +154,47 @@ mod tests {
         assert_eq!(back, report);
         assert!(json.contains("\"read_amplification\": 0.5"), "{json}");
     }
+
+    /// The replies as clients built before the report was typed decode them.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct UntypedReport {
+        #[prost(string, tag = "1")]
+        job_id: String,
+        #[prost(string, tag = "2")]
+        json: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct UntypedSummary {
+        #[prost(string, tag = "1")]
+        json: String,
+    }
+
+    #[test]
+    fn older_clients_still_read_the_json_of_typed_replies() {
+        use crate::proto::{GetCostReportResponse, SummarizeCostsResponse};
+        use prost::Message;
+        let report = CostReport {
+            job_id: "job-1".into(),
+            state: "SUCCEEDED".into(),
+            ..CostReport::default()
+        };
+        let reply = GetCostReportResponse {
+            job_id: report.job_id.clone(),
+            json: report.to_json(),
+            report: Some(report.clone()),
+        };
+        let old = UntypedReport::decode(reply.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(old.job_id, "job-1");
+        let parsed: CostReport = serde_json::from_str(&old.json).expect("JSON");
+        assert_eq!(parsed, report);
+        let mut summary = CostSummary::default();
+        summary.add(&report);
+        let reply = SummarizeCostsResponse {
+            json: summary.to_json(),
+            summary: Some(summary),
+        };
+        let old = UntypedSummary::decode(reply.encode_to_vec().as_slice()).expect("decodes");
+        assert!(old.json.contains("\"jobs\": 1"), "{}", old.json);
+    }
 }
