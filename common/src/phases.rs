@@ -35,7 +35,9 @@ impl<T> PerPhase<T> {
 
     /// A value per phase made from this one's.
     pub fn map<U>(&self, mut f: impl FnMut(Phase, &T) -> U) -> PerPhase<U> {
-        PerPhase::from_fn(|phase| f(phase, &self.values[position(phase).unwrap_or(0)]))
+        PerPhase {
+            values: std::array::from_fn(|i| f(Phase::ALL[i], &self.values[i])),
+        }
     }
 }
 
