@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("framefleet_descriptor.bin");
-    // The cost messages are also the report's JSON: serde on the generated types, every
+    // The cost messages (and the dry run's what-if table) are also JSON: serde on the generated types, every
     // field defaulted so reports stored by older versions still read.
     let cost_messages = [
         "CostReport",
@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Totals",
         "CostSummary",
         "GpuTypeUse",
+        "PlanCandidate",
+        "PredictionAccuracy",
+        "PlanJobResponse",
     ];
     let mut builder = tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)

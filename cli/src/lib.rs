@@ -2,6 +2,8 @@
 //!
 //! - `local`: one job on this machine, with an in-process orchestrator and worker child
 //!   processes on loopback and `file://` storage ([`local`]).
+//! - `plan`: what a job would take and cost for each chunk count, from the cost history,
+//!   without running it ([`plan`]).
 //! - `submit`, `watch`, `status`, `cancel`, `cost`, `costs`, `list`: a client of a running
 //!   orchestrator ([`remote`]).
 //! - `models import|list`: the neural model cache ([`models`]).
@@ -14,6 +16,7 @@ pub mod job_options;
 pub mod local;
 pub mod local_workers;
 pub mod models;
+pub mod plan;
 pub mod remote;
 pub mod render;
 pub mod waterfall;
@@ -34,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one job on this machine: an orchestrator and N local workers.
     Local(local::LocalArgs),
+    /// Predict what a job would take and cost for each chunk count, without running it.
+    Plan(plan::PlanArgs),
     /// Submit a job to an orchestrator.
     Submit(remote::SubmitArgs),
     /// Follow a job's progress until it ends.
@@ -60,6 +65,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Local(args) => local::run(args).await,
+        Command::Plan(args) => plan::run(args).await,
         Command::Submit(args) => remote::submit(args).await,
         Command::Watch(args) => remote::watch(args).await,
         Command::Status(args) => remote::status(args).await,

@@ -5,7 +5,8 @@
 //! `file://`: the input and output are local paths, and chunk objects live in a temporary
 //! directory that is removed at the end. Workers die with this process (`PR_SET_PDEATHSIG`),
 //! are replaced when one is lost mid-job, and are stopped with SIGTERM when the job ends
-//! ([`crate::local_workers`]).
+//! ([`crate::local_workers`]). Every job adds to a cost history of this machine (the
+//! user's data folder, or `--store`), from which `auto` plans the next ones.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,10 @@ pub struct LocalArgs {
     /// Configuration file for the orchestrator and the workers.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The cost history this machine's jobs learn from and add to (an SQLite file;
+    /// default: `$XDG_DATA_HOME/framefleet/history.sqlite3`, or under `~/.local/share`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
     /// Show the orchestrator's and workers' logs on stderr.
     #[arg(long)]
     pub verbose: bool,
@@ -70,11 +75,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .tempdir()?;
     config.orchestrator.scratch_uri =
         format!("file://{}", scratch.path().join("scratch").display());
-    // One command, one job: nothing to resume after it exits.
-    config.orchestrator.store_path = String::new();
-    // Everything talks over loopback: no TLS (the workers are told the same). Tokens from
-    // the configuration still apply, and the workers read the same configuration.
-    config.tls = TlsConfig::default();
+    on_this_machine(&mut config, args.workers, args.store.as_deref())?;
     let token = AttachToken::new(&config.auth.client_token);
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -111,6 +112,40 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     result
+}
+
+/// Sets `config` up for an orchestrator in this process with `workers` workers on this
+/// machine: no job store (one command, one job: nothing to resume after it exits), the
+/// cost history at `store` or in the user's data folder, plans for those workers, and no
+/// TLS (everything talks over loopback; tokens from the configuration still apply, and the
+/// workers read the same configuration).
+pub fn on_this_machine(
+    config: &mut Config,
+    workers: u32,
+    store: Option<&Path>,
+) -> anyhow::Result<()> {
+    config.orchestrator.store_path = String::new();
+    config.planner.history_path = history_path(store)?.display().to_string();
+    config.planner.fleet_slots = workers * config.worker.slots.max(1);
+    config.planner.fleet_hosts = 1;
+    config.tls = TlsConfig::default();
+    Ok(())
+}
+
+/// The cost history's file: `store`, else `$XDG_DATA_HOME/framefleet/history.sqlite3`,
+/// else `~/.local/share/framefleet/history.sqlite3`.
+pub fn history_path(store: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(store) = store {
+        return Ok(store.to_path_buf());
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .context(
+            "neither XDG_DATA_HOME nor HOME is set; give the cost history a place with --store",
+        )?;
+    Ok(data.join("framefleet/history.sqlite3"))
 }
 
 /// How `workers` local workers share this machine for `device` (`worker.device`): the GPUs

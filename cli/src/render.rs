@@ -1,5 +1,6 @@
-//! What the CLI shows people: a live progress bar fed by `WatchJob`, the cost report and
-//! the cost summary as tables.
+//! What the CLI shows people: a live progress bar fed by `WatchJob`, the cost report (with
+//! the plan's prediction beside what happened), the cost summary and a dry run's what-if
+//! plan as tables.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use framefleet_common::cost::{CostReport, CostSummary};
-use framefleet_common::proto::{Job, Progress};
+use framefleet_common::proto::{Job, PlanJobResponse, Progress};
 
 /// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
 /// terminal), and returns its final state.
@@ -146,9 +147,55 @@ pub fn cost_table(report: &CostReport) -> String {
         report.orchestrator().probe_seconds,
         report.orchestrator().stitch_seconds
     );
+    if let Some(outcome) = report.prediction_outcome() {
+        let _ = writeln!(out, "plan: {}", outcome.describe(totals));
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
     }
+    out
+}
+
+/// A dry run's what-if table: every chunk count weighed, its predicted wall time, speedup,
+/// GPU-seconds and price, the one chosen marked, then the rule.
+pub fn plan_table(plan: &PlanJobResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} frames, {:.2} s of video; `{}` on {} slot{} ({}); {} jobs of this kind in the \
+         cost history",
+        plan.frames,
+        plan.duration_seconds,
+        plan.kind,
+        plan.slots,
+        if plan.slots == 1 { "" } else { "s" },
+        plan.gpu_type,
+        plan.history_jobs
+    );
+    if !plan.candidates.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>6} {:>9} {:>8} {:>9} {:>11}",
+            "chunks", "wall s", "speedup", "GPU-s", "usd"
+        );
+        for candidate in &plan.candidates {
+            let _ = writeln!(
+                out,
+                "{:>6} {:>9.2} {:>7.2}x {:>9.2} {:>11.6}{}",
+                candidate.chunks,
+                candidate.wall_seconds,
+                candidate.speedup,
+                candidate.gpu_seconds,
+                candidate.cost_usd,
+                if candidate.chunks == plan.chosen {
+                    "  <- chosen"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "chosen: {} ({})", plan.chosen, plan.rule);
     out
 }
 
@@ -191,6 +238,21 @@ pub fn cost_summary_table(summary: &CostSummary) -> String {
             used.wasted_gpu_seconds,
             used.cost_usd
         );
+    }
+    if !summary.predictions.is_empty() {
+        let _ = writeln!(
+            out,
+            "predicted wall time, off by (|predicted - measured| / measured):"
+        );
+        for (kind, accuracy) in &summary.predictions {
+            let _ = writeln!(
+                out,
+                "  {kind}: {} jobs, median {:.0} %, worst {:.0} %",
+                accuracy.jobs,
+                accuracy.median_error * 100.0,
+                accuracy.worst_error * 100.0
+            );
+        }
     }
     out
 }

@@ -71,6 +71,13 @@ fn summary(page: &mut String, report: &CostReport) {
         ),
         ("wall time", format!("{:.2} s", totals.wall_seconds)),
         (
+            "prediction",
+            report.prediction_outcome().map_or_else(
+                || "none (no cost history for this kind of job when it was planned)".to_string(),
+                |outcome| outcome.describe(totals),
+            ),
+        ),
+        (
             "GPU-seconds",
             format!(
                 "{:.2} ({:.2} wasted on failed or abandoned attempts)",

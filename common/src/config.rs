@@ -237,6 +237,24 @@ impl std::fmt::Debug for StorageConfig {
 pub struct PlannerConfig {
     /// Upper bound on the chunks of any job.
     pub max_chunks: u32,
+    /// `auto` planning: the fastest chunk count whose predicted GPU-seconds stay within
+    /// this factor of one chunk's (1.05: at most 5 % more GPU time for the speed).
+    pub max_gpu_seconds_ratio: f64,
+    /// `auto` cuts no chunk shorter than this many seconds of video, rounded up to whole
+    /// GOPs when the input's keyframes are regular.
+    pub min_chunk_seconds: f64,
+    /// The cost history `auto` learns from, an SQLite file; empty keeps it in the job
+    /// store's file (`orchestrator.store_path`), or in memory when that is empty too.
+    pub history_path: String,
+    /// Most recent samples of a kind of job the cost model reads (older ones are kept but
+    /// no longer weigh).
+    pub history_samples: u32,
+    /// Worker slots `auto` plans for when fewer are registered: an autoscaled fleet's
+    /// maximum (0: the slots registered now).
+    pub fleet_slots: u32,
+    /// Machines those `fleet_slots` are on (0: a machine per slot not yet registered).
+    /// `framefleet local` sets both for its workers on this one machine.
+    pub fleet_hosts: u32,
     /// How much longer than an even share (0.25 = 25 %) a chunk may grow so that every
     /// chunk starts on a keyframe. A chunk starting on a keyframe reads and decodes nothing
     /// before its range; one starting mid-GOP re-reads and re-decodes the GOP's head, which
@@ -372,6 +390,12 @@ impl Default for PlannerConfig {
         };
         Self {
             max_chunks: 4,
+            max_gpu_seconds_ratio: 1.05,
+            min_chunk_seconds: 1.0,
+            history_path: String::new(),
+            history_samples: 64,
+            fleet_slots: 0,
+            fleet_hosts: 0,
             keyframe_slack: 0.25,
             profiles: BTreeMap::from([
                 ("neural".to_string(), profile(&[(3.0, 1), (10.0, 2)], 4)),
@@ -655,6 +679,24 @@ impl PlannerConfig {
                 key: "planner.keyframe_slack".into(),
                 reason: "must be between 0 (chunks exactly even) and 10".into(),
             });
+        }
+        if !(self.max_gpu_seconds_ratio.is_finite() && self.max_gpu_seconds_ratio >= 1.0) {
+            return invalid(
+                "planner.max_gpu_seconds_ratio",
+                "must be at least 1 (1: no extra GPU time for speed)",
+            );
+        }
+        if !(self.min_chunk_seconds.is_finite() && self.min_chunk_seconds >= 0.0) {
+            return invalid("planner.min_chunk_seconds", "must be 0 or more");
+        }
+        if self.history_samples == 0 {
+            return invalid("planner.history_samples", "must be at least 1");
+        }
+        if self.profiles.contains_key("auto") {
+            return invalid(
+                "planner.profiles.auto",
+                "is reserved for planning from the cost history; name the profile otherwise",
+            );
         }
         for required in ["neural", "light"] {
             if !self.profiles.contains_key(required) {

@@ -88,6 +88,23 @@ struct Entry {
     info: WorkerInfo,
     busy: u32,
     expires: Instant,
+    /// Models it has run a chunk of, so holds loaded.
+    models: HashSet<String>,
+}
+
+/// What the registered workers offer a job now, as the cost model plans for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetOffer {
+    /// Slots free now (all slots when every one is busy: the job waits for them).
+    pub slots: u32,
+    /// Machines the workers are on (by the host part of their addresses).
+    pub hosts: u32,
+    /// Free slots of workers that have run the job's model.
+    pub warm_slots: u32,
+    /// GPUs per slot, on average.
+    pub gpus_per_slot: f64,
+    /// The workers' GPU type (the most common; empty with no worker).
+    pub gpu_type: String,
 }
 
 struct Waiter {
@@ -186,6 +203,7 @@ impl Fleet {
                 info,
                 busy: 0,
                 expires: Instant::now() + self.lease,
+                models: HashSet::new(),
             },
         );
         self.match_waiters(&mut state);
@@ -224,6 +242,55 @@ impl Fleet {
             .collect();
         for id in expired {
             self.remove(&id, "lease lapsed");
+        }
+    }
+
+    /// Records that the worker named `worker` ran a chunk of `model`, so holds it loaded.
+    pub fn ran_model(&self, worker: &str, model: &str) {
+        let mut state = self.lock();
+        if let Some(entry) = state.workers.values_mut().find(|e| e.info.name == worker) {
+            entry.models.insert(model.to_string());
+        }
+    }
+
+    /// What the workers registered now offer a job of `model`.
+    pub fn offer(&self, model: &str) -> FleetOffer {
+        let state = self.lock();
+        let workers: Vec<&Entry> = state.workers.values().collect();
+        let free = |e: &Entry| e.info.slots.saturating_sub(e.busy);
+        let free_slots: u32 = workers.iter().map(|e| free(e)).sum();
+        let all_slots: u32 = workers.iter().map(|e| e.info.slots).sum();
+        let hosts: HashSet<&str> = workers.iter().map(|e| host_of(&e.info.address)).collect();
+        let mut types: HashMap<&str, u32> = HashMap::new();
+        for entry in &workers {
+            *types.entry(entry.info.gpu_type.as_str()).or_default() += entry.info.slots;
+        }
+        let gpus: u32 = workers
+            .iter()
+            .map(|e| e.info.gpus_per_slot * e.info.slots)
+            .sum();
+        FleetOffer {
+            slots: if free_slots > 0 {
+                free_slots
+            } else {
+                all_slots
+            },
+            hosts: u32::try_from(hosts.len()).unwrap_or(u32::MAX),
+            warm_slots: workers
+                .iter()
+                .filter(|e| e.models.contains(model))
+                .map(|e| free(e))
+                .sum(),
+            gpus_per_slot: if all_slots > 0 {
+                f64::from(gpus) / f64::from(all_slots)
+            } else {
+                1.0
+            },
+            gpu_type: types
+                .into_iter()
+                .max_by_key(|&(name, slots)| (slots, std::cmp::Reverse(name)))
+                .map(|(name, _)| name.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -360,6 +427,15 @@ fn pick_worker(workers: &HashMap<String, Entry>, avoid: &HashSet<String>) -> Opt
         .map(|(id, _)| id.clone())
 }
 
+/// The machine part of a worker's address (`https://10.0.0.7:50051` -> `10.0.0.7`).
+fn host_of(address: &str) -> &str {
+    let authority = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +543,29 @@ mod tests {
         fleet.reap_expired();
         assert!(fleet.is_empty());
         assert!(!fleet.heartbeat(&id));
+    }
+
+    #[tokio::test]
+    async fn the_offer_counts_free_and_warm_slots_machines_and_the_gpu_type() {
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        assert_eq!(fleet.offer("m").slots, 0);
+        fleet.register(registration("a", 2)).expect("registers");
+        let mut other_host = registration("b", 1);
+        other_host.address = "http://10.0.0.7:50051".into();
+        other_host.gpu_type = "L4".into();
+        fleet.register(other_host).expect("registers");
+        fleet.ran_model("a", "m");
+        let held = fleet
+            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
+            .await
+            .expect("slot");
+        let offer = fleet.offer("m");
+        assert_eq!((offer.slots, offer.hosts), (2, 2));
+        assert_eq!(offer.gpu_type, "cpu");
+        let expected_warm = if held.worker.name == "a" { 1 } else { 2 };
+        assert_eq!(offer.warm_slots, expected_warm);
+        assert_eq!(fleet.offer("other").warm_slots, 0);
+        assert_eq!(host_of("http://127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("worker-3.fleet:50051"), "worker-3.fleet");
     }
 }

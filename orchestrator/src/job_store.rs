@@ -25,6 +25,7 @@ use framefleet_common::proto::{ChunkRange, ChunkResult, Job, JobSpec};
 use framefleet_common::storage::ObjectUri;
 
 use crate::accepted::AcceptedChunk;
+use crate::sqlite_file::{self, SqliteOpenError};
 
 /// The job store failed: the orchestrator cannot keep its promises without it.
 #[derive(Debug, thiserror::Error)]
@@ -38,15 +39,9 @@ pub enum JobStoreError {
         #[source]
         source: rusqlite::Error,
     },
-    /// The store's directory could not be made.
-    #[error("cannot create the job store's directory {path}: {source}")]
-    Directory {
-        /// The directory.
-        path: String,
-        /// The system's error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] SqliteOpenError),
     /// A stored row could not be read back.
     #[error("the job store at {path} holds an unreadable record for job {job}: {reason}")]
     Corrupt {
@@ -146,32 +141,13 @@ impl SqliteJobStore {
     /// Opens (creating when needed) the store at `path`; `None` keeps it in memory, which
     /// does not survive the process.
     pub fn open(path: Option<&Path>) -> Result<Self, JobStoreError> {
-        let shown = path.map_or_else(|| "memory".to_string(), |p| p.display().to_string());
-        let failed = |source| JobStoreError::Database {
-            path: shown.clone(),
-            source,
-        };
-        let connection = match path {
-            Some(path) => {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|source| JobStoreError::Directory {
-                        path: parent.display().to_string(),
-                        source,
-                    })?;
-                }
-                Connection::open(path).map_err(failed)?
-            }
-            None => Connection::open_in_memory().map_err(failed)?,
-        };
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-            )
-            .and_then(|()| connection.execute_batch(SCHEMA))
-            .map_err(failed)?;
+        let setup = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; {SCHEMA}"
+        );
+        let connection = sqlite_file::open(path, "the job store", &setup)?;
         Ok(Self {
             connection: Mutex::new(connection),
-            path: shown,
+            path: sqlite_file::shown(path),
             durable: path.is_some(),
         })
     }

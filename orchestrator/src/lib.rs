@@ -7,18 +7,24 @@
 //! - [`orchestrator`]: the central [`Orchestrator`]: accepts jobs ([`validate`] into a
 //!   [`validate::ValidJob`], recorded in the [`job_store`], indexed in [`live_jobs`]),
 //!   cancels them, resumes them after a restart.
-//! - [`runner`]: runs one job: [`probe`], [`planner`], [`dispatch`] of every chunk to the
-//!   [`fleet`] (retries, backup races against [`straggler`]s), [`acceptance`] of each
-//!   chunk, [`stitch`], cleanup and the cost [`report`].
+//! - [`runner`]: runs one job: [`probe`], [`planning`] (the [`planner`] fed the
+//!   [`cost_model`] of the job's kind, fitted from the [`cost_history`]), [`dispatch`] of
+//!   every chunk to the [`fleet`] (retries, backup races against [`straggler`]s),
+//!   [`acceptance`] of each chunk, [`stitch`], cleanup, the cost [`report`], and the run's
+//!   [`cost_samples`] added to the history.
 //! - Below them, shared by several: [`job`] (a job's state, progress and report),
 //!   [`accepted`] (an accepted chunk, stored and at run time), [`job_io`] (a job's counted
-//!   storage traffic) and [`metrics`] (the Prometheus counters). Each job is also one
+//!   storage traffic), [`sqlite_file`] (opening the job store's and the cost history's
+//!   databases) and [`metrics`] (the Prometheus counters). Each job is also one
 //!   trace (spans `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers'
 //!   spans join.
 
 pub mod acceptance;
 pub mod accepted;
 pub mod args;
+pub mod cost_history;
+pub mod cost_model;
+pub mod cost_samples;
 pub mod dispatch;
 pub mod fleet;
 pub mod job;
@@ -28,11 +34,13 @@ pub mod live_jobs;
 pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
+pub mod planning;
 pub mod probe;
 pub mod report;
 pub mod runner;
 pub mod server;
 pub mod service;
+pub mod sqlite_file;
 pub mod stitch;
 pub mod straggler;
 pub mod validate;

@@ -1,12 +1,13 @@
 //! The central type: [`Orchestrator`] holds the configuration, storage, workers and jobs,
 //! accepts jobs (checked by [`validate`](crate::validate), recorded in the
 //! [`job store`](crate::job_store) before the submission is answered), cancels them
-//! (recorded before acknowledged) and hands each one to the [`runner`](crate::runner). At
-//! start every job in the job store that had not ended runs again. [`Exposition`] is its
-//! Prometheus view.
+//! (recorded before acknowledged), hands each one to the [`runner`](crate::runner), and
+//! plans jobs without running them (the dry run of `PlanJob`). At start every job in the
+//! job store that had not ended runs again. [`Exposition`] is its Prometheus view.
 
+use std::path::Path;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,11 +18,16 @@ use framefleet_common::proto::JobSpec;
 use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::MetricsSource;
 
+use crate::cost_history::{CostHistory, HistoryError};
 use crate::fleet::{Fleet, WorkerAccess};
 use crate::job::JobRecord;
+use crate::job_io::JobIo;
 use crate::job_store::{JobStore, JobStoreError, StoredJob};
 use crate::live_jobs::{KeyConflict, LiveJobs};
 use crate::metrics::{Gauges, OrchestratorMetrics};
+use crate::planner::PlanError;
+use crate::planning::{self, JobPlan, Target};
+use crate::probe::{self, InputError};
 use crate::runner::JobRunner;
 use crate::validate::{self, InvalidSpec, ValidJob};
 
@@ -45,6 +51,31 @@ pub enum SubmitError {
     Store(#[from] JobStoreError),
 }
 
+/// Why the orchestrator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The job store cannot be opened or read.
+    #[error(transparent)]
+    Store(#[from] JobStoreError),
+    /// The cost history cannot be opened.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+/// Why a dry run could not plan a job.
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSpec),
+    /// The input cannot be read or processed.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// No plan could be made.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
 /// The orchestrator: configuration, storage, workers and jobs.
 pub struct Orchestrator {
     /// Configuration it was started with.
@@ -64,14 +95,20 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    /// Opens the job store named by `orchestrator.store_path` and resumes every job in it
+    /// Opens the job store named by `orchestrator.store_path` and the cost history
+    /// (`planner.history_path`, else beside the jobs), and resumes every job in the store
     /// that had not ended; jobs stop (or stay for the next start) on `shutdown`.
-    pub async fn open(
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<Self>, JobStoreError> {
+    pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Self>, OpenError> {
         let store = JobStore::open_sqlite(&config.orchestrator.store_path)?;
         let stored = store.load().await?;
+        let history_path = [
+            &config.planner.history_path,
+            &config.orchestrator.store_path,
+        ]
+        .into_iter()
+        .find(|p| !p.is_empty())
+        .map(Path::new);
+        let history = CostHistory::open(history_path, config.planner.history_samples)?;
         let config = Arc::new(config);
         let fleet = Fleet::new(
             Duration::from_secs_f64(config.orchestrator.lease_seconds),
@@ -86,6 +123,7 @@ impl Orchestrator {
             fleet: fleet.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
+            history,
             running: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_running_jobs as usize,
             )),
@@ -184,6 +222,36 @@ impl Orchestrator {
             self.runner.start(job.clone(), Vec::new());
         }
         Ok((job, created))
+    }
+
+    /// A dry run: checks `spec`, probes its input and plans it for `target` from the cost
+    /// history, dispatching and writing nothing.
+    pub async fn plan_dry_run(
+        &self,
+        spec: JobSpec,
+        target: &Target,
+    ) -> Result<JobPlan, DryRunError> {
+        let request = validate::check(spec, &self.config)?;
+        let io = JobIo::new(&self.runner.storage);
+        let probe_started = Instant::now();
+        let (info, _) = probe::probe_within_limits(
+            &io.input,
+            &request.input,
+            &self.config.limits,
+            &self.runner.blocking,
+        )
+        .await?;
+        let plan = planning::plan_job(
+            &self.config,
+            &self.runner.history,
+            self.fleet.offer(request.model()),
+            target,
+            &request.spec,
+            &info.video,
+            probe_started.elapsed().as_secs_f64(),
+        )
+        .await?;
+        Ok(plan)
     }
 
     /// Cancels a job that has not ended; the request is in the job store before this

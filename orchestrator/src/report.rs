@@ -28,6 +28,8 @@ pub struct RunLog {
     pub stitch_seconds: f64,
     /// Size of the input object.
     pub input_size_bytes: u64,
+    /// Input frame size, width times height.
+    pub input_pixels: u64,
     /// Notes for the report's reader.
     pub notes: Vec<String>,
 }
@@ -54,6 +56,9 @@ pub fn build(
             profile: log.profile.clone(),
             frames: plan.frames,
             duration_seconds: plan.duration_seconds,
+            predicted: plan.predicted,
+            candidates: plan.candidates,
+            kind: plan.kind,
         }),
         chunks,
         orchestrator: Some(orchestrator_cost(log, io)),
@@ -114,5 +119,6 @@ fn chunk_cost(finished: &FinishedChunk) -> ChunkCost {
         resumed: finished.timing == ChunkTiming::Reused,
         started_seconds: timeline.started_seconds,
         accepted_seconds: timeline.accepted_seconds,
+        model_load_seconds: result.model_load_seconds,
     }
 }

@@ -26,13 +26,16 @@ use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::acceptance::{ChunkChecks, Expected};
 use crate::accepted::{AcceptedChunk, FinishedChunk};
+use crate::cost_history::CostHistory;
+use crate::cost_samples::JobCosts;
 use crate::dispatch::{self, ChunkWork, DispatchContext, DispatchError};
 use crate::fleet::Fleet;
 use crate::job::JobRecord;
 use crate::job_io::JobIo;
 use crate::job_store::{JobStore, JobStoreError};
 use crate::metrics::OrchestratorMetrics;
-use crate::planner::{self, PlanError};
+use crate::planner::PlanError;
+use crate::planning::{self, Target};
 use crate::probe::{self, InputError};
 use crate::report::{self, RunLog};
 use crate::stitch::{self, carry, StitchError};
@@ -90,6 +93,8 @@ pub struct JobRunner {
     pub metrics: Arc<OrchestratorMetrics>,
     /// Where every promise is recorded.
     pub store: JobStore,
+    /// What jobs cost, which `auto` plans from; every run adds to it.
+    pub history: CostHistory,
     /// One permit per job allowed to run at once (`limits.max_running_jobs`).
     pub running: Arc<tokio::sync::Semaphore>,
     /// Fires when the orchestrator stops.
@@ -164,10 +169,16 @@ impl JobRunner {
             Some(error) => tracing::warn!(job = %job.id, %error, "job failed"),
             None => tracing::info!(job = %job.id, state = state.label(), "job ended"),
         }
-        let report = {
+        let (report, costs) = {
             let log = lock(&log);
-            report::build(&job, &log, &io, &self.config.pricing, state)
+            let report = report::build(&job, &log, &io, &self.config.pricing, state);
+            let wall = report.totals().wall_seconds;
+            let costs = JobCosts::from_run(&job.request.spec, &log, wall, outcome.is_ok());
+            (report, costs)
         };
+        if let Err(error) = self.history.record(costs).await {
+            tracing::warn!(job = %job.id, %error, "the job's costs could not be added to the cost history");
+        }
         self.metrics.job_ended(state, report.totals().gpu_seconds);
         let ended = job.ending(state, error);
         if let Err(error) = self
@@ -223,21 +234,27 @@ impl JobRunner {
         } else {
             lock(log).notes = carry_into_output(job, &mut info)?;
         }
-        let processor = request.spec.processor.clone().unwrap_or_default();
-        let profile = planner::profile_for(&request.spec.profile, &processor.model);
-        let plan = planner::plan(
+        let probe_seconds = probe_started.elapsed().as_secs_f64();
+        let planned = planning::plan_job(
+            &self.config,
+            &self.history,
+            self.fleet.offer(request.model()),
+            &Target::default(),
+            &request.spec,
             &info.video,
-            request.spec.chunks,
-            &profile,
-            &self.config.planner,
-        )?;
+            probe_seconds,
+        )
+        .await?
+        .planned;
+        let plan = planned.plan;
         tracing::info!(job = %job.id, frames = plan.frames, chunks = plan.chunks, rule = %plan.rule, "job planned");
         job.set_plan(&plan);
         {
             let mut log = lock(log);
             log.input_size_bytes = input_size;
-            log.probe_seconds = probe_started.elapsed().as_secs_f64();
-            log.profile = profile;
+            log.input_pixels = u64::from(info.video.width) * u64::from(info.video.height);
+            log.probe_seconds = probe_seconds;
+            log.profile = planned.profile;
             log.plan = Some(plan.clone());
         }
         Ok(Planned {
@@ -272,6 +289,8 @@ impl JobRunner {
             let previous = trusted.iter().find(|c| c.range.index == work.index());
             let finished = self.produce_chunk(&context, work, previous).await?;
             peers.finished(finished.chunk.result.wall_seconds);
+            self.fleet
+                .ran_model(&finished.chunk.result.worker_name, job.request.model());
             job.chunk_done(work.index());
             lock(log).accepted.push(finished.clone());
             Ok::<_, JobError>(finished)

@@ -36,9 +36,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the orchestrator's gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The job store could not be opened or read.
+    /// The job store or the cost history could not be opened or read.
     #[error(transparent)]
-    Store(#[from] crate::job_store::JobStoreError),
+    Open(#[from] crate::orchestrator::OpenError),
     /// TLS could not be set up.
     #[error(transparent)]
     Auth(#[from] framefleet_common::auth::AuthError),

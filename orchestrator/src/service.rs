@@ -11,14 +11,15 @@ use framefleet_common::proto::orchestrator_server::Orchestrator as OrchestratorA
 use framefleet_common::proto::{
     CancelJobRequest, DeregisterRequest, DeregisterResponse, GetCostReportRequest,
     GetCostReportResponse, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobState,
-    ListJobsRequest, ListJobsResponse, RegisterWorkerRequest, RegisterWorkerResponse,
-    SubmitJobRequest, SubmitJobResponse, SummarizeCostsRequest, SummarizeCostsResponse,
-    WatchJobRequest,
+    ListJobsRequest, ListJobsResponse, PlanJobRequest, PlanJobResponse, RegisterWorkerRequest,
+    RegisterWorkerResponse, SubmitJobRequest, SubmitJobResponse, SummarizeCostsRequest,
+    SummarizeCostsResponse, WatchJobRequest,
 };
 
 use crate::job::JobRecord;
 use crate::live_jobs::SummaryFilter;
-use crate::orchestrator::{Orchestrator, SubmitError};
+use crate::orchestrator::{DryRunError, Orchestrator, SubmitError};
+use crate::planning::Target;
 
 /// The `Orchestrator` gRPC service.
 pub struct OrchestratorService {
@@ -164,6 +165,31 @@ impl OrchestratorApi for OrchestratorService {
             json: summary.to_json(),
             summary: Some(summary),
         }))
+    }
+
+    async fn plan_job(
+        &self,
+        request: Request<PlanJobRequest>,
+    ) -> Result<Response<PlanJobResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("the request has no job spec"))?;
+        let target = Target {
+            local_workers: request.workers,
+            gpu_type: request.gpu_type,
+        };
+        let plan = self
+            .orchestrator
+            .plan_dry_run(spec, &target)
+            .await
+            .map_err(|e| match e {
+                DryRunError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                DryRunError::Input(_) | DryRunError::Plan(_) => {
+                    Status::failed_precondition(e.to_string())
+                }
+            })?;
+        Ok(Response::new(plan.response()))
     }
 }
 

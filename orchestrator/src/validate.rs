@@ -98,6 +98,14 @@ impl ValidJob {
     pub fn is_infer(&self) -> bool {
         self.task == JobTask::Infer
     }
+
+    /// The processor's model (`lanczos`, a catalog name or a TorchScript path).
+    pub fn model(&self) -> &str {
+        self.spec
+            .processor
+            .as_ref()
+            .map_or("", |p| p.model.as_str())
+    }
 }
 
 /// Checks a submitted spec, fills its defaults (lanczos at scale 1, x264 `medium` at
@@ -165,20 +173,7 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
     if encoder.crf > 51 {
         return Err(InvalidSpec(format!("crf {} is above 51", encoder.crf)));
     }
-    check_chunks(&spec, config)?;
-    if !spec.profile.is_empty() && !config.planner.profiles.contains_key(&spec.profile) {
-        return Err(InvalidSpec(format!(
-            "unknown planner profile `{}`; configured: {}",
-            spec.profile,
-            config
-                .planner
-                .profiles
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    check_planning(&spec, config)?;
     Ok(spec)
 }
 
@@ -217,8 +212,36 @@ fn normalize_infer(
         deinterlace,
     });
     spec.encoder = None;
-    check_chunks(&spec, config)?;
+    check_planning(&spec, config)?;
     Ok(spec)
+}
+
+/// The chunk count, profile and goal a job asks of the planner.
+fn check_planning(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
+    let profiles = &config.planner.profiles;
+    if !matches!(spec.profile.as_str(), "" | "auto") && !profiles.contains_key(&spec.profile) {
+        return Err(InvalidSpec(format!(
+            "unknown planner profile `{}`; use auto or one configured: {}",
+            spec.profile,
+            profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    for (value, name) in [
+        (spec.deadline_seconds, "deadline_seconds"),
+        (spec.max_cost_usd, "max_cost_usd"),
+    ] {
+        if !(value.is_finite() && value >= 0.0) {
+            return Err(InvalidSpec(format!(
+                "{name} must be a positive number (0: none), not {value}"
+            )));
+        }
+    }
+    if spec.deadline_seconds > 0.0 && spec.max_cost_usd > 0.0 {
+        return Err(InvalidSpec(
+            "give a deadline or a price cap, not both: the planner meets one of them".into(),
+        ));
+    }
+    check_chunks(spec, config)
 }
 
 fn check_chunks(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {

@@ -5,10 +5,11 @@
 //! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk,
 //! [`processor`] (lanczos, and neural [`models`] on libtorch with the `torch` feature),
 //! x264 encode and a streaming upload, with measured [`progress`] streamed back as it
-//! goes. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
+//! goes; each result names the [`host`] it ran on. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
 //! Prometheus endpoint.
 
 pub mod args;
+pub mod host;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;

@@ -414,6 +414,8 @@ fn chunk_result(
         output_height: output.height,
         device: output.device.to_string(),
         passthrough_packets: output.passthrough_packets,
+        model_load_seconds: output.model_load_seconds,
+        host: crate::host::name().to_string(),
     }
 }
 

@@ -19,7 +19,8 @@ mod summary;
 use std::collections::BTreeMap;
 
 pub use crate::proto::{
-    ChunkCost, CostReport, CostSummary, GpuTypeUse, OrchestratorCost, PlanSummary, Totals,
+    ChunkCost, CostReport, CostSummary, GpuTypeUse, OrchestratorCost, PlanCandidate, PlanSummary,
+    PredictionAccuracy, Totals,
 };
 
 /// Price of one GPU-second of `gpu_type`; unknown types cost nothing and say so in logs.
@@ -97,6 +98,55 @@ impl CostReport {
     /// The report as pretty-printed JSON, with the message's field names.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// What was predicted for the job's chunk count against what happened; `None` for a
+    /// job planned without a prediction or that did not succeed.
+    pub fn prediction_outcome(&self) -> Option<PredictionOutcome> {
+        let predicted = self.plan.as_ref()?.predicted?;
+        let totals = self.totals();
+        if self.state != "SUCCEEDED" || totals.wall_seconds <= 0.0 {
+            return None;
+        }
+        let relative = |predicted: f64, measured: f64| {
+            if measured > 0.0 {
+                (predicted - measured) / measured
+            } else {
+                0.0
+            }
+        };
+        Some(PredictionOutcome {
+            predicted,
+            wall_error: relative(predicted.wall_seconds, totals.wall_seconds),
+            gpu_seconds_error: relative(predicted.gpu_seconds, totals.gpu_seconds),
+        })
+    }
+}
+
+/// A prediction beside what happened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PredictionOutcome {
+    /// What the plan predicted for its count.
+    pub predicted: PlanCandidate,
+    /// `(predicted - measured) / measured` of the wall time (0.1: predicted 10 % long).
+    pub wall_error: f64,
+    /// The same for GPU-seconds.
+    pub gpu_seconds_error: f64,
+}
+
+impl PredictionOutcome {
+    /// One line for people: the prediction and how far off it was.
+    pub fn describe(&self, measured: &Totals) -> String {
+        format!(
+            "predicted {:.2} s wall, {:.2} GPU-s, ${:.6}; measured {:.2} s ({:+.0} %), {:.2} GPU-s ({:+.0} %)",
+            self.predicted.wall_seconds,
+            self.predicted.gpu_seconds,
+            self.predicted.cost_usd,
+            measured.wall_seconds,
+            self.wall_error * 100.0,
+            measured.gpu_seconds,
+            self.gpu_seconds_error * 100.0
+        )
     }
 }
 

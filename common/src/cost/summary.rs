@@ -1,9 +1,9 @@
 //! What many jobs cost together: the reports of the jobs that ended in a time range (and
 //! carry the labels asked for) summed, by state and by GPU type, with the price of a minute
-//! of finished video. Served by `SummarizeCosts`; a report's chunks tell which GPU types
-//! the money went to.
+//! of finished video, and how far the planner's predictions were off by kind of job.
+//! Served by `SummarizeCosts`; a report's chunks tell which GPU types the money went to.
 
-use super::{CostReport, CostSummary};
+use super::{CostReport, CostSummary, PredictionAccuracy};
 
 impl CostSummary {
     /// Adds one ended job's report.
@@ -19,6 +19,10 @@ impl CostSummary {
         if report.state == "SUCCEEDED" {
             self.video_seconds += report.plan().duration_seconds;
             self.succeeded_cost_usd += totals.cost_usd;
+        }
+        if let Some(outcome) = report.prediction_outcome() {
+            let accuracy = self.predictions.entry(report.plan().kind).or_default();
+            accuracy.add(outcome.wall_error.abs());
         }
         for chunk in &report.chunks {
             let used = self.by_gpu_type.entry(chunk.gpu_type.clone()).or_default();
@@ -37,6 +41,23 @@ impl CostSummary {
     /// The sums as pretty-printed JSON, with the message's field names.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+impl PredictionAccuracy {
+    /// Adds one job's relative wall-time error.
+    pub fn add(&mut self, error: f64) {
+        self.errors.push(error);
+        self.jobs = self.errors.len() as u64;
+        let mut sorted = self.errors.clone();
+        sorted.sort_by(f64::total_cmp);
+        let middle = sorted.len() / 2;
+        self.median_error = if sorted.len() % 2 == 1 {
+            sorted[middle]
+        } else {
+            (sorted[middle - 1] + sorted[middle]) / 2.0
+        };
+        self.worst_error = sorted.last().copied().unwrap_or(0.0);
     }
 }
 
@@ -96,5 +117,35 @@ mod tests {
         assert_eq!(summary.video_seconds, 60.0);
         assert!((summary.usd_per_video_minute - 0.22).abs() < 1e-12);
         assert_eq!(summary.wall_seconds, 10.0);
+    }
+
+    #[test]
+    fn prediction_errors_are_kept_by_kind_with_their_median_and_worst() {
+        let predicted = |state: &str, kind: &str, wall: f64| {
+            let mut report = report(state, 10.0, &[("T4", 1.0, 0.0)]);
+            let plan = report.plan.as_mut().expect("plan");
+            plan.kind = kind.into();
+            plan.predicted = Some(crate::cost::PlanCandidate {
+                chunks: 1,
+                wall_seconds: wall,
+                ..Default::default()
+            });
+            report
+        };
+        let mut summary = CostSummary::default();
+        // Measured wall is 5 s: predictions of 6, 4, 5.5 and 10 s are off by 20 %, 20 %,
+        // 10 % and 100 %; the failed job is not counted.
+        for wall in [6.0, 4.0, 5.5] {
+            summary.add(&predicted("SUCCEEDED", "a", wall));
+        }
+        summary.add(&predicted("SUCCEEDED", "b", 10.0));
+        summary.add(&predicted("FAILED", "a", 50.0));
+        summary.add(&report("SUCCEEDED", 10.0, &[("T4", 1.0, 0.0)]));
+        let a = &summary.predictions["a"];
+        assert_eq!(a.jobs, 3);
+        assert!((a.median_error - 0.2).abs() < 1e-9, "{a:?}");
+        assert!((a.worst_error - 0.2).abs() < 1e-9);
+        assert!((summary.predictions["b"].worst_error - 1.0).abs() < 1e-9);
+        assert_eq!(summary.predictions.len(), 2);
     }
 }

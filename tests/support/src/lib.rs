@@ -6,7 +6,8 @@
 //!   orchestrator with its workers;
 //! - [`jobs`]: jobs through the `Orchestrator` gRPC service, and their reports; [`local`]:
 //!   jobs through `framefleet local`;
-//! - [`media`]: clips made with FFmpeg; [`ffprobe`]: what ffprobe reads back;
+//! - [`media`]: clips made with FFmpeg; [`ffprobe`]: what ffprobe reads back; [`models`]:
+//!   the Real-ESRGAN weights, imported;
 //! - [`exactness`]: frames, timestamps and audio compared with the input;
 //! - [`faults`]: proxies that break storage traffic.
 //!
@@ -21,6 +22,7 @@ pub mod garage;
 pub mod jobs;
 pub mod local;
 pub mod media;
+pub mod models;
 pub mod objects;
 pub mod process;
 
@@ -33,5 +35,6 @@ pub use garage::*;
 pub use jobs::*;
 pub use local::*;
 pub use media::*;
+pub use models::*;
 pub use objects::*;
 pub use process::*;

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use crate::child::Process;
 use crate::garage::storage_env;
@@ -14,11 +16,30 @@ pub fn framefleet() -> Command {
     command
 }
 
-/// `framefleet local`, quiet, ready for its arguments.
+/// `framefleet local`, quiet, ready for its arguments, with a cost history of its own (a
+/// fresh data folder), so what other tests ran does not change how it plans; pass
+/// `--store` to share one.
 pub fn framefleet_local() -> Command {
     let mut command = Command::new(framefleet_binary());
-    command.arg("local").env("RUST_LOG", "warn");
     command
+        .arg("local")
+        .env("RUST_LOG", "warn")
+        .env("XDG_DATA_HOME", fresh_data_folder());
+    command
+}
+
+/// An empty folder, under one temporary folder per test process.
+fn fresh_data_folder() -> PathBuf {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let root = ROOT.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("framefleet-test-data-")
+            .tempdir()
+            .expect("a temporary folder")
+    });
+    root.path()
+        .join(NEXT.fetch_add(1, Ordering::Relaxed).to_string())
 }
 
 /// Spawns a framefleet process with `settings`, its stdout discarded and its log (stderr)

@@ -51,6 +51,7 @@ pub(super) fn run(
     let mut model = context.clock.time(Phase::Init, || {
         Neural::new(&spec.processor.model, &settings)
     })?;
+    context.clock.model_loaded(model.model_load_seconds());
     let file = std::fs::File::create(path)
         .map_err(|e| ChunkError::Encode(format!("cannot create the chunk file: {e}")))?;
     let mut out = std::io::BufWriter::new(file);

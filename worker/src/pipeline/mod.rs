@@ -150,12 +150,16 @@ pub struct ChunkOutput {
     pub device: &'static str,
     /// Audio and subtitle packets passed through.
     pub passthrough_packets: u64,
+    /// Seconds spent loading the model (0 when the worker had it loaded).
+    pub model_load_seconds: f64,
 }
 
-/// Busy time per phase, added to by every stage.
+/// Busy time per phase, added to by every stage, and the part of `init` that loaded a
+/// model.
 #[derive(Debug, Default)]
 pub struct PhaseClock {
     nanos: PerPhase<AtomicU64>,
+    model_load_nanos: AtomicU64,
 }
 
 impl PhaseClock {
@@ -184,6 +188,17 @@ impl PhaseClock {
     /// Seconds of `phase`.
     pub fn seconds_of(&self, phase: Phase) -> f64 {
         self.seconds().value_or(phase, 0.0)
+    }
+
+    /// Records that loading the model took `seconds` (already counted in `init`).
+    pub fn model_loaded(&self, seconds: f64) {
+        let nanos = (seconds.max(0.0) * 1e9) as u64;
+        self.model_load_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Seconds spent loading the model.
+    pub fn model_load_seconds(&self) -> f64 {
+        self.model_load_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
 }
 
@@ -260,6 +275,7 @@ pub async fn run_chunk(
         phase_seconds: context.clock.seconds(),
         device: produced.device,
         passthrough_packets: produced.passthrough_packets,
+        model_load_seconds: context.clock.model_load_seconds(),
     })
 }
 
@@ -453,6 +469,7 @@ fn process(
     let mut processor = context.clock.time(Phase::Init, || {
         processor::build(&spec.processor, &spec.settings)
     })?;
+    context.clock.model_loaded(processor.model_load_seconds());
     let batch_size = spec.batch_frames.max(1);
     let mut done = 0u64;
     while let Ok(first) = decoded.recv() {

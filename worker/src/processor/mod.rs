@@ -43,6 +43,10 @@ pub trait FrameProcessor {
     fn process(&mut self, frames: Vec<VideoFrame>) -> Result<Vec<VideoFrame>, ProcessError>;
     /// Where the work runs: `cpu` or `cuda`.
     fn device(&self) -> &'static str;
+    /// Seconds building this processor spent loading a model (0: none, or already loaded).
+    fn model_load_seconds(&self) -> f64 {
+        0.0
+    }
 }
 
 /// What building a processor needs from the worker.

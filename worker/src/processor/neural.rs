@@ -86,14 +86,17 @@ pub fn device_label(device: Device) -> &'static str {
 
 type Shared = Arc<Mutex<Network>>;
 
-/// Loads `model` once per process: a catalog name or a TorchScript file path.
-fn load(model: &str, settings: &NeuralSettings) -> Result<Shared, ProcessError> {
+/// Loads `model` once per process: a catalog name or a TorchScript file path. Returns it
+/// with the seconds this call spent loading it (0 when it was already loaded): the cold
+/// start a chunk pays, which the orchestrator's cost model learns apart from the rest.
+fn load(model: &str, settings: &NeuralSettings) -> Result<(Shared, f64), ProcessError> {
     static LOADED: OnceLock<Mutex<HashMap<String, Shared>>> = OnceLock::new();
     let cache = LOADED.get_or_init(Mutex::default);
     let key = format!("{model}@{:?}", settings.device);
     if let Some(network) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(network.clone());
+        return Ok((network.clone(), 0.0));
     }
+    let started = std::time::Instant::now();
     let network = if let Some(info) = models::find(model) {
         let (param, bin) =
             models::installed_files(&settings.model_dir, model).map_err(model_error)?;
@@ -115,7 +118,7 @@ fn load(model: &str, settings: &NeuralSettings) -> Result<Shared, ProcessError> 
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, shared.clone());
-    Ok(shared)
+    Ok((shared, started.elapsed().as_secs_f64()))
 }
 
 /// True when `model` names a TorchScript file rather than a catalog model.
@@ -148,12 +151,14 @@ pub struct Neural {
     /// The element type the network takes.
     kind: Kind,
     to_rgb: Option<(Pixel, u32, u32, scaling::Context)>,
+    /// Seconds [`Neural::new`] spent loading the model (0 when it was cached).
+    load_seconds: f64,
 }
 
 impl Neural {
     /// Loads (or reuses) `model`.
     pub fn new(model: &str, settings: &NeuralSettings) -> Result<Self, ProcessError> {
-        let network = load(model, settings)?;
+        let (network, load_seconds) = load(model, settings)?;
         let kind = network
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -164,6 +169,7 @@ impl Neural {
             device: settings.device,
             kind,
             to_rgb: None,
+            load_seconds,
         })
     }
 
@@ -337,5 +343,9 @@ impl FrameProcessor for Neural {
 
     fn device(&self) -> &'static str {
         device_label(self.device)
+    }
+
+    fn model_load_seconds(&self) -> f64 {
+        self.load_seconds
     }
 }
