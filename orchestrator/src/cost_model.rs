@@ -6,8 +6,9 @@
 //! the fixed cost of a chunk on a warm worker, L the model load a cold worker adds, and
 //! the job's own fixed costs (probe, dispatch latency, stitch, the rest):
 //!
-//! - waves W = ceil(N / S); chunks sharing a machine p = ceil(min(N, S) / H);
-//! - wall T(N) = probe + dispatch + W * (o + (F / N) * t_f(p)) + L (when a slot is cold)
+//! - waves W = ceil(N / S); chunks sharing a machine p = ceil(min(N, S) / H); the longest
+//!   chunk of the cut F_max (chunks start on keyframes, so they are not all F / N long);
+//! - wall T(N) = probe + dispatch + W * (o + F_max * t_f(p)) + L (when a slot is cold)
 //!   + stitch(F, N) + rest;
 //! - GPU-seconds G(N) = (N * o + cold slots * L + F * t_f(p)) * GPUs per slot, priced by
 //!   the GPU type's rate.
@@ -62,6 +63,25 @@ pub struct JobShape {
     pub probe_seconds: f64,
 }
 
+/// How a job would be cut: what the wall time waits for is its longest chunk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cut {
+    /// Chunks.
+    pub chunks: u32,
+    /// Frames of the longest.
+    pub longest_frames: u64,
+}
+
+impl Cut {
+    /// `chunks` near-equal chunks of `frames` frames.
+    pub fn even(frames: u64, chunks: u32) -> Self {
+        Self {
+            chunks,
+            longest_frames: frames.div_ceil(u64::from(chunks.max(1))),
+        }
+    }
+}
+
 /// What one chunk count is predicted to take and cost.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prediction {
@@ -99,9 +119,9 @@ impl CostModel {
         self.jobs.len()
     }
 
-    /// The prediction for `job` cut into `chunks` on `capacity`.
-    pub fn predict(&self, job: &JobShape, chunks: u32, capacity: &Capacity) -> Prediction {
-        let n = chunks.max(1);
+    /// The prediction for `job` cut as `cut` on `capacity`.
+    pub fn predict(&self, job: &JobShape, cut: Cut, capacity: &Capacity) -> Prediction {
+        let n = cut.chunks.max(1);
         let slots = capacity.slots.max(1);
         let running = n.min(slots);
         let sharing = running.div_ceil(capacity.hosts.max(1));
@@ -111,7 +131,7 @@ impl CostModel {
         let load = self.model_load_seconds();
         let cold = running.saturating_sub(capacity.warm_slots);
         let frames = job.frames as f64;
-        let chunk_seconds = fixed + frames / f64::from(n) * per_frame;
+        let chunk_seconds = fixed + cut.longest_frames as f64 * per_frame;
         let wall = job.probe_seconds
             + self.job_median(|j| j.dispatch_seconds)
             + waves * chunk_seconds
@@ -358,12 +378,12 @@ mod tests {
             pixels: 100,
             probe_seconds: 1.0,
         };
-        let one = model.predict(&shape, 1, &fleet(8, 8));
+        let one = model.predict(&shape, Cut::even(400, 1), &fleet(8, 8));
         // probe 1 + dispatch 0.5 + (2 + 40) + stitch 4 (0.01 s a frame) + rest 0.25.
         assert!((one.wall_seconds - 47.75).abs() < 1e-9, "{one:?}");
         assert!((one.gpu_seconds - 42.0).abs() < 1e-9);
         assert!((one.cost_usd - 0.042).abs() < 1e-9);
-        let four = model.predict(&shape, 4, &fleet(2, 2));
+        let four = model.predict(&shape, Cut::even(400, 4), &fleet(2, 2));
         // Two waves of (2 + 10).
         assert!((four.wall_seconds - (1.0 + 0.5 + 24.0 + 4.0 + 0.25)).abs() < 1e-9);
         assert!((four.gpu_seconds - 48.0).abs() < 1e-9);

@@ -168,7 +168,7 @@ fn figures(chosen: &Prediction, one: &Prediction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cost_model::{Capacity, CostModel, History, JobShape};
+    use crate::cost_model::{Capacity, CostModel, Cut, History, JobShape};
     use crate::cost_samples::{ChunkSample, JobSample};
 
     /// A history shaped like the reference table of the system framefleet replaces
@@ -222,7 +222,7 @@ mod tests {
             probe_seconds: 1.0,
         };
         (1..=most)
-            .map(|n| model.predict(&shape, n, fleet))
+            .map(|n| model.predict(&shape, Cut::even(frames, n), fleet))
             .collect()
     }
 
@@ -290,7 +290,7 @@ mod tests {
             probe_seconds: 0.1,
         };
         let candidates: Vec<Prediction> = (1..=4)
-            .map(|n| model.predict(&shape, n, &t4_fleet(4)))
+            .map(|n| model.predict(&shape, Cut::even(300, n), &t4_fleet(4)))
             .collect();
         let choice = choose(&candidates, Goal::Efficient { ratio: 1.05 });
         assert_eq!(choice.chunks, 1, "{}", choice.rule);

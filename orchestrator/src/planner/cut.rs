@@ -41,6 +41,15 @@ pub fn ranges(video: &VideoInfo, count: u32, slack: f64) -> (Vec<ChunkRange>, bo
     (ranges, moved)
 }
 
+/// Frames of the longest of `count` chunks of `video`, as [`ranges`] cuts them.
+pub fn longest(video: &VideoInfo, count: u32, slack: f64) -> u64 {
+    boundaries(video, count, slack)
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0)
+}
+
 /// `count + 1` frame indices cutting the video into near-equal ranges. Every range starts on
 /// a keyframe when that keeps the longest within `slack` of an even share (no chunk then
 /// reads or decodes anything before its range); otherwise each inner boundary moves onto

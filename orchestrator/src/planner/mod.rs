@@ -7,7 +7,8 @@
 //! from 1 up to `planner.max_chunks`, never more than the frames, and never a chunk
 //! shorter than `planner.min_chunk_seconds` rounded up to whole GOPs. The frames are then
 //! cut into ranges ([`cut`]). The plan records the rule in words, the figures that decided
-//! it, and the prediction for the count chosen.
+//! it, and the prediction for the count chosen (each count predicted as it would be cut,
+//! its longest chunk deciding the wall time).
 
 pub mod auto;
 pub mod cut;
@@ -18,7 +19,7 @@ use framefleet_common::cost::PlanCandidate;
 use framefleet_common::media::VideoInfo;
 use framefleet_common::proto::{JobSpec, Plan};
 
-use crate::cost_model::{Capacity, CostModel, JobShape, Prediction};
+use crate::cost_model::{Capacity, CostModel, Cut, JobShape, Prediction};
 
 /// A job's plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +77,13 @@ pub fn plan(
         probe_seconds: context.probe_seconds,
     };
     let predict = |n: u32| {
-        context
-            .model
-            .map(|model| model.predict(&shape, n, &context.capacity))
+        context.model.map(|model| {
+            let cut = Cut {
+                chunks: n,
+                longest_frames: cut::longest(video, n, config.keyframe_slack),
+            };
+            model.predict(&shape, cut, &context.capacity)
+        })
     };
     let candidates: Vec<Prediction> = (1..=most_chunks(video, config))
         .filter_map(predict)
