@@ -4,8 +4,8 @@
 //!   processes on loopback and `file://` storage ([`local`]).
 //! - `plan`: what a job would take and cost for each chunk count, from the cost history,
 //!   without running it ([`plan`]).
-//! - `submit`, `watch`, `status`, `cancel`, `cost`, `costs`, `list`: a client of a running
-//!   orchestrator ([`remote`]).
+//! - `submit`, `watch`, `status`, `cancel`, `cost`, `costs`, `list`, `workers`: a client of
+//!   a running orchestrator ([`remote`]).
 //! - `models import|list`: the neural model cache ([`models`]).
 //! - `orchestrator`, `worker`: run the servers, as their own binaries do.
 //!
@@ -53,6 +53,8 @@ pub enum Command {
     Costs(remote::CostsArgs),
     /// List the orchestrator's jobs.
     List(remote::ListArgs),
+    /// List the fleet's workers: slots busy and free, draining, cold start, chunks done.
+    Workers(remote::ListArgs),
     /// Install and list neural models.
     Models(models::ModelsArgs),
     /// Run an orchestrator.
@@ -72,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => remote::cancel(args).await,
         Command::Cost(args) => remote::cost(args).await,
         Command::List(args) => remote::list(args).await,
+        Command::Workers(args) => remote::workers(args).await,
         Command::Costs(args) => remote::costs(args).await,
         Command::Models(args) => models::run(args),
         Command::Orchestrator(args) => framefleet_orchestrator::run(args).await,

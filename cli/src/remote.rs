@@ -1,4 +1,5 @@
-//! Commands against a running orchestrator: submit, watch, status, cancel, cost, list.
+//! Commands against a running orchestrator: submit, watch, status, cancel, cost, costs,
+//! list, workers.
 //! Every command takes `--orchestrator URL`; `--json` prints machine-readable output.
 
 use anyhow::Context as _;
@@ -11,7 +12,7 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
     CancelJobRequest, GetCostReportRequest, GetCostReportResponse, GetJobRequest, Job, JobState,
-    ListJobsRequest, SubmitJobRequest, SummarizeCostsRequest, WatchJobRequest,
+    ListJobsRequest, ListWorkersRequest, SubmitJobRequest, SummarizeCostsRequest, WatchJobRequest,
 };
 
 use crate::job_options::JobOptions;
@@ -131,7 +132,7 @@ pub struct CostsArgs {
     pub connection: Connection,
 }
 
-/// `framefleet list`.
+/// `framefleet list` and `framefleet workers`: only the orchestrator to ask.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
     /// The orchestrator to talk to.
@@ -308,6 +309,22 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         .jobs;
     for job in &jobs {
         print_job(job, args.connection.json)?;
+    }
+    Ok(())
+}
+
+/// Lists the fleet's workers: a table, or with `--json` `{"workers": [...]}`.
+pub async fn workers(args: ListArgs) -> anyhow::Result<()> {
+    let mut client = args.connection.client().await?;
+    let reply = client
+        .list_workers(ListWorkersRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.connection.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", render::workers_table(&reply.workers));
     }
     Ok(())
 }

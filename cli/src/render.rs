@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use framefleet_common::cost::{CostReport, CostSummary};
-use framefleet_common::proto::{Job, PlanJobResponse, Progress};
+use framefleet_common::proto::{Job, PlanJobResponse, Progress, WorkerSummary};
 
 /// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
 /// terminal), and returns its final state.
@@ -199,6 +199,54 @@ pub fn plan_table(plan: &PlanJobResponse) -> String {
     out
 }
 
+/// The fleet as a table: one row per worker, then the slots in all.
+pub fn workers_table(workers: &[WorkerSummary]) -> String {
+    let mut out = String::new();
+    if workers.is_empty() {
+        out.push_str(
+            "no worker registered; start workers pointed at this orchestrator \
+             (framefleet-worker --orchestrator URL)\n",
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>10} {:>7}  state",
+        "name", "address", "gpu", "device", "busy", "free", "cold start", "chunks"
+    );
+    for worker in workers {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>9.1}s {:>7}  {}",
+            worker.name,
+            worker.address,
+            worker.gpu_type,
+            worker.device,
+            worker.busy_slots,
+            if worker.draining {
+                0
+            } else {
+                worker.slots.saturating_sub(worker.busy_slots)
+            },
+            worker.cold_start_seconds,
+            worker.chunks_done,
+            if worker.draining { "draining" } else { "ready" }
+        );
+    }
+    let slots: u32 = workers
+        .iter()
+        .map(|w| if w.draining { w.busy_slots } else { w.slots })
+        .sum();
+    let busy: u32 = workers.iter().map(|w| w.busy_slots).sum();
+    let _ = writeln!(
+        out,
+        "{} worker{}, {busy} of {slots} slots busy",
+        workers.len(),
+        if workers.len() == 1 { "" } else { "s" }
+    );
+    out
+}
+
 /// A cost summary as text: jobs by state, video, GPU time and money, then one row per GPU
 /// type.
 pub fn cost_summary_table(summary: &CostSummary) -> String {
@@ -276,6 +324,36 @@ fn bytes(count: u64) -> String {
 mod tests {
     use super::*;
     use framefleet_common::cost::ChunkCost;
+
+    #[test]
+    fn the_workers_table_shows_each_worker_its_slots_and_whether_it_drains() {
+        let worker = |name: &str, busy: u32, draining: bool| WorkerSummary {
+            name: name.into(),
+            address: format!("http://10.0.0.1:5006{busy}"),
+            gpu_type: "L4".into(),
+            device: "cuda".into(),
+            slots: 2,
+            busy_slots: busy,
+            draining,
+            cold_start_seconds: 41.34,
+            chunks_done: 7,
+            ..WorkerSummary::default()
+        };
+        let table = workers_table(&[worker("gpu-a", 1, false), worker("gpu-b", 1, true)]);
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows.len(), 4, "{table}");
+        assert!(
+            rows[1].starts_with("gpu-a") && rows[1].ends_with("ready"),
+            "{table}"
+        );
+        assert!(
+            rows[1].contains("41.3s") && rows[1].contains(" 7 "),
+            "{table}"
+        );
+        assert!(rows[2].ends_with("draining"), "{table}");
+        assert_eq!(rows[3], "2 workers, 2 of 3 slots busy");
+        assert!(workers_table(&[]).contains("no worker registered"));
+    }
 
     #[test]
     fn the_table_shows_every_chunk_and_the_totals() {

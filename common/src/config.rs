@@ -183,6 +183,10 @@ pub struct WorkerConfig {
     /// Longest a chunk may run on this worker (decode, model, encode, upload) before it is
     /// cancelled and reported as `DEADLINE_EXCEEDED`, so nothing wedges a slot forever.
     pub chunk_deadline_seconds: f64,
+    /// Models loaded before the worker registers, so its first chunks start warm and the
+    /// cold start it reports (process start to registered) includes them: for autoscaled
+    /// workers that serve one model.
+    pub preload_models: Vec<String>,
 }
 
 /// Object storage settings. Credentials may also come from `AWS_ACCESS_KEY_ID` and
@@ -355,6 +359,7 @@ impl Default for WorkerConfig {
             whole_input_download: false,
             drain_grace_seconds: 25.0,
             chunk_deadline_seconds: 3600.0,
+            preload_models: Vec::new(),
         }
     }
 }

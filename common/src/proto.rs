@@ -1,8 +1,15 @@
-//! Generated gRPC code for `framefleet.v1`, plus small conversions used on both sides.
+//! Generated gRPC code for `framefleet.v1`, plus small conversions used on both sides; and
+//! KEDA's external scaler protocol ([`externalscaler`]), which the orchestrator serves.
 
 #[allow(missing_docs, clippy::all)]
 mod generated {
     tonic::include_proto!("framefleet.v1");
+}
+
+/// KEDA's external scaler protocol (`proto/keda/externalscaler.proto`, vendored).
+#[allow(missing_docs, clippy::all)]
+pub mod externalscaler {
+    tonic::include_proto!("externalscaler");
 }
 
 pub use generated::*;

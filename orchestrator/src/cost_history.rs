@@ -5,6 +5,8 @@
 //! keeps one per user, so one machine's plans learn from its own jobs.
 //!
 //! Samples are only added; the model reads the newest `planner.history_samples` of a kind.
+//! Workers' cold starts (process start to registered, models loaded) are kept by GPU
+//! type: what a chunk waits when an autoscaled fleet must start a worker for it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,14 @@ const SCHEMA: &str = "
         wall_seconds REAL NOT NULL
     );
     CREATE INDEX IF NOT EXISTS cost_jobs_by_kind ON cost_jobs (kind, id);
+    CREATE TABLE IF NOT EXISTS cost_cold_starts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        gpu_type TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        worker TEXT NOT NULL,
+        seconds REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS cost_cold_starts_by_type ON cost_cold_starts (gpu_type, id);
 ";
 
 /// The history, shared by the jobs that add to it and the plans that read it; each
@@ -104,6 +114,43 @@ impl CostHistory {
         self.run(move |c| select(c, &kind, limit)).await
     }
 
+    /// Adds one worker's cold start (`seconds`, process start to registered) on
+    /// `gpu_type`.
+    pub async fn record_cold_start(
+        &self,
+        gpu_type: &str,
+        worker: &str,
+        seconds: f64,
+    ) -> Result<(), HistoryError> {
+        let (gpu_type, worker) = (gpu_type.to_string(), worker.to_string());
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO cost_cold_starts (gpu_type, recorded_at, worker, seconds) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![gpu_type, unix_now(), worker, seconds],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The newest cold starts measured on `gpu_type`, oldest first.
+    pub async fn cold_starts(&self, gpu_type: &str) -> Result<Vec<f64>, HistoryError> {
+        let (gpu_type, limit) = (gpu_type.to_string(), self.samples);
+        self.run(move |c| {
+            let mut seconds = c
+                .prepare(
+                    "SELECT seconds FROM cost_cold_starts WHERE gpu_type = ?1 \
+                     ORDER BY id DESC LIMIT ?2",
+                )?
+                .query_map(params![gpu_type, limit], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<f64>>>()?;
+            seconds.reverse();
+            Ok(seconds)
+        })
+        .await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         operation: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -118,10 +165,14 @@ impl CostHistory {
     }
 }
 
-fn insert(connection: &mut Connection, costs: &JobCosts) -> rusqlite::Result<()> {
-    let now = SystemTime::now()
+fn unix_now() -> f64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn insert(connection: &mut Connection, costs: &JobCosts) -> rusqlite::Result<()> {
+    let now = unix_now();
     let transaction = connection.transaction()?;
     for chunk in &costs.chunks {
         transaction.execute(
@@ -250,6 +301,24 @@ mod tests {
         assert_eq!(frames, vec![20, 30]);
         assert_eq!(a.chunks.len(), 2);
         assert_eq!(a.chunks[1], costs("a", 30).chunks[0]);
+        history
+            .record_cold_start("L4", "w1", 40.0)
+            .await
+            .expect("record");
+        history
+            .record_cold_start("L4", "w2", 30.0)
+            .await
+            .expect("record");
+        history
+            .record_cold_start("L4", "w3", 20.0)
+            .await
+            .expect("record");
+        history
+            .record_cold_start("T4", "w4", 9.0)
+            .await
+            .expect("record");
+        assert_eq!(history.cold_starts("L4").await.expect("read"), [30.0, 20.0]);
+        assert!(history.cold_starts("A10G").await.expect("read").is_empty());
         assert_eq!(
             history.history("c").await.expect("read"),
             History::default()

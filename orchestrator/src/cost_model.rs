@@ -8,10 +8,14 @@
 //!
 //! - waves W = ceil(N / S); chunks sharing a machine p = ceil(min(N, S) / H); the longest
 //!   chunk of the cut F_max (chunks start on keyframes, so they are not all F / N long);
-//! - wall T(N) = probe + dispatch + W * (o + F_max * t_f(p)) + L (when a slot is cold)
-//!   + stitch(F, N) + rest;
+//! - wall T(N) = max(probe + dispatch, C) + W * (o + F_max * t_f(p)) + L (when a slot is
+//!   cold) + stitch(F, N) + rest, where C counts only when a chunk needs a slot of a worker
+//!   still to start: the measured cold start (process start to registered) of workers
+//!   that start when the job arrives (an autoscaled fleet woken by it, or `framefleet
+//!   local`'s), overlapping the probe;
 //! - GPU-seconds G(N) = (N * o + cold slots * L + F * t_f(p)) * GPUs per slot, priced by
-//!   the GPU type's rate.
+//!   the GPU type's rate: the slot time reports charge (a starting worker's boot is the
+//!   fleet's cost, not the job's).
 //!
 //! Every term is a robust estimate over the history: a weighted median, recent samples
 //! weighing more (weights halve every [`HALF_LIFE`] samples), so one outlier (a worker
@@ -46,6 +50,13 @@ pub struct Capacity {
     pub hosts: u32,
     /// Slots whose worker already has the job's model loaded.
     pub warm_slots: u32,
+    /// Of `slots`, those of workers not yet registered (an autoscaled fleet planned at its
+    /// configured size, started when the job arrives): a chunk placed there waits for a
+    /// worker's cold start.
+    pub starting_slots: u32,
+    /// A worker's measured cold start, process start to registered with its models
+    /// loaded (0 when never measured).
+    pub cold_start_seconds: f64,
     /// GPUs one slot holds.
     pub gpus_per_slot: f64,
     /// USD per GPU-second of the GPU type.
@@ -93,6 +104,8 @@ pub struct Prediction {
     pub gpu_seconds: f64,
     /// Their price.
     pub cost_usd: f64,
+    /// Of the wall time, the stitch at the end.
+    pub stitch_seconds: f64,
 }
 
 /// The fitted model of one kind of job.
@@ -130,13 +143,19 @@ impl CostModel {
         let fixed = self.fixed_seconds(sharing);
         let load = self.model_load_seconds();
         let cold = running.saturating_sub(capacity.warm_slots);
+        let starting = running.saturating_sub(slots.saturating_sub(capacity.starting_slots));
+        let cold_start = capacity.cold_start_seconds;
         let frames = job.frames as f64;
         let chunk_seconds = fixed + cut.longest_frames as f64 * per_frame;
-        let wall = job.probe_seconds
-            + self.job_median(|j| j.dispatch_seconds)
-            + waves * chunk_seconds
+        let stitch = self.stitch_seconds(job.frames, n);
+        let lead = job.probe_seconds + self.job_median(|j| j.dispatch_seconds);
+        let wall = if starting > 0 {
+            lead.max(cold_start)
+        } else {
+            lead
+        } + waves * chunk_seconds
             + if cold > 0 { load } else { 0.0 }
-            + self.stitch_seconds(job.frames, n)
+            + stitch
             + self.job_median(|j| j.other_seconds);
         let gpu_seconds = (f64::from(n) * fixed + f64::from(cold) * load + frames * per_frame)
             * capacity.gpus_per_slot;
@@ -145,6 +164,7 @@ impl CostModel {
             wall_seconds: wall,
             gpu_seconds,
             cost_usd: gpu_seconds * capacity.price_per_gpu_second,
+            stitch_seconds: stitch,
         }
     }
 
@@ -213,6 +233,12 @@ impl CostModel {
     fn job_median(&self, value: impl Fn(&JobSample) -> f64) -> f64 {
         weighted_median(weighted(&self.jobs).map(|(j, w)| (value(j), w)).collect())
     }
+}
+
+/// A worker's cold start as the model plans with it: the weighted median of `measured`
+/// (oldest first), 0 when nothing was measured.
+pub fn typical_cold_start(measured: &[f64]) -> f64 {
+    weighted_median(weighted(measured).map(|(s, w)| (*s, w)).collect())
 }
 
 /// The samples with their recency weights (the last is the newest, weight 1).
@@ -361,13 +387,15 @@ mod tests {
             slots,
             hosts,
             warm_slots: slots,
+            starting_slots: 0,
+            cold_start_seconds: 0.0,
             gpus_per_slot: 1.0,
             price_per_gpu_second: 0.001,
         }
     }
 
-    #[test]
-    fn wall_and_gpu_seconds_follow_waves_and_fixed_costs() {
+    /// A model of 0.1 s a frame and 2 s a chunk, and a job of 400 frames probed in 1 s.
+    fn steady_model() -> (CostModel, JobShape) {
         let model = CostModel::fit(History {
             chunks: vec![chunk(1, 100, 100, 0.1, 2.0)],
             jobs: vec![job(1, 100, 1.0)],
@@ -378,6 +406,12 @@ mod tests {
             pixels: 100,
             probe_seconds: 1.0,
         };
+        (model, shape)
+    }
+
+    #[test]
+    fn wall_and_gpu_seconds_follow_waves_and_fixed_costs() {
+        let (model, shape) = steady_model();
         let one = model.predict(&shape, Cut::even(400, 1), &fleet(8, 8));
         // probe 1 + dispatch 0.5 + (2 + 40) + stitch 4 (0.01 s a frame) + rest 0.25.
         assert!((one.wall_seconds - 47.75).abs() < 1e-9, "{one:?}");
@@ -387,6 +421,28 @@ mod tests {
         // Two waves of (2 + 10).
         assert!((four.wall_seconds - (1.0 + 0.5 + 24.0 + 4.0 + 0.25)).abs() < 1e-9);
         assert!((four.gpu_seconds - 48.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn chunks_on_workers_still_to_start_wait_for_their_cold_start() {
+        let (model, shape) = steady_model();
+        // Two slots registered, six more of an autoscaled fleet that start in 30 s.
+        let fleet = Capacity {
+            starting_slots: 6,
+            cold_start_seconds: 30.0,
+            ..fleet(8, 8)
+        };
+        let two = model.predict(&shape, Cut::even(400, 2), &fleet);
+        let four = model.predict(&shape, Cut::even(400, 4), &fleet);
+        assert!(
+            (two.wall_seconds - (1.5 + 22.0 + 4.0 + 0.25)).abs() < 1e-9,
+            "{two:?}"
+        );
+        // The cold start overlaps the probe and dispatch (1.5 s).
+        assert!((four.wall_seconds - (30.0 + 12.0 + 4.0 + 0.25)).abs() < 1e-9);
+        // The job pays its slots' time only: two chunks' fixed costs more.
+        assert!((four.gpu_seconds - two.gpu_seconds - 2.0 * 2.0).abs() < 1e-9);
+        assert!((two.stitch_seconds - 4.0).abs() < 1e-9);
     }
 
     #[test]

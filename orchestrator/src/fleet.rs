@@ -1,8 +1,9 @@
 //! The fleet: registered workers, their leases, and the queue of chunks waiting for a slot.
 //!
 //! Workers register themselves and renew a lease with heartbeats; a worker whose lease
-//! lapses, or whose connection fails, is dropped (it registers again if it is alive). Each
-//! worker has `slots` GPU slots. Chunks ask for a slot with [`Fleet::acquire`] and wait in
+//! lapses, or whose connection fails, is dropped (it registers again if it is alive). A
+//! worker that deregisters while it holds chunks stays listed as draining, offered no new
+//! chunk, until it hands back its last slot. Each worker has `slots` GPU slots. Chunks ask for a slot with [`Fleet::acquire`] and wait in
 //! one queue ordered by job (first submitted first), then longest chunk first; a slot is
 //! handed back when its [`SlotGrant`] is dropped.
 
@@ -17,7 +18,7 @@ use tonic::transport::Channel;
 use framefleet_common::auth::{self, AttachToken};
 use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
-use framefleet_common::proto::RegisterWorkerRequest;
+use framefleet_common::proto::{RegisterWorkerRequest, WorkerSummary};
 
 /// Deadline for connecting to a worker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,8 +89,44 @@ struct Entry {
     info: WorkerInfo,
     busy: u32,
     expires: Instant,
-    /// Models it has run a chunk of, so holds loaded.
+    /// Models it preloaded or has run a chunk of, so holds loaded.
     models: HashSet<String>,
+    device: String,
+    cold_start_seconds: f64,
+    registered: Instant,
+    chunks_done: u64,
+    /// It deregistered with chunks in hand: no new chunk, gone once they are handed back.
+    draining: bool,
+}
+
+impl Entry {
+    fn summary(&self, now: Instant) -> WorkerSummary {
+        let mut models: Vec<String> = self.models.iter().cloned().collect();
+        models.sort();
+        WorkerSummary {
+            id: self.info.id.clone(),
+            name: self.info.name.clone(),
+            address: self.info.address.clone(),
+            gpu_type: self.info.gpu_type.clone(),
+            device: self.device.clone(),
+            slots: self.info.slots,
+            busy_slots: self.busy,
+            draining: self.draining,
+            cold_start_seconds: self.cold_start_seconds,
+            chunks_done: self.chunks_done,
+            models,
+            registered_seconds: now.duration_since(self.registered).as_secs_f64(),
+        }
+    }
+
+    /// Slots a new chunk may take.
+    fn free(&self) -> u32 {
+        if self.draining {
+            0
+        } else {
+            self.info.slots.saturating_sub(self.busy)
+        }
+    }
 }
 
 /// What the registered workers offer a job now, as the cost model plans for it.
@@ -105,6 +142,18 @@ pub struct FleetOffer {
     pub gpus_per_slot: f64,
     /// The workers' GPU type (the most common; empty with no worker).
     pub gpu_type: String,
+}
+
+/// The chunks the fleet runs now, as seen from one GPU type (the scaler's view).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetLoad {
+    /// Chunks held by workers of the type (draining ones included).
+    pub busy_here: u32,
+    /// Chunks held by workers of other types.
+    pub busy_elsewhere: u32,
+    /// Workers of the type that hold a chunk and are not draining: a scale-in must not
+    /// remove them while idle ones exist.
+    pub busy_workers: u32,
 }
 
 struct Waiter {
@@ -179,6 +228,8 @@ impl Fleet {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let id = format!("w-{}", uuid::Uuid::new_v4().simple());
+        let models = request.models.iter().cloned().collect();
+        let (device, cold_start_seconds) = (request.device.clone(), request.cold_start_seconds);
         let info = WorkerInfo {
             id: id.clone(),
             name: if request.name.is_empty() {
@@ -203,7 +254,12 @@ impl Fleet {
                 info,
                 busy: 0,
                 expires: Instant::now() + self.lease,
-                models: HashSet::new(),
+                models,
+                device,
+                cold_start_seconds,
+                registered: Instant::now(),
+                chunks_done: 0,
+                draining: false,
             },
         );
         self.match_waiters(&mut state);
@@ -222,22 +278,40 @@ impl Fleet {
         }
     }
 
-    /// Drops a worker (deregistered, lease lapsed, or unreachable). Chunks it holds fail
-    /// on their own streams and are retried elsewhere.
+    /// A worker left the fleet on its own (it deregistered to shut down): it takes no new
+    /// chunk, and stays listed as draining until the chunks it holds are handed back.
+    pub fn drain(&self, id: &str) {
+        let mut state = self.lock();
+        match state.workers.get_mut(id) {
+            Some(entry) if entry.busy > 0 => {
+                entry.draining = true;
+                tracing::info!(worker = %entry.info.name, chunks = entry.busy, "worker draining");
+            }
+            Some(_) => {
+                drop(state);
+                self.remove(id, "it deregistered");
+            }
+            None => {}
+        }
+    }
+
+    /// Drops a worker (lease lapsed, or unreachable). Chunks it holds fail on their own
+    /// streams and are retried elsewhere.
     pub fn remove(&self, id: &str, why: &str) {
         if let Some(entry) = self.lock().workers.remove(id) {
             tracing::info!(worker = %entry.info.name, why, "worker left the fleet");
         }
     }
 
-    /// Drops every worker whose lease has lapsed.
+    /// Drops every worker whose lease has lapsed (a draining worker has stopped renewing
+    /// it: the streams of the chunks it holds tell whether it is alive).
     pub fn reap_expired(&self) {
         let now = Instant::now();
         let expired: Vec<String> = self
             .lock()
             .workers
             .iter()
-            .filter(|(_, entry)| entry.expires < now)
+            .filter(|(_, entry)| entry.expires < now && !entry.draining)
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
@@ -245,19 +319,34 @@ impl Fleet {
         }
     }
 
-    /// Records that the worker named `worker` ran a chunk of `model`, so holds it loaded.
-    pub fn ran_model(&self, worker: &str, model: &str) {
+    /// Records that the worker named `worker` produced an accepted chunk of `model`, so
+    /// holds the model loaded.
+    pub fn chunk_accepted(&self, worker: &str, model: &str) {
         let mut state = self.lock();
         if let Some(entry) = state.workers.values_mut().find(|e| e.info.name == worker) {
             entry.models.insert(model.to_string());
+            entry.chunks_done += 1;
         }
+    }
+
+    /// Every worker listed, draining ones included, by name.
+    pub fn workers(&self) -> Vec<WorkerSummary> {
+        let now = Instant::now();
+        let mut workers: Vec<WorkerSummary> = self
+            .lock()
+            .workers
+            .values()
+            .map(|e| e.summary(now))
+            .collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        workers
     }
 
     /// What the workers registered now offer a job of `model`.
     pub fn offer(&self, model: &str) -> FleetOffer {
         let state = self.lock();
-        let workers: Vec<&Entry> = state.workers.values().collect();
-        let free = |e: &Entry| e.info.slots.saturating_sub(e.busy);
+        let workers: Vec<&Entry> = state.workers.values().filter(|e| !e.draining).collect();
+        let free = |e: &Entry| e.free();
         let free_slots: u32 = workers.iter().map(|e| free(e)).sum();
         let all_slots: u32 = workers.iter().map(|e| e.info.slots).sum();
         let hosts: HashSet<&str> = workers.iter().map(|e| host_of(&e.info.address)).collect();
@@ -294,9 +383,24 @@ impl Fleet {
         }
     }
 
-    /// Workers registered now.
+    /// The chunks running on workers of `gpu_type` (every type when `None`) and elsewhere.
+    pub fn load(&self, gpu_type: Option<&str>) -> FleetLoad {
+        let state = self.lock();
+        let mut load = FleetLoad::default();
+        for entry in state.workers.values() {
+            if gpu_type.is_none_or(|t| t == entry.info.gpu_type) {
+                load.busy_here += entry.busy;
+                load.busy_workers += u32::from(entry.busy > 0 && !entry.draining);
+            } else {
+                load.busy_elsewhere += entry.busy;
+            }
+        }
+        load
+    }
+
+    /// Workers registered now that take chunks (draining ones excluded).
     pub fn len(&self) -> usize {
-        self.lock().workers.len()
+        self.lock().workers.values().filter(|e| !e.draining).count()
     }
 
     /// True when no worker is registered.
@@ -304,11 +408,17 @@ impl Fleet {
         self.len() == 0
     }
 
-    /// Slots of the registered workers: (all of them, those holding a chunk).
+    /// Slots of the registered workers: (all of them, those holding a chunk), draining
+    /// workers counting only their busy slots.
     pub fn slots(&self) -> (u32, u32) {
         let state = self.lock();
         state.workers.values().fold((0, 0), |(all, busy), entry| {
-            (all + entry.info.slots, busy + entry.busy)
+            let slots = if entry.draining {
+                entry.busy
+            } else {
+                entry.info.slots
+            };
+            (all + slots, busy + entry.busy)
         })
     }
 
@@ -379,6 +489,10 @@ impl Fleet {
         let mut state = self.lock();
         if let Some(entry) = state.workers.get_mut(id) {
             entry.busy = entry.busy.saturating_sub(1);
+            if entry.draining && entry.busy == 0 {
+                tracing::info!(worker = %entry.info.name, "worker drained and left the fleet");
+                state.workers.remove(id);
+            }
         }
         self.match_waiters(&mut state);
     }
@@ -414,12 +528,12 @@ impl Fleet {
 
 /// The least loaded idle worker, avoiding `avoid` unless every worker is in it.
 fn pick_worker(workers: &HashMap<String, Entry>, avoid: &HashSet<String>) -> Option<String> {
-    let everyone_avoided = workers.keys().all(|id| avoid.contains(id));
+    let everyone_avoided = workers
+        .iter()
+        .all(|(id, entry)| entry.draining || avoid.contains(id));
     workers
         .iter()
-        .filter(|(id, entry)| {
-            entry.busy < entry.info.slots && (everyone_avoided || !avoid.contains(*id))
-        })
+        .filter(|(id, entry)| entry.free() > 0 && (everyone_avoided || !avoid.contains(*id)))
         .min_by(|(a_id, a), (b_id, b)| {
             let load = |e: &Entry| f64::from(e.busy) / f64::from(e.info.slots);
             load(a).total_cmp(&load(b)).then_with(|| a_id.cmp(b_id))
@@ -447,6 +561,7 @@ mod tests {
             gpu_type: "cpu".into(),
             slots,
             gpus_per_slot: 1,
+            ..RegisterWorkerRequest::default()
         }
     }
 
@@ -554,7 +669,7 @@ mod tests {
         other_host.address = "http://10.0.0.7:50051".into();
         other_host.gpu_type = "L4".into();
         fleet.register(other_host).expect("registers");
-        fleet.ran_model("a", "m");
+        fleet.chunk_accepted("a", "m");
         let held = fleet
             .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
             .await
@@ -567,5 +682,47 @@ mod tests {
         assert_eq!(fleet.offer("other").warm_slots, 0);
         assert_eq!(host_of("http://127.0.0.1:1"), "127.0.0.1");
         assert_eq!(host_of("worker-3.fleet:50051"), "worker-3.fleet");
+    }
+
+    #[tokio::test]
+    async fn a_deregistered_worker_drains_its_chunks_listed_and_then_leaves() {
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        let busy = fleet
+            .register(RegisterWorkerRequest {
+                device: "cuda".into(),
+                cold_start_seconds: 12.5,
+                models: vec!["realesr-animevideov3-x2".into()],
+                ..registration("a", 1)
+            })
+            .expect("registers");
+        let grant = fleet
+            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
+            .await
+            .expect("slot");
+        let idle = fleet.register(registration("b", 2)).expect("registers");
+        fleet.chunk_accepted("a", "lanczos");
+        fleet.drain(&busy);
+        fleet.drain(&idle);
+        let listed = fleet.workers();
+        assert_eq!(listed.len(), 1, "the idle worker left at once: {listed:?}");
+        let a = &listed[0];
+        assert_eq!((a.name.as_str(), a.device.as_str()), ("a", "cuda"));
+        assert_eq!((a.slots, a.busy_slots, a.draining), (1, 1, true));
+        assert_eq!((a.cold_start_seconds, a.chunks_done), (12.5, 1));
+        assert_eq!(a.models, ["lanczos", "realesr-animevideov3-x2"]);
+        // No new chunk goes to a draining worker: with it the only one, the fleet is empty.
+        assert!(fleet.is_empty());
+        assert_eq!(fleet.slots(), (1, 1));
+        fleet.reap_expired();
+        assert_eq!(
+            fleet.workers().len(),
+            1,
+            "its chunk's stream, not its lease, decides"
+        );
+        drop(grant);
+        assert!(
+            fleet.workers().is_empty(),
+            "gone once its chunk is handed back"
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! retried, and reaches 100 % only on success. The frames shown are the frames the model
 //! has done; the phase is the one the least advanced chunk is really in (`waiting` for a
 //! worker's slot, `init` while it opens the input and loads the model, then `process`,
-//! `encode`, `upload`); the time remaining comes from the measured rate of model frames.
+//! `encode`, `upload`); the time remaining is the model's frames left at its measured
+//! rate plus the stitch the cost model predicts, and before a rate is measured, what the
+//! cost model predicted for the whole job less the time it has run.
 
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -66,6 +68,9 @@ struct ProgressFold {
     /// When the model's first frame of the job was reported, and the job's model frames
     /// then: where the measured rate starts.
     rate_start: Option<(Instant, u64)>,
+    /// The cost model's prediction for the plan, when it made one: (when the job was
+    /// accepted, its whole wall time, its stitch).
+    predicted: Option<(Instant, f64, f64)>,
 }
 
 /// Where a chunk stands between dispatch and acceptance.
@@ -172,6 +177,10 @@ impl JobRecord {
                 .collect();
             fold.done = vec![PerPhase::default(); plan.ranges.len()];
             fold.stages = vec![ChunkStage::Waiting; plan.ranges.len()];
+            fold.predicted = plan
+                .predicted
+                .as_ref()
+                .map(|p| (self.accepted, p.wall_seconds, p.stitch_seconds));
         }
         self.state.send_modify(|job| {
             job.plan = Some(plan.clone());
@@ -298,12 +307,38 @@ impl JobRecord {
             .clone()
     }
 
-    /// Marks the stitch as started in the progress.
+    /// Worker slots this job wants now: one while it waits to start or is probed (it will
+    /// want at least one), its chunks not yet accepted while it runs (waiting for a slot,
+    /// holding one, or between retries), none once it stitches or has ended.
+    pub fn slots_wanted(&self) -> u32 {
+        match self.state() {
+            JobState::Unspecified | JobState::Queued | JobState::Probing => 1,
+            JobState::Running => {
+                let fold = self.lock_progress();
+                let open = fold
+                    .stages
+                    .iter()
+                    .filter(|&&s| s != ChunkStage::Done)
+                    .count();
+                if fold.stages.is_empty() {
+                    1
+                } else {
+                    u32::try_from(open).unwrap_or(u32::MAX)
+                }
+            }
+            JobState::Stitching | JobState::Succeeded | JobState::Failed | JobState::Cancelled => 0,
+        }
+    }
+
+    /// Marks the stitch as started in the progress; the time left is then the stitch the
+    /// cost model predicted (0 without a prediction).
     pub fn stitching(&self) {
         self.set_state(JobState::Stitching);
+        let stitch = self.lock_progress().predicted.map_or(0.0, |(_, _, s)| s);
         self.state.send_modify(|job| {
             if let Some(progress) = &mut job.progress {
                 progress.phase = "stitch".into();
+                progress.seconds_remaining = stitch;
             }
         });
     }
@@ -355,21 +390,29 @@ impl ProgressFold {
         }
     }
 
-    /// Seconds until the model has done every frame, at the rate measured since its
-    /// first frame of the job; 0 until that rate spans [`MIN_RATE_SECONDS`].
+    /// Seconds until the job is done: the model's frames left at the rate measured since
+    /// its first frame of the job, plus the predicted stitch. Until that rate spans
+    /// [`MIN_RATE_SECONDS`], the predicted wall time less the time run (0 without one).
     fn seconds_remaining(&mut self, now: Instant, frames_done: u64, total: u64) -> f64 {
+        let (stitch, predicted_left) = match self.predicted {
+            Some((accepted, wall, stitch)) => {
+                let run = now.duration_since(accepted).as_secs_f64();
+                (stitch, (wall - run).max(stitch))
+            }
+            None => (0.0, 0.0),
+        };
         let Some((since, at_start)) = self.rate_start else {
             if frames_done > 0 {
                 self.rate_start = Some((now, frames_done));
             }
-            return 0.0;
+            return predicted_left;
         };
         let seconds = now.duration_since(since).as_secs_f64();
         let frames = frames_done.saturating_sub(at_start);
         if frames == 0 || seconds < MIN_RATE_SECONDS {
-            return 0.0;
+            return predicted_left;
         }
-        total.saturating_sub(frames_done) as f64 * seconds / frames as f64
+        total.saturating_sub(frames_done) as f64 * seconds / frames as f64 + stitch
     }
 }
 
@@ -508,5 +551,30 @@ mod tests {
         assert_eq!(fold.progress(at(40)).phase, "encode");
         fold.stages = vec![ChunkStage::Done; 2];
         assert_eq!(fold.progress(at(41)).phase, "stitch");
+    }
+
+    #[test]
+    fn the_time_left_counts_the_predicted_stitch_and_starts_from_the_prediction() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + std::time::Duration::from_secs(seconds);
+        let mut fold = ProgressFold {
+            frames_per_chunk: vec![100],
+            done: vec![PerPhase::default()],
+            stages: vec![ChunkStage::Running],
+            predicted: Some((start, 60.0, 8.0)),
+            ..ProgressFold::default()
+        };
+        // No rate yet: the prediction less the time run, never below the stitch.
+        assert!((fold.progress(at(10)).seconds_remaining - 50.0).abs() < 1e-9);
+        assert!((fold.progress(at(59)).seconds_remaining - 8.0).abs() < 1e-9);
+        *fold.done[0].get_mut(Phase::Process).expect("phase") = 10;
+        fold.progress(at(20));
+        *fold.done[0].get_mut(Phase::Process).expect("phase") = 30;
+        // 20 frames in 10 s, 70 to go: 35 s, then the 8 s stitch.
+        let measured = fold.progress(at(30));
+        assert!(
+            (measured.seconds_remaining - 43.0).abs() < 1e-9,
+            "{measured:?}"
+        );
     }
 }

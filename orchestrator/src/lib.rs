@@ -3,7 +3,8 @@
 //! From the outside in:
 //!
 //! - [`server`] and [`service`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
-//!   services on one listener, with health and reflection.
+//!   services on one listener, with health and reflection, and KEDA's external
+//!   [`scaler`] beside them.
 //! - [`orchestrator`]: the central [`Orchestrator`]: accepts jobs ([`validate`] into a
 //!   [`validate::ValidJob`], recorded in the [`job_store`], indexed in [`live_jobs`]),
 //!   cancels them, resumes them after a restart.
@@ -38,6 +39,7 @@ pub mod planning;
 pub mod probe;
 pub mod report;
 pub mod runner;
+pub mod scaler;
 pub mod server;
 pub mod service;
 pub mod sqlite_file;

@@ -14,12 +14,12 @@ use tokio_util::task::TaskTracker;
 
 use framefleet_common::auth::AttachToken;
 use framefleet_common::config::Config;
-use framefleet_common::proto::JobSpec;
+use framefleet_common::proto::{JobSpec, RegisterWorkerRequest};
 use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::MetricsSource;
 
 use crate::cost_history::{CostHistory, HistoryError};
-use crate::fleet::{Fleet, WorkerAccess};
+use crate::fleet::{Fleet, RegisterError, WorkerAccess};
 use crate::job::JobRecord;
 use crate::job_io::JobIo;
 use crate::job_store::{JobStore, JobStoreError, StoredJob};
@@ -86,6 +86,9 @@ pub struct Orchestrator {
     pub jobs: LiveJobs,
     /// Counters and gauges for the Prometheus endpoint.
     pub metrics: Arc<OrchestratorMetrics>,
+    /// Wakes whoever waits for work to arrive (the autoscaler's `StreamIsActive`) when a
+    /// job is accepted.
+    pub arrivals: tokio::sync::Notify,
     store: JobStore,
     runner: Arc<JobRunner>,
     /// Submissions are recorded one at a time, so a repeated idempotency key is answered
@@ -137,6 +140,7 @@ impl Orchestrator {
             fleet,
             jobs: LiveJobs::default(),
             metrics,
+            arrivals: tokio::sync::Notify::new(),
             store,
             runner,
             submissions: tokio::sync::Mutex::new(()),
@@ -220,8 +224,40 @@ impl Orchestrator {
             tracing::info!(job = %job.id, input = %job.request.input, output = %job.request.output, "job accepted");
             self.metrics.job_submitted();
             self.runner.start(job.clone(), Vec::new());
+            self.arrivals.notify_waiters();
         }
         Ok((job, created))
+    }
+
+    /// Resolves once the orchestrator is shutting down.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Adds a worker to the fleet and, on its first registration, keeps its cold start in
+    /// the cost history (what an autoscaled fleet's new workers are planned to take).
+    pub async fn register_worker(
+        &self,
+        request: RegisterWorkerRequest,
+    ) -> Result<String, RegisterError> {
+        let first = !request.rejoining && request.cold_start_seconds > 0.0;
+        let (gpu_type, name, seconds) = (
+            request.gpu_type.clone(),
+            request.name.clone(),
+            request.cold_start_seconds,
+        );
+        let id = self.fleet.register(request)?;
+        if first {
+            if let Err(error) = self
+                .runner
+                .history
+                .record_cold_start(&gpu_type, &name, seconds)
+                .await
+            {
+                tracing::warn!(%error, "a worker's cold start could not be kept");
+            }
+        }
+        Ok(id)
     }
 
     /// A dry run: checks `spec`, probes its input and plans it for `target` from the cost

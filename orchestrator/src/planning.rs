@@ -8,7 +8,7 @@ use framefleet_common::media::VideoInfo;
 use framefleet_common::proto::{JobSpec, PlanJobResponse};
 
 use crate::cost_history::CostHistory;
-use crate::cost_model::{Capacity, CostModel};
+use crate::cost_model::{typical_cold_start, Capacity, CostModel};
 use crate::cost_samples;
 use crate::fleet::FleetOffer;
 use crate::planner::{self, PlanContext, PlanError, Planned};
@@ -66,7 +66,16 @@ pub async fn plan_job(
     video: &VideoInfo,
     probe_seconds: f64,
 ) -> Result<JobPlan, PlanError> {
-    let (capacity, gpu_type) = capacity(config, offer, target);
+    let (mut capacity, gpu_type) = capacity(config, offer, target);
+    if capacity.starting_slots > 0 {
+        capacity.cold_start_seconds = match history.cold_starts(&gpu_type).await {
+            Ok(measured) => typical_cold_start(&measured),
+            Err(error) => {
+                tracing::warn!(%error, "the cost history cannot be read; planning without cold starts");
+                0.0
+            }
+        };
+    }
     let kind = cost_samples::kind(spec, &gpu_type);
     let model = match history.history(&kind).await {
         Ok(samples) => CostModel::fit(samples),
@@ -95,7 +104,8 @@ pub async fn plan_job(
 
 /// The capacity to plan for and its GPU type: `target`'s local workers, else the fleet
 /// registered now, raised to `planner.fleet_slots` (on `planner.fleet_hosts` machines)
-/// when fewer slots are registered.
+/// when fewer slots are registered; the slots raised are workers still to start (their
+/// cold start is the caller's to fill in).
 pub fn capacity(config: &Config, offer: FleetOffer, target: &Target) -> (Capacity, String) {
     let gpu_type = [target.gpu_type.as_str(), offer.gpu_type.as_str()]
         .into_iter()
@@ -103,16 +113,17 @@ pub fn capacity(config: &Config, offer: FleetOffer, target: &Target) -> (Capacit
         .unwrap_or(&config.worker.gpu_type)
         .to_string();
     let planner = &config.planner;
-    let (slots, hosts, warm_slots) = if target.local_workers > 0 {
-        (target.local_workers * config.worker.slots.max(1), 1, 0)
+    let (slots, hosts, warm_slots, starting_slots) = if target.local_workers > 0 {
+        (target.local_workers * config.worker.slots.max(1), 1, 0, 0)
     } else if offer.slots < planner.fleet_slots {
+        let starting = planner.fleet_slots - offer.slots;
         let hosts = match planner.fleet_hosts {
-            0 => offer.hosts + (planner.fleet_slots - offer.slots),
+            0 => offer.hosts + starting,
             hosts => hosts,
         };
-        (planner.fleet_slots, hosts, offer.warm_slots)
+        (planner.fleet_slots, hosts, offer.warm_slots, starting)
     } else {
-        (offer.slots, offer.hosts, offer.warm_slots)
+        (offer.slots, offer.hosts, offer.warm_slots, 0)
     };
     let gpus_per_slot = if offer.slots > 0 && target.local_workers == 0 {
         offer.gpus_per_slot
@@ -123,6 +134,8 @@ pub fn capacity(config: &Config, offer: FleetOffer, target: &Target) -> (Capacit
         slots: slots.max(1),
         hosts: hosts.max(1),
         warm_slots,
+        starting_slots,
+        cold_start_seconds: 0.0,
         gpus_per_slot,
         price_per_gpu_second: config.pricing.get(&gpu_type).copied().unwrap_or(0.0),
     };
@@ -167,7 +180,7 @@ mod tests {
         assert_eq!(c.gpus_per_slot, 2.0);
         config.planner.fleet_slots = 8;
         let (c, _) = capacity(&config, offer(2, 1), &Target::default());
-        assert_eq!((c.slots, c.hosts), (8, 7));
+        assert_eq!((c.slots, c.hosts, c.starting_slots), (8, 7, 6));
         config.planner.fleet_hosts = 1;
         let (c, _) = capacity(&config, offer(0, 0), &Target::default());
         assert_eq!((c.slots, c.hosts), (8, 1));

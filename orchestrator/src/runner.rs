@@ -290,7 +290,7 @@ impl JobRunner {
             let finished = self.produce_chunk(&context, work, previous).await?;
             peers.finished(finished.chunk.result.wall_seconds);
             self.fleet
-                .ran_model(&finished.chunk.result.worker_name, job.request.model());
+                .chunk_accepted(&finished.chunk.result.worker_name, job.request.model());
             job.chunk_done(work.index());
             lock(log).accepted.push(finished.clone());
             Ok::<_, JobError>(finished)

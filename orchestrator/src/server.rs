@@ -1,6 +1,7 @@
 //! Serving the orchestrator: `Orchestrator` and `Fleet` with health and reflection on one
 //! listener (TLS when configured; `Orchestrator` and reflection behind the client token,
-//! `Fleet` behind the fleet token, health open), a lease reaper, and an orderly stop when
+//! `Fleet` behind the fleet token, health and KEDA's `ExternalScaler` open: KEDA sends no
+//! token, and the scaler reveals only counts), a lease reaper, and an orderly stop when
 //! the shutdown token fires (no new jobs, running jobs end, then the server closes). The
 //! Prometheus endpoint, when configured, runs beside it and stops with it.
 
@@ -13,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use framefleet_common::auth::{self, RequireToken};
 use framefleet_common::config::Config;
+use framefleet_common::proto::externalscaler::external_scaler_server::ExternalScalerServer;
 use framefleet_common::proto::fleet_server::FleetServer;
 use framefleet_common::proto::orchestrator_server::OrchestratorServer;
 use framefleet_common::reflection;
 use framefleet_common::telemetry::metrics;
 
 use crate::orchestrator::{Exposition, Orchestrator};
+use crate::scaler::ScalerService;
 use crate::service::{FleetService, OrchestratorService};
 
 /// The orchestrator could not start or stopped on an error.
@@ -123,9 +126,10 @@ pub async fn serve_on(
             clients,
         ))
         .add_service(FleetServer::with_interceptor(
-            FleetService::new(orchestrator),
+            FleetService::new(orchestrator.clone()),
             workers,
         ))
+        .add_service(ExternalScalerServer::new(ScalerService::new(orchestrator)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await;
     shutdown.cancel();

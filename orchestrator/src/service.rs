@@ -11,9 +11,9 @@ use framefleet_common::proto::orchestrator_server::Orchestrator as OrchestratorA
 use framefleet_common::proto::{
     CancelJobRequest, DeregisterRequest, DeregisterResponse, GetCostReportRequest,
     GetCostReportResponse, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobState,
-    ListJobsRequest, ListJobsResponse, PlanJobRequest, PlanJobResponse, RegisterWorkerRequest,
-    RegisterWorkerResponse, SubmitJobRequest, SubmitJobResponse, SummarizeCostsRequest,
-    SummarizeCostsResponse, WatchJobRequest,
+    ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse, PlanJobRequest,
+    PlanJobResponse, RegisterWorkerRequest, RegisterWorkerResponse, SubmitJobRequest,
+    SubmitJobResponse, SummarizeCostsRequest, SummarizeCostsResponse, WatchJobRequest,
 };
 
 use crate::job::JobRecord;
@@ -191,6 +191,15 @@ impl OrchestratorApi for OrchestratorService {
             })?;
         Ok(Response::new(plan.response()))
     }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse {
+            workers: self.orchestrator.fleet.workers(),
+        }))
+    }
 }
 
 /// The `Fleet` gRPC service.
@@ -211,13 +220,14 @@ impl FleetApi for FleetService {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
-        let fleet = &self.orchestrator.fleet;
-        let worker_id = fleet
-            .register(request.into_inner())
+        let worker_id = self
+            .orchestrator
+            .register_worker(request.into_inner())
+            .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(RegisterWorkerResponse {
             worker_id,
-            lease_seconds: fleet.lease().as_secs_f64(),
+            lease_seconds: self.orchestrator.fleet.lease().as_secs_f64(),
         }))
     }
 
@@ -238,7 +248,7 @@ impl FleetApi for FleetService {
     ) -> Result<Response<DeregisterResponse>, Status> {
         self.orchestrator
             .fleet
-            .remove(&request.into_inner().worker_id, "it deregistered");
+            .drain(&request.into_inner().worker_id);
         Ok(Response::new(DeregisterResponse {}))
     }
 }

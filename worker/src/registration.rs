@@ -1,8 +1,10 @@
 //! Joining the fleet: register with the orchestrator, renew the lease with heartbeats,
 //! register again when the orchestrator forgets the worker (restart, lapsed lease), and
-//! deregister on shutdown. Every call retries with exponential backoff and jitter.
+//! deregister on shutdown. Every call retries with exponential backoff and jitter. The
+//! first registration carries the worker's cold start (process start to registered);
+//! later ones say they rejoin, with the same figure.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
@@ -15,14 +17,27 @@ use framefleet_common::proto::{DeregisterRequest, HeartbeatRequest, RegisterWork
 /// Deadline of one Fleet call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the worker registers as.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The request, less the cold start and `rejoining`, which are filled in here.
+    pub request: RegisterWorkerRequest,
+    /// When this worker's process started.
+    pub process_start: Instant,
+}
+
 /// Keeps the worker registered with the orchestrator at `orchestrator` (presenting `token`)
 /// until `shutdown`, then deregisters it.
 pub async fn keep_registered(
     orchestrator: Endpoint,
     token: AttachToken,
-    registration: RegisterWorkerRequest,
+    registration: Registration,
     shutdown: CancellationToken,
 ) {
+    let Registration {
+        request: mut registration,
+        process_start,
+    } = registration;
     let orchestrator_url = orchestrator.uri().to_string();
     let channel = orchestrator
         .connect_timeout(CALL_TIMEOUT)
@@ -37,7 +52,10 @@ pub async fn keep_registered(
     while !shutdown.is_cancelled() {
         let register = || {
             let mut client = client.clone();
-            let request = registration.clone();
+            let mut request = registration.clone();
+            if !request.rejoining {
+                request.cold_start_seconds = process_start.elapsed().as_secs_f64();
+            }
             async move { client.register_worker(request).await }
         };
         let registered = tokio::select! {
@@ -50,7 +68,11 @@ pub async fn keep_registered(
             continue;
         };
         let worker_id = registered.worker_id;
-        tracing::info!(%worker_id, url = %orchestrator_url, "registered with the orchestrator");
+        if !registration.rejoining {
+            registration.cold_start_seconds = process_start.elapsed().as_secs_f64();
+            registration.rejoining = true;
+        }
+        tracing::info!(%worker_id, url = %orchestrator_url, cold_start_seconds = registration.cold_start_seconds, "registered with the orchestrator");
         let mut lease = Duration::from_secs_f64(registered.lease_seconds.max(1.0));
         let mut since_renewal = tokio::time::Instant::now();
         loop {

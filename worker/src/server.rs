@@ -5,21 +5,23 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use framefleet_common::auth::{self, AttachToken, RequireToken};
-use framefleet_common::config::Config;
+use framefleet_common::config::{Config, WorkerConfig};
 use framefleet_common::proto::worker_server::WorkerServer;
 use framefleet_common::proto::RegisterWorkerRequest;
 use framefleet_common::reflection;
 use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::{self, MetricsSource};
 
-use crate::registration::keep_registered;
-use crate::service::{WorkerService, WorkerState};
+use crate::processor::{self, ProcessError};
+use crate::registration::{keep_registered, Registration};
+use crate::service::{device_label, processor_settings, WorkerService, WorkerState};
 
 /// The worker could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +47,28 @@ pub enum ServeError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// A model in `worker.preload_models` could not be loaded.
+    #[error(
+        "cannot preload model `{model}`: {source}; install it (framefleet models import) or \
+         remove it from worker.preload_models"
+    )]
+    Preload {
+        /// The model named.
+        model: String,
+        /// Why it failed.
+        #[source]
+        source: ProcessError,
+    },
 }
 
-/// Binds `config.worker.listen`, serves, registers with the orchestrator, and returns once
-/// `shutdown` is cancelled (the worker then deregisters at once) and the chunks in hand
-/// have finished or, after `worker.drain_grace_seconds`, been handed back.
+/// Binds `config.worker.listen`, loads `worker.preload_models`, serves, registers with the
+/// orchestrator, and returns once `shutdown` is cancelled (the worker then deregisters at
+/// once) and the chunks in hand have finished or, after `worker.drain_grace_seconds`, been
+/// handed back.
 pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let process_start = Instant::now()
+        .checked_sub(crate::host::process_age().unwrap_or_default())
+        .unwrap_or_else(Instant::now);
     framefleet_common::media::init();
     let address = config.worker.listen;
     let listener = TcpListener::bind(address)
@@ -96,16 +114,23 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
     if let Some(tls) = auth::server_tls(&config.tls)? {
         server = server.tls_config(tls)?;
     }
+    preload(worker).await?;
     let fleet_token = &config.auth.fleet_token;
     let registration = tokio::spawn(keep_registered(
         orchestrator,
         AttachToken::new(fleet_token),
-        RegisterWorkerRequest {
-            address: advertise,
-            name: worker.name.clone(),
-            gpu_type: worker.gpu_type.clone(),
-            slots: worker.slots,
-            gpus_per_slot: worker.gpus_per_slot,
+        Registration {
+            request: RegisterWorkerRequest {
+                address: advertise,
+                name: worker.name.clone(),
+                gpu_type: worker.gpu_type.clone(),
+                slots: worker.slots,
+                gpus_per_slot: worker.gpus_per_slot,
+                device: device_label(&worker.device).into(),
+                models: worker.preload_models.clone(),
+                ..RegisterWorkerRequest::default()
+            },
+            process_start,
         },
         shutdown.clone(),
     ));
@@ -133,6 +158,27 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         let _ = exposition.await;
     }
     served.map_err(ServeError::from)
+}
+
+/// Loads every model in `worker.preload_models` on a blocking thread.
+async fn preload(worker: &WorkerConfig) -> Result<(), ServeError> {
+    let (models, settings) = (worker.preload_models.clone(), processor_settings(worker));
+    tokio::task::spawn_blocking(move || {
+        for model in models {
+            let seconds =
+                processor::preload(&model, &settings).map_err(|source| ServeError::Preload {
+                    model: model.clone(),
+                    source,
+                })?;
+            tracing::info!(%model, seconds, "model preloaded");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ServeError::Preload {
+        model: worker.preload_models.join(", "),
+        source: ProcessError::Model(format!("the loading thread died: {e}")),
+    })?
 }
 
 /// The `/metrics` view of a running worker, holding its state weakly so the endpoint never

@@ -205,7 +205,7 @@ impl Worker for WorkerService {
 
 /// Where this worker runs models: `cuda` when built with libtorch and a GPU is visible
 /// (and `worker.device` allows it), else `cpu`.
-fn device_label(requested: &str) -> &'static str {
+pub fn device_label(requested: &str) -> &'static str {
     #[cfg(feature = "torch")]
     {
         crate::processor::neural::device_label(crate::processor::neural::select_device(requested))
@@ -214,6 +214,15 @@ fn device_label(requested: &str) -> &'static str {
     {
         let _ = requested;
         "cpu"
+    }
+}
+
+/// What building a processor needs, from the worker's configuration.
+pub fn processor_settings(config: &WorkerConfig) -> ProcessorSettings {
+    ProcessorSettings {
+        model_dir: crate::models::cache_dir(&config.model_dir),
+        device: config.device.clone(),
+        tile_size: config.tile_size,
     }
 }
 
@@ -259,11 +268,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         batch_frames: config.batch_frames as usize,
         task: request.task(),
         top_k: request.top_k,
-        settings: ProcessorSettings {
-            model_dir: crate::models::cache_dir(&config.model_dir),
-            device: config.device.clone(),
-            tile_size: config.tile_size,
-        },
+        settings: processor_settings(config),
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
         pts_offset: request.pts_offset,

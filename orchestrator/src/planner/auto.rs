@@ -210,6 +210,8 @@ mod tests {
             slots: gpus,
             hosts: gpus,
             warm_slots: gpus,
+            starting_slots: 0,
+            cold_start_seconds: 0.0,
             gpus_per_slot: 1.0,
             price_per_gpu_second: 0.000164,
         }

@@ -214,6 +214,7 @@ fn candidate(prediction: Prediction, one_chunk_wall: f64) -> PlanCandidate {
         wall_seconds: prediction.wall_seconds,
         gpu_seconds: prediction.gpu_seconds,
         cost_usd: prediction.cost_usd,
+        stitch_seconds: prediction.stitch_seconds,
         speedup: if prediction.wall_seconds > 0.0 {
             one_chunk_wall / prediction.wall_seconds
         } else {
@@ -238,6 +239,8 @@ mod tests {
                 slots: 4,
                 hosts: 4,
                 warm_slots: 4,
+                starting_slots: 0,
+                cold_start_seconds: 0.0,
                 gpus_per_slot: 1.0,
                 price_per_gpu_second: 0.0001,
             },

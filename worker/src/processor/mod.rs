@@ -96,6 +96,16 @@ pub fn build(
     }
 }
 
+/// Loads `model` into this process's model cache (a no-op for `lanczos`), so chunks of it
+/// start warm; returns the seconds loading took.
+pub fn preload(model: &str, settings: &ProcessorSettings) -> Result<f64, ProcessError> {
+    let spec = ProcessorSpec {
+        model: model.to_string(),
+        ..ProcessorSpec::default()
+    };
+    Ok(build(&spec, settings)?.model_load_seconds())
+}
+
 /// Rounds a scaled dimension to the nearest even number of at least 2, as `yuv420p` needs.
 pub fn scaled_dimension(size: u32, scale: f64) -> u32 {
     let scaled = (f64::from(size) * scale).round().max(2.0) as u32;
