@@ -79,32 +79,40 @@ impl Cluster {
             .any(|(k, _)| k == "FRAMEFLEET_TLS__CERT_PATH");
         let scheme = if tls { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
-        let mut worker_urls = Vec::new();
-        let mut processes = Vec::new();
-        for index in 0..workers {
-            let worker_port = free_port();
-            worker_urls.push(format!("{scheme}://127.0.0.1:{worker_port}"));
-            let log = logs
-                .as_ref()
-                .map(|dir| dir.join(format!("worker-{index}.log")));
-            processes.push(Some(spawn_quiet(
-                framefleet()
-                    .args(["worker", "--orchestrator", &url, "--listen"])
-                    .arg(format!("127.0.0.1:{worker_port}"))
-                    .args(["--name", &format!("worker-{index}")]),
-                &settings,
-                log.as_deref(),
-            )));
-        }
-        Cluster {
+        let mut cluster = Cluster {
             url,
-            worker_urls,
+            worker_urls: Vec::new(),
             orchestrator,
-            workers: processes,
+            workers: Vec::new(),
             settings,
             state,
             capture_logs,
+        };
+        for index in 0..workers {
+            cluster.add_worker(&format!("worker-{index}"));
         }
+        cluster
+    }
+
+    /// Starts one more worker named `name`, registering with the orchestrator; returns its
+    /// index in `workers` and `worker_urls`.
+    pub fn add_worker(&mut self, name: &str) -> usize {
+        let scheme = self.url.split_once("://").map_or("http", |(s, _)| s);
+        let worker_port = free_port();
+        self.worker_urls
+            .push(format!("{scheme}://127.0.0.1:{worker_port}"));
+        let log = self
+            .capture_logs
+            .then(|| self.state.path().join(format!("{name}.log")));
+        self.workers.push(Some(spawn_quiet(
+            framefleet()
+                .args(["worker", "--orchestrator", &self.url, "--listen"])
+                .arg(format!("127.0.0.1:{worker_port}"))
+                .args(["--name", name]),
+            &self.settings,
+            log.as_deref(),
+        )));
+        self.workers.len() - 1
     }
 
     /// Stops the orchestrator with `signal` (SIGKILL: no chance to clean up; SIGTERM: an
