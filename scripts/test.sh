@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need (scripts/setup.sh --garage --torch --clients), then checks formatting and
-# lints and runs every test. The end-to-end tests start their own Garage S3 server on
-# 127.0.0.1 and real framefleet processes.
+# Installs what the tests need (scripts/setup.sh --garage --torch --clients), then checks
+# formatting and lints, the Kubernetes manifests (scripts/check_deploy.py), and runs every
+# test. The end-to-end tests start their own Garage S3 server on 127.0.0.1 and real
+# framefleet processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +15,6 @@ export LIBTORCH="${LIBTORCH:-$cache/torch-2.11.0/torch}"
 export LIBTORCH_CPU_ONLY="${LIBTORCH_CPU_ONLY:-1}"
 
 cargo fmt --all -- --check
+python3 scripts/check_deploy.py
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo test --workspace --all-features --locked
