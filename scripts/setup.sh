@@ -12,7 +12,7 @@ set -euo pipefail
 CACHE="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
 GARAGE_VERSION=2.5.0
 PACKAGES=(ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
-  libavfilter-dev libavdevice-dev libclang-dev pkg-config protobuf-compiler bc openssl)
+  libavfilter-dev libavdevice-dev libclang-dev pkg-config protobuf-compiler bc openssl iproute2)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

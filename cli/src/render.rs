@@ -150,6 +150,11 @@ pub fn cost_table(report: &CostReport) -> String {
     if let Some(outcome) = report.prediction_outcome() {
         let _ = writeln!(out, "plan: {}", outcome.describe(totals));
     }
+    for chunk in &report.chunks {
+        for failure in &chunk.failures {
+            let _ = writeln!(out, "retried: chunk {} {failure}", chunk.index);
+        }
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
     }

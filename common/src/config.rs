@@ -216,6 +216,14 @@ pub struct StorageConfig {
     /// Local directories jobs may read and write (`file://`), symbolic links resolved;
     /// empty allows any path.
     pub local_roots: Vec<String>,
+    /// Longest wait for a connection to the S3 server, per try.
+    pub connect_timeout_seconds: f64,
+    /// Longest one try of one S3 request may take (a stalled transfer fails sooner: the
+    /// SDK's stalled-stream protection).
+    pub attempt_timeout_seconds: f64,
+    /// Tries of one S3 request (the first included) before it fails: with the two above,
+    /// how long storage may stay unreachable before a chunk or a job reports it.
+    pub max_attempts: u32,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -231,6 +239,9 @@ impl std::fmt::Debug for StorageConfig {
             .field("read_ahead_bytes", &self.read_ahead_bytes)
             .field("allowed_buckets", &self.allowed_buckets)
             .field("local_roots", &self.local_roots)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
+            .field("attempt_timeout_seconds", &self.attempt_timeout_seconds)
+            .field("max_attempts", &self.max_attempts)
             .finish()
     }
 }
@@ -377,6 +388,9 @@ impl Default for StorageConfig {
             read_ahead_bytes: 4 * 1024 * 1024,
             allowed_buckets: Vec::new(),
             local_roots: Vec::new(),
+            connect_timeout_seconds: 10.0,
+            attempt_timeout_seconds: 120.0,
+            max_attempts: 5,
         }
     }
 }
@@ -631,6 +645,23 @@ impl StorageConfig {
                 "storage.read_ahead_bytes",
                 "must be at least storage.read_block_bytes",
             );
+        }
+        for (key, seconds) in [
+            (
+                "storage.connect_timeout_seconds",
+                self.connect_timeout_seconds,
+            ),
+            (
+                "storage.attempt_timeout_seconds",
+                self.attempt_timeout_seconds,
+            ),
+        ] {
+            if !(seconds.is_finite() && seconds > 0.0) {
+                return invalid(key, "must be a positive number of seconds");
+            }
+        }
+        if self.max_attempts == 0 {
+            return invalid("storage.max_attempts", "must be at least 1");
         }
         Ok(())
     }

@@ -54,6 +54,8 @@ pub struct FinishedChunk {
     pub chunk: AcceptedChunk,
     /// How this run came by it.
     pub timing: ChunkTiming,
+    /// Why each of this run's attempts that was not accepted failed, oldest first.
+    pub failures: Vec<String>,
 }
 
 impl FinishedChunk {
@@ -62,6 +64,7 @@ impl FinishedChunk {
         Self {
             chunk,
             timing: ChunkTiming::Reused,
+            failures: Vec::new(),
         }
     }
 

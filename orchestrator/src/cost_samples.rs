@@ -225,6 +225,7 @@ mod tests {
                 started_seconds: started,
                 accepted_seconds: accepted,
             }),
+            failures: Vec::new(),
         }
     }
 

@@ -8,10 +8,11 @@
 //! handed back when its [`SlotGrant`] is dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -43,6 +44,30 @@ pub struct WorkerInfo {
     pub gpus_per_slot: u32,
     /// gRPC client (a lazily connected channel that presents the fleet token).
     pub client: WorkerClient<InterceptedService<Channel, AttachToken>>,
+    /// Fires when the fleet drops this registration (its lease lapsed, its connection
+    /// failed): the attempts it holds are given up at once and retried elsewhere, instead
+    /// of waiting out their event deadline behind a partition.
+    pub departure: Departure,
+}
+
+/// Why and when a registration left the fleet, for the attempts that hold its slots.
+#[derive(Clone, Debug, Default)]
+pub struct Departure {
+    gone: CancellationToken,
+    why: Arc<OnceLock<String>>,
+}
+
+impl Departure {
+    fn mark(&self, why: &str) {
+        let _ = self.why.set(why.to_string());
+        self.gone.cancel();
+    }
+
+    /// Resolves, with the reason, once the worker has left the fleet.
+    pub async fn left(&self) -> String {
+        self.gone.cancelled().await;
+        self.why.get().cloned().unwrap_or_default()
+    }
 }
 
 /// How the orchestrator reaches its workers: TLS for `https://` addresses and the fleet
@@ -245,6 +270,7 @@ impl Fleet {
                 endpoint.connect_lazy(),
                 self.access.token.clone(),
             ),
+            departure: Departure::default(),
         };
         tracing::info!(worker = %info.name, address = %info.address, slots = info.slots, gpu_type = %info.gpu_type, "worker registered");
         let mut state = self.lock();
@@ -295,11 +321,12 @@ impl Fleet {
         }
     }
 
-    /// Drops a worker (lease lapsed, or unreachable). Chunks it holds fail on their own
-    /// streams and are retried elsewhere.
+    /// Drops a worker (lease lapsed, or unreachable). The attempts it holds are given up
+    /// (see [`Departure`]) and retried elsewhere.
     pub fn remove(&self, id: &str, why: &str) {
         if let Some(entry) = self.lock().workers.remove(id) {
             tracing::info!(worker = %entry.info.name, why, "worker left the fleet");
+            entry.info.departure.mark(why);
         }
     }
 

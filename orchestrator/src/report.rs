@@ -104,6 +104,7 @@ fn chunk_cost(finished: &FinishedChunk) -> ChunkCost {
         device: result.device.clone(),
         gpu_seconds: result.gpu_seconds,
         wasted_gpu_seconds: chunk.wasted_gpu_seconds,
+        failures: finished.failures.clone(),
         cost_usd: 0.0,
         phases: result
             .phases

@@ -23,6 +23,12 @@ use crate::processor::{self, ProcessError};
 use crate::registration::{keep_registered, Registration};
 use crate::service::{device_label, processor_settings, WorkerService, WorkerState};
 
+/// How often the worker pings the orchestrator's connections, and how long it waits for
+/// the answer: an orchestrator cut off by a partition is noticed within twice this, its
+/// chunk streams close, and the chunks they carry are cancelled and their uploads aborted
+/// (the orchestrator has given them to another worker by then).
+const ORCHESTRATOR_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The worker could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -110,7 +116,9 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
         Some(address) => Some(metrics::bind(address).await?),
         None => None,
     };
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(ORCHESTRATOR_KEEPALIVE))
+        .http2_keepalive_timeout(Some(ORCHESTRATOR_KEEPALIVE));
     if let Some(tls) = auth::server_tls(&config.tls)? {
         server = server.tls_config(tls)?;
     }

@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -77,6 +78,29 @@ impl ReadAhead {
     }
 }
 
+/// The storage error behind a reader's failed read, kept for whoever handed the reader to
+/// FFmpeg: FFmpeg passes on only "Input/output error", which would blame the file for an
+/// unreachable S3 server.
+#[derive(Debug, Clone, Default)]
+pub struct ReadFailure(Arc<Mutex<Option<String>>>);
+
+impl ReadFailure {
+    /// What failed the last failed read, if one failed.
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, error: StorageError) -> io::Error {
+        let kind = match &error {
+            StorageError::NotFound { .. } => io::ErrorKind::NotFound,
+            _ => io::ErrorKind::Other,
+        };
+        let message = error.to_string();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+        io::Error::new(kind, message)
+    }
+}
+
 /// A seekable reader over one object. Its methods block on the runtime it was given, so it
 /// must be used from a thread of its own, never from async code.
 pub struct ObjectReader {
@@ -91,6 +115,7 @@ pub struct ObjectReader {
     cache: VecDeque<Fetched>,
     cached_bytes: u64,
     read_aheads: VecDeque<ReadAhead>,
+    failure: ReadFailure,
 }
 
 impl ObjectReader {
@@ -121,7 +146,14 @@ impl ObjectReader {
             cache: VecDeque::new(),
             cached_bytes: 0,
             read_aheads: VecDeque::new(),
+            failure: ReadFailure::default(),
         })
+    }
+
+    /// Where the storage error behind a failed read is kept (shared, so it can be read
+    /// after the reader went into FFmpeg).
+    pub fn failure(&self) -> ReadFailure {
+        self.failure.clone()
     }
 
     /// Size of the object in bytes.
@@ -157,7 +189,7 @@ impl ObjectReader {
                     .runtime
                     .block_on(ahead.task)
                     .map_err(|e| io::Error::other(format!("read-ahead task ended: {e}")))?
-                    .map_err(to_io_error)?;
+                    .map_err(|e| self.failure.record(e))?;
                 let end = ahead.start + data.len() as u64;
                 self.keep(ahead.start, data, ahead.window);
                 self.read_ahead(end, ahead.window);
@@ -175,7 +207,7 @@ impl ObjectReader {
         let data = self
             .runtime
             .block_on(self.storage.read_range(&self.uri, start, len))
-            .map_err(to_io_error)?;
+            .map_err(|e| self.failure.record(e))?;
         let end = start + data.len() as u64;
         self.keep(start, data, window);
         if continued.is_some() {
@@ -267,14 +299,6 @@ impl ObjectReader {
             self.storage.record_waste(data.len() as u64);
         }
     }
-}
-
-fn to_io_error(error: StorageError) -> io::Error {
-    let kind = match &error {
-        StorageError::NotFound { .. } => io::ErrorKind::NotFound,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, error.to_string())
 }
 
 impl Read for ObjectReader {

@@ -40,11 +40,11 @@ pub(super) fn client(config: &StorageConfig) -> Option<Client> {
         // when an operation requires one.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .retry_config(RetryConfig::standard().with_max_attempts(5))
+        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .operation_attempt_timeout(Duration::from_secs(120))
+                .connect_timeout(Duration::from_secs_f64(config.connect_timeout_seconds))
+                .operation_attempt_timeout(Duration::from_secs_f64(config.attempt_timeout_seconds))
                 .build(),
         );
     if !config.s3_endpoint.is_empty() {

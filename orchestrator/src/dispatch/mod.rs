@@ -131,6 +131,7 @@ pub async fn run_chunk(
     let mut finished = retried.value;
     finished.chunk.attempts = retried.attempts;
     finished.chunk.wasted_gpu_seconds = retried.wasted_gpu_seconds;
+    finished.failures = retried.failures;
     Ok(finished)
 }
 
@@ -207,15 +208,20 @@ async fn attempt_once(
     let since_accepted = || work.job.accepted.elapsed().as_secs_f64();
     let started_seconds = since_accepted();
     let deadline = Duration::from_secs_f64(context.config.event_timeout_seconds);
-    let streamed = stream::process_chunk(
-        &context.fleet,
-        &grant,
-        &work.job,
-        range.index,
-        request,
-        deadline,
-    )
-    .await;
+    let streamed = tokio::select! {
+        streamed = stream::process_chunk(
+            &context.fleet,
+            &grant,
+            &work.job,
+            range.index,
+            request,
+            deadline,
+        ) => streamed,
+        why = grant.worker.departure.left() => Err(StreamError::Retry(format!(
+            "worker {} left the fleet mid-chunk: {why}",
+            grant.worker.name
+        ))),
+    };
     let held_gpu_seconds = started.elapsed().as_secs_f64() * f64::from(grant.worker.gpus_per_slot);
     let worker_id = grant.worker.id.clone();
     drop(grant);
@@ -251,5 +257,6 @@ async fn attempt_once(
             started_seconds,
             accepted_seconds: since_accepted(),
         }),
+        failures: Vec::new(),
     })
 }

@@ -52,6 +52,8 @@ pub struct Retried<T> {
     pub attempts: u32,
     /// GPU-seconds of every failed or losing attempt.
     pub wasted_gpu_seconds: f64,
+    /// Why each failed attempt failed, oldest first.
+    pub failures: Vec<String>,
 }
 
 /// Runs `race(attempt, workers_to_avoid)` for chunk `index` until one is accepted, waiting
@@ -73,6 +75,7 @@ where
         .build();
     let mut avoid = HashSet::new();
     let mut wasted_gpu_seconds = 0.0;
+    let mut failures = Vec::new();
     let mut attempt = 1;
     loop {
         let raced = race(attempt, avoid.clone()).await;
@@ -84,6 +87,7 @@ where
                     value,
                     attempts: attempt,
                     wasted_gpu_seconds,
+                    failures,
                 })
             }
             Err(AttemptError::Retry {
@@ -98,6 +102,7 @@ where
         };
         wasted_gpu_seconds += held_gpu_seconds;
         avoid.extend(worker);
+        failures.push(format!("attempt {attempt}: {message}"));
         let Some(delay) = delays.next() else {
             return Err(DispatchError::Exhausted {
                 index,
@@ -160,6 +165,10 @@ mod tests {
         assert_eq!(retried.value, "chunk");
         assert_eq!(retried.attempts, 3);
         assert_eq!(retried.wasted_gpu_seconds, 4.0);
+        assert_eq!(
+            retried.failures,
+            ["attempt 1: a crashed", "attempt 2: b crashed"]
+        );
         assert_eq!(*seen.lock().expect("lock"), vec![(1, 0), (2, 1), (3, 2)]);
         // Two waits of at least the initial and the doubled delay.
         assert!(

@@ -9,7 +9,8 @@
 //! - [`media`]: clips made with FFmpeg; [`ffprobe`]: what ffprobe reads back; [`models`]:
 //!   the Real-ESRGAN weights, imported;
 //! - [`exactness`]: frames, timestamps and audio compared with the input;
-//! - [`faults`]: proxies that break storage traffic.
+//! - [`faults`]: proxies that break storage traffic; [`netns`]: network namespaces whose
+//!   links a test cuts (partitions).
 //!
 //! Everything is re-exported at the top, so a test says `use framefleet_testkit::*`.
 
@@ -23,6 +24,7 @@ pub mod jobs;
 pub mod local;
 pub mod media;
 pub mod models;
+pub mod netns;
 pub mod objects;
 pub mod process;
 
@@ -36,5 +38,6 @@ pub use jobs::*;
 pub use local::*;
 pub use media::*;
 pub use models::*;
+pub use netns::*;
 pub use objects::*;
 pub use process::*;

@@ -28,8 +28,8 @@ use framefleet_common::media::{
     discard_streams, frame_pts, open_input_for_decoding, PacketReader, TimestampSource,
 };
 use framefleet_common::proto::Phase;
-use framefleet_common::storage::ObjectReader;
 use framefleet_common::storage::Storage;
+use framefleet_common::storage::{ObjectReader, ReadFailure};
 
 use super::deinterlace::Deinterlacer;
 use super::passthrough::{Offer, PassthroughCollector, Span};
@@ -77,6 +77,7 @@ pub(super) fn run(
         object = object.whole_object();
     }
     let size = object.size();
+    let failure = object.failure();
     let shared = HollowReader::new(
         TimedReader {
             inner: object,
@@ -95,7 +96,9 @@ pub(super) fn run(
             skip_fragments: tries == 0,
             packet_log,
         };
-        match decode_range(spec, context, &frames, attempt)? {
+        let decoded = decode_range(spec, context, &frames, attempt)
+            .map_err(|error| blame_storage(error, &failure))?;
+        match decoded {
             Decoded::Done {
                 passthrough_packets,
             } => return Ok(passthrough_packets),
@@ -118,6 +121,15 @@ pub(super) fn run(
          (pts {}); the input's timestamps do not match its probe",
         spec.range.start_pts
     )))
+}
+
+/// A decode error caused by a failed read of the input is the storage's error: FFmpeg
+/// reports it as "Input/output error", which would blame the file.
+fn blame_storage(error: ChunkError, failure: &ReadFailure) -> ChunkError {
+    match (error, failure.last()) {
+        (ChunkError::Decode(_), Some(storage)) => ChunkError::InputRead(storage),
+        (error, _) => error,
+    }
 }
 
 /// How far before a chunk's keyframe successive seeks aim when the demuxer overshoots.

@@ -49,6 +49,10 @@ pub enum ChunkError {
     /// The input could not be opened or decoded.
     #[error("decoding the input failed: {0}")]
     Decode(String),
+    /// Decoding stopped because reading the input from storage failed (the storage's
+    /// error; worth a retry, perhaps on another worker).
+    #[error("reading the input failed: {0}")]
+    InputRead(String),
     /// The processor failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
