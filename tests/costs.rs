@@ -1,13 +1,15 @@
 //! `SummarizeCosts` and `framefleet costs` against a real cluster (Garage on loopback):
 //! the reports of the jobs that ended add up, by state and GPU type, and the time range and
-//! labels pick which jobs count.
+//! labels pick which jobs count. `framefleet plan --orchestrator` asks the cluster's own
+//! fleet and cost history, which learns from the jobs it runs.
 
 use framefleet_testkit as support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use framefleet_common::cost::CostSummary;
-use framefleet_common::proto::SummarizeCostsRequest;
+use framefleet_common::proto::{JobState, SummarizeCostsRequest};
+use framefleet_common::storage::ObjectUri;
 use support::*;
 
 async fn summarize(client: &mut Client, ended_after: f64, labels: &[(&str, &str)]) -> CostSummary {
@@ -124,4 +126,64 @@ async fn ended_jobs_add_up_by_time_and_label() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// `framefleet plan --orchestrator URL --json`, as a script would run it.
+fn remote_plan(url: &str, input: &ObjectUri) -> serde_json::Value {
+    let output = framefleet()
+        .args(["plan", &input.to_string(), "--orchestrator", url, "--json"])
+        .args(["--scale", "2", "--lossless", "--preset", "ultrafast"])
+        .output()
+        .expect("framefleet plan runs");
+    assert!(
+        output.status.success(),
+        "framefleet plan failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("framefleet plan --json prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_asks_a_running_orchestrator_which_learns_from_its_own_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("remote-plan");
+    let clip = dir.path().join("in.mp4");
+    clip_with_audio(&clip, "320x180", 24, 4, 24);
+    let input = s3(&format!("{prefix}/in.mp4"));
+    upload(&clip, &input).await;
+    let cluster = Cluster::start(2, &[]);
+    let mut client = cluster.client().await;
+
+    let before = remote_plan(&cluster.url, &input);
+    assert_eq!(before["history_jobs"], 0, "{before}");
+    let rule = before["rule"].as_str().expect("rule");
+    assert!(rule.starts_with("no cost history for"), "{rule}");
+    assert_eq!(before["slots"], 2, "the fleet registered now: {before}");
+
+    let mut spec = lossless_spec(&input, &s3(&format!("{prefix}/out.mp4")), 2.0, 2);
+    spec.chunks = 0;
+    let id = submit(&mut client, spec).await;
+    let seen = watch(&mut client, &id, Duration::from_secs(120)).await;
+    assert_eq!(seen.last().map(state), Some(JobState::Succeeded));
+
+    let after = remote_plan(&cluster.url, &input);
+    assert_eq!(after["history_jobs"], 1, "{after}");
+    let rule = after["rule"].as_str().expect("rule");
+    assert!(rule.starts_with("auto:"), "{rule}");
+    let candidates = after["candidates"].as_array().expect("candidates");
+    assert!(!candidates.is_empty(), "{after}");
+    for candidate in candidates {
+        assert!(
+            candidate["wall_seconds"].as_f64().is_some_and(|s| s > 0.0),
+            "{candidate}"
+        );
+        assert!(
+            candidate["stitch_seconds"]
+                .as_f64()
+                .is_some_and(|s| s > 0.0),
+            "{candidate}"
+        );
+    }
+    let chosen = after["chosen"].as_u64().expect("chosen");
+    assert!(candidates.iter().any(|c| c["chunks"] == chosen), "{after}");
 }

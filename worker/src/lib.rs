@@ -1,6 +1,7 @@
 //! framefleet-worker: a GPU worker process.
 //!
-//! A worker registers itself with the orchestrator ([`registration`]), serves the `Worker`
+//! A worker loads `worker.preload_models`, registers itself with the orchestrator
+//! ([`registration`], reporting its cold start), serves the `Worker`
 //! gRPC service ([`service`], [`server`]), and runs each chunk it accepts through the
 //! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk,
 //! [`processor`] (lanczos, and neural [`models`] on libtorch with the `torch` feature),
