@@ -8,6 +8,9 @@
 //!   reaches the output or stays in the bucket.
 //! - Cut off from storage alone: the worker fails its chunk with the storage error, the
 //!   report records why, and the chunk is done elsewhere.
+//! - The orchestrator cut off from storage for a while (a relay in front of Garage taken
+//!   down mid-job): its chunk checks and its stitch wait for storage to come back; no
+//!   chunk runs twice and the job succeeds.
 //!
 //! Every job ends frame-exact, and its temporary objects are gone.
 
@@ -178,5 +181,41 @@ async fn a_worker_cut_off_from_storage_fails_its_chunk_with_the_storage_error() 
     let unreachable = ["no-storage", "s3://", "dispatch failure"];
     job.check(&mut client, &id, "rescuer", &unreachable).await;
     namespace.restore(Link::Storage);
+    job.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orchestrator_cut_off_from_storage_waits_for_it_and_fails_nothing() {
+    let job = scenario("partition-orchestrator").await;
+    let relay = outage_relay().await;
+    let mut cluster = Cluster::start(
+        0,
+        &[
+            ("FRAMEFLEET_STORAGE__S3_ENDPOINT", &relay.endpoint),
+            ("FRAMEFLEET_STORAGE__CONNECT_TIMEOUT_SECONDS", "1"),
+            ("FRAMEFLEET_STORAGE__MAX_ATTEMPTS", "2"),
+        ],
+    );
+    let mut client = cluster.client().await;
+    let direct = garage().endpoint.clone();
+    for name in ["worker-0", "worker-1"] {
+        cluster.add_worker_with(name, &[("FRAMEFLEET_STORAGE__S3_ENDPOINT", &direct)]);
+    }
+    let input = s3(&format!("{}/in.mp4", job.prefix));
+    let id = submit(&mut client, lossless_spec(&input, &job.output, 2.0, 2)).await;
+    until_processing(&mut client, &id).await;
+    relay.take_down();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    relay.bring_back();
+    let seen = watch(&mut client, &id, Duration::from_secs(180)).await;
+    let last = seen.last().expect("a snapshot");
+    assert_eq!(state(last), JobState::Succeeded, "{last:?}");
+    let report = report(&mut client, &id).await;
+    for chunk in report["chunks"].as_array().expect("chunks") {
+        assert_eq!(chunk["attempts"], 1, "no chunk ran again: {chunk}");
+    }
+    let out = job.dir.path().join("out.mp4");
+    download(&job.output, &out).await;
+    assert_exact(&job.local, &out, (1280, 720));
     job.assert_clean().await;
 }

@@ -139,6 +139,10 @@ pub struct OrchestratorConfig {
     /// The job store (an SQLite file, created when missing): accepted jobs survive a
     /// restart and resume from it. Empty keeps jobs in memory only.
     pub store_path: String,
+    /// How long a job waits out a storage outage at the orchestrator: a chunk check that
+    /// cannot reach storage looks again with backoff for this long before the chunk is run
+    /// again, and so does the stitch before the job fails.
+    pub storage_patience_seconds: f64,
 }
 
 /// A worker's own settings.
@@ -349,6 +353,7 @@ impl Default for OrchestratorConfig {
             scratch_uri: String::new(),
             lease_seconds: 10.0,
             store_path: "framefleet-jobs.sqlite3".into(),
+            storage_patience_seconds: 300.0,
         }
     }
 }
@@ -520,6 +525,13 @@ impl Config {
         self.worker.validate()?;
         if !(self.orchestrator.lease_seconds.is_finite() && self.orchestrator.lease_seconds > 0.5) {
             return invalid("orchestrator.lease_seconds", "must be more than 0.5");
+        }
+        let patience = self.orchestrator.storage_patience_seconds;
+        if !(patience.is_finite() && patience >= 0.0) {
+            return invalid(
+                "orchestrator.storage_patience_seconds",
+                "must be a number of seconds, 0 or more",
+            );
         }
         if !self.pricing.contains_key(&self.worker.gpu_type) {
             return invalid(

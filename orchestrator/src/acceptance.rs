@@ -4,16 +4,21 @@
 //! `pts_offset`); an infer chunk must hold one JSON line per frame, numbered from the
 //! range's start; a job that copies streams needs the chunk's packet log too. A chunk
 //! accepted before a restart is trusted again only after the same checks, with its object
-//! the size it had ([`ChunkChecks::recheck`]). Anything else is retried.
+//! the size it had ([`ChunkChecks::recheck`]). Anything else is retried. A check that
+//! cannot reach storage is not a verdict on the chunk: it is repeated, with backoff, for
+//! up to `orchestrator.storage_patience_seconds` before the chunk is run again.
+
+use std::time::Duration;
 
 use ffmpeg_next::Rescale;
 use tokio_util::task::TaskTracker;
 
 use framefleet_common::media;
 use framefleet_common::proto::ChunkRange;
-use framefleet_common::storage::{ObjectUri, Storage};
+use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::accepted::AcceptedChunk;
+use crate::patience;
 use crate::validate::JobTask;
 
 /// What a chunk's objects must hold.
@@ -31,6 +36,35 @@ pub struct Expected {
     pub has_packet_log: bool,
 }
 
+/// Why a chunk's objects were not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// They are missing or not what the plan asked for: the chunk must run again.
+    #[error("{0}")]
+    Wrong(String),
+    /// Storage could not be reached to read them: looking again later may accept them.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl Refusal {
+    /// The reason, in words.
+    pub fn message(self) -> String {
+        match self {
+            Refusal::Wrong(message) | Refusal::Unreachable(message) => message,
+        }
+    }
+
+    fn storage(error: StorageError, context: String) -> Self {
+        let message = format!("{context}: {error}");
+        if error.is_transient() {
+            Refusal::Unreachable(message)
+        } else {
+            Refusal::Wrong(message)
+        }
+    }
+}
+
 /// Reads chunk objects back to check them.
 #[derive(Clone)]
 pub struct ChunkChecks {
@@ -39,16 +73,39 @@ pub struct ChunkChecks {
     /// Where probes of chunk objects run (FFmpeg on blocking threads), so a shutdown can
     /// wait for them.
     pub blocking: TaskTracker,
+    /// How long checks look again while storage is unreachable
+    /// (`orchestrator.storage_patience_seconds`).
+    pub patience: Duration,
 }
 
 impl ChunkChecks {
-    /// Checks a chunk's objects; returns the chunk object's size, or why it is refused.
-    pub async fn check(
+    /// Checks a chunk's objects, looking again while storage is unreachable for up to
+    /// [`patience`](Self::patience); returns the chunk object's size, or why it is refused.
+    pub async fn check_patiently(
         &self,
         expected: &Expected,
         output: &ObjectUri,
         packet_log: Option<&ObjectUri>,
     ) -> Result<u64, String> {
+        let what = format!("the check of chunk {}", expected.range.index);
+        patience::through_outages(
+            self.patience,
+            &what,
+            |refusal| matches!(refusal, Refusal::Unreachable(_)),
+            || self.check(expected, output, packet_log),
+        )
+        .await
+        .map_err(Refusal::message)
+    }
+
+    /// Checks a chunk's objects once; returns the chunk object's size, or why it is
+    /// refused.
+    pub async fn check(
+        &self,
+        expected: &Expected,
+        output: &ObjectUri,
+        packet_log: Option<&ObjectUri>,
+    ) -> Result<u64, Refusal> {
         let range = &expected.range;
         let size = match expected.task {
             JobTask::Infer => self.check_lines(output, range).await?,
@@ -56,10 +113,8 @@ impl ChunkChecks {
         };
         if let Some(log) = packet_log {
             if let Err(error) = self.storage.size(log).await {
-                return Err(format!(
-                    "chunk {} packet log is missing: {error}",
-                    range.index
-                ));
+                let context = format!("chunk {} packet log is missing", range.index);
+                return Err(Refusal::storage(error, context));
             }
         }
         Ok(size)
@@ -84,7 +139,8 @@ impl ChunkChecks {
         }
         let size = self
             .check(expected, &previous.output, previous.packet_log.as_ref())
-            .await?;
+            .await
+            .map_err(Refusal::message)?;
         if size != previous.output_bytes {
             return Err(format!(
                 "chunk {index} object holds {size} bytes, {} when it was accepted",
@@ -95,33 +151,40 @@ impl ChunkChecks {
     }
 
     /// A video chunk: exactly the range's frame count, from the range's first timestamp.
-    async fn check_video(&self, output: &ObjectUri, expected: &Expected) -> Result<u64, String> {
+    async fn check_video(&self, output: &ObjectUri, expected: &Expected) -> Result<u64, Refusal> {
         let range = &expected.range;
         let storage = self.storage.clone();
         let object = output.clone();
         let runtime = tokio::runtime::Handle::current();
+        let unreadable = format!("chunk {} output is unreadable", range.index);
         let (probed, size) = self
             .blocking
             .spawn_blocking(move || {
                 let reader = storage
                     .open_reader(&object, runtime)
-                    .map_err(|e| e.to_string())?;
-                let size = reader.size();
+                    .map_err(|e| Refusal::storage(e, unreadable.clone()))?;
+                let (size, failure) = (reader.size(), reader.failure());
                 media::probe(reader, object.file_name())
                     .map(|info| (info, size))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match failure.last() {
+                        Some(read) if failure.transient() => {
+                            Refusal::Unreachable(format!("{unreadable}: {read}"))
+                        }
+                        _ => Refusal::Wrong(format!("{unreadable}: {e}")),
+                    })
             })
             .await
-            .map_err(|e| format!("checking chunk {} crashed: {e}", range.index))?
-            .map_err(|e| format!("chunk {} output is unreadable: {e}", range.index))?;
+            .map_err(|e| {
+                Refusal::Wrong(format!("checking chunk {} crashed: {e}", range.index))
+            })??;
         let video = &probed.video;
         let frames = range.end_frame - range.start_frame;
         if video.frames.len() as u64 != frames {
-            return Err(format!(
+            return Err(Refusal::Wrong(format!(
                 "chunk {} output holds {} frames, expected {frames}",
                 range.index,
                 video.frames.len()
-            ));
+            )));
         }
         let chunk_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
         let first = video
@@ -130,42 +193,48 @@ impl ChunkChecks {
             .map_or(0, |f| f.pts.rescale(chunk_base, expected.time_base));
         let expected_first = range.start_pts + expected.pts_offset;
         if first != expected_first {
-            return Err(format!(
+            return Err(Refusal::Wrong(format!(
                 "chunk {} output starts at pts {first}, expected {expected_first}",
                 range.index
-            ));
+            )));
         }
         Ok(size)
     }
 
     /// A JSON Lines chunk: one line per frame of the range, numbered from its start.
-    async fn check_lines(&self, output: &ObjectUri, range: &ChunkRange) -> Result<u64, String> {
-        let size = self.storage.size(output).await.map_err(|e| e.to_string())?;
+    async fn check_lines(&self, output: &ObjectUri, range: &ChunkRange) -> Result<u64, Refusal> {
+        let unreadable = || format!("chunk {} is unreadable", range.index);
+        let size = self
+            .storage
+            .size(output)
+            .await
+            .map_err(|e| Refusal::storage(e, unreadable()))?;
         let bytes = self
             .storage
             .read_range(output, 0, size)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::storage(e, unreadable()))?;
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.lines().collect();
         let frames = range.end_frame - range.start_frame;
         if lines.len() as u64 != frames {
-            return Err(format!(
+            return Err(Refusal::Wrong(format!(
                 "chunk {} holds {} lines, expected {frames}",
                 range.index,
                 lines.len()
-            ));
+            )));
         }
         let Some(first_line) = lines.first() else {
             return Ok(size);
         };
-        let first: serde_json::Value = serde_json::from_str(first_line)
-            .map_err(|e| format!("chunk {} line 1 is not JSON: {e}", range.index))?;
+        let first: serde_json::Value = serde_json::from_str(first_line).map_err(|e| {
+            Refusal::Wrong(format!("chunk {} line 1 is not JSON: {e}", range.index))
+        })?;
         if first["frame"].as_u64() != Some(range.start_frame) {
-            return Err(format!(
+            return Err(Refusal::Wrong(format!(
                 "chunk {} starts at frame {}, expected {}",
                 range.index, first["frame"], range.start_frame
-            ));
+            )));
         }
         Ok(size)
     }

@@ -16,7 +16,8 @@
 //! - Below them, shared by several: [`job`] (a job's state, progress and report),
 //!   [`accepted`] (an accepted chunk, stored and at run time), [`job_io`] (a job's counted
 //!   storage traffic), [`sqlite_file`] (opening the job store's and the cost history's
-//!   databases) and [`metrics`] (the Prometheus counters). Each job is also one
+//!   databases), [`patience`] (waiting out a storage outage) and [`metrics`] (the
+//!   Prometheus counters). Each job is also one
 //!   trace (spans `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers'
 //!   spans join.
 
@@ -34,6 +35,7 @@ pub mod job_store;
 pub mod live_jobs;
 pub mod metrics;
 pub mod orchestrator;
+pub mod patience;
 pub mod planner;
 pub mod planning;
 pub mod probe;

@@ -34,12 +34,14 @@ use crate::job::JobRecord;
 use crate::job_io::JobIo;
 use crate::job_store::{JobStore, JobStoreError};
 use crate::metrics::OrchestratorMetrics;
+use crate::patience;
 use crate::planner::PlanError;
 use crate::planning::{self, Target};
 use crate::probe::{self, InputError};
 use crate::report::{self, RunLog};
 use crate::stitch::{self, carry, StitchError};
 use crate::straggler::ChunkPeers;
+use crate::validate::ValidJob;
 
 /// Longest a shutdown waits for FFmpeg work on blocking threads (a probe, a chunk check, a
 /// stitch) to end.
@@ -208,6 +210,11 @@ impl JobRunner {
         self.stitch(job, io, log, planned.info, &accepted).await
     }
 
+    /// How long a job waits out a storage outage (`orchestrator.storage_patience_seconds`).
+    fn patience(&self) -> Duration {
+        Duration::from_secs_f64(self.config.orchestrator.storage_patience_seconds)
+    }
+
     /// Probes the input, decides what of it the output carries, and plans the chunks.
     async fn probe_and_plan(
         &self,
@@ -219,13 +226,20 @@ impl JobRunner {
         job.set_state(JobState::Probing);
         let probe_started = Instant::now();
         lock(log).probe_started_seconds = job.accepted.elapsed().as_secs_f64();
-        let (mut info, input_size) = probe::probe_within_limits(
-            &io.input,
-            &request.input,
-            &self.config.limits,
-            &self.blocking,
+        let (mut info, input_size) = patience::through_outages(
+            self.patience(),
+            "the probe",
+            |error| matches!(error, InputError::Storage(e) if e.is_transient()),
+            || {
+                probe::probe_within_limits(
+                    &io.input,
+                    &request.input,
+                    &self.config.limits,
+                    &self.blocking,
+                )
+                .instrument(tracing::info_span!("probe"))
+            },
         )
-        .instrument(tracing::info_span!("probe"))
         .await?;
         if request.is_infer() {
             info.audio.clear();
@@ -278,6 +292,7 @@ impl JobRunner {
             checks: ChunkChecks {
                 storage: io.scratch.clone(),
                 blocking: self.blocking.clone(),
+                patience: self.patience(),
             },
             config: self.config.dispatch.clone(),
             metrics: self.metrics.clone(),
@@ -361,29 +376,49 @@ impl JobRunner {
         job.stitching();
         let stitch_started = Instant::now();
         lock(log).stitch_started_seconds = job.accepted.elapsed().as_secs_f64();
-        let request = &job.request;
-        let chunks: Vec<ObjectUri> = accepted.iter().map(|f| f.chunk.output.clone()).collect();
-        let stitched = async {
-            if request.is_infer() {
-                stitch::concatenate(&io.scratch, &io.output, &chunks, &request.output).await?;
-            } else {
-                let parts = stitch::Parts {
-                    packet_logs: accepted
-                        .iter()
-                        .filter_map(|f| f.chunk.packet_log.clone())
-                        .collect(),
-                    chunks,
-                    input: request.input.clone(),
-                };
-                stitch_and_upload(io, &self.blocking, parts, info, &request.output).await?;
-            }
-            Ok::<_, JobError>(())
-        };
-        stitched
-            .instrument(tracing::info_span!("stitch", chunks = accepted.len()))
-            .await?;
+        patience::through_outages(self.patience(), "the stitch", storage_unreachable, || {
+            self.stitch_once(&job.request, io, &info, accepted)
+                .instrument(tracing::info_span!("stitch", chunks = accepted.len()))
+        })
+        .await?;
         lock(log).stitch_seconds = stitch_started.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// One try at the stitch: the joined output is written whole or not at all, so a try
+    /// may follow a failed one.
+    async fn stitch_once(
+        &self,
+        request: &ValidJob,
+        io: &JobIo,
+        info: &Arc<MediaInfo>,
+        accepted: &[FinishedChunk],
+    ) -> Result<(), JobError> {
+        let chunks: Vec<ObjectUri> = accepted.iter().map(|f| f.chunk.output.clone()).collect();
+        if request.is_infer() {
+            stitch::concatenate(&io.scratch, &io.output, &chunks, &request.output).await?;
+            return Ok(());
+        }
+        let parts = stitch::Parts {
+            packet_logs: accepted
+                .iter()
+                .filter_map(|f| f.chunk.packet_log.clone())
+                .collect(),
+            chunks,
+            input: request.input.clone(),
+        };
+        stitch_and_upload(io, &self.blocking, parts, info.clone(), &request.output).await
+    }
+}
+
+/// True when `error` is storage that could not be reached (a try later may succeed), not
+/// a verdict on the chunks or the output.
+fn storage_unreachable(error: &JobError) -> bool {
+    match error {
+        JobError::Storage(error) | JobError::Stitch(StitchError::Storage(error)) => {
+            error.is_transient()
+        }
+        _ => false,
     }
 }
 

@@ -82,12 +82,24 @@ impl ReadAhead {
 /// FFmpeg: FFmpeg passes on only "Input/output error", which would blame the file for an
 /// unreachable S3 server.
 #[derive(Debug, Clone, Default)]
-pub struct ReadFailure(Arc<Mutex<Option<String>>>);
+pub struct ReadFailure(Arc<Mutex<Option<(String, bool)>>>);
 
 impl ReadFailure {
     /// What failed the last failed read, if one failed.
     pub fn last(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().as_ref().map(|(message, _)| message.clone())
+    }
+
+    /// True when the last failed read failed in a way a later try may not (the server
+    /// unreachable, a 5xx): see [`StorageError::is_transient`].
+    pub fn transient(&self) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|(_, transient)| *transient)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, bool)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn record(&self, error: StorageError) -> io::Error {
@@ -96,7 +108,7 @@ impl ReadFailure {
             _ => io::ErrorKind::Other,
         };
         let message = error.to_string();
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+        *self.lock() = Some((message.clone(), error.is_transient()));
         io::Error::new(kind, message)
     }
 }

@@ -240,7 +240,7 @@ async fn attempt_once(
     };
     let output_bytes = context
         .checks
-        .check(&work.expected, &output, packet_log.as_ref())
+        .check_patiently(&work.expected, &output, packet_log.as_ref())
         .await
         .map_err(retry)?;
     Ok(FinishedChunk {

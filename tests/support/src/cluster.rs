@@ -97,6 +97,11 @@ impl Cluster {
     /// Starts one more worker named `name`, registering with the orchestrator; returns its
     /// index in `workers` and `worker_urls`.
     pub fn add_worker(&mut self, name: &str) -> usize {
+        self.add_worker_with(name, &[])
+    }
+
+    /// [`add_worker`](Self::add_worker) with `settings` of its own over the cluster's.
+    pub fn add_worker_with(&mut self, name: &str, settings: &[(&str, &str)]) -> usize {
         let scheme = self.url.split_once("://").map_or("http", |(s, _)| s);
         let worker_port = free_port();
         self.worker_urls
@@ -104,12 +109,14 @@ impl Cluster {
         let log = self
             .capture_logs
             .then(|| self.state.path().join(format!("{name}.log")));
+        let mut all = self.settings.clone();
+        all.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self.workers.push(Some(spawn_quiet(
             framefleet()
                 .args(["worker", "--orchestrator", &self.url, "--listen"])
                 .arg(format!("127.0.0.1:{worker_port}"))
                 .args(["--name", name]),
-            &self.settings,
+            &all,
             log.as_deref(),
         )));
         self.workers.len() - 1

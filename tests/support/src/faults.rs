@@ -1,5 +1,5 @@
 //! Fault proxies between framefleet and storage: one that cuts connections after some
-//! bytes, one that fails every n-th request.
+//! bytes, one that fails every n-th request, one that a test takes down for a while.
 
 use crate::garage::garage;
 
@@ -113,6 +113,52 @@ pub async fn faulty_proxy(every: usize) -> FaultyProxy {
         }
     });
     FaultyProxy { endpoint, faults }
+}
+
+/// A loopback relay in front of Garage that a test takes down and brings back: while down
+/// it closes the connections it carries and drops every new one, as an S3 server that
+/// cannot be reached.
+pub struct OutageRelay {
+    /// S3 endpoint to give clients.
+    pub endpoint: String,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl OutageRelay {
+    /// Takes storage down for this relay's clients.
+    pub fn take_down(&self) {
+        self.down.send_replace(true);
+    }
+
+    /// Brings it back.
+    pub fn bring_back(&self) {
+        self.down.send_replace(false);
+    }
+}
+
+/// Starts an [`OutageRelay`] on the current runtime, up.
+pub async fn outage_relay() -> OutageRelay {
+    let (listener, endpoint) = proxy_listener().await;
+    let garage_address = garage().endpoint.trim_start_matches("http://").to_string();
+    let (down, watching) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if *watching.borrow() {
+                continue;
+            }
+            let (address, mut watching) = (garage_address.clone(), watching.clone());
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(address).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = watching.wait_for(|down| *down) => {}
+                }
+            });
+        }
+    });
+    OutageRelay { endpoint, down }
 }
 
 pub(crate) async fn proxy_listener() -> (tokio::net::TcpListener, String) {
