@@ -3,9 +3,10 @@
 //! Workers register themselves and renew a lease with heartbeats; a worker whose lease
 //! lapses, or whose connection fails, is dropped (it registers again if it is alive). A
 //! worker that deregisters while it holds chunks stays listed as draining, offered no new
-//! chunk, until it hands back its last slot. Each worker has `slots` GPU slots. Chunks ask for a slot with [`Fleet::acquire`] and wait in
-//! one queue ordered by job (first submitted first), then longest chunk first; a slot is
-//! handed back when its [`SlotGrant`] is dropped.
+//! chunk, until it hands back its last slot. Each worker has `slots` GPU slots. Chunks ask
+//! for a slot with [`Fleet::acquire`] and wait in one queue ordered by job (first submitted
+//! first), then longest chunk first; a slot is handed back when its [`SlotGrant`] is
+//! dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -373,8 +374,7 @@ impl Fleet {
     pub fn offer(&self, model: &str) -> FleetOffer {
         let state = self.lock();
         let workers: Vec<&Entry> = state.workers.values().filter(|e| !e.draining).collect();
-        let free = |e: &Entry| e.free();
-        let free_slots: u32 = workers.iter().map(|e| free(e)).sum();
+        let free_slots: u32 = workers.iter().map(|e| e.free()).sum();
         let all_slots: u32 = workers.iter().map(|e| e.info.slots).sum();
         let hosts: HashSet<&str> = workers.iter().map(|e| host_of(&e.info.address)).collect();
         let mut types: HashMap<&str, u32> = HashMap::new();
@@ -395,7 +395,7 @@ impl Fleet {
             warm_slots: workers
                 .iter()
                 .filter(|e| e.models.contains(model))
-                .map(|e| free(e))
+                .map(|e| e.free())
                 .sum(),
             gpus_per_slot: if all_slots > 0 {
                 f64::from(gpus) / f64::from(all_slots)

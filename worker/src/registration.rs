@@ -2,7 +2,7 @@
 //! register again when the orchestrator forgets the worker (restart, lapsed lease), and
 //! deregister on shutdown. Every call retries with exponential backoff and jitter. The
 //! first registration carries the worker's cold start (process start to registered);
-//! later ones say they rejoin, with the same figure.
+//! later ones say they rejoin, so the orchestrator does not count it again.
 
 use std::time::{Duration, Instant};
 

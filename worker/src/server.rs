@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -27,7 +27,7 @@ use crate::service::{device_label, processor_settings, WorkerService, WorkerStat
 /// the answer: an orchestrator cut off by a partition is noticed within twice this, its
 /// chunk streams close, and the chunks they carry are cancelled and their uploads aborted
 /// (the orchestrator has given them to another worker by then).
-const ORCHESTRATOR_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+const ORCHESTRATOR_KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// The worker could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
