@@ -2,7 +2,12 @@
 
 use std::collections::HashMap;
 
-use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
+use anyhow::bail;
+
+use framefleet_common::proto::frame_selection::Rule;
+use framefleet_common::proto::{
+    EncoderSettings, FrameSelection, FrameTimes, JobSpec, ProcessorSpec, RandomFrames, Task,
+};
 
 /// What a job produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,6 +61,65 @@ pub struct JobOptions {
     /// `auto` picks the fastest chunk count predicted to cost at most this many USD.
     #[arg(long, default_value_t = 0.0)]
     pub max_cost: f64,
+    /// For infer: the frames the model runs on: `all`, `every:K` (every K-th frame),
+    /// `fps:R` (the frame shown at each tick of R per second), `at:T1,T2,...` (the frames
+    /// shown at those seconds) or `random:N` (N frames drawn with --seed in --window).
+    #[arg(long, default_value = "all", value_parser = parse_frames)]
+    pub frames: FramesFlag,
+    /// For `--frames random:N`: the draw's seed; the same seed picks the same frames.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// For `--frames random:N`: the seconds to draw from, `START:END` (`START:` runs to the
+    /// end of the video).
+    #[arg(long, value_parser = parse_window)]
+    pub window: Option<(f64, f64)>,
+}
+
+/// Which frames an infer job runs on, as `--frames` says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FramesFlag {
+    /// Every frame.
+    All,
+    /// Every k-th frame.
+    Every(u64),
+    /// The frames shown at each tick of a rate.
+    Fps(f64),
+    /// The frames shown at these seconds.
+    At(Vec<f64>),
+    /// This many frames drawn at random.
+    Random(u32),
+}
+
+/// Parses `--frames`.
+fn parse_frames(text: &str) -> Result<FramesFlag, String> {
+    let usage = || {
+        format!("`{text}` is not a frame choice; use all, every:K, fps:R, at:T1,T2,... or random:N")
+    };
+    let number = |value: &str| value.trim().parse::<f64>().map_err(|_| usage());
+    match text.split_once(':') {
+        None if text == "all" => Ok(FramesFlag::All),
+        Some(("every", k)) => k.parse().map(FramesFlag::Every).map_err(|_| usage()),
+        Some(("fps", rate)) => number(rate).map(FramesFlag::Fps),
+        Some(("at", times)) => times
+            .split(',')
+            .map(number)
+            .collect::<Result<_, _>>()
+            .map(FramesFlag::At),
+        Some(("random", n)) => n.parse().map(FramesFlag::Random).map_err(|_| usage()),
+        _ => Err(usage()),
+    }
+}
+
+/// Parses `--window START:END` (END empty: to the end).
+fn parse_window(text: &str) -> Result<(f64, f64), String> {
+    let usage = || format!("`{text}` is not a window; use START:END in seconds, e.g. 0:10");
+    let (start, end) = text.split_once(':').ok_or_else(usage)?;
+    let start = start.trim().parse::<f64>().map_err(|_| usage())?;
+    let end = match end.trim() {
+        "" => 0.0,
+        end => end.parse::<f64>().map_err(|_| usage())?,
+    };
+    Ok((start, end))
 }
 
 impl JobOptions {
@@ -67,9 +131,42 @@ impl JobOptions {
         }
     }
 
+    /// The frame choice for the spec (`None`: every frame); `--seed` and `--window` only
+    /// go with `random:N`.
+    fn frame_selection(&self) -> anyhow::Result<Option<FrameSelection>> {
+        if !matches!(self.frames, FramesFlag::Random(_))
+            && (self.seed.is_some() || self.window.is_some())
+        {
+            bail!("--seed and --window choose random frames: give them with --frames random:N");
+        }
+        let rule = match &self.frames {
+            FramesFlag::All => return Ok(None),
+            FramesFlag::Every(k) => Rule::Every(*k),
+            FramesFlag::Fps(rate) => Rule::Fps(*rate),
+            FramesFlag::At(times) => Rule::At(FrameTimes {
+                seconds: times.clone(),
+            }),
+            FramesFlag::Random(count) => {
+                let (window_start, window_end) = self.window.unwrap_or((0.0, 0.0));
+                Rule::Random(RandomFrames {
+                    count: *count,
+                    seed: self.seed.unwrap_or(0),
+                    window_start,
+                    window_end,
+                })
+            }
+        };
+        Ok(Some(FrameSelection { rule: Some(rule) }))
+    }
+
     /// The spec for `input` -> `output` with these options.
-    pub fn spec(&self, input: String, output: String, labels: HashMap<String, String>) -> JobSpec {
-        JobSpec {
+    pub fn spec(
+        &self,
+        input: String,
+        output: String,
+        labels: HashMap<String, String>,
+    ) -> anyhow::Result<JobSpec> {
+        Ok(JobSpec {
             input_uri: input,
             output_uri: output,
             processor: Some(ProcessorSpec {
@@ -89,6 +186,31 @@ impl JobOptions {
             top_k: self.top_k,
             deadline_seconds: self.deadline,
             max_cost_usd: self.max_cost,
-        }
+            frames: self.frame_selection()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_flags_parse_into_their_choice_or_say_the_forms() {
+        assert_eq!(parse_frames("every:5"), Ok(FramesFlag::Every(5)));
+        assert_eq!(parse_frames("fps:2.5"), Ok(FramesFlag::Fps(2.5)));
+        assert_eq!(
+            parse_frames("at:1,2.5, 3"),
+            Ok(FramesFlag::At(vec![1.0, 2.5, 3.0]))
+        );
+        assert_eq!(parse_frames("random:10"), Ok(FramesFlag::Random(10)));
+        let error = parse_frames("every").expect_err("no K");
+        assert!(error.contains("every:K"), "{error}");
+        assert!(parse_frames("at:1,x").is_err());
+        assert_eq!(parse_window("2:8"), Ok((2.0, 8.0)));
+        assert_eq!(parse_window("2:"), Ok((2.0, 0.0)));
+        assert!(parse_window("2")
+            .expect_err("no colon")
+            .contains("START:END"));
     }
 }

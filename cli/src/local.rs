@@ -229,7 +229,7 @@ async fn run_job(
         format!("file://{}", input.display()),
         format!("file://{}", output.display()),
         Default::default(),
-    );
+    )?;
     let job_id = client
         .submit_job(SubmitJobRequest {
             spec: Some(spec),

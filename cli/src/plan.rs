@@ -86,7 +86,7 @@ async fn ask(url: &str, args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
     let token = AttachToken::new(args.token.as_deref().unwrap_or_default());
     let mut client = remote::connect(url, &tls, token).await?;
     let request = PlanJobRequest {
-        spec: Some(spec(args, args.input.clone(), Path::new("/nowhere"))),
+        spec: Some(spec(args, args.input.clone(), Path::new("/nowhere"))?),
         workers: args.workers.unwrap_or(0),
         gpu_type: args.gpu_type.clone(),
     };
@@ -108,7 +108,7 @@ async fn plan_here(args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
     let nowhere = tempfile::Builder::new()
         .prefix("framefleet-plan-")
         .tempdir()?;
-    let spec = spec(args, format!("file://{}", input.display()), nowhere.path());
+    let spec = spec(args, format!("file://{}", input.display()), nowhere.path())?;
     let shutdown = CancellationToken::new();
     let orchestrator = Orchestrator::open(config, shutdown.clone()).await?;
     let target = Target {
@@ -122,7 +122,7 @@ async fn plan_here(args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
 }
 
 /// The job planned: `input`, with an output in `nowhere` (nothing is written).
-fn spec(args: &PlanArgs, input: String, nowhere: &Path) -> JobSpec {
+fn spec(args: &PlanArgs, input: String, nowhere: &Path) -> anyhow::Result<JobSpec> {
     let extension = if args.job.spec_task() == Task::Infer {
         "jsonl"
     } else {

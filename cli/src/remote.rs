@@ -172,7 +172,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
     let spec = args
         .job
-        .spec(args.input, args.output, args.labels.into_iter().collect());
+        .spec(args.input, args.output, args.labels.into_iter().collect())?;
     let reply = client
         .submit_job(SubmitJobRequest {
             spec: Some(spec),

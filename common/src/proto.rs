@@ -53,6 +53,18 @@ impl Phase {
     ];
 }
 
+impl ChunkRange {
+    /// Frames the chunk produces: its chosen frames when the job chose some, else every
+    /// frame of its span.
+    pub fn frame_count(&self) -> u64 {
+        if self.chosen_frames > 0 {
+            self.chosen_frames
+        } else {
+            self.end_frame.saturating_sub(self.start_frame)
+        }
+    }
+}
+
 impl JobState {
     /// True for `SUCCEEDED`, `FAILED` and `CANCELLED`: the job will never change again.
     pub fn is_terminal(self) -> bool {

@@ -178,7 +178,7 @@ impl ChunkChecks {
                 Refusal::Wrong(format!("checking chunk {} crashed: {e}", range.index))
             })??;
         let video = &probed.video;
-        let frames = range.end_frame - range.start_frame;
+        let frames = range.frame_count();
         if video.frames.len() as u64 != frames {
             return Err(Refusal::Wrong(format!(
                 "chunk {} output holds {} frames, expected {frames}",
@@ -216,7 +216,7 @@ impl ChunkChecks {
             .map_err(|e| Refusal::storage(e, unreadable()))?;
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.lines().collect();
-        let frames = range.end_frame - range.start_frame;
+        let frames = range.frame_count();
         if lines.len() as u64 != frames {
             return Err(Refusal::Wrong(format!(
                 "chunk {} holds {} lines, expected {frames}",

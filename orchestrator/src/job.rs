@@ -170,11 +170,7 @@ impl JobRecord {
     pub fn set_plan(&self, plan: &Plan) {
         {
             let mut fold = self.lock_progress();
-            fold.frames_per_chunk = plan
-                .ranges
-                .iter()
-                .map(|r| r.end_frame - r.start_frame)
-                .collect();
+            fold.frames_per_chunk = plan.ranges.iter().map(|r| r.frame_count()).collect();
             fold.done = vec![PerPhase::default(); plan.ranges.len()];
             fold.stages = vec![ChunkStage::Waiting; plan.ranges.len()];
             fold.predicted = plan

@@ -9,7 +9,8 @@
 //!   [`validate::ValidJob`], recorded in the [`job_store`], indexed in [`live_jobs`]),
 //!   cancels them, resumes them after a restart.
 //! - [`runner`]: runs one job: [`probe`], [`planning`] (the [`planner`] fed the
-//!   [`cost_model`] of the job's kind, fitted from the [`cost_history`]), [`dispatch`] of
+//!   [`cost_model`] of the job's kind, fitted from the [`cost_history`]; an infer job's
+//!   chosen frames from [`selection`]), [`dispatch`] of
 //!   every chunk to the [`fleet`] (retries, backup races against [`straggler`]s),
 //!   [`acceptance`] of each chunk, [`stitch`], cleanup, the cost [`report`], and the run's
 //!   [`cost_samples`] added to the history.
@@ -42,6 +43,7 @@ pub mod probe;
 pub mod report;
 pub mod runner;
 pub mod scaler;
+pub mod selection;
 pub mod server;
 pub mod service;
 pub mod sqlite_file;

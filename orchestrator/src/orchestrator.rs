@@ -282,7 +282,7 @@ impl Orchestrator {
             &self.runner.history,
             self.fleet.offer(request.model()),
             target,
-            &request.spec,
+            &request,
             &info.video,
             probe_started.elapsed().as_secs_f64(),
         )

@@ -5,13 +5,14 @@
 
 use framefleet_common::config::Config;
 use framefleet_common::media::VideoInfo;
-use framefleet_common::proto::{JobSpec, PlanJobResponse};
+use framefleet_common::proto::PlanJobResponse;
 
 use crate::cost_history::CostHistory;
 use crate::cost_model::{typical_cold_start, Capacity, CostModel};
 use crate::cost_samples;
 use crate::fleet::FleetOffer;
 use crate::planner::{self, PlanContext, PlanError, Planned};
+use crate::validate::ValidJob;
 
 /// Where to plan a job for, when not for the fleet registered now.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,7 +55,7 @@ impl JobPlan {
     }
 }
 
-/// Plans `spec` over its probed `video` (the probe took `probe_seconds`) for `target`,
+/// Plans `job` over its probed `video` (the probe took `probe_seconds`) for `target`,
 /// with `offer` the fleet's now. A history that cannot be read is logged and planned
 /// without, as a new one would be.
 pub async fn plan_job(
@@ -62,7 +63,7 @@ pub async fn plan_job(
     history: &CostHistory,
     offer: FleetOffer,
     target: &Target,
-    spec: &JobSpec,
+    job: &ValidJob,
     video: &VideoInfo,
     probe_seconds: f64,
 ) -> Result<JobPlan, PlanError> {
@@ -76,6 +77,7 @@ pub async fn plan_job(
             }
         };
     }
+    let spec = &job.spec;
     let kind = cost_samples::kind(spec, &gpu_type);
     let model = match history.history(&kind).await {
         Ok(samples) => CostModel::fit(samples),
@@ -86,6 +88,7 @@ pub async fn plan_job(
     };
     let context = PlanContext {
         spec,
+        frames: &job.frames,
         kind: &kind,
         model: model.as_ref(),
         capacity,

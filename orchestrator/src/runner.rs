@@ -21,7 +21,9 @@ use tracing::Instrument;
 
 use framefleet_common::config::Config;
 use framefleet_common::media::MediaInfo;
-use framefleet_common::proto::{FrameTimestamps, JobState, Plan, ProcessChunkRequest, Rational};
+use framefleet_common::proto::{
+    ChosenFrame, ChunkRange, FrameTimestamps, JobState, Plan, ProcessChunkRequest, Rational,
+};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::acceptance::{ChunkChecks, Expected};
@@ -112,6 +114,8 @@ pub struct JobRunner {
 struct Planned {
     info: Arc<MediaInfo>,
     plan: Plan,
+    /// The frames an infer job chose (empty: every frame).
+    chosen: Vec<ChosenFrame>,
 }
 
 impl JobRunner {
@@ -254,13 +258,13 @@ impl JobRunner {
             &self.history,
             self.fleet.offer(request.model()),
             &Target::default(),
-            &request.spec,
+            request,
             &info.video,
             probe_seconds,
         )
         .await?
         .planned;
-        let plan = planned.plan;
+        let (plan, chosen) = (planned.plan, planned.chosen);
         tracing::info!(job = %job.id, frames = plan.frames, chunks = plan.chunks, rule = %plan.rule, "job planned");
         job.set_plan(&plan);
         {
@@ -274,6 +278,7 @@ impl JobRunner {
         Ok(Planned {
             info: Arc::new(info),
             plan,
+            chosen,
         })
     }
 
@@ -328,7 +333,7 @@ impl JobRunner {
         let span = tracing::info_span!(
             "chunk",
             chunk = range.index,
-            frames = range.end_frame - range.start_frame,
+            frames = range.frame_count(),
             resumed = tracing::field::Empty
         );
         self.reuse_or_dispatch(context, work, previous)
@@ -465,13 +470,23 @@ fn chunk_work(
                 task: request.task,
                 has_packet_log: !template.passthrough_streams.is_empty(),
             },
-            request: template.clone(),
+            request: ProcessChunkRequest {
+                chosen: chosen_in(&planned.chosen, range),
+                ..template.clone()
+            },
             scratch: scratch.clone(),
             last: range.index + 1 == plan.chunks,
             peers: peers.clone(),
             run,
         })
         .collect())
+}
+
+/// The chosen frames within `range`'s span.
+fn chosen_in(chosen: &[ChosenFrame], range: &ChunkRange) -> Vec<ChosenFrame> {
+    let from = chosen.partition_point(|c| c.index < range.start_frame);
+    let to = chosen.partition_point(|c| c.index < range.end_frame);
+    chosen[from..to].to_vec()
 }
 
 /// What every chunk of the job is sent, before its range, attempt and objects are filled.

@@ -9,6 +9,7 @@ use framefleet_common::config::Config;
 use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
 
+use crate::selection::FrameChoice;
 use crate::stitch::VIDEO_EXTENSIONS;
 
 /// x264 presets.
@@ -59,6 +60,8 @@ pub struct ValidJob {
     pub output: ObjectUri,
     /// What the job produces.
     pub task: JobTask,
+    /// The frames it runs on (infer jobs may choose; video jobs take every frame).
+    pub frames: FrameChoice,
     /// Under which prefix the job's temporary objects go (see [`ValidJob::scratch`]).
     scratch_root: ObjectUri,
 }
@@ -79,11 +82,13 @@ impl ValidJob {
         } else {
             JobTask::Process
         };
+        let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
         Ok(Self {
             spec,
             input,
             output,
             task,
+            frames,
             scratch_root,
         })
     }
@@ -135,6 +140,12 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
     }
     if is_infer(&spec) {
         return normalize_infer(spec, &extension, config, &policy);
+    }
+    if spec.frames.is_some() {
+        return Err(InvalidSpec(
+            "choosing frames is for infer jobs (--task infer): a video job processes every frame"
+                .into(),
+        ));
     }
     if !VIDEO_EXTENSIONS.contains(&extension.as_str()) {
         return Err(InvalidSpec(format!(

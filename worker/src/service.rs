@@ -22,8 +22,8 @@ use framefleet_common::config::WorkerConfig;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChunkEvent, ChunkResult, DrainRequest, FrameTimestamps, PhaseTiming,
-    ProcessChunkRequest, WorkerStatus, WorkerStatusRequest,
+    chunk_event, ChosenFrame, ChunkEvent, ChunkRange, ChunkResult, DrainRequest, FrameTimestamps,
+    PhaseTiming, ProcessChunkRequest, Task, WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
@@ -258,6 +258,7 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
             request.pts_offset, range.start_pts, range.end_pts
         )));
     }
+    let chosen = chosen_frames(request, &range)?;
     Ok(ChunkSpec {
         input: parse(&request.input_uri)?,
         output: parse(&request.output_uri)?,
@@ -288,7 +289,43 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
                 last_chunk: request.last_chunk,
             })
         },
+        chosen,
     })
+}
+
+/// The chosen frames of an infer chunk, checked: ascending in index and timestamp, within
+/// the range, each after its keyframe, as many as the range says.
+fn chosen_frames(
+    request: &ProcessChunkRequest,
+    range: &ChunkRange,
+) -> Result<Vec<ChosenFrame>, Status> {
+    let chosen = &request.chosen;
+    if chosen.len() as u64 != range.chosen_frames {
+        return Err(Status::invalid_argument(format!(
+            "the chunk lists {} chosen frames but its range says {}",
+            chosen.len(),
+            range.chosen_frames
+        )));
+    }
+    if !chosen.is_empty() && request.task() != Task::Infer {
+        return Err(Status::invalid_argument(
+            "chosen frames are for infer chunks; a video chunk encodes every frame",
+        ));
+    }
+    let in_range = |c: &ChosenFrame| {
+        (range.start_frame..range.end_frame).contains(&c.index)
+            && (range.start_pts..range.end_pts).contains(&c.pts)
+            && c.keyframe_pts <= c.pts
+    };
+    let ascending = chosen
+        .windows(2)
+        .all(|w| w[0].index < w[1].index && w[0].pts < w[1].pts);
+    if !ascending || !chosen.iter().all(in_range) {
+        return Err(Status::invalid_argument(
+            "the chunk's chosen frames are out of order or outside its range",
+        ));
+    }
+    Ok(chosen.clone())
 }
 
 /// Runs one chunk while streaming its progress, then sends its result.

@@ -9,6 +9,7 @@
 pub mod isobmff;
 pub mod packet_log;
 mod probe;
+pub mod sample_index;
 
 use std::io::{Read, Seek};
 use std::sync::Once;

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::config::StorageConfig;
 pub use access::AccessPolicy;
-pub use reader::{ObjectReader, ReadFailure};
+pub use reader::{ObjectReader, ReadFailure, ReadHorizon};
 use s3::S3Ops;
 pub use upload::Upload;
 pub use uri::ObjectUri;

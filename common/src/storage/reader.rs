@@ -11,6 +11,10 @@
 //! Recent fetches are kept, so going back and forth between the index and the frame data
 //! does not fetch the same bytes twice.
 //!
+//! A user that knows where the bytes it needs end (a demuxer's sample index told it) sets a
+//! [`ReadHorizon`]: no fetch then reaches past it (rounded up to a block), so a reader
+//! that jumps from one short span to the next wastes nothing at each span's end.
+//!
 //! When the reader is dropped (the chunk's frames are decoded), reads still in flight are
 //! cancelled at once. Bytes fetched but never handed to the demuxer are counted as waste:
 //! when they leave the cache, when the reader is dropped, or, for a cancelled read, as many
@@ -19,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -113,6 +118,29 @@ impl ReadFailure {
     }
 }
 
+/// How far ahead a reader may fetch: the end of the bytes its user knows it needs, shared so
+/// it can be set while the reader is inside FFmpeg. Unset, the reader fetches ahead freely.
+#[derive(Debug, Clone)]
+pub struct ReadHorizon(Arc<AtomicU64>);
+
+impl Default for ReadHorizon {
+    fn default() -> Self {
+        ReadHorizon(Arc::new(AtomicU64::new(u64::MAX)))
+    }
+}
+
+impl ReadHorizon {
+    /// Fetch nothing at or past byte `end` ahead of need (`None`: no limit). Reads past it
+    /// still succeed, one block at a time.
+    pub fn set(&self, end: Option<u64>) {
+        self.0.store(end.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A seekable reader over one object. Its methods block on the runtime it was given, so it
 /// must be used from a thread of its own, never from async code.
 pub struct ObjectReader {
@@ -128,6 +156,7 @@ pub struct ObjectReader {
     cached_bytes: u64,
     read_aheads: VecDeque<ReadAhead>,
     failure: ReadFailure,
+    horizon: ReadHorizon,
 }
 
 impl ObjectReader {
@@ -159,6 +188,7 @@ impl ObjectReader {
             cached_bytes: 0,
             read_aheads: VecDeque::new(),
             failure: ReadFailure::default(),
+            horizon: ReadHorizon::default(),
         })
     }
 
@@ -166,6 +196,11 @@ impl ObjectReader {
     /// after the reader went into FFmpeg).
     pub fn failure(&self) -> ReadFailure {
         self.failure.clone()
+    }
+
+    /// The handle that limits how far this reader fetches ahead.
+    pub fn horizon(&self) -> ReadHorizon {
+        self.horizon.clone()
     }
 
     /// Size of the object in bytes.
@@ -235,11 +270,27 @@ impl ObjectReader {
     }
 
     /// How much a fetch of `window` bytes at `start` takes: no further than the object's
-    /// end or the next byte already cached or being fetched.
+    /// end, the next byte already cached or being fetched, or the horizon (one block when
+    /// the demuxer is already past it).
     fn span(&self, start: u64, window: u64) -> u64 {
+        let horizon = self.horizon_block();
+        let allowed = if start < horizon {
+            horizon - start
+        } else {
+            self.block_bytes
+        };
         window
+            .min(allowed)
             .min(self.size - start)
             .min(self.next_held(start) - start)
+    }
+
+    /// The horizon rounded up to a whole block, so fetches stay block-aligned.
+    fn horizon_block(&self) -> u64 {
+        self.horizon
+            .get()
+            .checked_next_multiple_of(self.block_bytes)
+            .unwrap_or(u64::MAX)
     }
 
     /// The first byte after `start` that is cached or being fetched (the object's end when
@@ -280,7 +331,7 @@ impl ObjectReader {
     fn read_ahead(&mut self, start: u64, window: u64) {
         let held = self.cache.iter().any(|f| f.contains(start))
             || self.read_aheads.iter().any(|r| r.covers(start));
-        if start >= self.size || held {
+        if start >= self.size || start >= self.horizon_block() || held {
             return;
         }
         let window = self.grown(window);
@@ -470,6 +521,36 @@ mod tests {
             waste < OBJECT_BYTES as u64 / 128,
             "a stop wasted {waste} bytes, more than 1/128 of the object"
         );
+    }
+
+    #[test]
+    fn a_horizon_stops_fetches_at_the_bytes_needed_yet_reads_past_it_still_work() {
+        let (file, bytes, runtime) = object();
+        let mut reader = reader(&file, &runtime);
+        let storage = reader.storage.clone();
+        let block = reader.block_bytes;
+        let (start, end) = (
+            OBJECT_BYTES as u64 / 2,
+            OBJECT_BYTES as u64 / 2 + 5 * block + 100,
+        );
+        reader.horizon().set(Some(end));
+        reader.seek(SeekFrom::Start(start)).expect("seek");
+        let mut span = vec![0u8; (end - start) as usize];
+        reader.read_exact(&mut span).expect("read the span");
+        assert!(span[..] == bytes[start as usize..end as usize]);
+        assert!(
+            reader.read_aheads.is_empty(),
+            "a read-ahead went past the horizon"
+        );
+        let mut after = vec![0u8; 10];
+        reader
+            .read_exact(&mut after)
+            .expect("read past the horizon");
+        assert!(after[..] == bytes[end as usize..end as usize + 10]);
+        drop(reader);
+        assert_every_byte_accounted(&storage, end - start + 10);
+        let waste = storage.counters().bytes_wasted();
+        assert!(waste < 2 * block, "{waste} bytes wasted around a horizon");
     }
 
     #[test]

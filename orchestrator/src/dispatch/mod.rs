@@ -171,7 +171,7 @@ async fn attempt_once(
     let range = work.expected.range;
     let priority = QueuePriority {
         job_seq: work.job.seq,
-        neg_frames: -((range.end_frame - range.start_frame) as i64),
+        neg_frames: -(range.frame_count() as i64),
         index: range.index,
     };
     let wait = Duration::from_secs_f64(context.config.worker_wait_seconds);

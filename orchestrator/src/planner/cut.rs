@@ -3,10 +3,11 @@
 //! decoding from), so variable frame rate input stays exact. Chunks start on keyframes
 //! whenever that keeps them within `planner.keyframe_slack` of an even share: such a chunk
 //! decodes (and reads) nothing before its start. Otherwise only the boundaries with a
-//! keyframe within a tenth of a chunk move onto it.
+//! keyframe within a tenth of a chunk move onto it. An infer job that chose some frames is
+//! cut over its chosen frames instead ([`chosen_ranges`]): each chunk holds a run of them.
 
 use framefleet_common::media::VideoInfo;
-use framefleet_common::proto::ChunkRange;
+use framefleet_common::proto::{ChosenFrame, ChunkRange};
 
 /// The ranges of `count` chunks of `video` (at least one frame each), and whether any
 /// boundary moved off its even position onto a keyframe.
@@ -35,10 +36,51 @@ pub fn ranges(video: &VideoInfo, count: u32, slack: f64) -> (Vec<ChunkRange>, bo
                 keyframe_pts,
                 skip_from: skip.start,
                 skip_to: skip.end,
+                chosen_frames: 0,
             }
         })
         .collect();
     (ranges, moved)
+}
+
+/// The ranges of `count` chunks over the chosen frames of `video` (indices ascending, at
+/// least `count`): near-equal runs of chosen frames, each range spanning from its first
+/// chosen frame to just after its last, with `chosen_frames` its run's length.
+pub fn chosen_ranges(video: &VideoInfo, chosen: &[usize], count: u32) -> Vec<ChunkRange> {
+    let total = chosen.len();
+    let count = count as usize;
+    (0..count)
+        .map(|index| {
+            let run = &chosen[total * index / count..total * (index + 1) / count];
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let keyframe_pts = video.keyframe_at_or_before(first);
+            let skip = video.skippable_before(keyframe_pts);
+            ChunkRange {
+                index: index as u32,
+                start_frame: first as u64,
+                end_frame: last as u64 + 1,
+                start_pts: video.frames[first].pts,
+                end_pts: video.frames.get(last + 1).map_or(video.end_pts, |f| f.pts),
+                keyframe_pts,
+                skip_from: skip.start,
+                skip_to: skip.end,
+                chosen_frames: run.len() as u64,
+            }
+        })
+        .collect()
+}
+
+/// The chosen frames of `video` as chunks are told them: index, timestamp and the keyframe
+/// decoding starts from.
+pub fn chosen_frames(video: &VideoInfo, chosen: &[usize]) -> Vec<ChosenFrame> {
+    chosen
+        .iter()
+        .map(|&index| ChosenFrame {
+            index: index as u64,
+            pts: video.frames[index].pts,
+            keyframe_pts: video.keyframe_at_or_before(index),
+        })
+        .collect()
 }
 
 /// Frames of the longest of `count` chunks of `video`, as [`ranges`] cuts them.

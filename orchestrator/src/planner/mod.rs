@@ -8,7 +8,9 @@
 //! shorter than `planner.min_chunk_seconds` rounded up to whole GOPs. The frames are then
 //! cut into ranges ([`cut`]). The plan records the rule in words, the figures that decided
 //! it, and the prediction for the count chosen (each count predicted as it would be cut,
-//! its longest chunk deciding the wall time).
+//! its longest chunk deciding the wall time). An infer job that chooses frames
+//! ([`FrameChoice`]) is planned over its chosen frames: they are what its chunks produce,
+//! and the thresholds weigh them as the seconds they would fill at the video's rate.
 
 pub mod auto;
 pub mod cut;
@@ -17,9 +19,10 @@ pub mod thresholds;
 use framefleet_common::config::PlannerConfig;
 use framefleet_common::cost::PlanCandidate;
 use framefleet_common::media::VideoInfo;
-use framefleet_common::proto::{JobSpec, Plan};
+use framefleet_common::proto::{ChosenFrame, JobSpec, Plan};
 
 use crate::cost_model::{Capacity, CostModel, Cut, JobShape, Prediction};
+use crate::selection::{FrameChoice, SelectionError};
 
 /// A job's plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,9 @@ pub enum PlanError {
     /// The input holds no frames.
     #[error("the input has no video frames to process")]
     NoFrames,
+    /// The job's frame choice does not fit the video.
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
 }
 
 /// What the planner weighs besides the video.
@@ -42,6 +48,8 @@ pub enum PlanError {
 pub struct PlanContext<'a> {
     /// The job as submitted.
     pub spec: &'a JobSpec,
+    /// The frames it runs on.
+    pub frames: &'a FrameChoice,
     /// The cost history's key for it.
     pub kind: &'a str,
     /// The model of its kind, when the history holds one.
@@ -59,6 +67,8 @@ pub struct Planned {
     pub plan: Plan,
     /// How its count was chosen.
     pub profile: String,
+    /// The frames the job chose, in order (empty: every frame).
+    pub chosen: Vec<ChosenFrame>,
 }
 
 /// Plans `video` for the job in `context`.
@@ -67,7 +77,8 @@ pub fn plan(
     context: &PlanContext<'_>,
     config: &PlannerConfig,
 ) -> Result<Planned, PlanError> {
-    let frames = video.frames.len() as u64;
+    let chosen = context.frames.frames(video)?;
+    let frames = chosen.as_ref().map_or(video.frames.len(), Vec::len) as u64;
     if frames == 0 {
         return Err(PlanError::NoFrames);
     }
@@ -76,19 +87,31 @@ pub fn plan(
         pixels: u64::from(video.width) * u64::from(video.height),
         probe_seconds: context.probe_seconds,
     };
+    let longest = |n: u32| match &chosen {
+        Some(_) => frames.div_ceil(u64::from(n)),
+        None => cut::longest(video, n, config.keyframe_slack),
+    };
     let predict = |n: u32| {
         context.model.map(|model| {
             let cut = Cut {
                 chunks: n,
-                longest_frames: cut::longest(video, n, config.keyframe_slack),
+                longest_frames: longest(n),
             };
             model.predict(&shape, cut, &context.capacity)
         })
     };
-    let candidates: Vec<Prediction> = (1..=most_chunks(video, config))
-        .filter_map(predict)
-        .collect();
-    let (count, mut rule, profile) = count(video, context, config, &candidates)?;
+    let most = match &chosen {
+        Some(_) => u32::try_from(frames)
+            .unwrap_or(u32::MAX)
+            .min(config.max_chunks.max(1)),
+        None => most_chunks(video, config),
+    };
+    let candidates: Vec<Prediction> = (1..=most).filter_map(predict).collect();
+    let seconds = match &chosen {
+        Some(_) => frames as f64 * video.duration_seconds() / video.frames.len().max(1) as f64,
+        None => video.duration_seconds(),
+    };
+    let (count, mut rule, profile) = count(seconds, context, config, &candidates)?;
     let mut count = count;
     if count > config.max_chunks {
         count = config.max_chunks;
@@ -96,13 +119,22 @@ pub fn plan(
     }
     if u64::from(count) > frames {
         count = frames as u32;
-        rule.push_str(&format!(", limited to the {frames} frames of the input"));
+        rule.push_str(&format!(", limited to the {frames} frames the job runs on"));
     }
     let count = count.max(1);
-    let (ranges, moved) = cut::ranges(video, count, config.keyframe_slack);
-    if moved {
-        rule.push_str(", boundaries moved onto keyframes");
-    }
+    let ranges = match &chosen {
+        Some(chosen) => {
+            rule.push_str(&format!(", over the {frames} frames the job chose"));
+            cut::chosen_ranges(video, chosen, count)
+        }
+        None => {
+            let (ranges, moved) = cut::ranges(video, count, config.keyframe_slack);
+            if moved {
+                rule.push_str(", boundaries moved onto keyframes");
+            }
+            ranges
+        }
+    };
     let one = candidates.first().map_or(0.0, |c| c.wall_seconds);
     let to_candidate = |p: Prediction| candidate(p, one);
     Ok(Planned {
@@ -117,12 +149,13 @@ pub fn plan(
             kind: context.kind.to_string(),
         },
         profile,
+        chosen: chosen.map_or_else(Vec::new, |chosen| cut::chosen_frames(video, &chosen)),
     })
 }
 
 /// The count before the caps, its rule, and the profile that chose it.
 fn count(
-    video: &VideoInfo,
+    seconds: f64,
     context: &PlanContext<'_>,
     config: &PlannerConfig,
     candidates: &[Prediction],
@@ -148,7 +181,7 @@ fn count(
     } else {
         spec.profile.clone()
     };
-    let (count, rule) = thresholds::count(&profile, video.duration_seconds(), config)?;
+    let (count, rule) = thresholds::count(&profile, seconds, config)?;
     let rule = if wants_auto {
         format!(
             "no cost history for `{}` yet, so thresholds: {rule}",
@@ -229,10 +262,12 @@ mod tests {
     use crate::cost_model::History;
     use crate::cost_samples::{ChunkSample, JobSample};
     use framefleet_common::media::{FrameStamp, TimestampSource};
+    use framefleet_common::proto::ChunkRange;
 
     fn context<'a>(spec: &'a JobSpec, model: Option<&'a CostModel>) -> PlanContext<'a> {
         PlanContext {
             spec,
+            frames: &FrameChoice::All,
             kind: "lanczos x2, x264 medium on cpu",
             model,
             capacity: Capacity {
@@ -376,6 +411,44 @@ mod tests {
         };
         let plan = fixed(&with_gop(900, 60), 8, &strict);
         assert!(plan.ranges.iter().any(|r| r.keyframe_pts != r.start_pts));
+    }
+
+    #[test]
+    fn chosen_frames_are_cut_into_even_runs_that_decode_from_their_keyframes() {
+        let config = PlannerConfig::default();
+        let input = with_gop(900, 60);
+        let spec = JobSpec {
+            chunks: 4,
+            ..JobSpec::default()
+        };
+        let every = FrameChoice::Every(7);
+        let planned = plan(
+            &input,
+            &PlanContext {
+                frames: &every,
+                ..context(&spec, None)
+            },
+            &config,
+        )
+        .expect("plan");
+        let (plan, chosen) = (planned.plan, planned.chosen);
+        assert_eq!(plan.frames, 129);
+        assert_eq!(chosen.len(), 129);
+        let counts: Vec<u64> = plan.ranges.iter().map(ChunkRange::frame_count).collect();
+        assert_eq!(counts, [32, 32, 32, 33]);
+        for range in &plan.ranges {
+            assert_eq!(range.start_frame % 7, 0, "{range:?}");
+            assert_eq!(range.keyframe_pts, range.start_pts - range.start_pts % 60);
+            assert_eq!((range.end_frame - 1) % 7, 0, "{range:?}");
+        }
+        assert!(chosen
+            .iter()
+            .all(|c| c.pts == c.index as i64 && c.keyframe_pts == c.pts - c.pts % 60));
+        assert!(
+            plan.rule.contains("over the 129 frames the job chose"),
+            "{}",
+            plan.rule
+        );
     }
 
     #[test]

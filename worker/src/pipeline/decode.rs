@@ -11,6 +11,12 @@
 //! the beginning of the input rather than lose frames. A job that deinterlaces passes the
 //! decoded frames through the deinterlacer, which needs the frames either side of the
 //! range as well.
+//!
+//! An infer chunk that chose frames is decoded as one part per keyframe its chosen frames
+//! hang from: a seek to that keyframe, decoding up to the part's last chosen frame (the
+//! decoder is flushed as soon as that frame's packet is in, so nothing after it is read),
+//! and only the chosen frames sent on. The bytes read are the index and, per part, the
+//! packets from its keyframe to its last chosen frame.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
@@ -24,12 +30,13 @@ use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::media::isobmff::{HollowReader, SkipFragments};
+use framefleet_common::media::sample_index;
 use framefleet_common::media::{
     discard_streams, frame_pts, open_input_for_decoding, PacketReader, TimestampSource,
 };
-use framefleet_common::proto::Phase;
+use framefleet_common::proto::{ChunkRange, Phase};
 use framefleet_common::storage::Storage;
-use framefleet_common::storage::{ObjectReader, ReadFailure};
+use framefleet_common::storage::{ObjectReader, ReadFailure, ReadHorizon};
 
 use super::deinterlace::Deinterlacer;
 use super::passthrough::{Offer, PassthroughCollector, Span};
@@ -38,7 +45,8 @@ use super::{ChunkError, ChunkSpec, PhaseClock, StageContext};
 /// Decoder errors on single packets tolerated before the input is declared corrupt.
 const MAX_PACKET_ERRORS: u32 = 32;
 
-/// Runs the stage; every frame of the range goes to `frames`, in order.
+/// Runs the stage; every frame of the range (or every chosen frame) goes to `frames`, in
+/// order.
 pub(super) fn run(
     spec: &ChunkSpec,
     storage: &Storage,
@@ -47,13 +55,82 @@ pub(super) fn run(
     frames: SyncSender<VideoFrame>,
     packet_log: Option<&Path>,
 ) -> Result<u64, ChunkError> {
-    // Seek to the keyframe; when the demuxer lands after it anyway (containers without an
-    // index, such as MPEG-TS, seek by estimate), seek again further back, then give up and
-    // decode from the beginning. Frames timed by decode order are counted from the first:
-    // after a seek, a decoder drops the frames of an open GOP it cannot decode, and the
-    // count would slip.
-    // A deinterlaced range also needs the frame before its first: when the chunk starts on
-    // its keyframe, the seek aims just before it, at the keyframe before.
+    // One reader for every part and attempt: a seek retry finds what the last one fetched
+    // cached.
+    let setup_started = Instant::now();
+    let mut object = storage.open_reader(&spec.input, runtime)?;
+    if spec.whole_input {
+        object = object.whole_object();
+    }
+    let size = object.size();
+    let failure = object.failure();
+    let horizon = object.horizon();
+    let shared = HollowReader::new(
+        TimedReader {
+            inner: object,
+            clock: context.clock.clone(),
+        },
+        size,
+        false,
+    );
+    add_setup_time(&context.clock, setup_started);
+    let mut passthrough_packets = 0;
+    let mut sent_before = 0;
+    let reading = Reading {
+        shared: &shared,
+        horizon: &horizon,
+        packet_log,
+    };
+    for part in parts(spec) {
+        passthrough_packets += decode_part(&part, context, &frames, &reading, sent_before)
+            .map_err(|error| blame_storage(error, &failure))?;
+        sent_before += part.frames();
+    }
+    Ok(passthrough_packets)
+}
+
+/// What the stage decodes, one seek each: the chunk itself, or for chosen frames one part
+/// per keyframe they hang from (its range from the part's first chosen frame to just after
+/// its last).
+fn parts(spec: &ChunkSpec) -> Vec<ChunkSpec> {
+    if spec.chosen.is_empty() {
+        return vec![spec.clone()];
+    }
+    spec.chosen
+        .chunk_by(|a, b| a.keyframe_pts == b.keyframe_pts)
+        .map(|group| {
+            let (first, last) = (&group[0], &group[group.len() - 1]);
+            ChunkSpec {
+                range: ChunkRange {
+                    start_frame: first.index,
+                    end_frame: last.index + 1,
+                    start_pts: first.pts,
+                    end_pts: last.pts + 1,
+                    keyframe_pts: first.keyframe_pts,
+                    chosen_frames: group.len() as u64,
+                    ..spec.range
+                },
+                chosen: group.to_vec(),
+                ..spec.clone()
+            }
+        })
+        .collect()
+}
+
+/// Decodes one part: seeks to its keyframe; when the demuxer lands after it anyway
+/// (containers without an index, such as MPEG-TS, seek by estimate), seeks again further
+/// back, then gives up and decodes from the beginning. Frames timed by decode order are
+/// counted from the first: after a seek, a decoder drops the frames of an open GOP it
+/// cannot decode, and the count would slip. A deinterlaced range also needs the frame
+/// before its first: when the chunk starts on its keyframe, the seek aims just before it,
+/// at the keyframe before. `sent_before` frames went out in earlier parts.
+fn decode_part(
+    spec: &ChunkSpec,
+    context: &StageContext,
+    frames: &SyncSender<VideoFrame>,
+    reading: &Reading<'_>,
+    sent_before: u64,
+) -> Result<u64, ChunkError> {
     let mut targets: Vec<Option<i64>> = Vec::new();
     if spec.range.start_frame > 0 && spec.timestamps != TimestampSource::DecodeOrder {
         let ticks_per_second =
@@ -70,35 +147,18 @@ pub(super) fn run(
         );
     }
     targets.push(None);
-    // One reader for every attempt: a seek retry finds what the last one fetched cached.
-    let setup_started = Instant::now();
-    let mut object = storage.open_reader(&spec.input, runtime)?;
-    if spec.whole_input {
-        object = object.whole_object();
-    }
-    let size = object.size();
-    let failure = object.failure();
-    let shared = HollowReader::new(
-        TimedReader {
-            inner: object,
-            clock: context.clock.clone(),
-        },
-        size,
-        false,
-    );
-    add_setup_time(&context.clock, setup_started);
     let mut last_overshoot = None;
     for (tries, target) in targets.into_iter().enumerate() {
         // Only the first attempt skips fragments: a retry aims earlier than the keyframe.
         let attempt = Attempt {
-            input: shared.twin(false),
+            input: reading.shared.twin(false),
             seek_to: target,
             skip_fragments: tries == 0,
-            packet_log,
+            packet_log: reading.packet_log,
+            horizon: reading.horizon,
+            sent_before,
         };
-        let decoded = decode_range(spec, context, &frames, attempt)
-            .map_err(|error| blame_storage(error, &failure))?;
-        match decoded {
+        match decode_range(spec, context, frames, attempt)? {
             Decoded::Done {
                 passthrough_packets,
             } => return Ok(passthrough_packets),
@@ -146,6 +206,16 @@ enum Decoded {
     },
 }
 
+/// How every part of a chunk reads the input.
+struct Reading<'a> {
+    /// The input, from its start.
+    shared: &'a HollowReader<TimedReader<ObjectReader>>,
+    /// How far its reader may fetch ahead.
+    horizon: &'a ReadHorizon,
+    /// Where the packet log of copied streams goes, when streams are passed through.
+    packet_log: Option<&'a Path>,
+}
+
 /// How one attempt at the range reads the input.
 struct Attempt<'a> {
     /// The input, from its start (shared with the other attempts).
@@ -156,6 +226,10 @@ struct Attempt<'a> {
     skip_fragments: bool,
     /// Where the packet log of copied streams goes, when streams are passed through.
     packet_log: Option<&'a Path>,
+    /// How far the reader may fetch ahead (set once the input's index is read).
+    horizon: &'a ReadHorizon,
+    /// Frames sent by the chunk's earlier parts.
+    sent_before: u64,
 }
 
 /// One attempt at the range: open (and seek), decode to the range's end, then finish the
@@ -167,6 +241,7 @@ fn decode_range(
     attempt: Attempt<'_>,
 ) -> Result<Decoded, ChunkError> {
     let seek = attempt.seek_to.is_some();
+    let sent_before = attempt.sent_before;
     let opened = open_at(spec, context, attempt)?;
     let mut decoding = RangeDecoding {
         spec,
@@ -178,10 +253,13 @@ fn decode_range(
         range: RangeSender {
             start: spec.range.start_pts,
             end: spec.range.end_pts,
+            chosen: spec.chosen.iter().map(|c| c.pts).collect(),
             expected: spec.frames(),
             sent: 0,
+            sent_before,
             frames,
         },
+        awaited: awaited_packets(spec),
         opened,
         deinterlacer: None,
         packets: PacketReader::default(),
@@ -255,7 +333,10 @@ fn open_at(
         seek_to,
         skip_fragments,
         packet_log,
+        horizon,
+        sent_before: _,
     } = attempt;
+    horizon.set(None);
     let setup_started = Instant::now();
     let skipped = if skip_fragments && spec.fragmented_input {
         spec.range.skip_from..spec.range.skip_to
@@ -324,6 +405,14 @@ fn open_at(
             .seek(target, ..target)
             .map_err(|e| ChunkError::Decode(format!("seeking to pts {target} failed: {e}")))?;
     }
+    // A part of chosen frames needs nothing past its last chosen frame's packets.
+    if let Some(last) = spec.chosen.last() {
+        horizon.set(sample_index::bytes_through(
+            &input,
+            spec.stream_index,
+            last.pts,
+        ));
+    }
     context.progress.finish(Phase::Download);
     add_setup_time(&context.clock, setup_started);
     Ok(Opened {
@@ -367,6 +456,9 @@ struct RangeDecoding<'a> {
     first_frame: bool,
     packet_errors: u32,
     at_end: bool,
+    /// Chosen frames whose packets are still to come; once none is, the decoder is
+    /// flushed and nothing more is read (empty when the part reads to its end).
+    awaited: Vec<i64>,
     decoded: VideoFrame,
 }
 
@@ -418,7 +510,10 @@ impl RangeDecoding<'_> {
                     passthrough.offer(&packet)?;
                 }
                 match self.opened.decoder.send_packet(&packet) {
-                    Ok(()) => self.clock.packet_sent(&packet),
+                    Ok(()) => {
+                        self.clock.packet_sent(&packet);
+                        self.note_awaited(packet.pts());
+                    }
                     Err(e) => {
                         self.packet_errors += 1;
                         if self.packet_errors > MAX_PACKET_ERRORS {
@@ -449,6 +544,19 @@ impl RangeDecoding<'_> {
                 .saturating_sub(Duration::from_secs_f64(reading.max(0.0))),
         );
         Ok(Step::Decode)
+    }
+
+    /// Crosses a chosen frame's packet off; after the last, flushes the decoder: every
+    /// packet a chosen frame refers to comes before its own.
+    fn note_awaited(&mut self, pts: Option<i64>) {
+        let Some(found) = pts.and_then(|pts| self.awaited.binary_search(&pts).ok()) else {
+            return;
+        };
+        self.awaited.remove(found);
+        if self.awaited.is_empty() {
+            self.at_end = true;
+            let _ = self.opened.decoder.send_eof();
+        }
     }
 
     /// Sends every frame the decoder has ready (deinterlaced when asked) to the range.
@@ -492,6 +600,18 @@ impl RangeDecoding<'_> {
     }
 }
 
+/// The packets a part of chosen frames needs last: its chosen frames' own (ascending).
+/// Only where packets carry the timestamps frames are chosen by, and nothing else is
+/// being copied; else none, and the part is read to its end.
+fn awaited_packets(spec: &ChunkSpec) -> Vec<i64> {
+    let timed_by_packets = spec.timestamps == TimestampSource::Presentation;
+    if timed_by_packets && spec.passthrough.is_none() && !spec.processor.deinterlace {
+        spec.chosen.iter().map(|c| c.pts).collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Once the video of the range is done, reads on (copied streams only, unless only video
 /// packets can tell how far reading has gone) until every copied stream is done with the
 /// span, or the input ends.
@@ -523,13 +643,17 @@ enum Range {
     Complete,
 }
 
-/// Sends a range's frames on to processing: those with timestamps in `[start, end)`, up to
-/// the count the plan expects.
+/// Sends a range's frames on to processing: those with timestamps in `[start, end)` (and,
+/// when frames were chosen, among the chosen), up to the count the plan expects.
 struct RangeSender<'a> {
     start: i64,
     end: i64,
+    /// Timestamps of the chosen frames, ascending (empty: every frame).
+    chosen: Vec<i64>,
     expected: u64,
     sent: u64,
+    /// Frames the chunk's earlier parts sent.
+    sent_before: u64,
     frames: &'a SyncSender<VideoFrame>,
 }
 
@@ -548,11 +672,16 @@ impl RangeSender<'_> {
             if pts >= self.end {
                 return Ok(Range::Complete);
             }
+            if !self.chosen.is_empty() && self.chosen.binary_search(&pts).is_err() {
+                continue;
+            }
             self.frames
                 .send(frame)
                 .map_err(|_| ChunkError::Disconnected)?;
             self.sent += 1;
-            context.progress.set(Phase::Decode, self.sent);
+            context
+                .progress
+                .set(Phase::Decode, self.sent_before + self.sent);
             if self.sent == self.expected {
                 return Ok(Range::Complete);
             }

@@ -89,7 +89,7 @@ pub(super) fn run(
                 for (frame, values) in batch.iter().zip(&vectors) {
                     let pts = frame.pts().unwrap_or(0);
                     let text = line(
-                        spec.range.start_frame + written,
+                        spec.frame_index(written),
                         pts,
                         pts as f64 * seconds_per_tick,
                         values,

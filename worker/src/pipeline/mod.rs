@@ -10,8 +10,9 @@
 //! records the time it is busy (not the time it waits on its neighbours) into a
 //! [`PhaseClock`], and its frames done into the chunk's [`ChunkProgressCounters`].
 //!
-//! A chunk is done only when exactly `end_frame - start_frame` frames went through every
-//! stage and the object is uploaded; anything else is an error and the upload is aborted.
+//! A chunk is done only when exactly its frames (`end_frame - start_frame`, or the frames
+//! an infer job chose) went through every stage and the object is uploaded; anything else
+//! is an error and the upload is aborted.
 
 mod decode;
 mod deinterlace;
@@ -31,7 +32,9 @@ use tracing::Instrument;
 
 use framefleet_common::media::TimestampSource;
 use framefleet_common::phases::PerPhase;
-use framefleet_common::proto::{ChunkRange, EncoderSettings, Phase, ProcessorSpec, Task};
+use framefleet_common::proto::{
+    ChosenFrame, ChunkRange, EncoderSettings, Phase, ProcessorSpec, Task,
+};
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::processor::{self, ProcessError};
@@ -119,6 +122,9 @@ pub struct ChunkSpec {
     pub whole_input: bool,
     /// The input's streams to pass through for the stitch, if any.
     pub passthrough: Option<Passthrough>,
+    /// For infer jobs that chose frames: the chunk's chosen frames, ascending, all within
+    /// `range` (empty: every frame of the range).
+    pub chosen: Vec<ChosenFrame>,
 }
 
 /// Which input packets (audio, subtitles) a chunk passes through, and where they go.
@@ -135,7 +141,19 @@ pub struct Passthrough {
 impl ChunkSpec {
     /// Frames the chunk must produce.
     pub fn frames(&self) -> u64 {
-        self.range.end_frame.saturating_sub(self.range.start_frame)
+        if self.chosen.is_empty() {
+            self.range.end_frame.saturating_sub(self.range.start_frame)
+        } else {
+            self.chosen.len() as u64
+        }
+    }
+
+    /// The input's index of the chunk's `k`-th frame.
+    pub fn frame_index(&self, k: u64) -> u64 {
+        match self.chosen.get(k as usize) {
+            Some(chosen) => chosen.index,
+            None => self.range.start_frame + k,
+        }
     }
 }
 
