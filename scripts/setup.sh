@@ -12,7 +12,8 @@ set -euo pipefail
 CACHE="${FRAMEFLEET_CACHE:-$HOME/.cache/framefleet}"
 GARAGE_VERSION=2.5.0
 PACKAGES=(ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
-  libavfilter-dev libavdevice-dev libclang-dev pkg-config protobuf-compiler bc openssl iproute2)
+  libavfilter-dev libavdevice-dev libclang-dev pkg-config protobuf-compiler bc openssl iproute2
+  nginx-light)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -2,7 +2,8 @@
 //!
 //! The orchestrator runs in this process on a loopback port; each worker is a child
 //! process (`framefleet worker`), so one crashing cannot take the others down. Storage is
-//! `file://`: the input and output are local paths, and chunk objects live in a temporary
+//! `file://`: the input (or an `https://` URL) and the output are local paths, and chunk
+//! objects live in a temporary
 //! directory that is removed at the end. Workers die with this process (`PR_SET_PDEATHSIG`),
 //! are replaced when one is lost mid-job, and are stopped with SIGTERM when the job ends
 //! ([`crate::local_workers`]). Every job adds to a cost history of this machine (the
@@ -59,14 +60,7 @@ pub struct LocalArgs {
 
 /// Runs the job and prints its cost report; fails with a one-line error otherwise.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    let input = local_path(&args.input, "input")?;
-    let input = std::fs::canonicalize(&input)
-        .with_context(|| format!("cannot read the input {}", input.display()))?;
-    anyhow::ensure!(
-        input.is_file(),
-        "the input {} is not a file",
-        input.display()
-    );
+    let input = input_uri(&args.input)?;
     let output = absolute_output(&local_path(&args.output, "output")?)?;
     let mut config = Config::load(args.config.as_deref())?;
     framefleet_common::telemetry::init_logs(if args.verbose { "info" } else { "warn" });
@@ -182,6 +176,23 @@ fn cuda_devices() -> u32 {
     }
 }
 
+/// The input as a URI: a web URL as given, else a local file's `file://` URI.
+fn input_uri(given: &Path) -> anyhow::Result<String> {
+    let text = given.to_string_lossy();
+    if text.starts_with("https://") || text.starts_with("http://") {
+        return Ok(text.into_owned());
+    }
+    let input = local_path(given, "input")?;
+    let input = std::fs::canonicalize(&input)
+        .with_context(|| format!("cannot read the input {}", input.display()))?;
+    anyhow::ensure!(
+        input.is_file(),
+        "the input {} is not a file",
+        input.display()
+    );
+    Ok(format!("file://{}", input.display()))
+}
+
 /// A local path given plainly or as a `file://` URI; any other URI is refused with the
 /// command that takes it (`local` stores everything on this machine).
 fn local_path(given: &Path, what: &str) -> anyhow::Result<PathBuf> {
@@ -196,7 +207,7 @@ fn local_path(given: &Path, what: &str) -> anyhow::Result<PathBuf> {
         ),
         Some((scheme, _)) if !scheme.is_empty() && !scheme.contains('/') => anyhow::bail!(
             "framefleet local takes a local {what} file, not {text}; framefleet reads local \
-             paths, file:// and s3:// URIs, so copy it here first"
+             paths, file://, s3:// and (inputs) https:// URIs, so copy it here first"
         ),
         _ => Ok(given.to_path_buf()),
     }
@@ -219,14 +230,14 @@ async fn run_job(
     url: &str,
     token: AttachToken,
     args: &LocalArgs,
-    input: &Path,
+    input: &str,
     output: &Path,
 ) -> anyhow::Result<()> {
     let mut client = remote::connect(url, &TlsConfig::default(), token)
         .await
         .context("cannot reach the local orchestrator")?;
     let spec = args.job.spec(
-        format!("file://{}", input.display()),
+        input.to_string(),
         format!("file://{}", output.display()),
         Default::default(),
     )?;
@@ -303,9 +314,13 @@ mod tests {
             refused.contains("not s3://bucket/in.mp4") && refused.contains("framefleet submit"),
             "{refused}"
         );
-        let web = local_path(Path::new("https://example.com/in.mp4"), "input")
-            .expect_err("a web URL")
+        let web = local_path(Path::new("ftp://example.com/in.mp4"), "input")
+            .expect_err("an FTP URL")
             .to_string();
         assert!(web.contains("copy it here first"), "{web}");
+        assert_eq!(
+            input_uri(Path::new("https://example.com/in.mp4")).expect("a web input"),
+            "https://example.com/in.mp4"
+        );
     }
 }

@@ -220,6 +220,10 @@ pub struct StorageConfig {
     /// Local directories jobs may read and write (`file://`), symbolic links resolved;
     /// empty allows any path.
     pub local_roots: Vec<String>,
+    /// Hosts `https://` and `http://` inputs may name, as `host` or `host:port`; empty
+    /// allows any public host. A host whose address is loopback, private, link-local or
+    /// the cloud metadata service's is refused unless listed here.
+    pub allowed_hosts: Vec<String>,
     /// Longest wait for a connection to the S3 server, per try.
     pub connect_timeout_seconds: f64,
     /// Longest one try of one S3 request may take (a stalled transfer fails sooner: the
@@ -243,6 +247,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("read_ahead_bytes", &self.read_ahead_bytes)
             .field("allowed_buckets", &self.allowed_buckets)
             .field("local_roots", &self.local_roots)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("connect_timeout_seconds", &self.connect_timeout_seconds)
             .field("attempt_timeout_seconds", &self.attempt_timeout_seconds)
             .field("max_attempts", &self.max_attempts)
@@ -393,6 +398,7 @@ impl Default for StorageConfig {
             read_ahead_bytes: 4 * 1024 * 1024,
             allowed_buckets: Vec::new(),
             local_roots: Vec::new(),
+            allowed_hosts: Vec::new(),
             connect_timeout_seconds: 10.0,
             attempt_timeout_seconds: 120.0,
             max_attempts: 5,

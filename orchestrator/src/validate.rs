@@ -122,6 +122,11 @@ pub fn check(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
 fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
     let input: ObjectUri = spec.input_uri.parse()?;
     let output: ObjectUri = spec.output_uri.parse()?;
+    if matches!(output, ObjectUri::Web(_)) {
+        return Err(InvalidSpec(format!(
+            "the output `{output}` is a web URL, which framefleet only reads; write to s3:// or file://"
+        )));
+    }
     if input == output {
         return Err(InvalidSpec(
             "the output would overwrite the input; choose another output".into(),

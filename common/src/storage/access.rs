@@ -1,12 +1,14 @@
-//! Which objects a job may name: `s3://` URIs in the configured buckets and `file://`
-//! paths under the configured local roots (`storage.allowed_buckets`,
-//! `storage.local_roots`; an empty list allows any). Paths are resolved with their
+//! Which objects a job may name: `s3://` URIs in the configured buckets, `file://`
+//! paths under the configured local roots and web inputs on the allowed hosts
+//! (`storage.allowed_buckets`, `storage.local_roots`, `storage.allowed_hosts`; an empty
+//! list allows any, but never a private address for a web input). Paths are resolved with their
 //! symbolic links before the check, so a link inside a root that points outside it does
 //! not let a job escape; a path that does not exist yet is checked through its closest
 //! existing parent. `..` never gets this far: [`ObjectUri`] refuses it when parsing.
 
 use std::path::{Path, PathBuf};
 
+use super::web::HostPolicy;
 use super::{ObjectUri, StorageError};
 use crate::config::StorageConfig;
 
@@ -17,6 +19,8 @@ pub struct AccessPolicy {
     /// `None`: any path; else the roots, resolved (a root that does not exist is left out,
     /// so it allows nothing).
     roots: Option<Vec<PathBuf>>,
+    /// The hosts web inputs may name.
+    hosts: HostPolicy,
 }
 
 impl AccessPolicy {
@@ -31,6 +35,7 @@ impl AccessPolicy {
                     .filter_map(|root| std::fs::canonicalize(root).ok())
                     .collect()
             }),
+            hosts: HostPolicy::new(config),
         }
     }
 
@@ -41,6 +46,10 @@ impl AccessPolicy {
             reason,
         };
         match uri {
+            ObjectUri::Web(url) => self
+                .hosts
+                .check(url)
+                .map_err(|reason| refuse(format!("the {what} cannot be read: {reason}"))),
             ObjectUri::S3 { bucket, .. } => {
                 if self.buckets.is_empty() || self.buckets.iter().any(|b| b == bucket) {
                     Ok(())

@@ -1,5 +1,6 @@
-//! Object storage: one client for `file://` (the embedded default) and `s3://` (Cloudflare
-//! R2, AWS, Garage, MinIO, any S3), with byte accounting on every request.
+//! Object storage: one client for `file://` (the embedded default), `s3://` (Cloudflare
+//! R2, AWS, Garage, MinIO, any S3) and read-only `https://` inputs ([`web`]: CDNs, public
+//! buckets, presigned URLs), with byte accounting on every request.
 //!
 //! - [`Storage::read_range`] serves ranged reads; [`ObjectReader`] wraps it as a blocking
 //!   `Read + Seek` for FFmpeg's custom I/O, so a chunk reads only the bytes it needs.
@@ -13,6 +14,7 @@ mod reader;
 mod s3;
 mod upload;
 mod uri;
+pub mod web;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,7 @@ pub use reader::{ObjectReader, ReadFailure, ReadHorizon};
 use s3::S3Ops;
 pub use upload::Upload;
 pub use uri::ObjectUri;
+use web::WebObjects;
 
 /// A storage request that failed, or a URI that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,16 @@ impl IoCounters {
     }
 }
 
+/// The error for writing, listing or deleting a web object.
+fn read_only(uri: &ObjectUri, operation: &'static str) -> StorageError {
+    StorageError::Request {
+        operation,
+        uri: uri.to_string(),
+        message: "web URLs are read-only inputs; write outputs to s3:// or file://".into(),
+        transient: false,
+    }
+}
+
 /// One ranged GET (with its resumed requests) while it runs. It counts what was received
 /// even when the read fails or is cancelled (a read-ahead dropped at a chunk's end), and
 /// then counts those bytes as waste too: nobody got them. It logs one debug line when done.
@@ -218,6 +231,7 @@ impl Drop for Transfer {
 #[derive(Clone)]
 pub struct Storage {
     s3: Option<aws_sdk_s3::Client>,
+    web: WebObjects,
     part_bytes: u64,
     block_bytes: u64,
     read_ahead_bytes: u64,
@@ -230,6 +244,7 @@ impl Storage {
     pub fn new(config: &StorageConfig) -> Self {
         Self {
             s3: s3::client(config),
+            web: WebObjects::new(config),
             part_bytes: config.multipart_part_bytes,
             block_bytes: config.read_block_bytes,
             read_ahead_bytes: config.read_ahead_bytes,
@@ -269,6 +284,12 @@ impl Storage {
                     }
                 })?,
             ObjectUri::S3 { bucket, key } => self.s3(uri)?.size(bucket, key, uri).await?,
+            ObjectUri::Web(url) => {
+                let mut transfer = Transfer::new(self.counters.clone(), uri, 0, 1);
+                let size = self.web.size(url, uri, &transfer).await?;
+                transfer.finish();
+                return Ok(size);
+            }
         };
         self.counters.record(0, 0);
         Ok(size)
@@ -304,6 +325,11 @@ impl Storage {
             ObjectUri::S3 { bucket, key } => {
                 self.s3(uri)?
                     .read_range(bucket, key, offset, len, uri, &transfer)
+                    .await?
+            }
+            ObjectUri::Web(url) => {
+                self.web
+                    .read_range(url, uri, offset, len, &transfer)
                     .await?
             }
         };
@@ -371,6 +397,7 @@ impl Storage {
                     })
                     .collect())
             }
+            ObjectUri::Web(_) => Err(read_only(prefix, "LIST")),
         }
     }
 
@@ -384,6 +411,7 @@ impl Storage {
                 Err(e) => Err(StorageError::io("DELETE", uri, e)),
             },
             ObjectUri::S3 { bucket, key } => self.s3(uri)?.delete(bucket, key, uri).await,
+            ObjectUri::Web(_) => Err(read_only(uri, "DELETE")),
         }
     }
 

@@ -60,6 +60,7 @@ impl Upload {
                     multipart: None,
                 }
             }
+            ObjectUri::Web(_) => return Err(super::read_only(&uri, "PUT")),
         };
         Ok(Self {
             storage,

@@ -1,4 +1,5 @@
-//! Object URIs: `file:///absolute/path` and `s3://bucket/key`, parsed and validated once.
+//! Object URIs: `file:///absolute/path`, `s3://bucket/key` and, for inputs,
+//! `https://host/path` or `http://host/path`, parsed and validated once.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -18,6 +19,8 @@ pub enum ObjectUri {
         /// Object key (or key prefix), without a leading `/`.
         key: String,
     },
+    /// A read-only object on a web server (`https://` or `http://`).
+    Web(reqwest::Url),
 }
 
 impl ObjectUri {
@@ -40,6 +43,13 @@ impl ObjectUri {
                     key,
                 })
             }
+            ObjectUri::Web(url) => {
+                let mut joined = url.clone();
+                joined.set_query(None);
+                let path = format!("{}/{name}", url.path().trim_end_matches('/'));
+                joined.set_path(&path);
+                Ok(ObjectUri::Web(joined))
+            }
         }
     }
 
@@ -56,6 +66,14 @@ impl ObjectUri {
                     .map(|(prefix, _)| prefix.to_string())
                     .unwrap_or_default(),
             },
+            ObjectUri::Web(url) => {
+                let mut parent = url.clone();
+                parent.set_query(None);
+                if let Ok(mut segments) = parent.path_segments_mut() {
+                    segments.pop();
+                }
+                ObjectUri::Web(parent)
+            }
         }
     }
 
@@ -64,6 +82,7 @@ impl ObjectUri {
         match self {
             ObjectUri::File(path) => path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
             ObjectUri::S3 { key, .. } => key.rsplit('/').next().unwrap_or(""),
+            ObjectUri::Web(url) => url.path().rsplit('/').next().unwrap_or(""),
         }
     }
 }
@@ -93,9 +112,19 @@ impl FromStr for ObjectUri {
                 key: key.to_string(),
             });
         }
+        if uri.starts_with("https://") || uri.starts_with("http://") {
+            let url = reqwest::Url::parse(uri).map_err(|e| bad(uri, &format!("not a URL: {e}")))?;
+            if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
+                return Err(bad(
+                    uri,
+                    "a web input needs a host and no user name in the URL",
+                ));
+            }
+            return Ok(ObjectUri::Web(url));
+        }
         Err(bad(
             uri,
-            "unsupported scheme; use file:///absolute/path or s3://bucket/key",
+            "unsupported scheme; use file:///absolute/path, s3://bucket/key or https://host/path",
         ))
     }
 }
@@ -105,6 +134,7 @@ impl fmt::Display for ObjectUri {
         match self {
             ObjectUri::File(path) => write!(f, "file://{}", path.display()),
             ObjectUri::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            ObjectUri::Web(url) => write!(f, "{url}"),
         }
     }
 }
@@ -179,7 +209,8 @@ mod tests {
             "file://relative/path",
             "file:///tmp/../etc/passwd",
             "s3://bucket/a/../b",
-            "http://example.com/x.mp4",
+            "ftp://example.com/x.mp4",
+            "https://user@example.com/x.mp4",
             "s3://B/x",
             "/tmp/plain-path.mp4",
         ] {
