@@ -2,7 +2,8 @@
 //! here on 127.0.0.1 with ranged responses. A job reads its input from the server in
 //! ranges (about one copy, frame-exact output); a URL at a private address is refused
 //! unless `storage.allowed_hosts` lists its host; an object replaced between two reads
-//! fails the read instead of mixing two files; a redirect to the cloud metadata address is
+//! (or between a job's probe and its chunk) fails the read instead of mixing two files; a
+//! redirect to the cloud metadata address is
 //! not followed.
 
 use framefleet_testkit as support;
@@ -204,6 +205,22 @@ async fn a_replaced_object_fails_the_read_and_redirects_to_metadata_are_not_foll
         error.to_string().contains("changed while the job read it"),
         "{error}"
     );
+    // A chunk told the version its job's probe saw refuses the new one; a new job (a fresh
+    // handle) reads the new one.
+    let probed = storage.web_version(&uri).expect("a version");
+    assert_eq!(probed.0, 100_000);
+    let chunk = storage.counted();
+    chunk.pin_web_version(&uri, (probed.0, &probed.1));
+    let error = chunk
+        .read_range(&uri, 0, 1000)
+        .await
+        .expect_err("another version than the probe's");
+    assert!(
+        error.to_string().contains("changed while the job read it"),
+        "{error}"
+    );
+    let next_job = storage.counted();
+    assert_eq!(next_job.size(&uri).await.expect("size"), 120_000);
     let moved: ObjectUri = server.url("moved.mp4").parse().expect("a web URI");
     let error = storage
         .size(&moved)

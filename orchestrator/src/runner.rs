@@ -116,6 +116,8 @@ struct Planned {
     plan: Plan,
     /// The frames an infer job chose (empty: every frame).
     chosen: Vec<ChosenFrame>,
+    /// A web input's size and validator as the probe read them.
+    input_version: Option<(u64, String)>,
 }
 
 impl JobRunner {
@@ -279,6 +281,7 @@ impl JobRunner {
             info: Arc::new(info),
             plan,
             chosen,
+            input_version: io.input.web_version(&request.input),
         })
     }
 
@@ -454,7 +457,11 @@ fn chunk_work(
 ) -> Result<Vec<ChunkWork>, JobError> {
     let request = &job.request;
     let scratch = request.scratch(&job.id)?;
-    let template = chunk_request(job, &planned.info);
+    let mut template = chunk_request(job, &planned.info);
+    if let Some((size, validator)) = &planned.input_version {
+        template.input_size = *size;
+        template.input_validator = validator.clone();
+    }
     let video = &planned.info.video;
     let time_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
     let plan = &planned.plan;

@@ -290,6 +290,8 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
             })
         },
         chosen,
+        input_version: (request.input_size > 0)
+            .then(|| (request.input_size, request.input_validator.clone())),
     })
 }
 

@@ -256,7 +256,24 @@ impl Storage {
     pub fn counted(&self) -> Self {
         Self {
             counters: Arc::default(),
+            web: self.web.fresh(),
             ..self.clone()
+        }
+    }
+
+    /// The version (size, validator) of a web object as this handle first read it.
+    pub fn web_version(&self, uri: &ObjectUri) -> Option<(u64, String)> {
+        match uri {
+            ObjectUri::Web(url) => self.web.version(url),
+            _ => None,
+        }
+    }
+
+    /// Makes this handle's reads of a web object insist on `version` (the one its job's
+    /// probe read); other URIs are left alone.
+    pub fn pin_web_version(&self, uri: &ObjectUri, version: (u64, &str)) {
+        if let ObjectUri::Web(url) = uri {
+            self.web.pin(url, version.0, version.1);
         }
     }
 

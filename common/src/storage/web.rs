@@ -4,8 +4,10 @@
 //! - **One file, not two.** The first response fixes the object's size and validator (its
 //!   ETag, else its Last-Modified); every later range must come back with the same one and
 //!   as a `206` of exactly the bytes asked, else the read fails with "changed while the job
-//!   read it" rather than mixing two files. Each process (the orchestrator's probe, each
-//!   worker) checks the reads it makes.
+//!   read it" rather than mixing two files. The versions are kept per counted storage
+//!   handle (one job's input on the orchestrator, one chunk on a worker), and a chunk is
+//!   told the version its job's probe saw ([`WebObjects::pin`]), so every read of a job
+//!   is of one version.
 //! - **No server-side request forgery.** Every host is resolved here ([`GuardedResolver`]),
 //!   and an address in the loopback, private, link-local, shared, multicast or
 //!   unspecified ranges (the cloud metadata address 169.254.169.254 among them) is refused
@@ -218,6 +220,28 @@ impl WebObjects {
             versions: Arc::default(),
             max_attempts: config.max_attempts.max(1),
         }
+    }
+
+    /// The same client with no versions known yet (a new job or chunk).
+    pub(super) fn fresh(&self) -> Self {
+        Self {
+            versions: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The size and validator `url` was read at (`None` before any read).
+    pub fn version(&self, url: &Url) -> Option<(u64, String)> {
+        self.lock().get(url).map(|v| (v.size, v.validator.clone()))
+    }
+
+    /// Reads of `url` must find this size and validator (what the job's probe read).
+    pub fn pin(&self, url: &Url, size: u64, validator: &str) {
+        let version = Version {
+            size,
+            validator: validator.to_string(),
+        };
+        self.lock().insert(url.clone(), version);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Url, Version>> {

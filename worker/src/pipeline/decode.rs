@@ -58,6 +58,9 @@ pub(super) fn run(
     // One reader for every part and attempt: a seek retry finds what the last one fetched
     // cached.
     let setup_started = Instant::now();
+    if let Some((size, validator)) = &spec.input_version {
+        storage.pin_web_version(&spec.input, (*size, validator));
+    }
     let mut object = storage.open_reader(&spec.input, runtime)?;
     if spec.whole_input {
         object = object.whole_object();

@@ -125,6 +125,9 @@ pub struct ChunkSpec {
     /// For infer jobs that chose frames: the chunk's chosen frames, ascending, all within
     /// `range` (empty: every frame of the range).
     pub chosen: Vec<ChosenFrame>,
+    /// A web input's size and validator as the job's probe read them: the chunk reads that
+    /// version or fails.
+    pub input_version: Option<(u64, String)>,
 }
 
 /// Which input packets (audio, subtitles) a chunk passes through, and where they go.
