@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "CostReport",
         "PlanSummary",
         "ChunkCost",
+        "InputCost",
         "OrchestratorCost",
         "Totals",
         "CostSummary",

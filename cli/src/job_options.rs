@@ -6,7 +6,8 @@ use anyhow::bail;
 
 use framefleet_common::proto::frame_selection::Rule;
 use framefleet_common::proto::{
-    EncoderSettings, FrameSelection, FrameTimes, JobSpec, ProcessorSpec, RandomFrames, Task,
+    EncoderSettings, FrameSelection, FrameTimes, JobInput, JobSpec, ProcessorSpec, RandomFrames,
+    Task,
 };
 
 /// What a job produces.
@@ -73,6 +74,10 @@ pub struct JobOptions {
     /// end of the video).
     #[arg(long, value_parser = parse_window)]
     pub window: Option<(f64, f64)>,
+    /// With several inputs: report an input that cannot be read as skipped and finish the
+    /// others, instead of failing the job.
+    #[arg(long)]
+    pub skip_unreadable: bool,
 }
 
 /// Which frames an infer job runs on, as `--frames` says.
@@ -159,6 +164,14 @@ impl JobOptions {
         Ok(Some(FrameSelection { rule: Some(rule) }))
     }
 
+    /// The extension of this job's outputs: `jsonl` for infer, else `mp4`.
+    pub fn output_extension(&self) -> &'static str {
+        match self.task {
+            TaskOption::Infer => "jsonl",
+            TaskOption::Process => "mp4",
+        }
+    }
+
     /// The spec for `input` -> `output` with these options.
     pub fn spec(
         &self,
@@ -166,9 +179,37 @@ impl JobOptions {
         output: String,
         labels: HashMap<String, String>,
     ) -> anyhow::Result<JobSpec> {
+        self.spec_of(vec![(input, output)], labels)
+    }
+
+    /// The spec for each (input, output) of `pairs` with these options: a job of one
+    /// input, or of the list when there are several.
+    pub fn spec_of(
+        &self,
+        mut pairs: Vec<(String, String)>,
+        labels: HashMap<String, String>,
+    ) -> anyhow::Result<JobSpec> {
+        if self.skip_unreadable && pairs.len() < 2 {
+            bail!("--skip-unreadable is for jobs of several inputs");
+        }
+        let (input_uri, output_uri, inputs) = if pairs.len() == 1 {
+            let (input, output) = pairs.remove(0);
+            (input, output, Vec::new())
+        } else {
+            let inputs = pairs
+                .into_iter()
+                .map(|(input_uri, output_uri)| JobInput {
+                    input_uri,
+                    output_uri,
+                })
+                .collect();
+            (String::new(), String::new(), inputs)
+        };
         Ok(JobSpec {
-            input_uri: input,
-            output_uri: output,
+            input_uri,
+            output_uri,
+            inputs,
+            skip_unreadable_inputs: self.skip_unreadable,
             processor: Some(ProcessorSpec {
                 model: self.model.clone(),
                 scale: self.scale,

@@ -9,6 +9,8 @@
 //! - `models import|list`: the neural model cache ([`models`]).
 //! - `orchestrator`, `worker`: run the servers, as their own binaries do.
 //!
+//! [`job_options`] are the job flags `local` and `submit` share; [`outputs`] names each
+//! input's output when they are given several inputs and one output directory.
 //! [`render`] draws the progress bar and the cost table, [`waterfall`] the cost report as an
 //! HTML timing waterfall.
 
@@ -16,6 +18,7 @@ pub mod job_options;
 pub mod local;
 pub mod local_workers;
 pub mod models;
+pub mod outputs;
 pub mod plan;
 pub mod remote;
 pub mod render;

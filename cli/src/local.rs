@@ -24,16 +24,18 @@ use framefleet_orchestrator::{serve_on, Orchestrator};
 
 use crate::job_options::JobOptions;
 use crate::local_workers::{LocalWorkers, WorkerLaunch};
+use crate::outputs::outputs_in;
 use crate::remote::{self, status_error};
 use crate::render;
 
-/// `framefleet local INPUT OUTPUT`.
+/// `framefleet local INPUT OUTPUT` or `framefleet local INPUT... OUTDIR`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LocalArgs {
-    /// Input video file.
-    pub input: PathBuf,
-    /// Output file (.mp4, .mov or .mkv).
-    pub output: PathBuf,
+    /// Input video files (or https:// URLs), then the output: a file (.mp4, .mov or .mkv;
+    /// .jsonl for infer) for one input, else an existing directory where each input's
+    /// output is named after it (`<stem>.mp4`, or `<stem>.jsonl` for infer).
+    #[arg(num_args = 2.., required = true, value_name = "INPUT... OUTPUT")]
+    pub paths: Vec<PathBuf>,
     /// Worker processes to start.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
@@ -60,8 +62,7 @@ pub struct LocalArgs {
 
 /// Runs the job and prints its cost report; fails with a one-line error otherwise.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    let input = input_uri(&args.input)?;
-    let output = absolute_output(&local_path(&args.output, "output")?)?;
+    let pairs = local_pairs(&args)?;
     let mut config = Config::load(args.config.as_deref())?;
     framefleet_common::telemetry::init_logs(if args.verbose { "info" } else { "warn" });
     let scratch = tempfile::Builder::new()
@@ -92,7 +93,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         },
     )?;
     let result = tokio::select! {
-        result = run_job(&url, token, &args, &input, &output) => result,
+        result = run_job(&url, token, &args, &pairs) => result,
         error = workers.supervise() => Err(error),
     };
     workers.stop().await;
@@ -176,11 +177,65 @@ fn cuda_devices() -> u32 {
     }
 }
 
+/// Each input's URI and the local path of its output: one input and an output file, or
+/// inputs and an existing output directory, each output named after its input.
+fn local_pairs(args: &LocalArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let (output, inputs) = args
+        .paths
+        .split_last()
+        .context("give the input and the output")?;
+    let output = local_path(output, "output")?;
+    if let [input] = inputs {
+        if !output.is_dir() {
+            return Ok(vec![(input_uri(input)?, absolute_output(&output)?)]);
+        }
+    }
+    let directory = std::fs::canonicalize(&output).with_context(|| {
+        format!(
+            "the output directory {} does not exist; create it first (with several inputs the \
+             last argument is the directory their outputs go to)",
+            output.display()
+        )
+    })?;
+    anyhow::ensure!(
+        directory.is_dir(),
+        "with several inputs the last argument is the directory their outputs go to, and {} \
+         is a file",
+        directory.display()
+    );
+    // A job of several inputs reports an unreadable one itself (or skips it, if asked).
+    let inputs = inputs
+        .iter()
+        .map(|input| batch_input_uri(input))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = outputs_in(
+        &inputs,
+        &directory.display().to_string(),
+        args.job.output_extension(),
+    )?;
+    Ok(inputs
+        .into_iter()
+        .zip(outputs.into_iter().map(PathBuf::from))
+        .collect())
+}
+
+/// One of several inputs as a URI: a web URL as given, else the `file://` URI of its
+/// absolute path, whether or not the file is there (the job says so if not).
+fn batch_input_uri(given: &Path) -> anyhow::Result<String> {
+    if let Some(url) = web_url(given) {
+        return Ok(url);
+    }
+    let input = local_path(given, "input")?;
+    let absolute = std::path::absolute(&input)
+        .with_context(|| format!("cannot make the input {} an absolute path", input.display()))?;
+    let resolved = std::fs::canonicalize(&absolute).unwrap_or(absolute);
+    Ok(format!("file://{}", resolved.display()))
+}
+
 /// The input as a URI: a web URL as given, else a local file's `file://` URI.
 fn input_uri(given: &Path) -> anyhow::Result<String> {
-    let text = given.to_string_lossy();
-    if text.starts_with("https://") || text.starts_with("http://") {
-        return Ok(text.into_owned());
+    if let Some(url) = web_url(given) {
+        return Ok(url);
     }
     let input = local_path(given, "input")?;
     let input = std::fs::canonicalize(&input)
@@ -191,6 +246,12 @@ fn input_uri(given: &Path) -> anyhow::Result<String> {
         input.display()
     );
     Ok(format!("file://{}", input.display()))
+}
+
+/// `given` when it is an `https://` or `http://` URL.
+fn web_url(given: &Path) -> Option<String> {
+    let text = given.to_string_lossy();
+    (text.starts_with("https://") || text.starts_with("http://")).then(|| text.into_owned())
 }
 
 /// A local path given plainly or as a `file://` URI; any other URI is refused with the
@@ -230,15 +291,16 @@ async fn run_job(
     url: &str,
     token: AttachToken,
     args: &LocalArgs,
-    input: &str,
-    output: &Path,
+    pairs: &[(String, PathBuf)],
 ) -> anyhow::Result<()> {
     let mut client = remote::connect(url, &TlsConfig::default(), token)
         .await
         .context("cannot reach the local orchestrator")?;
-    let spec = args.job.spec(
-        input.to_string(),
-        format!("file://{}", output.display()),
+    let spec = args.job.spec_of(
+        pairs
+            .iter()
+            .map(|(input, output)| (input.clone(), format!("file://{}", output.display())))
+            .collect(),
         Default::default(),
     )?;
     let job_id = client
@@ -277,7 +339,12 @@ async fn run_job(
     match job.state() {
         JobState::Succeeded => {
             print!("{}", render::cost_table(&parsed));
-            println!("output: {}", output.display());
+            for input in &parsed.inputs {
+                match input.state.as_str() {
+                    "SKIPPED" => println!("skipped: {} ({})", input.input_uri, input.error),
+                    _ => println!("output: {}", input.output_uri.trim_start_matches("file://")),
+                }
+            }
             Ok(())
         }
         JobState::Cancelled => anyhow::bail!("the job was cancelled"),

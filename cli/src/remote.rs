@@ -16,6 +16,7 @@ use framefleet_common::proto::{
 };
 
 use crate::job_options::JobOptions;
+use crate::outputs::outputs_in;
 use crate::render;
 
 /// A client of the `Orchestrator` service that presents the client token.
@@ -72,13 +73,15 @@ pub async fn connect(url: &str, tls: &TlsConfig, token: AttachToken) -> anyhow::
     Ok(OrchestratorClient::with_interceptor(channel, token))
 }
 
-/// `framefleet submit INPUT_URI OUTPUT_URI`.
+/// `framefleet submit INPUT_URI OUTPUT_URI` or `framefleet submit INPUT_URI... OUTPUT_PREFIX/`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
-    /// Input URI (`s3://bucket/key` or `file:///path`).
-    pub input: String,
-    /// Output URI.
-    pub output: String,
+    /// Input URIs (`s3://bucket/key`, `file:///path` or `https://` URLs), then the output:
+    /// a URI for one input, else a prefix (`s3://bucket/dir/`) under which each input's
+    /// output is named after it (`<stem>.mp4`, or `<stem>.jsonl` for infer). One input with
+    /// an output ending in `/` is named the same way.
+    #[arg(num_args = 2.., required = true, value_name = "INPUT_URI... OUTPUT_URI")]
+    pub uris: Vec<String>,
     /// Processing and encoding options.
     #[command(flatten)]
     pub job: JobOptions,
@@ -170,9 +173,19 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// Submits a job and prints its id (and follows it with `--wait`).
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
-    let spec = args
-        .job
-        .spec(args.input, args.output, args.labels.into_iter().collect())?;
+    let (output, inputs) = args
+        .uris
+        .split_last()
+        .context("give the input and the output")?;
+    let outputs = if inputs.len() == 1 && !output.ends_with('/') {
+        vec![output.clone()]
+    } else {
+        outputs_in(inputs, output, args.job.output_extension())?
+    };
+    let spec = args.job.spec_of(
+        inputs.iter().cloned().zip(outputs).collect(),
+        args.labels.into_iter().collect(),
+    )?;
     let reply = client
         .submit_job(SubmitJobRequest {
             spec: Some(spec),

@@ -155,8 +155,41 @@ pub fn cost_table(report: &CostReport) -> String {
             let _ = writeln!(out, "retried: chunk {} {failure}", chunk.index);
         }
     }
+    if report.inputs.len() > 1 {
+        out.push_str(&inputs_table(report));
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// Each input of a job of several: its state, chunks, frames, GPU-seconds, price and what
+/// it read of its input, then why any failed or was skipped.
+fn inputs_table(report: &CostReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>5} {:<10} {:>6} {:>7} {:>9} {:>10} {:>7}  input",
+        "input", "state", "chunks", "frames", "gpu-s", "usd", "read"
+    );
+    for input in &report.inputs {
+        let totals = input.totals.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:>5} {:<10} {:>6} {:>7} {:>9.2} {:>10.6} {:>6.2}x  {}",
+            input.index,
+            input.state,
+            input.plan.as_ref().map_or(0, |p| p.chunks),
+            totals.frames,
+            totals.gpu_seconds + totals.wasted_gpu_seconds,
+            totals.cost_usd,
+            totals.read_amplification,
+            input.input_uri
+        );
+    }
+    for input in report.inputs.iter().filter(|i| !i.error.is_empty()) {
+        let _ = writeln!(out, "input {}: {}", input.index, input.error);
     }
     out
 }

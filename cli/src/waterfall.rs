@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use framefleet_common::cost::{ChunkCost, CostReport};
+use framefleet_common::cost::{ChunkCost, CostReport, InputCost};
 
 /// Phase names in pipeline order, with their colours.
 const PHASES: [(&str, &str); 6] = [
@@ -55,13 +55,33 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}\
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}\
 svg text{font:12px system-ui,sans-serif}";
 
+/// The report's one input (or output), or each of its several inputs' joined.
+fn describe(report: &CostReport, of: fn(&InputCost) -> &String, one: &str) -> String {
+    if report.inputs.len() > 1 {
+        report
+            .inputs
+            .iter()
+            .map(|input| of(input).as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        one.to_string()
+    }
+}
+
 fn summary(page: &mut String, report: &CostReport) {
     let totals = &report.totals();
     let plan = &report.plan();
     let rows = [
         ("state", report.state.clone()),
-        ("input", report.input_uri.clone()),
-        ("output", report.output_uri.clone()),
+        (
+            "input",
+            describe(report, |i| &i.input_uri, &report.input_uri),
+        ),
+        (
+            "output",
+            describe(report, |i| &i.output_uri, &report.output_uri),
+        ),
         (
             "plan",
             format!(

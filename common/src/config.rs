@@ -71,6 +71,8 @@ pub struct LimitsConfig {
     pub max_pixels: u64,
     /// Most chunks a job may ask for.
     pub max_chunks: u32,
+    /// Most inputs one job may name (`JobSpec.inputs`).
+    pub max_inputs: u32,
     /// Jobs running at once; the others wait in the queue.
     pub max_running_jobs: u32,
     /// Jobs accepted and not yet ended; submissions beyond it are refused
@@ -86,6 +88,7 @@ impl Default for LimitsConfig {
             max_frames: 2_000_000,
             max_pixels: 7680 * 4320,
             max_chunks: 256,
+            max_inputs: 256,
             max_running_jobs: 8,
             max_queued_jobs: 1000,
         }
@@ -596,6 +599,7 @@ impl LimitsConfig {
             ("limits.max_frames", limits.max_frames),
             ("limits.max_pixels", limits.max_pixels),
             ("limits.max_chunks", u64::from(limits.max_chunks)),
+            ("limits.max_inputs", u64::from(limits.max_inputs)),
             (
                 "limits.max_running_jobs",
                 u64::from(limits.max_running_jobs),

@@ -7,7 +7,7 @@
 use framefleet_common::proto::{JobSpec, Phase, Task};
 
 use crate::accepted::{ChunkTiming, FinishedChunk};
-use crate::report::RunLog;
+use crate::run_log::RunLog;
 
 /// The cost history's key for a job: its task, processor (model, scale, deinterlacing),
 /// the encoder preset (x264's presets differ several times over in speed) and the GPU

@@ -16,7 +16,7 @@
 //!   [`cost_samples`] added to the history.
 //! - Below them, shared by several: [`job`] (a job's state, progress and report),
 //!   [`accepted`] (an accepted chunk, stored and at run time), [`job_io`] (a job's counted
-//!   storage traffic), [`sqlite_file`] (opening the job store's and the cost history's
+//!   storage traffic), [`run_log`] (what a run records, per input), [`sqlite_file`] (opening the job store's and the cost history's
 //!   databases), [`patience`] (waiting out a storage outage) and [`metrics`] (the
 //!   Prometheus counters). Each job is also one
 //!   trace (spans `job` > `probe`, `chunk` > `attempt`, `stitch`), which the workers'
@@ -41,6 +41,7 @@ pub mod planner;
 pub mod planning;
 pub mod probe;
 pub mod report;
+pub mod run_log;
 pub mod runner;
 pub mod scaler;
 pub mod selection;

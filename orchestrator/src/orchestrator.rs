@@ -221,7 +221,7 @@ impl Orchestrator {
                 self.jobs.forget(&job.id);
                 return Err(error.into());
             }
-            tracing::info!(job = %job.id, input = %job.request.input, output = %job.request.output, "job accepted");
+            tracing::info!(job = %job.id, inputs = job.request.inputs.len(), input = %job.request.spec.input_uri, output = %job.request.spec.output_uri, "job accepted");
             self.metrics.job_submitted();
             self.runner.start(job.clone(), Vec::new());
             self.arrivals.notify_waiters();
@@ -268,11 +268,17 @@ impl Orchestrator {
         target: &Target,
     ) -> Result<JobPlan, DryRunError> {
         let request = validate::check(spec, &self.config)?;
+        let [pair] = request.inputs.as_slice() else {
+            return Err(InvalidSpec(
+                "a dry run plans one input; plan each input of the list on its own".into(),
+            )
+            .into());
+        };
         let io = JobIo::new(&self.runner.storage);
         let probe_started = Instant::now();
         let (info, _) = probe::probe_within_limits(
             &io.input,
-            &request.input,
+            &pair.input,
             &self.config.limits,
             &self.runner.blocking,
         )

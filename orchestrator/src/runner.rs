@@ -1,6 +1,9 @@
-//! Running one job end to end: probed, planned, its chunks dispatched concurrently (the
-//! first chunk that fails for good fails the job and stops the others), stitched and
-//! reported. Whatever happens, success, failure or cancel, the job's temporary chunk
+//! Running one job end to end: each of its inputs probed and planned (a few at a time),
+//! every input's chunks dispatched concurrently, numbered one after the other in the job's
+//! order and sharing the fleet's queue (the first chunk that fails for good fails the job
+//! and stops the others), each input stitched into its output, and one report.
+//! An input that cannot be read fails the job with that input named, or, when the job
+//! asks (`skip_unreadable_inputs`), is reported as skipped while the others finish. Whatever happens, success, failure or cancel, the job's temporary chunk
 //! objects are deleted before its terminal state is published, and exactly one terminal
 //! state is published.
 //!
@@ -12,9 +15,10 @@
 //! the next start (with a memory-only store they fail instead).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -40,7 +44,8 @@ use crate::patience;
 use crate::planner::PlanError;
 use crate::planning::{self, Target};
 use crate::probe::{self, InputError};
-use crate::report::{self, RunLog};
+use crate::report;
+use crate::run_log::InputRun;
 use crate::stitch::{self, carry, StitchError};
 use crate::straggler::ChunkPeers;
 use crate::validate::ValidJob;
@@ -52,6 +57,9 @@ const BLOCKING_DRAIN: Duration = Duration::from_secs(30);
 /// After a failure or cancel, chunk objects are deleted again after this grace, in case a
 /// worker was finishing an upload as it was told to stop.
 const CLEANUP_GRACE: Duration = Duration::from_millis(1500);
+
+/// Inputs of one job probed at once.
+const PROBES_AT_ONCE: usize = 4;
 
 /// Why a job failed, in words a person can act on.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,21 @@ pub enum JobError {
     /// A task of the orchestrator crashed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// One input of a job of several failed it.
+    #[error("input {number} of {count} ({input}): {source}")]
+    OfInput {
+        /// Its position in the job's list, from 1.
+        number: u32,
+        /// Inputs in the job.
+        count: usize,
+        /// Its URI.
+        input: String,
+        /// What went wrong with it.
+        source: Box<JobError>,
+    },
+    /// Every input of a job that skips unreadable ones was unreadable.
+    #[error("none of the job's {0} inputs could be read; the report says why for each")]
+    NoReadableInput(usize),
 }
 
 /// What running jobs needs, shared by every job's task.
@@ -110,9 +133,10 @@ pub struct JobRunner {
     pub blocking: TaskTracker,
 }
 
-/// A probed, planned job, ready for its chunks.
+/// A probed, planned input, ready for its chunks.
 struct Planned {
     info: Arc<MediaInfo>,
+    /// Its chunks numbered in the job's numbering (after the earlier inputs' chunks).
     plan: Plan,
     /// The frames an infer job chose (empty: every frame).
     chosen: Vec<ChosenFrame>,
@@ -126,7 +150,7 @@ impl JobRunner {
     /// restart, reused once they pass their checks again.
     pub fn start(self: &Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
         let spec = &job.request.spec;
-        let span = tracing::info_span!("job", job = %job.id, input = %spec.input_uri, output = %spec.output_uri);
+        let span = tracing::info_span!("job", job = %job.id, inputs = job.request.inputs.len(), input = %spec.input_uri, output = %spec.output_uri);
         self.tasks
             .spawn(self.clone().run_job(job, trusted).instrument(span));
     }
@@ -149,12 +173,11 @@ impl JobRunner {
     }
 
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
-        let io = JobIo::new(&self.storage);
-        let log = Arc::new(Mutex::new(RunLog::default()));
+        let inputs = InputRun::for_job(&job.request, &self.storage);
         let run = async {
             // Queued until one of the `limits.max_running_jobs` permits is free.
             let _permit = self.running.clone().acquire_owned().await;
-            self.execute(&job, &io, &log, trusted).await
+            self.execute(&job, &inputs, trusted).await
         };
         let outcome = tokio::select! {
             result = run => result,
@@ -166,7 +189,7 @@ impl JobRunner {
             return;
         }
         if let Ok(scratch) = job.request.scratch(&job.id) {
-            clean_up(&io.scratch, &scratch, outcome.is_err()).await;
+            clean_up(&inputs[0].io.scratch, &scratch, outcome.is_err()).await;
         }
         let (state, error) = match &outcome {
             Ok(()) => (JobState::Succeeded, None),
@@ -177,16 +200,9 @@ impl JobRunner {
             Some(error) => tracing::warn!(job = %job.id, %error, "job failed"),
             None => tracing::info!(job = %job.id, state = state.label(), "job ended"),
         }
-        let (report, costs) = {
-            let log = lock(&log);
-            let report = report::build(&job, &log, &io, &self.config.pricing, state);
-            let wall = report.totals().wall_seconds;
-            let costs = JobCosts::from_run(&job.request.spec, &log, wall, outcome.is_ok());
-            (report, costs)
-        };
-        if let Err(error) = self.history.record(costs).await {
-            tracing::warn!(job = %job.id, %error, "the job's costs could not be added to the cost history");
-        }
+        let report = report::build(&job, &inputs, &self.config.pricing, state);
+        self.learn(&job, &inputs, report.totals().wall_seconds, outcome.is_ok())
+            .await;
         self.metrics.job_ended(state, report.totals().gpu_seconds);
         let ended = job.ending(state, error);
         if let Err(error) = self
@@ -199,21 +215,88 @@ impl JobRunner {
         job.finish(ended, Some(report));
     }
 
+    /// Adds what the run measured to the cost history: every input's chunks, and the
+    /// job's own fixed costs when it is one input that got through its stitch (a job of
+    /// several inputs probes and stitches each, which is no one job's cost).
+    async fn learn(&self, job: &JobRecord, inputs: &[InputRun], wall: f64, succeeded: bool) {
+        let whole = succeeded && !job.request.is_batch();
+        for input in inputs {
+            let costs = JobCosts::from_run(&job.request.spec, &input.log(), wall, whole);
+            if let Err(error) = self.history.record(costs).await {
+                tracing::warn!(job = %job.id, %error, "the job's costs could not be added to the cost history");
+            }
+        }
+    }
+
     async fn execute(
         &self,
         job: &Arc<JobRecord>,
-        io: &JobIo,
-        log: &Mutex<RunLog>,
+        inputs: &[InputRun],
         trusted: Vec<AcceptedChunk>,
     ) -> Result<(), JobError> {
         let run = self.store.begin_run(&job.id).await?;
-        let planned = self.probe_and_plan(job, io, log).await?;
+        let plans = self.plan_inputs(job, inputs).await?;
+        job.set_plan(&job_plan(&plans));
         job.set_state(JobState::Running);
         self.store.save_snapshot(&job.id, job.snapshot()).await?;
         let accepted = self
-            .produce_chunks(job, io, log, &planned, run, trusted)
+            .produce_chunks(job, inputs, &plans, run, &trusted)
             .await?;
-        self.stitch(job, io, log, planned.info, &accepted).await
+        job.stitching();
+        for ((input, planned), chunks) in inputs.iter().zip(&plans).zip(&accepted) {
+            if let Some(planned) = planned {
+                self.stitch(job, input, planned.info.clone(), chunks)
+                    .await
+                    .map_err(|error| named(job, input, error))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes and plans every input, [`PROBES_AT_ONCE`] at a time, and numbers their
+    /// chunks one after the other in the job's order; `None` for an input skipped as
+    /// unreadable.
+    async fn plan_inputs(
+        &self,
+        job: &JobRecord,
+        inputs: &[InputRun],
+    ) -> Result<Vec<Option<Planned>>, JobError> {
+        job.set_state(JobState::Probing);
+        let probes: Vec<_> = inputs
+            .iter()
+            .map(|input| self.probe_and_plan(job, input))
+            .collect();
+        let outcomes: Vec<Result<Planned, JobError>> = futures::stream::iter(probes)
+            .buffered(PROBES_AT_ONCE)
+            .collect()
+            .await;
+        let mut plans = Vec::with_capacity(inputs.len());
+        let mut next_chunk = 0;
+        for (input, outcome) in inputs.iter().zip(outcomes) {
+            match outcome {
+                Ok(mut planned) => {
+                    for range in &mut planned.plan.ranges {
+                        range.index += next_chunk;
+                    }
+                    next_chunk += planned.plan.chunks;
+                    input.log().plan = Some(planned.plan.clone());
+                    plans.push(Some(planned));
+                }
+                Err(error) => {
+                    input.log().error = Some(error.to_string());
+                    if !(job.request.spec.skip_unreadable_inputs && unreadable(&error)) {
+                        return Err(named(job, input, error));
+                    }
+                    tracing::warn!(job = %job.id, input = %input.pair.input, %error, "input unreadable; skipped as the job asks");
+                    input.log().skipped = true;
+                    plans.push(None);
+                }
+            }
+        }
+        if plans.iter().all(Option::is_none) {
+            return Err(JobError::NoReadableInput(inputs.len()));
+        }
+        Ok(plans)
     }
 
     /// How long a job waits out a storage outage (`orchestrator.storage_patience_seconds`).
@@ -221,17 +304,13 @@ impl JobRunner {
         Duration::from_secs_f64(self.config.orchestrator.storage_patience_seconds)
     }
 
-    /// Probes the input, decides what of it the output carries, and plans the chunks.
-    async fn probe_and_plan(
-        &self,
-        job: &JobRecord,
-        io: &JobIo,
-        log: &Mutex<RunLog>,
-    ) -> Result<Planned, JobError> {
+    /// Probes one input, decides what of it the output carries, and plans its chunks
+    /// (numbered from 0).
+    async fn probe_and_plan(&self, job: &JobRecord, input: &InputRun) -> Result<Planned, JobError> {
         let request = &job.request;
-        job.set_state(JobState::Probing);
+        let io = &input.io;
         let probe_started = Instant::now();
-        lock(log).probe_started_seconds = job.accepted.elapsed().as_secs_f64();
+        input.log().probe_started_seconds = job.accepted.elapsed().as_secs_f64();
         let (mut info, input_size) = patience::through_outages(
             self.patience(),
             "the probe",
@@ -239,7 +318,7 @@ impl JobRunner {
             || {
                 probe::probe_within_limits(
                     &io.input,
-                    &request.input,
+                    &input.pair.input,
                     &self.config.limits,
                     &self.blocking,
                 )
@@ -252,7 +331,7 @@ impl JobRunner {
             info.subtitles.clear();
             info.attachments.clear();
         } else {
-            lock(log).notes = carry_into_output(job, &mut info)?;
+            input.log().notes = carry_into_output(job, &input.pair.output, &mut info)?;
         }
         let probe_seconds = probe_started.elapsed().as_secs_f64();
         let planned = planning::plan_job(
@@ -267,38 +346,56 @@ impl JobRunner {
         .await?
         .planned;
         let (plan, chosen) = (planned.plan, planned.chosen);
-        tracing::info!(job = %job.id, frames = plan.frames, chunks = plan.chunks, rule = %plan.rule, "job planned");
-        job.set_plan(&plan);
+        tracing::info!(job = %job.id, input = %input.pair.input, frames = plan.frames, chunks = plan.chunks, rule = %plan.rule, "input planned");
         {
-            let mut log = lock(log);
+            let mut log = input.log();
             log.input_size_bytes = input_size;
             log.input_pixels = u64::from(info.video.width) * u64::from(info.video.height);
             log.probe_seconds = probe_seconds;
             log.profile = planned.profile;
-            log.plan = Some(plan.clone());
         }
         Ok(Planned {
             info: Arc::new(info),
             plan,
             chosen,
-            input_version: io.input.web_version(&request.input),
+            input_version: io.input.web_version(&input.pair.input),
         })
     }
 
-    /// Every chunk of the plan, accepted and in the job store, in index order.
+    /// Every chunk of every planned input, accepted and in the job store: per input (none
+    /// for a skipped one), in index order.
     async fn produce_chunks(
         &self,
         job: &Arc<JobRecord>,
-        io: &JobIo,
-        log: &Mutex<RunLog>,
+        inputs: &[InputRun],
+        plans: &[Option<Planned>],
+        run: u32,
+        trusted: &[AcceptedChunk],
+    ) -> Result<Vec<Vec<FinishedChunk>>, JobError> {
+        let per_input = inputs.iter().zip(plans).map(|(input, planned)| async move {
+            let Some(planned) = planned else {
+                return Ok(Vec::new());
+            };
+            self.produce_input_chunks(job, input, planned, run, trusted)
+                .await
+                .map_err(|error| named(job, input, error))
+        });
+        futures::future::try_join_all(per_input).await
+    }
+
+    /// Every chunk of one input's plan, accepted and in the job store, in index order.
+    async fn produce_input_chunks(
+        &self,
+        job: &Arc<JobRecord>,
+        input: &InputRun,
         planned: &Planned,
         run: u32,
-        trusted: Vec<AcceptedChunk>,
+        trusted: &[AcceptedChunk],
     ) -> Result<Vec<FinishedChunk>, JobError> {
         let context = DispatchContext {
             fleet: self.fleet.clone(),
             checks: ChunkChecks {
-                storage: io.scratch.clone(),
+                storage: input.io.scratch.clone(),
                 blocking: self.blocking.clone(),
                 patience: self.patience(),
             },
@@ -307,7 +404,7 @@ impl JobRunner {
         };
         let plan = &planned.plan;
         let peers = Arc::new(ChunkPeers::new(plan.ranges.len()));
-        let work = chunk_work(job, planned, run, &peers)?;
+        let work = chunk_work(job, input, planned, run, &peers)?;
         let mut accepted = futures::future::try_join_all(work.iter().map(|work| async {
             let previous = trusted.iter().find(|c| c.range.index == work.index());
             let finished = self.produce_chunk(&context, work, previous).await?;
@@ -315,7 +412,7 @@ impl JobRunner {
             self.fleet
                 .chunk_accepted(&finished.chunk.result.worker_name, job.request.model());
             job.chunk_done(work.index());
-            lock(log).accepted.push(finished.clone());
+            input.log().accepted.push(finished.clone());
             Ok::<_, JobError>(finished)
         }))
         .await?;
@@ -371,25 +468,27 @@ impl JobRunner {
         Ok(finished)
     }
 
-    /// Joins the accepted chunks into the output (JSON Lines concatenated, video stitched
-    /// with the input's copied streams) and uploads it.
+    /// Joins one input's accepted chunks into its output (JSON Lines concatenated, video
+    /// stitched with the input's copied streams) and uploads it.
     async fn stitch(
         &self,
         job: &JobRecord,
-        io: &JobIo,
-        log: &Mutex<RunLog>,
+        input: &InputRun,
         info: Arc<MediaInfo>,
         accepted: &[FinishedChunk],
     ) -> Result<(), JobError> {
-        job.stitching();
         let stitch_started = Instant::now();
-        lock(log).stitch_started_seconds = job.accepted.elapsed().as_secs_f64();
+        input.log().stitch_started_seconds = job.accepted.elapsed().as_secs_f64();
         patience::through_outages(self.patience(), "the stitch", storage_unreachable, || {
-            self.stitch_once(&job.request, io, &info, accepted)
-                .instrument(tracing::info_span!("stitch", chunks = accepted.len()))
+            self.stitch_once(&job.request, input, &info, accepted)
+                .instrument(tracing::info_span!(
+                    "stitch",
+                    input = input.index,
+                    chunks = accepted.len()
+                ))
         })
         .await?;
-        lock(log).stitch_seconds = stitch_started.elapsed().as_secs_f64();
+        input.log().stitch_seconds = stitch_started.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -398,13 +497,15 @@ impl JobRunner {
     async fn stitch_once(
         &self,
         request: &ValidJob,
-        io: &JobIo,
+        input: &InputRun,
         info: &Arc<MediaInfo>,
         accepted: &[FinishedChunk],
     ) -> Result<(), JobError> {
+        let io = &input.io;
+        let output = &input.pair.output;
         let chunks: Vec<ObjectUri> = accepted.iter().map(|f| f.chunk.output.clone()).collect();
         if request.is_infer() {
-            stitch::concatenate(&io.scratch, &io.output, &chunks, &request.output).await?;
+            stitch::concatenate(&io.scratch, &io.output, &chunks, output).await?;
             return Ok(());
         }
         let parts = stitch::Parts {
@@ -413,9 +514,9 @@ impl JobRunner {
                 .filter_map(|f| f.chunk.packet_log.clone())
                 .collect(),
             chunks,
-            input: request.input.clone(),
+            input: input.pair.input.clone(),
         };
-        stitch_and_upload(io, &self.blocking, parts, info.clone(), &request.output).await
+        stitch_and_upload(io, &self.blocking, parts, info.clone(), output).await
     }
 }
 
@@ -433,8 +534,12 @@ fn storage_unreachable(error: &JobError) -> bool {
 /// Decides which of the input's other streams the output carries (checking first that
 /// its container can hold the audio) and returns the report's notes on what was dropped
 /// or changed and on derived timestamps.
-fn carry_into_output(job: &JobRecord, info: &mut MediaInfo) -> Result<Vec<String>, JobError> {
-    let output = stitch::OutputContainer::for_name(job.request.output.file_name());
+fn carry_into_output(
+    job: &JobRecord,
+    output: &ObjectUri,
+    info: &mut MediaInfo,
+) -> Result<Vec<String>, JobError> {
+    let output = stitch::OutputContainer::for_name(output.file_name());
     output.check_audio(info)?;
     let carried = carry::plan(&output, info);
     for note in &carried.notes {
@@ -448,16 +553,17 @@ fn carry_into_output(job: &JobRecord, info: &mut MediaInfo) -> Result<Vec<String
     Ok(notes)
 }
 
-/// The chunks of a planned job, each with its request and what it must hold.
+/// The chunks of one planned input, each with its request and what it must hold.
 fn chunk_work(
     job: &Arc<JobRecord>,
+    input: &InputRun,
     planned: &Planned,
     run: u32,
     peers: &Arc<ChunkPeers>,
 ) -> Result<Vec<ChunkWork>, JobError> {
     let request = &job.request;
     let scratch = request.scratch(&job.id)?;
-    let mut template = chunk_request(job, &planned.info);
+    let mut template = chunk_request(job, &input.pair.input, &planned.info);
     if let Some((size, validator)) = &planned.input_version {
         template.input_size = *size;
         template.input_validator = validator.clone();
@@ -465,6 +571,7 @@ fn chunk_work(
     let video = &planned.info.video;
     let time_base = ffmpeg_next::Rational::new(video.time_base.0, video.time_base.1);
     let plan = &planned.plan;
+    let last = plan.ranges.last().map(|r| r.index);
     Ok(plan
         .ranges
         .iter()
@@ -482,7 +589,7 @@ fn chunk_work(
                 ..template.clone()
             },
             scratch: scratch.clone(),
-            last: range.index + 1 == plan.chunks,
+            last: Some(range.index) == last,
             peers: peers.clone(),
             run,
         })
@@ -496,13 +603,14 @@ fn chosen_in(chosen: &[ChosenFrame], range: &ChunkRange) -> Vec<ChosenFrame> {
     chosen[from..to].to_vec()
 }
 
-/// What every chunk of the job is sent, before its range, attempt and objects are filled.
-fn chunk_request(job: &JobRecord, info: &MediaInfo) -> ProcessChunkRequest {
+/// What every chunk of one input is sent, before its range, attempt and objects are
+/// filled.
+fn chunk_request(job: &JobRecord, input: &ObjectUri, info: &MediaInfo) -> ProcessChunkRequest {
     let spec = &job.request.spec;
     let video = &info.video;
     ProcessChunkRequest {
         job_id: job.id.clone(),
-        input_uri: job.request.input.to_string(),
+        input_uri: input.to_string(),
         processor: Some(spec.processor.clone().unwrap_or_default()),
         encoder: spec.encoder.clone(),
         video_stream_index: video.stream_index as u32,
@@ -581,6 +689,42 @@ async fn stitch_and_upload(
     Ok(())
 }
 
-fn lock(log: &Mutex<RunLog>) -> std::sync::MutexGuard<'_, RunLog> {
-    log.lock().unwrap_or_else(|p| p.into_inner())
+/// True when `error` says an input cannot be read or processed (what a job that skips
+/// unreadable inputs skips), not that the fleet or the orchestrator failed.
+fn unreadable(error: &JobError) -> bool {
+    matches!(error, JobError::Input(_) | JobError::Storage(_))
+}
+
+/// `error`, naming `input` when the job has several.
+fn named(job: &JobRecord, input: &InputRun, error: JobError) -> JobError {
+    if !job.request.is_batch() || matches!(error, JobError::OfInput { .. }) {
+        return error;
+    }
+    JobError::OfInput {
+        number: input.index + 1,
+        count: job.request.inputs.len(),
+        input: input.pair.input.to_string(),
+        source: Box::new(error),
+    }
+}
+
+/// The plan the job's progress follows: its one input's plan, or every input's chunks in
+/// the job's numbering with the frames and seconds added up.
+fn job_plan(plans: &[Option<Planned>]) -> Plan {
+    let planned: Vec<&Plan> = plans.iter().flatten().map(|p| &p.plan).collect();
+    if let ([only], 1) = (planned.as_slice(), plans.len()) {
+        return (*only).clone();
+    }
+    let mut plan = Plan {
+        rule: format!("{} inputs, each planned on its own", planned.len()),
+        kind: planned.first().map(|p| p.kind.clone()).unwrap_or_default(),
+        ..Plan::default()
+    };
+    for own in planned {
+        plan.chunks += own.chunks;
+        plan.frames += own.frames;
+        plan.duration_seconds += own.duration_seconds;
+        plan.ranges.extend_from_slice(&own.ranges);
+    }
+    plan
 }

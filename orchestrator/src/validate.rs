@@ -49,15 +49,23 @@ pub enum JobTask {
     Infer,
 }
 
+/// One input of a job and where its output goes, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputPair {
+    /// Where the input is read.
+    pub input: ObjectUri,
+    /// Where its output is written.
+    pub output: ObjectUri,
+}
+
 /// A job spec that passed the checks, with what they parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidJob {
     /// The spec with its defaults filled in (what the job store keeps).
     pub spec: JobSpec,
-    /// Where the input is read.
-    pub input: ObjectUri,
-    /// Where the output is written.
-    pub output: ObjectUri,
+    /// Every input with its output, in the order the spec names them: one for a job of
+    /// `input_uri` and `output_uri`, one per entry of `inputs` otherwise.
+    pub inputs: Vec<InputPair>,
     /// What the job produces.
     pub task: JobTask,
     /// The frames it runs on (infer jobs may choose; video jobs take every frame).
@@ -70,10 +78,17 @@ impl ValidJob {
     /// Parses a spec already checked once (read back from the job store): URIs, task and
     /// scratch root, without the access checks of a new submission.
     pub fn parse(spec: JobSpec, config: &Config) -> Result<Self, InvalidSpec> {
-        let input: ObjectUri = spec.input_uri.parse()?;
-        let output: ObjectUri = spec.output_uri.parse()?;
+        let inputs = spec_pairs(&spec)?
+            .into_iter()
+            .map(|(input, output)| {
+                Ok(InputPair {
+                    input: input.parse()?,
+                    output: output.parse()?,
+                })
+            })
+            .collect::<Result<Vec<_>, InvalidSpec>>()?;
         let scratch_root = if config.orchestrator.scratch_uri.is_empty() {
-            output.parent().join(".framefleet")?
+            inputs[0].output.parent().join(".framefleet")?
         } else {
             config.orchestrator.scratch_uri.parse()?
         };
@@ -85,8 +100,7 @@ impl ValidJob {
         let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
         Ok(Self {
             spec,
-            input,
-            output,
+            inputs,
             task,
             frames,
             scratch_root,
@@ -94,7 +108,8 @@ impl ValidJob {
     }
 
     /// Where job `job_id`'s temporary chunk objects go: `<scratch>/jobs/<job>/`, the
-    /// scratch root being `orchestrator.scratch_uri` or `.framefleet/` beside the output.
+    /// scratch root being `orchestrator.scratch_uri` or `.framefleet/` beside the (first)
+    /// output.
     pub fn scratch(&self, job_id: &str) -> Result<ObjectUri, StorageError> {
         self.scratch_root.join(&format!("jobs/{job_id}"))
     }
@@ -102,6 +117,11 @@ impl ValidJob {
     /// True for jobs that write JSON Lines instead of video.
     pub fn is_infer(&self) -> bool {
         self.task == JobTask::Infer
+    }
+
+    /// True for a job of several inputs (`JobSpec.inputs`).
+    pub fn is_batch(&self) -> bool {
+        !self.spec.inputs.is_empty()
     }
 
     /// The processor's model (`lanczos`, a catalog name or a TorchScript path).
@@ -119,45 +139,37 @@ pub fn check(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
     ValidJob::parse(normalize(spec, config)?, config)
 }
 
-fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
-    let input: ObjectUri = spec.input_uri.parse()?;
-    let output: ObjectUri = spec.output_uri.parse()?;
-    if matches!(output, ObjectUri::Web(_)) {
-        return Err(InvalidSpec(format!(
-            "the output `{output}` is a web URL, which framefleet only reads; write to s3:// or file://"
-        )));
+/// The (input, output) URIs a spec names: its one pair, or each of `inputs`.
+fn spec_pairs(spec: &JobSpec) -> Result<Vec<(&str, &str)>, InvalidSpec> {
+    if spec.inputs.is_empty() {
+        return Ok(vec![(spec.input_uri.as_str(), spec.output_uri.as_str())]);
     }
-    if input == output {
+    if !spec.input_uri.is_empty() || !spec.output_uri.is_empty() {
         return Err(InvalidSpec(
-            "the output would overwrite the input; choose another output".into(),
+            "give either input_uri and output_uri or a list of inputs, not both".into(),
         ));
     }
-    let extension = Path::new(output.file_name())
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
+    Ok(spec
+        .inputs
+        .iter()
+        .map(|pair| (pair.input_uri.as_str(), pair.output_uri.as_str()))
+        .collect())
+}
+
+fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
     let policy = AccessPolicy::new(&config.storage);
-    policy.check(&input, "input")?;
-    policy.check(&output, "output")?;
+    check_inputs(&spec, config, &policy)?;
     if !config.orchestrator.scratch_uri.is_empty() {
         policy.check(&config.orchestrator.scratch_uri.parse()?, "scratch root")?;
     }
     if is_infer(&spec) {
-        return normalize_infer(spec, &extension, config, &policy);
+        return normalize_infer(spec, config, &policy);
     }
     if spec.frames.is_some() {
         return Err(InvalidSpec(
             "choosing frames is for infer jobs (--task infer): a video job processes every frame"
                 .into(),
         ));
-    }
-    if !VIDEO_EXTENSIONS.contains(&extension.as_str()) {
-        return Err(InvalidSpec(format!(
-            "the output `{}` must end in one of: .{}",
-            spec.output_uri,
-            VIDEO_EXTENSIONS.join(", .")
-        )));
     }
     let processor = spec.processor.get_or_insert_with(ProcessorSpec::default);
     if processor.model.is_empty() {
@@ -193,22 +205,91 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
     Ok(spec)
 }
 
+/// Every input and output a spec names: how many, each pair on its own, and no output
+/// written twice or over another input.
+fn check_inputs(spec: &JobSpec, config: &Config, policy: &AccessPolicy) -> Result<(), InvalidSpec> {
+    let pairs = spec_pairs(spec)?;
+    let most = config.limits.max_inputs as usize;
+    if pairs.len() > most {
+        return Err(InvalidSpec(format!(
+            "{} inputs named; this orchestrator takes at most {most} in one job (limits.max_inputs)",
+            pairs.len()
+        )));
+    }
+    if spec.skip_unreadable_inputs && spec.inputs.is_empty() {
+        return Err(InvalidSpec(
+            "skipping unreadable inputs is for jobs of several inputs; this one names one".into(),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(pairs.len());
+    for (input, output) in pairs {
+        let pair = (input.parse()?, output.parse()?);
+        check_pair(&pair.0, &pair.1, is_infer(spec), policy)?;
+        parsed.push(pair);
+    }
+    for (index, (_, output)) in parsed.iter().enumerate() {
+        if parsed[..index].iter().any(|(_, earlier)| earlier == output) {
+            return Err(InvalidSpec(format!(
+                "two inputs would write the same output `{output}`; give each its own"
+            )));
+        }
+        if parsed.iter().any(|(input, _)| input == output) {
+            return Err(InvalidSpec(format!(
+                "the output `{output}` would overwrite an input; choose another output"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One input and its output: a writable output of the task's kind, not the input itself,
+/// both where storage may be touched.
+fn check_pair(
+    input: &ObjectUri,
+    output: &ObjectUri,
+    infer: bool,
+    policy: &AccessPolicy,
+) -> Result<(), InvalidSpec> {
+    if matches!(output, ObjectUri::Web(_)) {
+        return Err(InvalidSpec(format!(
+            "the output `{output}` is a web URL, which framefleet only reads; write to s3:// or file://"
+        )));
+    }
+    if input == output {
+        return Err(InvalidSpec(
+            "the output would overwrite the input; choose another output".into(),
+        ));
+    }
+    policy.check(input, "input")?;
+    policy.check(output, "output")?;
+    let extension = Path::new(output.file_name())
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if infer && extension != "jsonl" {
+        return Err(InvalidSpec(format!(
+            "an infer job writes JSON Lines: the output `{output}` must end in .jsonl"
+        )));
+    }
+    if !infer && !VIDEO_EXTENSIONS.contains(&extension.as_str()) {
+        return Err(InvalidSpec(format!(
+            "the output `{output}` must end in one of: .{}",
+            VIDEO_EXTENSIONS.join(", .")
+        )));
+    }
+    Ok(())
+}
+
 fn is_infer(spec: &JobSpec) -> bool {
     spec.task() == Task::Infer
 }
 
 fn normalize_infer(
     mut spec: JobSpec,
-    extension: &str,
     config: &Config,
     policy: &AccessPolicy,
 ) -> Result<JobSpec, InvalidSpec> {
-    if extension != "jsonl" {
-        return Err(InvalidSpec(format!(
-            "an infer job writes JSON Lines: the output `{}` must end in .jsonl",
-            spec.output_uri
-        )));
-    }
     let model = spec
         .processor
         .as_ref()
@@ -419,7 +500,7 @@ mod tests {
                 let _ = idempotency_key(&key);
                 if let Ok(valid) = check(spec, &config) {
                     let accepted = &valid.spec;
-                    prop_assert_ne!(&valid.input, &valid.output);
+                    prop_assert_ne!(&valid.inputs[0].input, &valid.inputs[0].output);
                     prop_assert_eq!(valid.is_infer(), is_infer(accepted));
                     prop_assert!(accepted.chunks <= config.limits.max_chunks);
                     prop_assert!(!accepted.output_uri.contains(".."));

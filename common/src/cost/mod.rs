@@ -19,8 +19,8 @@ mod summary;
 use std::collections::BTreeMap;
 
 pub use crate::proto::{
-    ChunkCost, CostReport, CostSummary, GpuTypeUse, OrchestratorCost, PlanCandidate, PlanSummary,
-    PredictionAccuracy, Totals,
+    ChunkCost, CostReport, CostSummary, GpuTypeUse, InputCost, OrchestratorCost, PlanCandidate,
+    PlanSummary, PredictionAccuracy, Totals,
 };
 
 /// Price of one GPU-second of `gpu_type`; unknown types cost nothing and say so in logs.

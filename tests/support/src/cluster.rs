@@ -10,8 +10,9 @@ use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 
 use crate::child::Process;
-use crate::garage::{free_port, garage};
+use crate::garage::garage;
 use crate::jobs::Client;
+use crate::ports::free_port;
 use crate::process::{framefleet, spawn_quiet};
 
 /// An orchestrator and its workers, each its own process.

@@ -7,7 +7,7 @@
 //! the `metrics` feature that counts the requests it serves), then `PATH`.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use framefleet_common::config::StorageConfig;
 
 use crate::child::die_with_parent;
+use crate::ports::free_port;
 
 /// The test bucket Garage creates at start.
 pub const BUCKET: &str = "framefleet-test";
@@ -78,14 +79,6 @@ pub(crate) fn garage_binary() -> PathBuf {
             "the Garage S3 server is needed for these tests: run .ci/run once (it builds \
              Garage into ~/.cache/framefleet) or set GARAGE_BIN",
         )
-}
-
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// Attempts at starting Garage, each on fresh ports: a port picked free can be taken by

@@ -6,6 +6,7 @@
 //!   orchestrator with its workers;
 //! - [`jobs`]: jobs through the `Orchestrator` gRPC service, and their reports; [`local`]:
 //!   jobs through `framefleet local`;
+//! - [`ports`]: loopback ports for the processes a test starts;
 //! - [`media`]: clips made with FFmpeg; [`ffprobe`]: what ffprobe reads back; [`models`]:
 //!   the Real-ESRGAN weights, imported;
 //! - [`exactness`]: frames, timestamps and audio compared with the input;
@@ -26,6 +27,7 @@ pub mod media;
 pub mod models;
 pub mod netns;
 pub mod objects;
+pub mod ports;
 pub mod process;
 
 pub use child::*;
@@ -40,4 +42,5 @@ pub use media::*;
 pub use models::*;
 pub use netns::*;
 pub use objects::*;
+pub use ports::*;
 pub use process::*;

@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::child::Process;
-use crate::garage::{free_port, garage, storage_env, Garage};
+use crate::garage::{garage, storage_env, Garage};
+use crate::ports::free_port;
 use crate::process::{framefleet_binary, spawn_quiet};
 
 /// One of the two links of a namespace.
