@@ -214,17 +214,13 @@ fn audio_the_output_container_cannot_hold_fails_before_any_chunk_runs() {
     );
 
     let kept = dir.path().join("out.mov");
-    let result = framefleet_local()
-        .arg(&input)
-        .arg(&kept)
-        .args(["--workers", "1", "--lossless", "--preset", "ultrafast"])
-        .output()
-        .expect("framefleet runs");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    succeeds(framefleet_local().arg(&input).arg(&kept).args([
+        "--workers",
+        "1",
+        "--lossless",
+        "--preset",
+        "ultrafast",
+    ]));
     assert_exact(&input, &kept, (192, 128));
 }
 

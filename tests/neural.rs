@@ -211,27 +211,22 @@ fn through_420(rgb: &[u8], width: usize, height: usize, work: &Path) -> Vec<u8> 
     std::fs::write(&source, rgb).expect("write frame");
     let size = format!("{width}x{height}");
     let raw = |from: &Path, from_format: &str, to_format: &str, to: &str| {
-        let output = Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                from_format,
-                "-s",
-                &size,
-                "-i",
-            ])
-            .arg(from)
-            .args(["-f", "rawvideo", "-pix_fmt", to_format, to])
-            .output()
-            .expect("ffmpeg runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = succeeds(
+            Command::new("ffmpeg")
+                .args([
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "rawvideo",
+                    "-pix_fmt",
+                    from_format,
+                    "-s",
+                    &size,
+                    "-i",
+                ])
+                .arg(from)
+                .args(["-f", "rawvideo", "-pix_fmt", to_format, to]),
         );
         output.stdout
     };
@@ -384,25 +379,20 @@ fn infer_lines(
     chunks: u32,
     top_k: u32,
 ) -> Vec<serde_json::Value> {
-    let result = framefleet_local()
-        .arg(input)
-        .arg(output)
-        .args(["--task", "infer", "--workers", "2"])
-        .arg("--model")
-        .arg(module)
-        .args([
-            "--chunks",
-            &chunks.to_string(),
-            "--top-k",
-            &top_k.to_string(),
-        ])
-        .env("FRAMEFLEET_WORKER__DEVICE", "cpu")
-        .output()
-        .expect("framefleet runs");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
+    succeeds(
+        framefleet_local()
+            .arg(input)
+            .arg(output)
+            .args(["--task", "infer", "--workers", "2"])
+            .arg("--model")
+            .arg(module)
+            .args([
+                "--chunks",
+                &chunks.to_string(),
+                "--top-k",
+                &top_k.to_string(),
+            ])
+            .env("FRAMEFLEET_WORKER__DEVICE", "cpu"),
     );
     std::fs::read_to_string(output)
         .expect("output written")

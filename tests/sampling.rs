@@ -327,3 +327,72 @@ fn ten_frames_of_a_long_video_read_a_small_fraction_of_it() {
         "read {read} bytes of a {size}-byte input"
     );
 }
+
+#[test]
+fn several_videos_in_one_job_give_one_json_lines_file_each_with_the_same_frames() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = dir.path().join("grid.pt");
+    grid_module(&module);
+    let inputs = ["first.mp4", "second.mkv", "third.mov"].map(|name| dir.path().join(name));
+    for (input, seconds) in inputs.iter().zip([4, 6, 3]) {
+        encoded_clip(
+            input,
+            &format!("size={WIDTH}x{HEIGHT}:rate=25"),
+            seconds,
+            false,
+            &["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p"],
+        );
+    }
+    let choice = ["--frames", "random:6", "--seed", "5", "--window", "0.5:"];
+    let (alone, _) = infer(
+        &inputs[1],
+        &dir.path().join("alone.jsonl"),
+        &module,
+        &choice,
+    );
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).expect("output directory");
+    let report = outdir.join("report.json");
+    succeeds(
+        framefleet_local()
+            .args(&inputs)
+            .arg(&outdir)
+            .args(["--task", "infer", "--workers", "2", "--chunks", "2"])
+            .arg("--model")
+            .arg(&module)
+            .arg("--report-json")
+            .arg(&report)
+            .args(choice)
+            .env("FRAMEFLEET_WORKER__DEVICE", "cpu"),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    assert_eq!(report["plan"]["chunks"], 6, "{}", report["plan"]);
+    assert_eq!(report["inputs"].as_array().map(Vec::len), Some(3));
+    for (input, stem) in inputs.iter().zip(["first", "second", "third"]) {
+        let output = outdir.join(format!("{stem}.jsonl"));
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+            .unwrap_or_else(|e| panic!("{} not written: {e}", output.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 6, "{stem}");
+        let uri = format!("file://{}", input.display());
+        assert!(
+            lines.iter().all(|l| l["input"] == uri.as_str()),
+            "every line of {stem} names {uri}"
+        );
+        let times = video_timing(input).pts_seconds;
+        for line in &lines {
+            let index = line["frame"].as_u64().expect("frame") as usize;
+            assert!((line["time"].as_f64().expect("time") - times[index]).abs() < 1e-3);
+        }
+        if stem == "second" {
+            assert_eq!(
+                indices(&lines),
+                indices(&alone),
+                "the same seed chose other frames of the same video in a job of several"
+            );
+        }
+    }
+}

@@ -117,30 +117,25 @@ fn a_job_reads_its_input_from_a_web_server_in_ranges() {
     let config = config_allowing(dir.path(), &[server.host()]);
     let output = dir.path().join("out.mp4");
     let report = dir.path().join("report.json");
-    let result = framefleet_local()
-        .arg(server.url("clip.mp4"))
-        .arg(&output)
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--workers",
-            "2",
-            "--chunks",
-            "3",
-            "--lossless",
-            "--preset",
-            "ultrafast",
-            "--scale",
-            "1",
-        ])
-        .arg("--report-json")
-        .arg(&report)
-        .output()
-        .expect("framefleet runs");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
+    succeeds(
+        framefleet_local()
+            .arg(server.url("clip.mp4"))
+            .arg(&output)
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--workers",
+                "2",
+                "--chunks",
+                "3",
+                "--lossless",
+                "--preset",
+                "ultrafast",
+                "--scale",
+                "1",
+            ])
+            .arg("--report-json")
+            .arg(&report),
     );
     assert_exact(&local_copy, &output, (320, 240));
     let report: serde_json::Value =

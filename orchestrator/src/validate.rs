@@ -366,6 +366,8 @@ pub fn idempotency_key(key: &str) -> Result<(), InvalidSpec> {
 mod tests {
     use super::*;
 
+    use framefleet_common::proto::JobInput;
+
     fn spec(output: &str) -> JobSpec {
         JobSpec {
             input_uri: "s3://bucket/in.mp4".into(),
@@ -443,6 +445,60 @@ mod tests {
             ..ProcessorSpec::default()
         });
         assert!(normalize(infer, &config).is_err());
+    }
+
+    #[test]
+    fn a_list_of_inputs_is_checked_pair_by_pair_and_as_a_whole() {
+        let pair = |input: &str, output: &str| JobInput {
+            input_uri: input.into(),
+            output_uri: output.into(),
+        };
+        let batch = |inputs: Vec<JobInput>| JobSpec {
+            inputs,
+            ..JobSpec::default()
+        };
+        let mut config = Config::default();
+        let valid = check(
+            batch(vec![
+                pair("s3://bucket/a.mp4", "s3://bucket/out/a.mp4"),
+                pair("https://cdn.example.com/b.mkv", "s3://bucket/out/b.mkv"),
+            ]),
+            &config,
+        )
+        .expect("valid");
+        assert!(valid.is_batch());
+        assert_eq!(valid.inputs.len(), 2);
+        assert_eq!(valid.inputs[1].output.to_string(), "s3://bucket/out/b.mkv");
+        let error = |spec: JobSpec, config: &Config| {
+            normalize(spec, config).expect_err("refused").to_string()
+        };
+        let twice = batch(vec![
+            pair("s3://bucket/a.mp4", "s3://bucket/out.mp4"),
+            pair("s3://bucket/b.mp4", "s3://bucket/out.mp4"),
+        ]);
+        assert!(error(twice, &config).contains("same output"));
+        let over = batch(vec![
+            pair("s3://bucket/a.mp4", "s3://bucket/b.mp4"),
+            pair("s3://bucket/b.mp4", "s3://bucket/c.mp4"),
+        ]);
+        assert!(error(over, &config).contains("overwrite an input"));
+        let wrong_kind = batch(vec![
+            pair("s3://bucket/a.mp4", "s3://bucket/a.mkv"),
+            pair("s3://bucket/b.mp4", "s3://bucket/b.jsonl"),
+        ]);
+        assert!(error(wrong_kind, &config).contains("b.jsonl"));
+        let mut both = batch(vec![pair("s3://bucket/a.mp4", "s3://bucket/x.mp4")]);
+        both.input_uri = "s3://bucket/c.mp4".into();
+        assert!(error(both, &config).contains("not both"));
+        let mut lone_skip = spec("s3://bucket/out.mp4");
+        lone_skip.skip_unreadable_inputs = true;
+        assert!(error(lone_skip, &config).contains("several inputs"));
+        config.limits.max_inputs = 1;
+        let many = batch(vec![
+            pair("s3://bucket/a.mp4", "s3://bucket/a.mkv"),
+            pair("s3://bucket/b.mp4", "s3://bucket/b.mkv"),
+        ]);
+        assert!(error(many, &config).contains("limits.max_inputs"));
     }
 
     #[test]

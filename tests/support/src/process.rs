@@ -2,7 +2,7 @@
 //! with the test process.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -26,6 +26,18 @@ pub fn framefleet_local() -> Command {
         .env("RUST_LOG", "warn")
         .env("XDG_DATA_HOME", fresh_data_folder());
     command
+}
+
+/// Runs `command` to its end and returns what it wrote, failing the test with its stderr
+/// when it exits unsuccessfully: the check every run that must work repeats.
+pub fn succeeds(command: &mut Command) -> Output {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// An empty folder, under one temporary folder per test process.

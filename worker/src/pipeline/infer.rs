@@ -1,5 +1,6 @@
 //! The infer stage: a TorchScript model turns each frame into a vector, written as one JSON
-//! line per frame, in order: `{"frame": k, "pts": ticks, "time": seconds, "values": [...]}`
+//! line per frame, in order:
+//! `{"input": uri, "frame": k, "pts": ticks, "time": seconds, "values": [...]}`
 //! (with `top_k`, `"top": [{"index": i, "value": v}, ...]` instead of `values`). The chunk is
 //! a local `.jsonl` file that the upload stage sends on; the stitch concatenates chunks.
 
@@ -10,10 +11,18 @@ use ffmpeg_next::frame::Video as VideoFrame;
 
 use super::{ChunkError, ChunkSpec, StageContext};
 
-/// One frame's line.
+/// One frame's line; it names its `input`, so lines of many videos can be told apart.
 #[cfg(any(feature = "torch", test))]
-pub(super) fn line(frame: u64, pts: i64, seconds: f64, values: &[f32], top_k: usize) -> String {
-    let mut record = serde_json::json!({ "frame": frame, "pts": pts, "time": seconds });
+pub(super) fn line(
+    input: &str,
+    frame: u64,
+    pts: i64,
+    seconds: f64,
+    values: &[f32],
+    top_k: usize,
+) -> String {
+    let mut record =
+        serde_json::json!({ "input": input, "frame": frame, "pts": pts, "time": seconds });
     if top_k == 0 {
         record["values"] = serde_json::json!(values);
     } else {
@@ -58,6 +67,7 @@ pub(super) fn run(
     let seconds_per_tick =
         f64::from(spec.time_base.numerator()) / f64::from(spec.time_base.denominator());
     let top_k = spec.top_k as usize;
+    let input = spec.input.to_string();
     let mut written = 0u64;
     while let Ok(first) = frames.recv() {
         context.check_cancelled()?;
@@ -89,6 +99,7 @@ pub(super) fn run(
                 for (frame, values) in batch.iter().zip(&vectors) {
                     let pts = frame.pts().unwrap_or(0);
                     let text = line(
+                        &input,
                         spec.frame_index(written),
                         pts,
                         pts as f64 * seconds_per_tick,
@@ -135,14 +146,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_carry_frame_time_and_values_or_the_top_k() {
-        let all = line(7, 1024, 0.5, &[0.1, 0.9, 0.5], 0);
+    fn lines_carry_input_frame_time_and_values_or_the_top_k() {
+        let all = line("s3://b/in.mp4", 7, 1024, 0.5, &[0.1, 0.9, 0.5], 0);
         let parsed: serde_json::Value = serde_json::from_str(&all).expect("JSON");
+        assert_eq!(parsed["input"], "s3://b/in.mp4");
         assert_eq!(parsed["frame"], 7);
         assert_eq!(parsed["pts"], 1024);
         assert_eq!(parsed["values"].as_array().map(Vec::len), Some(3));
         let top: serde_json::Value =
-            serde_json::from_str(&line(0, 0, 0.0, &[0.1, 0.9, 0.5], 2)).expect("JSON");
+            serde_json::from_str(&line("s3://b/in.mp4", 0, 0, 0.0, &[0.1, 0.9, 0.5], 2))
+                .expect("JSON");
         assert_eq!(top["top"][0]["index"], 1);
         assert_eq!(top["top"][1]["index"], 2);
         assert!(top.get("values").is_none());
