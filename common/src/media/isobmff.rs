@@ -28,6 +28,27 @@ pub fn starts_with_a_box<R: Read + Seek>(reader: &mut R) -> bool {
         )
 }
 
+/// Where the index ends when it comes before the sample data (a "fast start" MP4, or a
+/// fragmented MP4's `moov`): the end of the `moov` box, found by walking box headers from
+/// the start up to it or to the first `mdat`. `None` when sample data comes first (the
+/// index at the end) or the object is not ISO BMFF. A reader can then fetch the index
+/// without reading ahead into the sample data.
+pub fn leading_index_end<R: Read + Seek>(reader: &mut R) -> io::Result<Option<u64>> {
+    let size = reader.seek(SeekFrom::End(0))?;
+    if !starts_with_a_box(reader) {
+        return Ok(None);
+    }
+    let mut boxes = TopLevelBoxes::default();
+    while !boxes.finished && boxes.movie.is_none() && boxes.sample_data.is_empty() {
+        boxes.walk_until(reader, size, boxes.next_header)?;
+    }
+    reader.seek(SeekFrom::Start(0))?;
+    Ok(boxes
+        .movie
+        .filter(|_| boxes.sample_data.is_empty())
+        .map(|movie| movie.end))
+}
+
 /// Size of a box header with a 64-bit size.
 const LARGE_HEADER_BYTES: u64 = 16;
 
@@ -38,6 +59,8 @@ pub struct TopLevelBoxes {
     finished: bool,
     /// Byte ranges of every `mdat` payload found so far (sample data).
     pub sample_data: Vec<Range<u64>>,
+    /// Byte range of the `moov` box (the index), once found.
+    pub movie: Option<Range<u64>>,
     /// Offsets of every `moof` box found so far (one per fragment), in file order.
     pub fragments: Vec<u64>,
     /// True when some fragment's track runs lack a `tfdt` (base decode time): their
@@ -84,6 +107,7 @@ impl TopLevelBoxes {
             let end = start.saturating_add(box_bytes).min(size);
             match &kind {
                 b"mdat" => self.sample_data.push(start + header_bytes..end),
+                b"moov" => self.movie = Some(start..end),
                 b"moof" => {
                     self.fragments.push(start);
                     if !self.untimed_fragments
@@ -390,6 +414,25 @@ mod tests {
         assert_eq!(boxes.fragment_holding(70), Some(40));
         assert_eq!(boxes.fragment_holding(200), Some(192));
         assert_eq!(boxes.fragment_holding(10), None);
+    }
+
+    #[test]
+    fn a_leading_index_ends_at_its_moov_and_a_trailing_one_is_not_leading() {
+        let first = fragmented();
+        let found = leading_index_end(&mut Cursor::new(&first)).expect("walk");
+        assert_eq!(found, Some(40), "ftyp (12 bytes) then moov (28 bytes)");
+        let mut last = boxed(b"ftyp", b"isom");
+        last.extend(boxed(b"mdat", &[1; 64]));
+        last.extend(boxed(b"moov", &[7; 20]));
+        assert_eq!(
+            leading_index_end(&mut Cursor::new(&last)).expect("walk"),
+            None
+        );
+        let matroska = [0x1a, 0x45, 0xdf, 0xa3, 0, 0, 0, 0];
+        assert_eq!(
+            leading_index_end(&mut Cursor::new(&matroska)).expect("walk"),
+            None
+        );
     }
 
     #[test]

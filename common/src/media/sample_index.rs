@@ -16,6 +16,28 @@ pub fn bytes_through(
     stream: usize,
     pts: i64,
 ) -> Option<u64> {
+    bytes_to(input, stream, pts, 0)
+}
+
+/// Like [`bytes_through`], with the first packet decoding after `pts` as well: a reader
+/// that goes on until it has seen a packet past a time (a copied audio stream's span end)
+/// needs that one too.
+pub fn bytes_through_next(
+    input: &ffmpeg::format::context::Input,
+    stream: usize,
+    pts: i64,
+) -> Option<u64> {
+    bytes_to(input, stream, pts, 1)
+}
+
+/// The byte just past the packets of `stream` decoding at or before `pts` and the `extra`
+/// packets after them.
+fn bytes_to(
+    input: &ffmpeg::format::context::Input,
+    stream: usize,
+    pts: i64,
+    extra: i32,
+) -> Option<u64> {
     if !input.format().name().split(',').any(|name| name == "mov") {
         return None;
     }
@@ -35,7 +57,8 @@ pub fn bytes_through(
                 high = middle;
             }
         }
-        ((low - LOOK_BACK).max(0)..low)
+        let through = (low + extra).min(count);
+        ((through - LOOK_BACK).max(0)..through)
             .map(entry)
             .map(|e| e.pos.saturating_add(i64::from(e.size())))
             .max()

@@ -16,7 +16,8 @@
 //! that jumps from one short span to the next wastes nothing at each span's end.
 //!
 //! When the reader is dropped (the chunk's frames are decoded), reads still in flight are
-//! cancelled at once. Bytes fetched but never handed to the demuxer are counted as waste:
+//! cancelled at once, and the drop waits until they are gone, so their requests are counted
+//! before the chunk reports them. Bytes fetched but never handed to the demuxer are counted as waste:
 //! when they leave the cache, when the reader is dropped, or, for a cancelled read, as many
 //! as had arrived. A stop wastes at most the current window and one read-ahead: under 1/128
 //! of the object.
@@ -27,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::FutureExt;
 use tokio::task::JoinHandle;
 
 use super::{ObjectUri, Storage, StorageError};
@@ -353,12 +353,14 @@ impl ObjectReader {
         }
     }
 
-    /// Cancels a read-ahead at once. One that had finished holds bytes nobody will use,
-    /// counted as waste here; one still running counts what it had received as waste when
-    /// the runtime drops it.
-    fn cancel(&self, mut ahead: ReadAhead) {
+    /// Cancels a read-ahead at once, and waits until the runtime has dropped it, so its
+    /// requests and bytes are counted before anyone reads the counters (a chunk's report is
+    /// made as soon as its reader is gone). One that had finished holds bytes nobody will
+    /// use, counted as waste here; one still running counts what it had received as waste
+    /// when it is dropped.
+    fn cancel(&self, ahead: ReadAhead) {
         ahead.task.abort();
-        if let Some(Ok(Ok(data))) = (&mut ahead.task).now_or_never() {
+        if let Ok(Ok(data)) = self.runtime.block_on(ahead.task) {
             self.storage.record_waste(data.len() as u64);
         }
     }

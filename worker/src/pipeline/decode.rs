@@ -17,8 +17,13 @@
 //! decoder is flushed as soon as that frame's packet is in, so nothing after it is read),
 //! and only the chosen frames sent on. The bytes read are the index and, per part, the
 //! packets from its keyframe to its last chosen frame.
+//!
+//! Every range stops reading as early as it can: the decoder is flushed as soon as each of
+//! its frames has its packet in (rather than fed on until reordering and frame threads let
+//! the last frames out), and where the input's sample index says where the range's packets
+//! and its copied audio end, the reader fetches nothing past that.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::mpsc::SyncSender;
@@ -29,8 +34,8 @@ use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::Rescale;
 use ffmpeg_next as ffmpeg;
 
-use framefleet_common::media::isobmff::{HollowReader, SkipFragments};
-use framefleet_common::media::sample_index;
+use framefleet_common::media::isobmff::{leading_index_end, HollowReader, SkipFragments};
+use framefleet_common::media::{self, sample_index};
 use framefleet_common::media::{
     discard_streams, frame_pts, open_input_for_decoding, PacketReader, TimestampSource,
 };
@@ -61,7 +66,11 @@ pub(super) fn run(
     if let Some((size, validator)) = &spec.input_version {
         storage.pin_web_version(&spec.input, (*size, validator));
     }
-    let mut object = storage.open_reader(&spec.input, runtime)?;
+    // Small blocks: a chunk jumps from the header to the index and on to its keyframe,
+    // and every jump wastes up to a block.
+    let mut object = storage
+        .open_reader(&spec.input, runtime)?
+        .with_block_bytes(media::INDEX_BLOCK_BYTES);
     if spec.whole_input {
         object = object.whole_object();
     }
@@ -262,14 +271,15 @@ fn decode_range(
             sent_before,
             frames,
         },
-        awaited: awaited_packets(spec),
+        awaited: flushes_early(spec).then(HashSet::new),
         opened,
         deinterlacer: None,
         packets: PacketReader::default(),
         clock: FrameClock::new(spec.timestamps),
         first_frame: true,
         packet_errors: 0,
-        at_end: false,
+        flushed: false,
+        input_ended: false,
         decoded: VideoFrame::empty(),
     };
     if let Some(overshot) = decoding.decode()? {
@@ -291,12 +301,12 @@ fn decode_range(
     let RangeDecoding {
         mut opened,
         mut packets,
-        at_end,
+        input_ended,
         ..
     } = decoding;
     let passthrough_packets = match opened.passthrough {
         Some(mut passthrough) => {
-            if !at_end {
+            if !input_ended {
                 finish_passthrough(
                     &mut opened.input,
                     &mut packets,
@@ -332,15 +342,18 @@ fn open_at(
     attempt: Attempt<'_>,
 ) -> Result<Opened, ChunkError> {
     let Attempt {
-        input: reader,
+        input: mut reader,
         seek_to,
         skip_fragments,
         packet_log,
         horizon,
         sent_before: _,
     } = attempt;
-    horizon.set(None);
     let setup_started = Instant::now();
+    // The header is read without fetching ahead into the sample data after it.
+    let index_end = leading_index_end(&mut reader)
+        .map_err(|e| ChunkError::Decode(format!("cannot open {}: {e}", spec.input)))?;
+    horizon.set(index_end);
     let skipped = if skip_fragments && spec.fragmented_input {
         spec.range.skip_from..spec.range.skip_to
     } else {
@@ -408,14 +421,7 @@ fn open_at(
             .seek(target, ..target)
             .map_err(|e| ChunkError::Decode(format!("seeking to pts {target} failed: {e}")))?;
     }
-    // A part of chosen frames needs nothing past its last chosen frame's packets.
-    if let Some(last) = spec.chosen.last() {
-        horizon.set(sample_index::bytes_through(
-            &input,
-            spec.stream_index,
-            last.pts,
-        ));
-    }
+    horizon.set(needed_bytes(spec, &input));
     context.progress.finish(Phase::Download);
     add_setup_time(&context.clock, setup_started);
     Ok(Opened {
@@ -423,6 +429,41 @@ fn open_at(
         decoder,
         time_base,
         passthrough,
+    })
+}
+
+/// Where the bytes a part needs end, from the input's sample index: the packets of its last
+/// frame (chosen, or the range's last) and, for copied audio, the first packet past the
+/// span. `None` (fetch ahead freely) where the container has no index to trust (nor a
+/// fragmented MP4, whose index holds only the fragments read so far), the span runs to the
+/// input's end, or a copied stream is not audio (how far subtitles go shows only by
+/// reading on).
+fn needed_bytes(spec: &ChunkSpec, input: &ffmpeg::format::context::Input) -> Option<u64> {
+    if spec.fragmented_input {
+        return None;
+    }
+    let last_pts = match spec.chosen.last() {
+        Some(last) => last.pts,
+        None => spec.range.end_pts.checked_sub(1)?,
+    };
+    let video = sample_index::bytes_through(input, spec.stream_index, last_pts)?;
+    let Some(copy) = &spec.passthrough else {
+        return Some(video);
+    };
+    if copy.last_chunk {
+        return None;
+    }
+    copy.streams.iter().try_fold(video, |end, &index| {
+        let stream = input.stream(index)?;
+        if stream.parameters().medium() != ffmpeg::media::Type::Audio {
+            return None;
+        }
+        let span_end = spec.range.end_pts.rescale_with(
+            spec.time_base,
+            stream.time_base(),
+            ffmpeg::Rounding::Up,
+        );
+        Some(end.max(sample_index::bytes_through_next(input, index, span_end)?))
     })
 }
 
@@ -458,10 +499,13 @@ struct RangeDecoding<'a> {
     clock: FrameClock,
     first_frame: bool,
     packet_errors: u32,
-    at_end: bool,
-    /// Chosen frames whose packets are still to come; once none is, the decoder is
-    /// flushed and nothing more is read (empty when the part reads to its end).
-    awaited: Vec<i64>,
+    /// The decoder has been sent its end: the input ended, or every frame's packet is in.
+    flushed: bool,
+    /// The demuxer has no packet left.
+    input_ended: bool,
+    /// Timestamps of the range's frames whose packets are in, where the decoder is
+    /// flushed once all are (`None`: it reads on until the range is complete).
+    awaited: Option<HashSet<i64>>,
     decoded: VideoFrame,
 }
 
@@ -471,7 +515,7 @@ impl RangeDecoding<'_> {
     fn decode(&mut self) -> Result<Option<Decoded>, ChunkError> {
         loop {
             self.context.check_cancelled()?;
-            if !self.at_end {
+            if !self.flushed {
                 match self.read_packet()? {
                     Step::Decode => {}
                     Step::Overshot(first_pts) => {
@@ -488,7 +532,7 @@ impl RangeDecoding<'_> {
                     }))
                 }
             }
-            if self.at_end {
+            if self.flushed {
                 if let Some(filter) = &mut self.deinterlacer {
                     self.range.send(filter.finish()?, self.context)?;
                 }
@@ -536,8 +580,8 @@ impl RangeDecoding<'_> {
                 return Ok(Step::Decode);
             }
             None => {
-                self.at_end = true;
-                let _ = self.opened.decoder.send_eof();
+                self.input_ended = true;
+                self.flush();
             }
         }
         let reading = context.clock.seconds_of(Phase::Download) - reading_before;
@@ -549,17 +593,26 @@ impl RangeDecoding<'_> {
         Ok(Step::Decode)
     }
 
-    /// Crosses a chosen frame's packet off; after the last, flushes the decoder: every
-    /// packet a chosen frame refers to comes before its own.
+    /// Notes a frame of the range whose packet is in; once every frame's is, flushes the
+    /// decoder: every packet a frame refers to comes before its own, and without the
+    /// flush the decoder holds the last frames back (reordering, frame threads) while the
+    /// demuxer reads on past the range for packets nobody needs.
     fn note_awaited(&mut self, pts: Option<i64>) {
-        let Some(found) = pts.and_then(|pts| self.awaited.binary_search(&pts).ok()) else {
+        let Some(awaited) = &mut self.awaited else {
             return;
         };
-        self.awaited.remove(found);
-        if self.awaited.is_empty() {
-            self.at_end = true;
-            let _ = self.opened.decoder.send_eof();
+        if let Some(pts) = pts.filter(|&pts| self.range.selects(pts)) {
+            awaited.insert(pts);
         }
+        if awaited.len() as u64 >= self.range.expected {
+            self.flush();
+        }
+    }
+
+    /// Sends the decoder its end, so it gives out every frame it holds.
+    fn flush(&mut self) {
+        self.flushed = true;
+        let _ = self.opened.decoder.send_eof();
     }
 
     /// Sends every frame the decoder has ready (deinterlaced when asked) to the range.
@@ -603,16 +656,11 @@ impl RangeDecoding<'_> {
     }
 }
 
-/// The packets a part of chosen frames needs last: its chosen frames' own (ascending).
-/// Only where packets carry the timestamps frames are chosen by, and nothing else is
-/// being copied; else none, and the part is read to its end.
-fn awaited_packets(spec: &ChunkSpec) -> Vec<i64> {
-    let timed_by_packets = spec.timestamps == TimestampSource::Presentation;
-    if timed_by_packets && spec.passthrough.is_none() && !spec.processor.deinterlace {
-        spec.chosen.iter().map(|c| c.pts).collect()
-    } else {
-        Vec::new()
-    }
+/// Whether the decoder is flushed as soon as every frame of the range has its packet in:
+/// only where packets carry the timestamps frames are selected by, and no deinterlacer
+/// needs the frame after the range.
+fn flushes_early(spec: &ChunkSpec) -> bool {
+    spec.timestamps == TimestampSource::Presentation && !spec.processor.deinterlace
 }
 
 /// Once the video of the range is done, reads on (copied streams only, unless only video
@@ -661,6 +709,12 @@ struct RangeSender<'a> {
 }
 
 impl RangeSender<'_> {
+    /// Whether the frame shown at `pts` is one the range sends.
+    fn selects(&self, pts: i64) -> bool {
+        (self.start..self.end).contains(&pts)
+            && (self.chosen.is_empty() || self.chosen.binary_search(&pts).is_ok())
+    }
+
     /// Sends the frames of `ready` (in presentation order) that belong to the range.
     fn send(
         &mut self,
@@ -669,13 +723,10 @@ impl RangeSender<'_> {
     ) -> Result<Range, ChunkError> {
         for frame in ready {
             let Some(pts) = frame.pts() else { continue };
-            if pts < self.start {
-                continue;
-            }
             if pts >= self.end {
                 return Ok(Range::Complete);
             }
-            if !self.chosen.is_empty() && self.chosen.binary_search(&pts).is_err() {
+            if !self.selects(pts) {
                 continue;
             }
             self.frames
