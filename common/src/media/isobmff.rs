@@ -15,6 +15,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::storage::FetchLimit;
+
 /// True when the object opens with an ISO BMFF box (`ftyp`, `moov`, …), the containers
 /// whose index carries every sample's timestamp. Leaves the reader at its start.
 pub fn starts_with_a_box<R: Read + Seek>(reader: &mut R) -> bool {
@@ -244,6 +246,14 @@ impl<R: Read + Seek> HollowReader<R> {
         let mut source = self.lock();
         source.inner.seek(SeekFrom::Start(position))?;
         source.inner.read_exact(buf)
+    }
+
+    /// Limits how far the source fetches ahead (see [`FetchLimit`]).
+    pub fn limit_fetches(&self, end: Option<u64>)
+    where
+        R: FetchLimit,
+    {
+        self.lock().inner.limit_fetches(end);
     }
 
     /// Runs `look` on the top-level boxes walked so far.

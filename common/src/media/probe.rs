@@ -21,8 +21,9 @@ use std::io::{Read, Seek, SeekFrom};
 use ffmpeg_next as ffmpeg;
 use serde::{Deserialize, Serialize};
 
-use super::isobmff::{starts_with_a_box, HollowReader, TopLevelBoxes};
+use super::isobmff::{leading_index_end, starts_with_a_box, HollowReader, TopLevelBoxes};
 use super::{discard_streams, open_input_with, PacketReader};
+use crate::storage::FetchLimit;
 
 /// Packets fed to the decoder to prove the stream decodes before giving up.
 const MAX_PACKETS_TO_FIRST_FRAME: usize = 256;
@@ -251,7 +252,7 @@ pub struct MediaInfo {
 /// the packets, and decodes the first frame to prove the stream can be decoded.
 pub fn probe<R>(mut reader: R, name: &str) -> Result<MediaInfo, ProbeError>
 where
-    R: Read + Seek + Send + 'static,
+    R: Read + Seek + FetchLimit + Send + 'static,
 {
     let object_size = reader
         .seek(SeekFrom::End(0))
@@ -263,6 +264,8 @@ where
     let boxed = starts_with_a_box(&mut reader);
     let source = HollowReader::new(reader, object_size, false);
     if boxed {
+        // An index before the sample data is read without fetching ahead into the samples.
+        source.limit_fetches(leading_index_end(&mut source.twin(false)).unwrap_or(None));
         match probe_with(source.twin(true), &source, name, object_size, false) {
             Ok(Probed::Info(info)) => return Ok(*info),
             Ok(Probed::SomePtsMissing) => {
@@ -272,6 +275,7 @@ where
                 tracing::debug!(error = %e, "index-only probe failed; reading the whole input")
             }
         }
+        source.limit_fetches(None);
     }
     match probe_with(source.twin(false), &source, name, object_size, false)? {
         Probed::Info(info) => Ok(*info),
@@ -324,7 +328,7 @@ fn probe_with<R>(
     generate_pts: bool,
 ) -> Result<Probed, ProbeError>
 where
-    R: Read + Seek + Send + 'static,
+    R: Read + Seek + FetchLimit + Send + 'static,
 {
     let hollow = reader.is_hollow();
     let unsupported = |reason: String| ProbeError::Unsupported {
@@ -717,8 +721,23 @@ fn is_attached_picture(stream: &ffmpeg::format::stream::Stream) -> bool {
         .contains(ffmpeg::format::stream::Disposition::ATTACHED_PIC)
 }
 
-/// Decodes the first frame from the held packets' real bytes; true when one came out.
-fn decode_held<R: Read + Seek>(
+/// Decodes the first frame from the held packets' real bytes (fetching nothing past them);
+/// true when one came out.
+fn decode_held<R: Read + Seek + FetchLimit>(
+    held: &[HeldPacket],
+    source: &HollowReader<R>,
+    decoder: &mut ffmpeg::decoder::Video,
+    decoded: &mut ffmpeg::frame::Video,
+) -> bool {
+    let end = held.iter().map(|p| p.position + p.size as u64).max();
+    source.limit_fetches(end);
+    let decoded_one = decode_first(held, source, decoder, decoded);
+    source.limit_fetches(None);
+    decoded_one
+}
+
+/// Sends the held packets to the decoder until a frame comes out; true when one did.
+fn decode_first<R: Read + Seek>(
     held: &[HeldPacket],
     source: &HollowReader<R>,
     decoder: &mut ffmpeg::decoder::Video,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use crate::config::StorageConfig;
 pub use access::AccessPolicy;
-pub use reader::{ObjectReader, ReadFailure, ReadHorizon};
+pub use reader::{FetchLimit, ObjectReader, ReadFailure, ReadHorizon};
 use s3::S3Ops;
 pub use upload::Upload;
 pub use uri::ObjectUri;

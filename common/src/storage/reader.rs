@@ -141,6 +141,28 @@ impl ReadHorizon {
     }
 }
 
+/// A reader that can be told where the bytes its user needs end, so it fetches nothing past
+/// them ahead of need: an [`ObjectReader`] sets its [`ReadHorizon`]; files and in-memory
+/// buffers, which fetch nothing ahead, have nothing to limit.
+pub trait FetchLimit {
+    /// Fetch nothing at or past byte `end` ahead of need (`None`: no limit).
+    fn limit_fetches(&self, end: Option<u64>);
+}
+
+impl FetchLimit for ObjectReader {
+    fn limit_fetches(&self, end: Option<u64>) {
+        self.horizon.set(end);
+    }
+}
+
+impl FetchLimit for std::fs::File {
+    fn limit_fetches(&self, _end: Option<u64>) {}
+}
+
+impl<T> FetchLimit for std::io::Cursor<T> {
+    fn limit_fetches(&self, _end: Option<u64>) {}
+}
+
 /// A seekable reader over one object. Its methods block on the runtime it was given, so it
 /// must be used from a thread of its own, never from async code.
 pub struct ObjectReader {

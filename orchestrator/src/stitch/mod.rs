@@ -26,6 +26,7 @@ use std::path::Path;
 use ffmpeg::{format, media, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
+use framefleet_common::media::isobmff::leading_index_end;
 use framefleet_common::media::{
     mp4_movie_timescale, open_input, open_input_headers, MediaInfo, INDEX_BLOCK_BYTES,
 };
@@ -117,10 +118,14 @@ pub fn stitch(
         stream.parameters()
     };
     let source = {
-        let reader = sources
+        let mut reader = sources
             .input
             .open_reader(&parts.input, sources.runtime.clone())?
             .with_block_bytes(INDEX_BLOCK_BYTES);
+        // Only the headers are wanted: nothing is fetched ahead into the sample data.
+        let index_end = leading_index_end(&mut reader)
+            .map_err(|e| StitchError::Write(format!("cannot open {}: {e}", parts.input)))?;
+        reader.horizon().set(index_end);
         open_input_headers(reader, parts.input.file_name())
             .map_err(|e| StitchError::Write(format!("cannot open {}: {e}", parts.input)))?
     };

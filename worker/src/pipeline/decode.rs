@@ -401,6 +401,7 @@ fn open_at(
                 end: (!copy.last_chunk).then_some(spec.range.end_pts),
                 time_base: spec.time_base,
             },
+            !spec.fragmented_input,
         )?),
         _ => None,
     };
@@ -421,7 +422,7 @@ fn open_at(
             .seek(target, ..target)
             .map_err(|e| ChunkError::Decode(format!("seeking to pts {target} failed: {e}")))?;
     }
-    horizon.set(needed_bytes(spec, &input));
+    horizon.set(needed_bytes(spec, &input, passthrough.as_ref()));
     context.progress.finish(Phase::Download);
     add_setup_time(&context.clock, setup_started);
     Ok(Opened {
@@ -433,12 +434,16 @@ fn open_at(
 }
 
 /// Where the bytes a part needs end, from the input's sample index: the packets of its last
-/// frame (chosen, or the range's last) and, for copied audio, the first packet past the
-/// span. `None` (fetch ahead freely) where the container has no index to trust (nor a
-/// fragmented MP4, whose index holds only the fragments read so far), the span runs to the
-/// input's end, or a copied stream is not audio (how far subtitles go shows only by
+/// frame (chosen, or the range's last) and, for copied audio, its last packet before the
+/// span's end. `None` (fetch ahead freely) where the container has no index to trust (nor
+/// a fragmented MP4, whose index holds only the fragments read so far), the span runs to
+/// the input's end, or a copied stream is not audio (how far subtitles go shows only by
 /// reading on).
-fn needed_bytes(spec: &ChunkSpec, input: &ffmpeg::format::context::Input) -> Option<u64> {
+fn needed_bytes(
+    spec: &ChunkSpec,
+    input: &ffmpeg::format::context::Input,
+    passthrough: Option<&PassthroughCollector>,
+) -> Option<u64> {
     if spec.fragmented_input {
         return None;
     }
@@ -447,7 +452,7 @@ fn needed_bytes(spec: &ChunkSpec, input: &ffmpeg::format::context::Input) -> Opt
         None => spec.range.end_pts.checked_sub(1)?,
     };
     let video = sample_index::bytes_through(input, spec.stream_index, last_pts)?;
-    let Some(copy) = &spec.passthrough else {
+    let (Some(copy), Some(collector)) = (&spec.passthrough, passthrough) else {
         return Some(video);
     };
     if copy.last_chunk {
@@ -458,12 +463,8 @@ fn needed_bytes(spec: &ChunkSpec, input: &ffmpeg::format::context::Input) -> Opt
         if stream.parameters().medium() != ffmpeg::media::Type::Audio {
             return None;
         }
-        let span_end = spec.range.end_pts.rescale_with(
-            spec.time_base,
-            stream.time_base(),
-            ffmpeg::Rounding::Up,
-        );
-        Some(end.max(sample_index::bytes_through_next(input, index, span_end)?))
+        let last = collector.last_in_span(index)?;
+        Some(end.max(sample_index::bytes_through(input, index, last)?))
     })
 }
 

@@ -9,7 +9,9 @@
 //! rounded or re-encoded, and AAC priming stays with the first chunk.
 //!
 //! Audio is dense: a gap after a seek means the seek landed too late, and a stream is done
-//! with its first packet past the span. Subtitles are sparse: minutes may pass between two
+//! with its first packet past the span, or, where the input's sample index lists every
+//! packet (MP4, MOV), with its last packet before the span's end, so nothing after it need
+//! be read. Subtitles are sparse: minutes may pass between two
 //! packets, so a late first packet proves nothing, and waiting for the next packet past the
 //! span could mean reading to the end of the input. A subtitle stream is done with its
 //! first packet past the span, or once the other streams are [`SPARSE_SLACK_SECONDS`] past
@@ -24,8 +26,8 @@ use std::path::Path;
 use ffmpeg::{Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
-use framefleet_common::media::compare_timestamps;
 use framefleet_common::media::packet_log::PacketLogWriter;
+use framefleet_common::media::{compare_timestamps, sample_index};
 
 use super::ChunkError;
 
@@ -65,6 +67,9 @@ struct StreamState {
     sparse: bool,
     seen: bool,
     past_end: bool,
+    /// Decode time of the stream's last packet before the span's end, from the sample
+    /// index: once it is in, the stream is done.
+    last_in_span: Option<i64>,
 }
 
 /// Writes the span's packets of the copied streams to a packet log file.
@@ -80,13 +85,15 @@ pub(super) struct PassthroughCollector {
 
 impl PassthroughCollector {
     /// Starts (or starts over) the log at `path` for `streams` of `input`, whose video
-    /// stream is `video_stream`.
+    /// stream is `video_stream`; `indexed` when the input's sample index lists every packet
+    /// (not a fragmented MP4, whose index grows as fragments are read).
     pub fn new(
         path: &Path,
         streams: &[usize],
         input: &ffmpeg::format::context::Input,
         video_stream: usize,
         span: Span,
+        indexed: bool,
     ) -> Result<Self, ChunkError> {
         let failed =
             |e: std::io::Error| ChunkError::Encode(format!("cannot write the packet log: {e}"));
@@ -98,14 +105,26 @@ impl PassthroughCollector {
                 ChunkError::Invalid(format!("the input has no stream {index} to copy"))
             })?;
             let start_time = first_timestamp(&stream);
+            let time_base = stream.time_base();
+            let last_in_span = span.end.filter(|_| indexed).and_then(|end| {
+                sample_index::last_decode_time_before(input, index, end, span.time_base)
+            });
+            // A stream whose packets all come before the span has none in it.
+            let ended_before = match (last_in_span, span.start) {
+                (Some(last), Some(start)) => {
+                    compare_timestamps(last, time_base, start, span.time_base).is_lt()
+                }
+                _ => false,
+            };
             states.insert(
                 index,
                 StreamState {
-                    time_base: stream.time_base(),
+                    time_base,
                     start_time,
                     sparse: stream.parameters().medium() == ffmpeg::media::Type::Subtitle,
                     seen: false,
-                    past_end: false,
+                    past_end: ended_before,
+                    last_in_span,
                 },
             );
         }
@@ -149,7 +168,8 @@ impl PassthroughCollector {
         let past_end = self.span.end.is_some_and(|end| {
             compare_timestamps(time, time_base, end, self.span.time_base).is_ge()
         });
-        if past_end {
+        // Past the span, or the span's last packet (kept below): the stream is done.
+        if past_end || state.last_in_span.is_some_and(|last| time >= last) {
             state.past_end = true;
         }
         if !sparse {
@@ -175,6 +195,12 @@ impl PassthroughCollector {
             let done = state.past_end || (state.sparse && dense_far_past);
             !done
         })
+    }
+
+    /// Decode time of copied stream `index`'s last packet before the span's end, where the
+    /// sample index says.
+    pub fn last_in_span(&self, index: usize) -> Option<i64> {
+        self.streams.get(&index)?.last_in_span
     }
 
     /// True when only video packets can say how far the demuxer has read: the copied
