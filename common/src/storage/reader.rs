@@ -17,9 +17,9 @@
 //!
 //! When the reader is dropped (the chunk's frames are decoded), reads still in flight are
 //! cancelled at once, and the drop waits until they are gone, so their requests are counted
-//! before the chunk reports them. Bytes fetched but never handed to the demuxer are counted as waste:
-//! when they leave the cache, when the reader is dropped, or, for a cancelled read, as many
-//! as had arrived. A stop wastes at most the current window and one read-ahead: under 1/128
+//! before the chunk reports them. Bytes fetched but never handed to the demuxer are counted
+//! as waste: when they leave the cache, when the reader is dropped, or, for a cancelled
+//! read, as many as had arrived. A stop wastes at most the current window and one read-ahead: under 1/128
 //! of the object.
 
 use std::collections::VecDeque;

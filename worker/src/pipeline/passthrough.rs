@@ -11,9 +11,9 @@
 //! Audio is dense: a gap after a seek means the seek landed too late, and a stream is done
 //! with its first packet past the span, or, where the input's sample index lists every
 //! packet (MP4, MOV), with its last packet before the span's end, so nothing after it need
-//! be read. Subtitles are sparse: minutes may pass between two
-//! packets, so a late first packet proves nothing, and waiting for the next packet past the
-//! span could mean reading to the end of the input. A subtitle stream is done with its
+//! be read. Subtitles are sparse: minutes may pass between two packets, so a late first
+//! packet proves nothing, and waiting for the next packet past the span could mean reading
+//! to the end of the input. A subtitle stream is done with its
 //! first packet past the span, or once the other streams are [`SPARSE_SLACK_SECONDS`] past
 //! it: muxers interleave packets by decode time, so a subtitle of the span comes before
 //! them.
