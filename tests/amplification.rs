@@ -65,7 +65,7 @@ async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
             spec.encoder = Some(EncoderSettings {
                 crf: 35,
                 preset: "ultrafast".into(),
-                lossless: false,
+                ..Default::default()
             });
             let served_before = garage().requests_served();
             let id = submit(&mut client, spec).await;

@@ -244,7 +244,7 @@ async fn progress_rises_to_100_with_real_frame_counts_and_report_totals_add_up()
     spec.encoder = Some(framefleet_common::proto::EncoderSettings {
         crf: 20,
         preset: "medium".into(),
-        lossless: false,
+        ..Default::default()
     });
     let id = submit(&mut client, spec).await;
     let snapshots = watch(&mut client, &id, Duration::from_secs(300)).await;

@@ -24,7 +24,7 @@ fn slow_spec(
     spec.encoder = Some(framefleet_common::proto::EncoderSettings {
         crf: 20,
         preset: "slow".into(),
-        lossless: false,
+        ..Default::default()
     });
     spec
 }

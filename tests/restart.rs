@@ -54,7 +54,7 @@ async fn resumes_after(signal: i32, name: &str) {
     spec.encoder = Some(EncoderSettings {
         crf: 20,
         preset: "slow".into(),
-        lossless: false,
+        ..Default::default()
     });
     let id = submit(&mut client, spec).await;
 

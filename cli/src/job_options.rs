@@ -39,13 +39,18 @@ pub struct JobOptions {
     /// for DVD and broadcast sources: a model would otherwise enlarge the combing.
     #[arg(long)]
     pub deinterlace: bool,
-    /// x264 constant rate factor (0-51, lower is better).
+    /// Output codec, `h264` or `hevc`, for which the orchestrator picks the encoder the
+    /// fleet has on the most slots (NVENC on GPUs that carry it, else x264 or x265); or
+    /// one encoder by name: `libx264`, `libx265`, `h264_nvenc`, `hevc_nvenc`.
+    #[arg(long, default_value = "h264")]
+    pub encoder: String,
+    /// Constant rate factor (0-51, lower is better; NVENC's constant quality).
     #[arg(long, default_value_t = 18, conflicts_with = "lossless")]
     pub crf: u32,
-    /// Lossless x264 encoding (qp 0).
+    /// Lossless encoding (x264 qp 0, x265 and NVENC lossless modes).
     #[arg(long)]
     pub lossless: bool,
-    /// x264 preset.
+    /// Preset, by x264's names (ultrafast ... veryslow), mapped onto the job's encoder.
     #[arg(long, default_value = "medium")]
     pub preset: String,
     /// Fixed chunk count; 0 lets the planner choose.
@@ -219,6 +224,7 @@ impl JobOptions {
                 crf: if self.lossless { 0 } else { self.crf },
                 preset: self.preset.clone(),
                 lossless: self.lossless,
+                encoder: self.encoder.clone(),
             }),
             chunks: self.chunks,
             profile: self.profile.clone(),

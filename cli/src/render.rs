@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use framefleet_common::cost::{CostReport, CostSummary};
+use framefleet_common::cost::{ChunkCost, CostReport, CostSummary};
 use framefleet_common::proto::{Job, PlanJobResponse, Progress, WorkerSummary};
 
 /// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
@@ -85,6 +85,9 @@ pub fn cost_table(report: &CostReport) -> String {
         "plan: {} chunks, {} frames, {:.2} s of video ({})",
         plan.chunks, plan.frames, plan.duration_seconds, plan.rule
     );
+    if let Some(line) = codecs_line(&report.chunks) {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(
         out,
         "{:>5} {:>7} {:>3} {:<14} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}",
@@ -237,6 +240,23 @@ pub fn plan_table(plan: &PlanJobResponse) -> String {
     out
 }
 
+/// What encoded and decoded the chunks (`None` for infer chunks, which encode nothing).
+fn codecs_line(chunks: &[ChunkCost]) -> Option<String> {
+    let distinct = |field: fn(&ChunkCost) -> &str| {
+        let mut names: Vec<&str> = chunks.iter().map(field).filter(|n| !n.is_empty()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.join(", ")
+    };
+    let encoders = distinct(|c| c.encoder.as_str());
+    (!encoders.is_empty()).then(|| {
+        format!(
+            "encoder: {encoders}; decoder: {}",
+            distinct(|c| c.decoder.as_str())
+        )
+    })
+}
+
 /// The fleet as a table: one row per worker, then the slots in all.
 pub fn workers_table(workers: &[WorkerSummary]) -> String {
     let mut out = String::new();
@@ -249,13 +269,13 @@ pub fn workers_table(workers: &[WorkerSummary]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>10} {:>7}  state",
-        "name", "address", "gpu", "device", "busy", "free", "cold start", "chunks"
+        "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>10} {:>7}  {:<30} state",
+        "name", "address", "gpu", "device", "busy", "free", "cold start", "chunks", "encoders"
     );
     for worker in workers {
         let _ = writeln!(
             out,
-            "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>9.1}s {:>7}  {}",
+            "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>9.1}s {:>7}  {:<30} {}",
             worker.name,
             worker.address,
             worker.gpu_type,
@@ -268,6 +288,7 @@ pub fn workers_table(workers: &[WorkerSummary]) -> String {
             },
             worker.cold_start_seconds,
             worker.chunks_done,
+            worker.encoders.join(","),
             if worker.draining { "draining" } else { "ready" }
         );
     }
@@ -361,7 +382,6 @@ fn bytes(count: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use framefleet_common::cost::ChunkCost;
 
     #[test]
     fn the_workers_table_shows_each_worker_its_slots_and_whether_it_drains() {
@@ -375,6 +395,7 @@ mod tests {
             draining,
             cold_start_seconds: 41.34,
             chunks_done: 7,
+            encoders: vec!["libx264".into(), "h264_nvenc".into()],
             ..WorkerSummary::default()
         };
         let table = workers_table(&[worker("gpu-a", 1, false), worker("gpu-b", 1, true)]);
@@ -385,7 +406,9 @@ mod tests {
             "{table}"
         );
         assert!(
-            rows[1].contains("41.3s") && rows[1].contains(" 7 "),
+            rows[1].contains("41.3s")
+                && rows[1].contains(" 7 ")
+                && rows[1].contains("libx264,h264_nvenc"),
             "{table}"
         );
         assert!(rows[2].ends_with("draining"), "{table}");
@@ -420,6 +443,15 @@ mod tests {
         let table = cost_table(&report);
         assert!(table.contains("total: 22 frames, 3 attempts"), "{table}");
         assert_eq!(table.lines().count(), 7);
+        for chunk in &mut report.chunks {
+            chunk.encoder = "libx265".into();
+            chunk.decoder = "software".into();
+        }
+        let table = cost_table(&report);
+        assert!(
+            table.contains("encoder: libx265; decoder: software"),
+            "{table}"
+        );
         assert_eq!(bytes(1536), "1.5 KiB");
     }
 }

@@ -166,6 +166,16 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// GPUs one slot holds; GPU-seconds are wall seconds times this.
     pub gpus_per_slot: u32,
+    /// GPUs the worker holds; 0 means `slots x gpus_per_slot`, each slot owning its own.
+    /// With more slots than GPUs (several chunks sharing one GPU, so the host cores all
+    /// encode while one model serves them) a chunk is charged, at each moment, its share
+    /// of the GPUs among the chunks running then: together they are charged exactly the
+    /// GPU time the worker was busy.
+    pub gpus: u32,
+    /// Video encoders this worker offers, by FFmpeg name (`libx264`, `libx265`,
+    /// `h264_nvenc`, `hevc_nvenc`); empty offers every one it can open when it starts.
+    /// Each one listed must open, or the worker refuses to start.
+    pub encoders: Vec<crate::codec::VideoEncoder>,
     /// Frames per processing batch.
     pub batch_frames: u32,
     /// Where neural models are installed (`framefleet models import`); empty means
@@ -376,6 +386,8 @@ impl Default for WorkerConfig {
             gpu_type: "cpu".into(),
             slots: 1,
             gpus_per_slot: 1,
+            gpus: 0,
+            encoders: Vec::new(),
             batch_frames: 4,
             model_dir: String::new(),
             device: "auto".into(),
@@ -640,6 +652,12 @@ impl WorkerConfig {
         if self.gpus_per_slot == 0 {
             return invalid("worker.gpus_per_slot", "must be at least 1");
         }
+        if self.gpus > 0 && self.gpus < self.slots && self.gpus_per_slot > 1 {
+            return invalid(
+                "worker.gpus_per_slot",
+                "must be 1 when slots share GPUs (worker.gpus below worker.slots)",
+            );
+        }
         if !(["auto", "cpu"].contains(&self.device.as_str()) || cuda_index(&self.device).is_some())
         {
             return invalid("worker.device", "must be `auto`, `cpu` or `cuda:N`");
@@ -648,6 +666,17 @@ impl WorkerConfig {
             return invalid("worker.batch_frames", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+impl WorkerConfig {
+    /// GPUs the worker holds: `gpus`, or `slots x gpus_per_slot` when that is 0.
+    pub fn gpus_held(&self) -> u32 {
+        if self.gpus == 0 {
+            self.slots.saturating_mul(self.gpus_per_slot)
+        } else {
+            self.gpus
+        }
     }
 }
 

@@ -10,12 +10,14 @@
 //!   timestamp of a video.
 //! - [`phases`]: per-phase figures of a chunk's pipeline, read by phase.
 //! - [`cost`]: the cost report a job produces and the GPU price table.
+//! - [`codec`]: the video encoders chunks are written with, and how a job chooses one.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 //! - [`signals`]: the Ctrl-C / SIGTERM future servers shut down on.
 //! - [`reflection`]: gRPC reflection (v1 and v1alpha) listing a server's own services.
 //! - [`auth`]: bearer tokens and TLS for the gRPC servers and their clients.
 
 pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod cost;
 pub mod media;

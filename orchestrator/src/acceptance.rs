@@ -13,6 +13,7 @@ use std::time::Duration;
 use ffmpeg_next::Rescale;
 use tokio_util::task::TaskTracker;
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::media;
 use framefleet_common::proto::ChunkRange;
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
@@ -34,6 +35,26 @@ pub struct Expected {
     pub task: JobTask,
     /// The job copies streams, so each chunk has a packet log.
     pub has_packet_log: bool,
+    /// The encoder every chunk of the job's run is written with (`None` for infer).
+    pub encoder: Option<VideoEncoder>,
+}
+
+impl Expected {
+    /// Refuses a chunk whose worker says it encoded it with another encoder than the
+    /// job's: a job never mixes encoders (a worker of an older version, which names
+    /// none, wrote libx264).
+    pub fn check_encoder(&self, reported: &str) -> Result<(), String> {
+        let Some(wanted) = self.encoder else {
+            return Ok(());
+        };
+        match VideoEncoder::from_reported(reported) {
+            Some(encoder) if encoder == wanted => Ok(()),
+            _ => Err(format!(
+                "chunk {} was encoded with `{reported}`, but the job's chunks are all {wanted}",
+                self.range.index
+            )),
+        }
+    }
 }
 
 /// Why a chunk's objects were not accepted.
@@ -137,6 +158,7 @@ impl ChunkChecks {
                 "chunk {index} was recorded with a different setting for copied streams"
             ));
         }
+        expected.check_encoder(&previous.result.encoder)?;
         let size = self
             .check(expected, &previous.output, previous.packet_log.as_ref())
             .await
@@ -178,6 +200,16 @@ impl ChunkChecks {
                 Refusal::Wrong(format!("checking chunk {} crashed: {e}", range.index))
             })??;
         let video = &probed.video;
+        if let Some(codec) = expected.encoder.map(VideoEncoder::codec) {
+            if video.codec != codec.name() {
+                return Err(Refusal::Wrong(format!(
+                    "chunk {} output is {}, but the job encodes {}",
+                    range.index,
+                    video.codec,
+                    codec.name()
+                )));
+            }
+        }
         let frames = range.frame_count();
         if video.frames.len() as u64 != frames {
             return Err(Refusal::Wrong(format!(

@@ -4,15 +4,17 @@
 //! latency, stitch, the rest). Samples are keyed by the job's [`kind`]: what decides a
 //! chunk's cost besides its length and frame size.
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::proto::{JobSpec, Phase, Task};
 
 use crate::accepted::{ChunkTiming, FinishedChunk};
 use crate::run_log::RunLog;
 
 /// The cost history's key for a job: its task, processor (model, scale, deinterlacing),
-/// the encoder preset (x264's presets differ several times over in speed) and the GPU
-/// type it runs on, e.g. `realesr-animevideov3-x2 x2, x264 medium on cpu`.
-pub fn kind(spec: &JobSpec, gpu_type: &str) -> String {
+/// its encoder and preset (x264's presets differ several times over in speed, and NVENC
+/// runs beside the cores instead of on them) and the GPU type it runs on, e.g.
+/// `realesr-animevideov3-x2 x2, x264 medium on cpu` or `..., h264_nvenc fast on T4`.
+pub fn kind(spec: &JobSpec, encoder: Option<VideoEncoder>, gpu_type: &str) -> String {
     let processor = spec.processor.clone().unwrap_or_default();
     let model = match processor.model.as_str() {
         "" => "lanczos",
@@ -23,11 +25,16 @@ pub fn kind(spec: &JobSpec, gpu_type: &str) -> String {
     } else {
         ""
     };
+    let name = match encoder.unwrap_or(VideoEncoder::Libx264) {
+        VideoEncoder::Libx264 => "x264",
+        VideoEncoder::Libx265 => "x265",
+        other => other.name(),
+    };
     let output = match (spec.task(), &spec.encoder) {
         (Task::Infer, _) => "infer".to_string(),
-        (_, Some(encoder)) if encoder.lossless => format!("x264 {} lossless", encoder.preset),
-        (_, Some(encoder)) => format!("x264 {}", encoder.preset),
-        (_, None) => "x264".to_string(),
+        (_, Some(settings)) if settings.lossless => format!("{name} {} lossless", settings.preset),
+        (_, Some(settings)) => format!("{name} {}", settings.preset),
+        (_, None) => name.to_string(),
     };
     format!(
         "{model} x{}{deinterlace}, {output} on {gpu_type}",
@@ -115,13 +122,16 @@ impl JobCosts {
         let gpu_type = ran
             .first()
             .map_or("cpu", |f| f.chunk.result.gpu_type.as_str());
+        let encoder = ran
+            .first()
+            .and_then(|f| VideoEncoder::from_reported(&f.chunk.result.encoder));
         let chunks = ran
             .iter()
             .map(|finished| chunk_sample(finished, &ran, log.input_pixels))
             .collect();
         let whole_run = succeeded && ran.len() == log.accepted.len() && !ran.is_empty();
         Self {
-            kind: kind(spec, gpu_type),
+            kind: kind(spec, encoder, gpu_type),
             job: whole_run.then(|| job_sample(log, &ran, wall_seconds)),
             chunks,
         }

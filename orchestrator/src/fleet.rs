@@ -18,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use framefleet_common::auth::{self, AttachToken};
+use framefleet_common::codec::{choose_encoder, EncoderRequest, VideoEncoder};
 use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::{RegisterWorkerRequest, WorkerSummary};
@@ -41,8 +42,10 @@ pub struct WorkerInfo {
     pub gpu_type: String,
     /// Chunks it runs at once.
     pub slots: u32,
-    /// GPUs one slot holds.
-    pub gpus_per_slot: u32,
+    /// GPUs one slot holds when every slot is busy (a fraction when slots share GPUs).
+    pub gpus_per_slot: f64,
+    /// Video encoders it can open: a job's chunks go only to workers with its encoder.
+    pub encoders: Vec<VideoEncoder>,
     /// gRPC client (a lazily connected channel that presents the fleet token).
     pub client: WorkerClient<InterceptedService<Channel, AttachToken>>,
     /// Fires when the fleet drops this registration (its lease lapsed, its connection
@@ -101,6 +104,18 @@ pub enum AcquireError {
          (framefleet-worker --orchestrator URL)"
     )]
     NoWorker(f64),
+    /// Workers are registered, but none with the job's encoder, for the whole deadline.
+    #[error(
+        "no worker with {encoder} registered within {seconds:.0} s; start workers that have \
+         it (NVENC needs a GPU with the engine: T4, L4, L40S, A10G) or submit the job with \
+         another encoder"
+    )]
+    NoEncoder {
+        /// The job's encoder.
+        encoder: VideoEncoder,
+        /// The deadline.
+        seconds: f64,
+    },
     /// The fleet is shutting down.
     #[error("the orchestrator is shutting down")]
     Closed,
@@ -118,6 +133,8 @@ struct Entry {
     /// Models it preloaded or has run a chunk of, so holds loaded.
     models: HashSet<String>,
     device: String,
+    /// Its decoders, as it reported them.
+    decoders: Vec<String>,
     cold_start_seconds: f64,
     registered: Instant,
     chunks_done: u64,
@@ -142,7 +159,14 @@ impl Entry {
             chunks_done: self.chunks_done,
             models,
             registered_seconds: now.duration_since(self.registered).as_secs_f64(),
+            encoders: self.info.encoders.iter().map(|e| e.name().into()).collect(),
+            decoders: self.decoders.clone(),
         }
+    }
+
+    /// True when the worker can take chunks encoded with `encoder` (any, for `None`).
+    fn encodes(&self, encoder: Option<VideoEncoder>) -> bool {
+        encoder.is_none_or(|e| self.info.encoders.contains(&e))
     }
 
     /// Slots a new chunk may take.
@@ -168,6 +192,9 @@ pub struct FleetOffer {
     pub gpus_per_slot: f64,
     /// The workers' GPU type (the most common; empty with no worker).
     pub gpu_type: String,
+    /// The encoder the job's chunks would be written with, chosen from the workers'
+    /// (see [`choose_encoder`]); `None` for a job that encodes nothing.
+    pub encoder: Option<VideoEncoder>,
 }
 
 /// The chunks the fleet runs now, as seen from one GPU type (the scaler's view).
@@ -186,6 +213,7 @@ struct Waiter {
     id: u64,
     priority: QueuePriority,
     avoid: HashSet<String>,
+    encoder: Option<VideoEncoder>,
     grant: oneshot::Sender<SlotGrant>,
 }
 
@@ -256,6 +284,9 @@ impl Fleet {
         let id = format!("w-{}", uuid::Uuid::new_v4().simple());
         let models = request.models.iter().cloned().collect();
         let (device, cold_start_seconds) = (request.device.clone(), request.cold_start_seconds);
+        let encoders = registered_encoders(&request)?;
+        let gpus_per_slot = gpus_per_slot(&request);
+        let decoders = request.decoders.clone();
         let info = WorkerInfo {
             id: id.clone(),
             name: if request.name.is_empty() {
@@ -266,7 +297,8 @@ impl Fleet {
             address: request.address,
             gpu_type: request.gpu_type,
             slots: request.slots,
-            gpus_per_slot: request.gpus_per_slot.max(1),
+            gpus_per_slot,
+            encoders,
             client: WorkerClient::with_interceptor(
                 endpoint.connect_lazy(),
                 self.access.token.clone(),
@@ -283,6 +315,7 @@ impl Fleet {
                 expires: Instant::now() + self.lease,
                 models,
                 device,
+                decoders,
                 cold_start_seconds,
                 registered: Instant::now(),
                 chunks_done: 0,
@@ -370,8 +403,9 @@ impl Fleet {
         workers
     }
 
-    /// What the workers registered now offer a job of `model`.
-    pub fn offer(&self, model: &str) -> FleetOffer {
+    /// What the workers registered now offer a job of `model` that asks for `encoder`
+    /// (`None`: it encodes nothing).
+    pub fn offer(&self, model: &str, encoder: Option<EncoderRequest>) -> FleetOffer {
         let state = self.lock();
         let workers: Vec<&Entry> = state.workers.values().filter(|e| !e.draining).collect();
         let free_slots: u32 = workers.iter().map(|e| e.free()).sum();
@@ -381,10 +415,21 @@ impl Fleet {
         for entry in &workers {
             *types.entry(entry.info.gpu_type.as_str()).or_default() += entry.info.slots;
         }
-        let gpus: u32 = workers
+        let gpus: f64 = workers
             .iter()
-            .map(|e| e.info.gpus_per_slot * e.info.slots)
+            .map(|e| e.info.gpus_per_slot * f64::from(e.info.slots))
             .sum();
+        let encoders: Vec<(VideoEncoder, u32)> = VideoEncoder::ALL
+            .into_iter()
+            .map(|encoder| {
+                let slots = workers
+                    .iter()
+                    .filter(|e| e.encodes(Some(encoder)))
+                    .map(|e| e.info.slots)
+                    .sum();
+                (encoder, slots)
+            })
+            .collect();
         FleetOffer {
             slots: if free_slots > 0 {
                 free_slots
@@ -398,10 +443,11 @@ impl Fleet {
                 .map(|e| e.free())
                 .sum(),
             gpus_per_slot: if all_slots > 0 {
-                f64::from(gpus) / f64::from(all_slots)
+                gpus / f64::from(all_slots)
             } else {
                 1.0
             },
+            encoder: encoder.map(|request| choose_encoder(request, &encoders)),
             gpu_type: types
                 .into_iter()
                 .max_by_key(|&(name, slots)| (slots, std::cmp::Reverse(name)))
@@ -435,6 +481,14 @@ impl Fleet {
         self.len() == 0
     }
 
+    /// True when some worker that takes chunks has `encoder`.
+    fn can_take(&self, encoder: Option<VideoEncoder>) -> bool {
+        self.lock()
+            .workers
+            .values()
+            .any(|e| !e.draining && e.encodes(encoder))
+    }
+
     /// Slots of the registered workers: (all of them, those holding a chunk), draining
     /// workers counting only their busy slots.
     pub fn slots(&self) -> (u32, u32) {
@@ -461,13 +515,15 @@ impl Fleet {
         state.waiters.clear();
     }
 
-    /// Waits for a free slot, preferring workers not in `avoid` (those that already failed
-    /// this chunk). Fails when no worker at all is registered for `empty_deadline`; while
-    /// workers exist but are busy, the chunk keeps its place in the queue.
+    /// Waits for a free slot of a worker that has `encoder` (any worker for `None`),
+    /// preferring workers not in `avoid` (those that already failed this chunk). Fails when
+    /// no such worker is registered for `empty_deadline`; while they exist but are busy,
+    /// the chunk keeps its place in the queue.
     pub async fn acquire(
         self: &Arc<Self>,
         priority: QueuePriority,
         avoid: HashSet<String>,
+        encoder: Option<VideoEncoder>,
         empty_deadline: Duration,
     ) -> Result<SlotGrant, AcquireError> {
         let (grant_tx, mut grant_rx) = oneshot::channel();
@@ -482,6 +538,7 @@ impl Fleet {
                 id,
                 priority,
                 avoid,
+                encoder,
                 grant: grant_tx,
             });
             self.match_waiters(&mut state);
@@ -494,7 +551,7 @@ impl Fleet {
                     return grant.map_err(|_| AcquireError::Closed);
                 }
                 _ = tokio::time::sleep(EMPTY_FLEET_CHECK) => {
-                    if !self.is_empty() {
+                    if self.can_take(encoder) {
                         empty_since = None;
                         continue;
                     }
@@ -505,7 +562,13 @@ impl Fleet {
                         if let Ok(grant) = grant_rx.try_recv() {
                             return Ok(grant);
                         }
-                        return Err(AcquireError::NoWorker(empty_deadline.as_secs_f64()));
+                        let seconds = empty_deadline.as_secs_f64();
+                        return Err(match encoder {
+                            Some(encoder) if !self.is_empty() => {
+                                AcquireError::NoEncoder { encoder, seconds }
+                            }
+                            _ => AcquireError::NoWorker(seconds),
+                        });
                     }
                 }
             }
@@ -530,7 +593,8 @@ impl Fleet {
         state.waiters.sort_by_key(|w| w.priority);
         let mut index = 0;
         while index < state.waiters.len() {
-            let Some(worker_id) = pick_worker(&state.workers, &state.waiters[index].avoid) else {
+            let waiter = &state.waiters[index];
+            let Some(worker_id) = pick_worker(&state.workers, &waiter.avoid, waiter.encoder) else {
                 index += 1;
                 continue;
             };
@@ -553,19 +617,55 @@ impl Fleet {
     }
 }
 
-/// The least loaded idle worker, avoiding `avoid` unless every worker is in it.
-fn pick_worker(workers: &HashMap<String, Entry>, avoid: &HashSet<String>) -> Option<String> {
+/// The least loaded idle worker that has `encoder`, avoiding `avoid` unless every such
+/// worker is in it.
+fn pick_worker(
+    workers: &HashMap<String, Entry>,
+    avoid: &HashSet<String>,
+    encoder: Option<VideoEncoder>,
+) -> Option<String> {
     let everyone_avoided = workers
         .iter()
+        .filter(|(_, entry)| entry.encodes(encoder))
         .all(|(id, entry)| entry.draining || avoid.contains(id));
     workers
         .iter()
+        .filter(|(_, entry)| entry.encodes(encoder))
         .filter(|(id, entry)| entry.free() > 0 && (everyone_avoided || !avoid.contains(*id)))
         .min_by(|(a_id, a), (b_id, b)| {
             let load = |e: &Entry| f64::from(e.busy) / f64::from(e.info.slots);
             load(a).total_cmp(&load(b)).then_with(|| a_id.cmp(b_id))
         })
         .map(|(id, _)| id.clone())
+}
+
+/// The encoders a registration lists; a worker of an older version lists none and has
+/// libx264 only.
+fn registered_encoders(
+    request: &RegisterWorkerRequest,
+) -> Result<Vec<VideoEncoder>, RegisterError> {
+    if request.encoders.is_empty() {
+        return Ok(vec![VideoEncoder::Libx264]);
+    }
+    request
+        .encoders
+        .iter()
+        .map(|name| {
+            name.parse()
+                .map_err(|e: framefleet_common::codec::UnknownEncoder| RegisterError(e.to_string()))
+        })
+        .collect()
+}
+
+/// GPUs one slot of a registering worker holds with every slot busy: its GPUs over its
+/// slots (shared GPUs give a fraction), or `gpus_per_slot` from a worker that gives no
+/// GPU count.
+fn gpus_per_slot(request: &RegisterWorkerRequest) -> f64 {
+    if request.gpus > 0 {
+        f64::from(request.gpus) / f64::from(request.slots.max(1))
+    } else {
+        f64::from(request.gpus_per_slot.max(1))
+    }
 }
 
 /// The machine part of a worker's address (`https://10.0.0.7:50051` -> `10.0.0.7`).
@@ -580,6 +680,7 @@ fn host_of(address: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use framefleet_common::codec::VideoCodec;
 
     fn registration(name: &str, slots: u32) -> RegisterWorkerRequest {
         RegisterWorkerRequest {
@@ -605,14 +706,24 @@ mod tests {
         let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
         let id = fleet.register(registration("a", 1)).expect("registers");
         let held = fleet
-            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
+            .acquire(
+                priority(0, 1, 0),
+                HashSet::new(),
+                None,
+                Duration::from_secs(1),
+            )
             .await
             .expect("slot");
         let short = {
             let fleet = fleet.clone();
             tokio::spawn(async move {
                 fleet
-                    .acquire(priority(0, 10, 1), HashSet::new(), Duration::from_secs(5))
+                    .acquire(
+                        priority(0, 10, 1),
+                        HashSet::new(),
+                        None,
+                        Duration::from_secs(5),
+                    )
                     .await
             })
         };
@@ -620,7 +731,12 @@ mod tests {
             let fleet = fleet.clone();
             tokio::spawn(async move {
                 fleet
-                    .acquire(priority(0, 90, 2), HashSet::new(), Duration::from_secs(5))
+                    .acquire(
+                        priority(0, 90, 2),
+                        HashSet::new(),
+                        None,
+                        Duration::from_secs(5),
+                    )
                     .await
             })
         };
@@ -644,6 +760,7 @@ mod tests {
             .acquire(
                 priority(0, 1, 0),
                 HashSet::from([a.clone()]),
+                None,
                 Duration::from_secs(1),
             )
             .await
@@ -655,6 +772,7 @@ mod tests {
             .acquire(
                 priority(0, 1, 0),
                 HashSet::from([a, b]),
+                None,
                 Duration::from_secs(1),
             )
             .await;
@@ -668,6 +786,7 @@ mod tests {
             .acquire(
                 priority(0, 1, 0),
                 HashSet::new(),
+                None,
                 Duration::from_millis(600),
             )
             .await
@@ -675,6 +794,86 @@ mod tests {
             .expect("no workers");
         assert!(error.to_string().contains("no worker registered within"));
         assert_eq!(fleet.queue_depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn chunks_go_only_to_workers_that_have_the_jobs_encoder() {
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        let with = |name: &str, slots, encoders: &[&str]| RegisterWorkerRequest {
+            encoders: encoders.iter().map(|e| e.to_string()).collect(),
+            ..registration(name, slots)
+        };
+        let x264_only = fleet
+            .register(with("a", 2, &["libx264"]))
+            .expect("registers");
+        let both = fleet
+            .register(with("b", 1, &["libx264", "libx265"]))
+            .expect("registers");
+        let hevc = Some(EncoderRequest::Codec(VideoCodec::Hevc));
+        assert_eq!(fleet.offer("m", hevc).encoder, Some(VideoEncoder::Libx265));
+        let h264 = Some(EncoderRequest::Codec(VideoCodec::H264));
+        assert_eq!(fleet.offer("m", h264).encoder, Some(VideoEncoder::Libx264));
+        let x265 = Some(VideoEncoder::Libx265);
+        let wait = Duration::from_secs(5);
+        let first = fleet
+            .acquire(priority(0, 1, 0), HashSet::new(), x265, wait)
+            .await
+            .expect("slot");
+        assert_eq!(first.worker.id, both);
+        // The next x265 chunk waits for b, though a has two free slots.
+        let second = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                fleet
+                    .acquire(priority(0, 1, 1), HashSet::new(), x265, wait)
+                    .await
+            })
+        };
+        while fleet.queue_depth() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let any = fleet
+            .acquire(priority(1, 1, 0), HashSet::new(), None, wait)
+            .await
+            .expect("slot");
+        assert_eq!(any.worker.id, x264_only, "a job of another encoder takes a");
+        assert_eq!(fleet.queue_depth(), 1, "the x265 chunk still waits");
+        drop(first);
+        let second = second.await.expect("joins").expect("slot");
+        assert_eq!(second.worker.id, both);
+        let error = fleet
+            .acquire(
+                priority(0, 1, 2),
+                HashSet::new(),
+                Some(VideoEncoder::H264Nvenc),
+                Duration::from_millis(600),
+            )
+            .await
+            .err()
+            .expect("nobody has NVENC");
+        assert!(
+            error.to_string().contains("no worker with h264_nvenc"),
+            "{error}"
+        );
+        let refused = fleet.register(with("c", 1, &["av1_nvenc"]));
+        assert!(
+            refused.is_err(),
+            "an unknown encoder is refused at registration"
+        );
+    }
+
+    #[test]
+    fn slots_sharing_a_gpu_count_a_share_of_it_in_the_offer() {
+        let shared = RegisterWorkerRequest {
+            gpus: 1,
+            ..registration("a", 4)
+        };
+        assert_eq!(gpus_per_slot(&shared), 0.25);
+        assert_eq!(
+            gpus_per_slot(&registration("b", 4)),
+            1.0,
+            "older workers: gpus_per_slot"
+        );
     }
 
     #[tokio::test]
@@ -690,7 +889,7 @@ mod tests {
     #[tokio::test]
     async fn the_offer_counts_free_and_warm_slots_machines_and_the_gpu_type() {
         let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
-        assert_eq!(fleet.offer("m").slots, 0);
+        assert_eq!(fleet.offer("m", None).slots, 0);
         fleet.register(registration("a", 2)).expect("registers");
         let mut other_host = registration("b", 1);
         other_host.address = "http://10.0.0.7:50051".into();
@@ -698,15 +897,20 @@ mod tests {
         fleet.register(other_host).expect("registers");
         fleet.chunk_accepted("a", "m");
         let held = fleet
-            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
+            .acquire(
+                priority(0, 1, 0),
+                HashSet::new(),
+                None,
+                Duration::from_secs(1),
+            )
             .await
             .expect("slot");
-        let offer = fleet.offer("m");
+        let offer = fleet.offer("m", None);
         assert_eq!((offer.slots, offer.hosts), (2, 2));
         assert_eq!(offer.gpu_type, "cpu");
         let expected_warm = if held.worker.name == "a" { 1 } else { 2 };
         assert_eq!(offer.warm_slots, expected_warm);
-        assert_eq!(fleet.offer("other").warm_slots, 0);
+        assert_eq!(fleet.offer("other", None).warm_slots, 0);
         assert_eq!(host_of("http://127.0.0.1:1"), "127.0.0.1");
         assert_eq!(host_of("worker-3.fleet:50051"), "worker-3.fleet");
     }
@@ -723,7 +927,12 @@ mod tests {
             })
             .expect("registers");
         let grant = fleet
-            .acquire(priority(0, 1, 0), HashSet::new(), Duration::from_secs(1))
+            .acquire(
+                priority(0, 1, 0),
+                HashSet::new(),
+                None,
+                Duration::from_secs(1),
+            )
             .await
             .expect("slot");
         let idle = fleet.register(registration("b", 2)).expect("registers");

@@ -10,7 +10,7 @@
 //!   cancels them, resumes them after a restart.
 //! - [`runner`]: runs one job: [`probe`], [`planning`] (the [`planner`] fed the
 //!   [`cost_model`] of the job's kind, fitted from the [`cost_history`]; an infer job's
-//!   chosen frames from [`selection`]), [`dispatch`] of
+//!   chosen frames from [`selection`]), the run's encoder ([`encoder_choice`]), [`dispatch`] of
 //!   every chunk to the [`fleet`] (retries, backup races against [`straggler`]s),
 //!   [`acceptance`] of each chunk, [`stitch`], cleanup, the cost [`report`], and the run's
 //!   [`cost_samples`] added to the history.
@@ -29,6 +29,7 @@ pub mod cost_history;
 pub mod cost_model;
 pub mod cost_samples;
 pub mod dispatch;
+pub mod encoder_choice;
 pub mod fleet;
 pub mod job;
 pub mod job_io;

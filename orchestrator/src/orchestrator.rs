@@ -286,7 +286,7 @@ impl Orchestrator {
         let plan = planning::plan_job(
             &self.config,
             &self.runner.history,
-            self.fleet.offer(request.model()),
+            self.fleet.offer(request.model(), request.encoder),
             target,
             &request,
             &info.video,

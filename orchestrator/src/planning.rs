@@ -67,6 +67,7 @@ pub async fn plan_job(
     video: &VideoInfo,
     probe_seconds: f64,
 ) -> Result<JobPlan, PlanError> {
+    let encoder = offer.encoder;
     let (mut capacity, gpu_type) = capacity(config, offer, target);
     if capacity.starting_slots > 0 {
         capacity.cold_start_seconds = match history.cold_starts(&gpu_type).await {
@@ -78,7 +79,7 @@ pub async fn plan_job(
         };
     }
     let spec = &job.spec;
-    let kind = cost_samples::kind(spec, &gpu_type);
+    let kind = cost_samples::kind(spec, encoder, &gpu_type);
     let model = match history.history(&kind).await {
         Ok(samples) => CostModel::fit(samples),
         Err(error) => {
@@ -131,7 +132,7 @@ pub fn capacity(config: &Config, offer: FleetOffer, target: &Target) -> (Capacit
     let gpus_per_slot = if offer.slots > 0 && target.local_workers == 0 {
         offer.gpus_per_slot
     } else {
-        f64::from(config.worker.gpus_per_slot.max(1))
+        f64::from(config.worker.gpus_held().max(1)) / f64::from(config.worker.slots.max(1))
     };
     let capacity = Capacity {
         slots: slots.max(1),
@@ -160,6 +161,7 @@ mod tests {
             } else {
                 String::new()
             },
+            encoder: None,
         }
     }
 

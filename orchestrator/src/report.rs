@@ -225,5 +225,7 @@ fn chunk_cost(finished: &FinishedChunk, input: u32) -> ChunkCost {
         started_seconds: timeline.started_seconds,
         accepted_seconds: timeline.accepted_seconds,
         model_load_seconds: result.model_load_seconds,
+        encoder: result.encoder.clone(),
+        decoder: result.decoder.clone(),
     }
 }

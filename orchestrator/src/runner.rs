@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::config::Config;
 use framefleet_common::media::MediaInfo;
 use framefleet_common::proto::{
@@ -35,7 +36,8 @@ use crate::accepted::{AcceptedChunk, FinishedChunk};
 use crate::cost_history::CostHistory;
 use crate::cost_samples::JobCosts;
 use crate::dispatch::{self, ChunkWork, DispatchContext, DispatchError};
-use crate::fleet::Fleet;
+use crate::encoder_choice;
+use crate::fleet::{Fleet, FleetOffer};
 use crate::job::JobRecord;
 use crate::job_io::JobIo;
 use crate::job_store::{JobStore, JobStoreError};
@@ -142,6 +144,8 @@ struct Planned {
     chosen: Vec<ChosenFrame>,
     /// A web input's size and validator as the probe read them.
     input_version: Option<(u64, String)>,
+    /// The encoder of the job's run (`None` for infer).
+    encoder: Option<VideoEncoder>,
 }
 
 impl JobRunner {
@@ -235,7 +239,11 @@ impl JobRunner {
         trusted: Vec<AcceptedChunk>,
     ) -> Result<(), JobError> {
         let run = self.store.begin_run(&job.id).await?;
-        let plans = self.plan_inputs(job, inputs).await?;
+        let encoder = encoder_choice::for_run(&job.request, &trusted, &self.fleet);
+        if let Some(encoder) = encoder {
+            tracing::info!(job = %job.id, %encoder, "the job's chunks are encoded with this encoder");
+        }
+        let plans = self.plan_inputs(job, inputs, encoder).await?;
         job.set_plan(&job_plan(&plans));
         job.set_state(JobState::Running);
         self.store.save_snapshot(&job.id, job.snapshot()).await?;
@@ -260,11 +268,12 @@ impl JobRunner {
         &self,
         job: &JobRecord,
         inputs: &[InputRun],
+        encoder: Option<VideoEncoder>,
     ) -> Result<Vec<Option<Planned>>, JobError> {
         job.set_state(JobState::Probing);
         let probes: Vec<_> = inputs
             .iter()
-            .map(|input| self.probe_and_plan(job, input))
+            .map(|input| self.probe_and_plan(job, input, encoder))
             .collect();
         let outcomes: Vec<Result<Planned, JobError>> = futures::stream::iter(probes)
             .buffered(PROBES_AT_ONCE)
@@ -305,8 +314,13 @@ impl JobRunner {
     }
 
     /// Probes one input, decides what of it the output carries, and plans its chunks
-    /// (numbered from 0).
-    async fn probe_and_plan(&self, job: &JobRecord, input: &InputRun) -> Result<Planned, JobError> {
+    /// (numbered from 0) to be encoded with `encoder`.
+    async fn probe_and_plan(
+        &self,
+        job: &JobRecord,
+        input: &InputRun,
+        encoder: Option<VideoEncoder>,
+    ) -> Result<Planned, JobError> {
         let request = &job.request;
         let io = &input.io;
         let probe_started = Instant::now();
@@ -334,10 +348,14 @@ impl JobRunner {
             input.log().notes = carry_into_output(job, &input.pair.output, &mut info)?;
         }
         let probe_seconds = probe_started.elapsed().as_secs_f64();
+        let offer = FleetOffer {
+            encoder,
+            ..self.fleet.offer(request.model(), request.encoder)
+        };
         let planned = planning::plan_job(
             &self.config,
             &self.history,
-            self.fleet.offer(request.model()),
+            offer,
             &Target::default(),
             request,
             &info.video,
@@ -359,6 +377,7 @@ impl JobRunner {
             plan,
             chosen,
             input_version: io.input.web_version(&input.pair.input),
+            encoder,
         })
     }
 
@@ -564,6 +583,9 @@ fn chunk_work(
     let request = &job.request;
     let scratch = request.scratch(&job.id)?;
     let mut template = chunk_request(job, &input.pair.input, &planned.info);
+    if let (Some(settings), Some(encoder)) = (&mut template.encoder, planned.encoder) {
+        settings.encoder = encoder.name().into();
+    }
     if let Some((size, validator)) = &planned.input_version {
         template.input_size = *size;
         template.input_validator = validator.clone();
@@ -583,6 +605,7 @@ fn chunk_work(
                 pts_offset: template.pts_offset,
                 task: request.task,
                 has_packet_log: !template.passthrough_streams.is_empty(),
+                encoder: planned.encoder,
             },
             request: ProcessChunkRequest {
                 chosen: chosen_in(&planned.chosen, range),

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use framefleet_common::codec::{EncoderRequest, UnknownEncoder};
 use framefleet_common::config::Config;
 use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
@@ -70,6 +71,8 @@ pub struct ValidJob {
     pub task: JobTask,
     /// The frames it runs on (infer jobs may choose; video jobs take every frame).
     pub frames: FrameChoice,
+    /// What a video job asks to be encoded with (`None` for infer: nothing is encoded).
+    pub encoder: Option<EncoderRequest>,
     /// Under which prefix the job's temporary objects go (see [`ValidJob::scratch`]).
     scratch_root: ObjectUri,
 }
@@ -98,11 +101,16 @@ impl ValidJob {
             JobTask::Process
         };
         let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
+        let encoder = match task {
+            JobTask::Infer => None,
+            JobTask::Process => Some(encoder_request(spec.encoder.as_ref())?),
+        };
         Ok(Self {
             spec,
             inputs,
             task,
             frames,
+            encoder,
             scratch_root,
         })
     }
@@ -188,9 +196,13 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
     if encoder.preset.is_empty() {
         encoder.preset = "medium".into();
     }
+    encoder.encoder = match encoder_request(Some(encoder))? {
+        EncoderRequest::Codec(codec) => codec.name().into(),
+        EncoderRequest::Encoder(exact) => exact.name().into(),
+    };
     if !PRESETS.contains(&encoder.preset.as_str()) {
         return Err(InvalidSpec(format!(
-            "unknown x264 preset `{}`; use one of: {}",
+            "unknown preset `{}` (x264's names, mapped onto the job's encoder); use one of: {}",
             encoder.preset,
             PRESETS.join(", ")
         )));
@@ -203,6 +215,14 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
     }
     check_planning(&spec, config)?;
     Ok(spec)
+}
+
+/// What a spec's encoder settings ask to be encoded with (none given: H.264).
+fn encoder_request(settings: Option<&EncoderSettings>) -> Result<EncoderRequest, InvalidSpec> {
+    settings
+        .map_or("", |s| s.encoder.as_str())
+        .parse()
+        .map_err(|e: UnknownEncoder| InvalidSpec(e.to_string()))
 }
 
 /// Every input and output a spec names: how many, each pair on its own, and no output
@@ -366,6 +386,7 @@ pub fn idempotency_key(key: &str) -> Result<(), InvalidSpec> {
 mod tests {
     use super::*;
 
+    use framefleet_common::codec::{VideoCodec, VideoEncoder};
     use framefleet_common::proto::JobInput;
 
     fn spec(output: &str) -> JobSpec {
@@ -392,6 +413,38 @@ mod tests {
             ..Default::default()
         });
         assert!(normalize(bad_preset, &config).is_err());
+        let mut nvenc = spec("s3://bucket/out.mp4");
+        nvenc.encoder = Some(EncoderSettings {
+            encoder: "hevc_nvenc".into(),
+            ..Default::default()
+        });
+        let job = check(nvenc.clone(), &config).expect("an encoder by name");
+        assert_eq!(
+            job.encoder,
+            Some(EncoderRequest::Encoder(VideoEncoder::HevcNvenc))
+        );
+        nvenc.encoder = Some(EncoderSettings {
+            encoder: "h265".into(),
+            ..Default::default()
+        });
+        let normal = normalize(nvenc.clone(), &config).expect("a codec");
+        assert_eq!(
+            normal.encoder.map(|e| e.encoder),
+            Some("hevc".into()),
+            "one spelling"
+        );
+        nvenc.encoder = Some(EncoderSettings {
+            encoder: "vp9".into(),
+            ..Default::default()
+        });
+        let error = normalize(nvenc, &config).expect_err("unknown encoder");
+        assert!(error.to_string().contains("libx265"), "{error}");
+        assert_eq!(
+            check(spec("s3://bucket/out.mp4"), &config)
+                .map(|j| j.encoder)
+                .ok(),
+            Some(Some(EncoderRequest::Codec(VideoCodec::H264)))
+        );
         let mut escape = spec("file:///tmp/../etc/out.mp4");
         escape.input_uri = "file:///tmp/in.mp4".into();
         assert!(normalize(escape, &config).is_err());
@@ -548,7 +601,7 @@ mod tests {
                     input_uri: input,
                     output_uri: output,
                     processor: Some(ProcessorSpec { model, scale, ..ProcessorSpec::default() }),
-                    encoder: Some(EncoderSettings { crf, preset, lossless: false }),
+                    encoder: Some(EncoderSettings { crf, preset, ..EncoderSettings::default() }),
                     chunks,
                     task,
                     ..JobSpec::default()

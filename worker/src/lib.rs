@@ -5,11 +5,14 @@
 //! gRPC service ([`service`], [`server`]), and runs each chunk it accepts through the
 //! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk,
 //! [`processor`] (lanczos, and neural [`models`] on libtorch with the `torch` feature),
-//! x264 encode and a streaming upload, with measured [`progress`] streamed back as it
-//! goes; each result names the [`host`] it ran on. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
+//! encode with the job's encoder (the [`codecs`] found at start: x264, x265, NVENC where
+//! the GPU has it) and a streaming upload, with measured [`progress`] streamed back as it
+//! goes; each result names the [`host`] it ran on and the GPU-seconds [`gpu_share`] charged. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
 //! Prometheus endpoint.
 
 pub mod args;
+pub mod codecs;
+pub mod gpu_share;
 pub mod host;
 pub mod metrics;
 pub mod models;

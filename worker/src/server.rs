@@ -19,6 +19,7 @@ use framefleet_common::reflection;
 use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::{self, MetricsSource};
 
+use crate::codecs::{Codecs, MissingEncoder};
 use crate::processor::{self, ProcessError};
 use crate::registration::{keep_registered, Registration};
 use crate::service::{device_label, processor_settings, WorkerService, WorkerState};
@@ -53,6 +54,12 @@ pub enum ServeError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// Finding the video codecs crashed.
+    #[error("finding this machine's video encoders crashed: {0}")]
+    CodecProbe(String),
+    /// An encoder in `worker.encoders` cannot be opened here.
+    #[error(transparent)]
+    Codecs(#[from] MissingEncoder),
     /// A model in `worker.preload_models` could not be loaded.
     #[error(
         "cannot preload model `{model}`: {source}; install it (framefleet models import) or \
@@ -98,8 +105,10 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
     health_reporter
         .set_serving::<WorkerServer<WorkerService>>()
         .await;
+    let codecs = detect_codecs(worker).await?;
     let state = WorkerState::new(
         worker.clone(),
+        codecs.clone(),
         Storage::new(&config.storage),
         shutdown.clone(),
     );
@@ -136,6 +145,9 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
                 gpus_per_slot: worker.gpus_per_slot,
                 device: device_label(&worker.device).into(),
                 models: worker.preload_models.clone(),
+                gpus: worker.gpus_held(),
+                encoders: codecs.encoder_names(),
+                decoders: codecs.decoder_names(),
                 ..RegisterWorkerRequest::default()
             },
             process_start,
@@ -210,4 +222,14 @@ impl MetricsSource for Exposition {
             None => Ok(String::new()),
         }
     }
+}
+
+/// Finds the video codecs this worker has (`worker.encoders` restricts them), on a
+/// blocking thread: opening NVENC loads the driver.
+async fn detect_codecs(worker: &WorkerConfig) -> Result<Codecs, ServeError> {
+    let wanted = worker.encoders.clone();
+    tokio::task::spawn_blocking(move || Codecs::detect(&wanted))
+        .await
+        .map_err(|e| ServeError::CodecProbe(e.to_string()))?
+        .map_err(ServeError::from)
 }

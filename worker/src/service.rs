@@ -18,16 +18,19 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::config::WorkerConfig;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::worker_server::Worker;
 use framefleet_common::proto::{
-    chunk_event, ChosenFrame, ChunkEvent, ChunkRange, ChunkResult, DrainRequest, FrameTimestamps,
-    PhaseTiming, ProcessChunkRequest, Task, WorkerStatus, WorkerStatusRequest,
+    chunk_event, ChosenFrame, ChunkEvent, ChunkRange, ChunkResult, DrainRequest, EncoderSettings,
+    FrameTimestamps, PhaseTiming, ProcessChunkRequest, Task, WorkerStatus, WorkerStatusRequest,
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
 
+use crate::codecs::Codecs;
+use crate::gpu_share::GpuLedger;
 use crate::metrics::{ChunkOutcome, WorkerMetrics};
 use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, Passthrough, PhaseClock};
 use crate::processor::ProcessorSettings;
@@ -48,6 +51,8 @@ pub struct WorkerState {
     config: WorkerConfig,
     storage: Storage,
     slots: Arc<Semaphore>,
+    gpus: Arc<GpuLedger>,
+    codecs: Codecs,
     chunks_done: AtomicU64,
     current: Mutex<BTreeSet<String>>,
     shutdown: CancellationToken,
@@ -57,13 +62,22 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    /// State for a worker with `config`'s slots that stops taking chunks on `shutdown`.
-    pub fn new(config: WorkerConfig, storage: Storage, shutdown: CancellationToken) -> Arc<Self> {
+    /// State for a worker with `config`'s slots and GPUs and the video `codecs` it found,
+    /// that stops taking chunks on `shutdown`.
+    pub fn new(
+        config: WorkerConfig,
+        codecs: Codecs,
+        storage: Storage,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.slots as usize));
+        let gpus = GpuLedger::new(config.gpus_held(), config.slots);
         Arc::new(Self {
             config,
             storage,
             slots,
+            gpus,
+            codecs,
             chunks_done: AtomicU64::new(0),
             current: Mutex::default(),
             shutdown,
@@ -120,6 +134,9 @@ impl WorkerState {
             chunks_done: self.chunks_done.load(Ordering::Relaxed),
             current_chunks: self.current().iter().cloned().collect(),
             draining: self.shutdown.is_cancelled(),
+            encoders: self.codecs.encoder_names(),
+            decoders: self.codecs.decoder_names(),
+            gpus: self.config.gpus_held(),
         }
     }
 
@@ -156,7 +173,7 @@ impl Worker for WorkerService {
             ));
         }
         let (metadata, _, request) = request.into_parts();
-        let spec = chunk_spec(&request, &self.state.config)?;
+        let spec = chunk_spec(&request, &self.state.config, &self.state.codecs)?;
         // The orchestrator hands out a slot as soon as it gives a chunk up; the pipeline it
         // cancelled may need a moment to stop, so wait for it briefly rather than refuse.
         let permit = tokio::time::timeout(SLOT_WAIT, self.state.slots.clone().acquire_owned())
@@ -226,8 +243,12 @@ pub fn processor_settings(config: &WorkerConfig) -> ProcessorSettings {
     }
 }
 
-/// Turns a request into a validated [`ChunkSpec`].
-fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<ChunkSpec, Status> {
+/// Turns a request into a validated [`ChunkSpec`] this worker, with its `codecs`, can run.
+fn chunk_spec(
+    request: &ProcessChunkRequest,
+    config: &WorkerConfig,
+    codecs: &Codecs,
+) -> Result<ChunkSpec, Status> {
     let parse = |uri: &str| {
         uri.parse::<ObjectUri>()
             .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -259,13 +280,16 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         )));
     }
     let chosen = chosen_frames(request, &range)?;
+    let encoder = request.encoder.clone().unwrap_or_default();
+    let video_encoder = video_encoder(&encoder, request.task(), codecs)?;
     Ok(ChunkSpec {
         input: parse(&request.input_uri)?,
         output: parse(&request.output_uri)?,
         range,
         stream_index: request.video_stream_index as usize,
         processor: request.processor.clone().unwrap_or_default(),
-        encoder: request.encoder.clone().unwrap_or_default(),
+        encoder,
+        video_encoder,
         batch_frames: config.batch_frames as usize,
         task: request.task(),
         top_k: request.top_k,
@@ -293,6 +317,30 @@ fn chunk_spec(request: &ProcessChunkRequest, config: &WorkerConfig) -> Result<Ch
         input_version: (request.input_size > 0)
             .then(|| (request.input_size, request.input_validator.clone())),
     })
+}
+
+/// The encoder a chunk names, one this worker has (an infer chunk encodes nothing). An
+/// encoder it lacks is the orchestrator's mistake about this worker, not the chunk's: the
+/// chunk is refused as unavailable, so it is retried on another worker.
+fn video_encoder(
+    settings: &EncoderSettings,
+    task: Task,
+    codecs: &Codecs,
+) -> Result<VideoEncoder, Status> {
+    let encoder = VideoEncoder::from_reported(&settings.encoder).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown encoder `{}`; a chunk names one FFmpeg encoder (libx264, libx265, \
+             h264_nvenc, hevc_nvenc)",
+            settings.encoder
+        ))
+    })?;
+    if task != Task::Infer && !codecs.has(encoder) {
+        return Err(Status::unavailable(format!(
+            "this worker has no {encoder} (it has {}); send the chunk to a worker that has it",
+            codecs.encoder_names().join(", ")
+        )));
+    }
+    Ok(encoder)
 }
 
 /// The chosen frames of an infer chunk, checked: ascending in index and timestamp, within
@@ -339,6 +387,7 @@ async fn run_and_report(
     events: mpsc::Sender<Result<ChunkEvent, Status>>,
 ) {
     let accepted = Instant::now();
+    let gpu_hold = state.gpus.start();
     state.current().insert(label.clone());
     let progress = Arc::new(ChunkProgressCounters::new(spec.frames()));
     let clock = Arc::new(PhaseClock::default());
@@ -386,7 +435,7 @@ async fn run_and_report(
         }
     };
     let wall_seconds = accepted.elapsed().as_secs_f64();
-    let gpu_seconds = wall_seconds * f64::from(state.config.gpus_per_slot);
+    let gpu_seconds = gpu_hold.finish();
     drop(permit);
     state.current().remove(&label);
     let ended = match &outcome {
@@ -413,7 +462,7 @@ async fn run_and_report(
                     &state.config,
                     &output,
                     &storage,
-                    wall_seconds,
+                    (wall_seconds, gpu_seconds),
                 ))),
             })
         }
@@ -433,7 +482,7 @@ fn chunk_result(
     config: &WorkerConfig,
     output: &ChunkOutput,
     storage: &Storage,
-    wall_seconds: f64,
+    (wall_seconds, gpu_seconds): (f64, f64),
 ) -> ChunkResult {
     ChunkResult {
         frames: output.frames,
@@ -450,7 +499,7 @@ fn chunk_result(
         requests: storage.counters().requests(),
         retried_requests: storage.counters().retried_requests(),
         bytes_wasted: storage.counters().bytes_wasted(),
-        gpu_seconds: wall_seconds * f64::from(config.gpus_per_slot),
+        gpu_seconds,
         wall_seconds,
         gpu_type: config.gpu_type.clone(),
         worker_name: config.name.clone(),
@@ -460,6 +509,11 @@ fn chunk_result(
         passthrough_packets: output.passthrough_packets,
         model_load_seconds: output.model_load_seconds,
         host: crate::host::name().to_string(),
+        encoder: output
+            .encoder
+            .map(|e| e.name().to_string())
+            .unwrap_or_default(),
+        decoder: output.decoder.to_string(),
     }
 }
 
@@ -511,10 +565,11 @@ mod tests {
     #[test]
     fn requests_are_validated_with_actionable_messages() {
         let config = WorkerConfig::default();
-        assert!(chunk_spec(&request(), &config).is_ok());
+        let codecs = Codecs::with_encoders(vec![VideoEncoder::Libx264]);
+        assert!(chunk_spec(&request(), &config, &codecs).is_ok());
         let mut bad = request();
         bad.input_uri = "ftp://x/y".into();
-        let status = chunk_spec(&bad, &config).expect_err("bad scheme");
+        let status = chunk_spec(&bad, &config, &codecs).expect_err("bad scheme");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("ftp://x/y"));
         let mut empty = request();
@@ -522,17 +577,51 @@ mod tests {
             end_frame: 0,
             ..empty.range.unwrap_or_default()
         });
-        assert!(chunk_spec(&empty, &config).is_err());
+        assert!(chunk_spec(&empty, &config, &codecs).is_err());
         let mut backwards = request();
         backwards.pts_offset = -1;
-        assert!(chunk_spec(&backwards, &config).is_err());
+        assert!(chunk_spec(&backwards, &config, &codecs).is_err());
         let mut no_time_base = request();
         no_time_base.time_base = None;
-        assert!(chunk_spec(&no_time_base, &config).is_err());
+        assert!(chunk_spec(&no_time_base, &config, &codecs).is_err());
         let mut newer = request();
         newer.frame_timestamps = 99;
-        let status = chunk_spec(&newer, &config).expect_err("unknown timestamp source");
+        let status = chunk_spec(&newer, &config, &codecs).expect_err("unknown timestamp source");
         assert!(status.message().contains("update this worker"), "{status}");
+    }
+
+    #[test]
+    fn a_chunk_for_an_encoder_this_worker_lacks_goes_elsewhere() {
+        let (config, codecs) = (
+            WorkerConfig::default(),
+            Codecs::with_encoders(vec![VideoEncoder::Libx264]),
+        );
+        let mut nvenc = request();
+        nvenc.encoder = Some(EncoderSettings {
+            encoder: "h264_nvenc".into(),
+            ..EncoderSettings::default()
+        });
+        let status = chunk_spec(&nvenc, &config, &codecs).expect_err("no NVENC here");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "retried elsewhere");
+        assert!(status.message().contains("has libx264"), "{status}");
+        nvenc.task = Task::Infer.into();
+        assert!(
+            chunk_spec(&nvenc, &config, &codecs).is_ok(),
+            "infer encodes nothing"
+        );
+        let mut unknown = request();
+        unknown.encoder = Some(EncoderSettings {
+            encoder: "h264".into(),
+            ..EncoderSettings::default()
+        });
+        let status = chunk_spec(&unknown, &config, &codecs).expect_err("a codec, not an encoder");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let spec = chunk_spec(&request(), &config, &codecs).expect("valid");
+        assert_eq!(
+            spec.video_encoder,
+            VideoEncoder::Libx264,
+            "empty: an older orchestrator's x264"
+        );
     }
 
     #[test]

@@ -177,7 +177,7 @@ async fn attempt_once(
     let wait = Duration::from_secs_f64(context.config.worker_wait_seconds);
     let grant = context
         .fleet
-        .acquire(priority, avoid, wait)
+        .acquire(priority, avoid, work.expected.encoder, wait)
         .await
         .map_err(AttemptError::NoSlot)?;
     clock.start(&grant.worker.id, grant.worker.gpus_per_slot);
@@ -222,7 +222,7 @@ async fn attempt_once(
             grant.worker.name
         ))),
     };
-    let held_gpu_seconds = started.elapsed().as_secs_f64() * f64::from(grant.worker.gpus_per_slot);
+    let held_gpu_seconds = started.elapsed().as_secs_f64() * grant.worker.gpus_per_slot;
     let worker_id = grant.worker.id.clone();
     drop(grant);
     if streamed.is_err() {
@@ -238,6 +238,9 @@ async fn attempt_once(
         Err(StreamError::Permanent(message)) => return Err(AttemptError::Permanent(message)),
         Err(StreamError::Retry(message)) => return Err(retry(message)),
     };
+    work.expected
+        .check_encoder(&result.encoder)
+        .map_err(retry)?;
     let output_bytes = context
         .checks
         .check_patiently(&work.expected, &output, packet_log.as_ref())

@@ -20,12 +20,12 @@ pub const STRAGGLER_CHECK: Duration = Duration::from_millis(500);
 /// GPUs, so an attempt cancelled as the loser of a race can be charged as waste.
 #[derive(Default)]
 pub struct AttemptClock {
-    held: Mutex<Option<(Instant, String, u32)>>,
+    held: Mutex<Option<(Instant, String, f64)>>,
 }
 
 impl AttemptClock {
     /// The attempt got a slot of `gpus` GPUs on `worker`.
-    pub fn start(&self, worker: &str, gpus: u32) {
+    pub fn start(&self, worker: &str, gpus: f64) {
         *self.lock() = Some((Instant::now(), worker.to_string(), gpus));
     }
 
@@ -35,11 +35,11 @@ impl AttemptClock {
 
     fn held_gpu_seconds(&self) -> f64 {
         self.lock().as_ref().map_or(0.0, |(since, _, gpus)| {
-            since.elapsed().as_secs_f64() * f64::from(*gpus)
+            since.elapsed().as_secs_f64() * *gpus
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String, u32)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String, f64)>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -132,7 +132,7 @@ mod tests {
             .find(|(name, _)| !avoid.contains(*name))
             .copied()
             .expect("a free worker");
-        clock.start(worker, 1);
+        clock.start(worker, 1.0);
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         Ok(worker.to_string())
     }
@@ -179,7 +179,7 @@ mod tests {
             1,
             HashSet::new(),
             |attempt, _, clock| async move {
-                clock.start(&format!("w{attempt}"), 1);
+                clock.start(&format!("w{attempt}"), 1.0);
                 if attempt == 1 {
                     tokio::time::sleep(Duration::from_secs(40)).await;
                     return Ok(attempt);

@@ -29,6 +29,7 @@ pub fn lossless_spec(input: &ObjectUri, output: &ObjectUri, scale: f64, chunks: 
             crf: 0,
             preset: "ultrafast".into(),
             lossless: true,
+            ..EncoderSettings::default()
         }),
         chunks,
         ..JobSpec::default()

@@ -1,13 +1,14 @@
-//! The encode stage: libx264 with the job's settings, muxed into an MP4 chunk file.
+//! The encode stage: the job's encoder (libx264 unless the job chose another, see
+//! [`crate::codecs`]) with the job's settings, muxed into an MP4 chunk file.
 //!
-//! Every chunk of a job uses the same encoder settings and the input's own time base, so
+//! Every chunk of a job uses the same encoder and settings and the input's own time base, so
 //! each output frame keeps its input timestamp exactly (moved by the job's `pts_offset`
 //! when the input starts before zero) and the chunks can be joined without re-encoding. The chunk is a plain (seekable) MP4: it stores exact decode and
 //! presentation timestamps and per-frame durations, and handles the negative decode
 //! timestamps of B-frames at a chunk starting at 0 with an edit list. (NUT loses
 //! durations and early decode timestamps; Matroska rounds to milliseconds; fragmented MP4
 //! rebases timestamps to the fragment.)
-//! x264 on FFmpeg 5.1 leaves packet durations at 0: each packet gets its frame's duration
+//! Encoders on FFmpeg 5.1 leave packet durations at 0: each packet gets its frame's duration
 //! (the gap to the next frame, or to the range end for the last one) before rescaling.
 
 use std::collections::HashMap;
@@ -21,12 +22,7 @@ use framefleet_common::media::mp4_movie_timescale;
 use framefleet_common::proto::Phase;
 
 use super::{ChunkError, ChunkSpec, StageContext};
-
-/// Default constant rate factor when a job gives none.
-pub const DEFAULT_CRF: u32 = 18;
-
-/// Default x264 preset when a job gives none.
-pub const DEFAULT_PRESET: &str = "medium";
+use crate::codecs::encoder_options;
 
 /// What the stage produced (an infer chunk has no frame size).
 pub(super) struct Encoded {
@@ -102,10 +98,11 @@ struct EncodeSession {
 impl EncodeSession {
     /// Opens the encoder for frames like `first` (size, aspect ratio and colour tags).
     fn open(spec: &ChunkSpec, first: &VideoFrame, path: &Path) -> Result<Self, ChunkError> {
-        let codec = ffmpeg::encoder::find_by_name("libx264").ok_or_else(|| {
-            ChunkError::Encode(
-                "FFmpeg was built without libx264; install libavcodec with x264".into(),
-            )
+        let name = spec.video_encoder.name();
+        let codec = ffmpeg::encoder::find_by_name(name).ok_or_else(|| {
+            ChunkError::Encode(format!(
+                "this worker's FFmpeg was built without {name}; install an FFmpeg that has it"
+            ))
         })?;
         let mut output = ffmpeg::format::output_as(&path, "mp4")
             .map_err(encode_error("cannot create the chunk file"))?;
@@ -116,7 +113,7 @@ impl EncodeSession {
         let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
             .encoder()
             .video()
-            .map_err(encode_error("cannot create the x264 encoder"))?;
+            .map_err(|e| ChunkError::Encode(format!("cannot create the {name} encoder: {e}")))?;
         encoder.set_width(first.width());
         encoder.set_height(first.height());
         encoder.set_format(ffmpeg::format::Pixel::YUV420P);
@@ -132,27 +129,12 @@ impl EncodeSession {
         if global_header {
             encoder.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
         }
-        let settings = &spec.encoder;
-        let mut options = ffmpeg::Dictionary::new();
-        let preset = if settings.preset.is_empty() {
-            DEFAULT_PRESET
-        } else {
-            settings.preset.as_str()
-        };
-        options.set("preset", preset);
-        if settings.lossless {
-            options.set("qp", "0");
-        } else {
-            let crf = if settings.crf == 0 {
-                DEFAULT_CRF
-            } else {
-                settings.crf
-            };
-            options.set("crf", &crf.to_string());
-        }
-        let encoder = encoder.open_as_with(codec, options).map_err(encode_error(
-            "x264 refused the settings (check preset and crf)",
-        ))?;
+        let options = encoder_options(spec.video_encoder, &spec.encoder);
+        let encoder = encoder.open_as_with(codec, options).map_err(|e| {
+            ChunkError::Encode(format!(
+                "{name} refused the settings (check preset and crf): {e}"
+            ))
+        })?;
         {
             let mut stream = output
                 .add_stream(codec)
@@ -193,12 +175,12 @@ impl EncodeSession {
                 self.durations.insert(shifted, duration.max(1));
                 self.encoder
                     .send_frame(&frame)
-                    .map_err(encode_error("x264 rejected a frame"))?;
+                    .map_err(encode_error("the encoder rejected a frame"))?;
             }
             None => self
                 .encoder
                 .send_eof()
-                .map_err(encode_error("flushing x264 failed"))?,
+                .map_err(encode_error("flushing the encoder failed"))?,
         }
         let mut packet = ffmpeg::Packet::empty();
         while self.encoder.receive_packet(&mut packet).is_ok() {

@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::media::TimestampSource;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{
@@ -96,8 +97,10 @@ pub struct ChunkSpec {
     pub stream_index: usize,
     /// What to do to each frame.
     pub processor: ProcessorSpec,
-    /// How to encode.
+    /// How to encode: preset, crf, lossless.
     pub encoder: EncoderSettings,
+    /// The encoder the job chose, one this worker has.
+    pub video_encoder: VideoEncoder,
     /// Frames per processing batch.
     pub batch_frames: usize,
     /// Where models are and which device runs them.
@@ -177,6 +180,10 @@ pub struct ChunkOutput {
     pub passthrough_packets: u64,
     /// Seconds spent loading the model (0 when the worker had it loaded).
     pub model_load_seconds: f64,
+    /// The encoder that wrote the chunk (`None` for infer).
+    pub encoder: Option<VideoEncoder>,
+    /// What decoded the input.
+    pub decoder: &'static str,
 }
 
 /// Busy time per phase, added to by every stage, and the part of `init` that loaded a
@@ -301,6 +308,8 @@ pub async fn run_chunk(
         device: produced.device,
         passthrough_packets: produced.passthrough_packets,
         model_load_seconds: context.clock.model_load_seconds(),
+        encoder: (spec.task != Task::Infer).then_some(spec.video_encoder),
+        decoder: crate::codecs::SOFTWARE_DECODER,
     })
 }
 
