@@ -263,12 +263,7 @@ fn raw_video(path: &Path, filter: &str, pixel_format: &str) -> Vec<u8> {
 fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let module_path = dir.path().join("mirror.pt");
-    let example = Tensor::zeros([1, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
-    let mut mirror = |inputs: &[Tensor]| vec![inputs[0].flip([3])];
-    CModule::create_by_tracing("Mirror", "forward", &[example], &mut mirror)
-        .expect("traces")
-        .save(&module_path)
-        .expect("saves");
+    trace_mirror(&module_path);
 
     let input = dir.path().join("in.mp4");
     ffmpeg(&[
@@ -293,19 +288,99 @@ fn a_torchscript_module_runs_as_a_job_and_matches_the_model_applied_directly() {
         2,
     );
     assert_exact(&input, &output, (96, 64));
-    let ours = raw_video(&output, "null", "gray");
-    let expected = raw_video(&input, "hflip", "gray");
+    assert_mirrored(&input, &output);
+}
+
+/// Checks that `output`'s frames are `input`'s mirrored left to right (within what
+/// lossless 4:2:0 round trips allow).
+fn assert_mirrored(input: &Path, output: &Path) {
+    let ours = raw_video(output, "null", "gray");
+    let expected = raw_video(input, "hflip", "gray");
     assert_eq!(ours.len(), expected.len());
-    let differences: Vec<u32> = ours
+    let mean = ours
         .iter()
         .zip(&expected)
-        .map(|(a, b)| u32::from(a.abs_diff(*b)))
-        .collect();
-    let mean = differences.iter().sum::<u32>() as f64 / differences.len() as f64;
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / ours.len() as f64;
     assert!(
         mean < 1.5,
         "the job's frames are not the input mirrored (mean luma difference {mean})"
     );
+}
+
+/// Saves a TorchScript module that mirrors frames left to right.
+fn trace_mirror(path: &Path) {
+    let example = Tensor::zeros([1, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let mut mirror = |inputs: &[Tensor]| vec![inputs[0].flip([3])];
+    CModule::create_by_tracing("Mirror", "forward", &[example], &mut mirror)
+        .expect("traces")
+        .save(path)
+        .expect("saves");
+}
+
+/// The mirror module saved at `traced`, rewritten into `out` so that a batch of more than
+/// one frame raises `message` as libtorch raises its errors (a TorchScript archive holds
+/// its code as text, compiled again when loaded).
+fn mirror_failing_on_batches(traced: &Path, out: &Path, message: &str) {
+    let script = r#"
+import sys, zipfile
+source, target, message = sys.argv[1:4]
+raise_line = (
+    "    if torch.gt(torch.size(argument_1, 0), 1):\n"
+    f"      ops.prim.RaiseException({message!r}, \"builtins.RuntimeError\")\n"
+    "    else:\n      pass\n"
+)
+with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+    for entry in old.infolist():
+        data = old.read(entry.filename)
+        if entry.filename.endswith(".debug_pkl"):
+            continue
+        if entry.filename.endswith("code/__torch__.py"):
+            code = data.decode()
+            assert "    return torch.flip" in code, code
+            data = code.replace("    return torch.flip", raise_line + "    return torch.flip").encode()
+        new.writestr(entry.filename, data)
+"#;
+    let run = Command::new("python3")
+        .args(["-c", script])
+        .args([traced, out])
+        .arg(message)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        run.status.success(),
+        "rewriting the module failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// A batch that runs out of device memory (simulated: the module raises libtorch's CUDA
+/// out-of-memory error for any batch of more than one frame) is run again in smaller
+/// batches: the job succeeds with every frame processed. The same module raising any
+/// other error for those batches fails the job, which shows the worker did send it
+/// batches of several frames (`worker.batch_frames` is 4).
+#[test]
+fn a_batch_out_of_device_memory_is_shrunk_and_run_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = small_clip(dir.path(), 12);
+    let traced = dir.path().join("mirror.pt");
+    trace_mirror(&traced);
+    let oom = dir.path().join("oom.pt");
+    mirror_failing_on_batches(
+        &traced,
+        &oom,
+        "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.74 GiB total capacity)",
+    );
+    let output = dir.path().join("out.mp4");
+    run_local(dir.path(), &input, &output, oom.to_str().expect("utf-8"), 1);
+    assert_exact(&input, &output, (64, 48));
+    assert_mirrored(&input, &output);
+
+    let broken = dir.path().join("broken.pt");
+    mirror_failing_on_batches(&traced, &broken, "shape mismatch in layer 3");
+    let stderr = failing_local(&input, broken.to_str().expect("utf-8"), "cpu");
+    assert!(stderr.contains("shape mismatch in layer 3"), "{stderr}");
 }
 
 /// A TorchScript module that is missing or is not one fails the job at once (no retry on

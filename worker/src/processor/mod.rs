@@ -2,7 +2,7 @@
 //!
 //! - [`Lanczos`]: swscale on the CPU, the model-free default, always available.
 //! - `neural` (feature `torch`): Real-ESRGAN catalog models and TorchScript modules on
-//!   libtorch, CUDA when present.
+//!   libtorch, CUDA when present, in batches and tiles that fit the device ([`batching`]).
 //!
 //! A processor is built inside the processing thread and stays there (FFmpeg's scaler
 //! contexts are not thread-safe), so the trait has no `Send` bound. Every processor emits
@@ -11,6 +11,7 @@
 use ffmpeg::format::Pixel;
 use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::software::scaling;
+pub mod batching;
 #[cfg(feature = "torch")]
 pub mod neural;
 
@@ -28,6 +29,13 @@ pub enum ProcessError {
     /// The model failed to load or to run.
     #[error("the model failed: {0}")]
     Model(String),
+    /// The device had no memory left for one frame, even in the smallest tiles (a larger
+    /// batch that runs out is halved and run again instead, see [`batching`]).
+    #[error(
+        "the device ran out of memory: {0}; lower worker.tile_size, free the GPU of other \
+         work, or use a GPU with more memory"
+    )]
+    OutOfMemory(String),
     /// The job's parameters cannot work.
     #[error("invalid processor settings: {0}")]
     Invalid(String),

@@ -24,6 +24,7 @@ use tch::{Device, Kind, Tensor};
 use framefleet_common::config::cuda_index;
 use framefleet_common::media::copy_picture_properties;
 
+use super::batching::{run_shrinking, smaller_tile, Learned};
 use super::{FrameProcessor, ProcessError};
 use crate::models::colour::{rgb_to_yuv420, Matrix};
 use crate::models::network::Network;
@@ -139,13 +140,28 @@ fn model_error(error: ModelError) -> ProcessError {
     }
 }
 
+/// A libtorch error as a processing error: running out of device (or host) memory is
+/// told apart, so the batch can shrink and run again.
 fn torch_error(error: tch::TchError) -> ProcessError {
-    ProcessError::Model(models::torch_message(&error))
+    let message = models::torch_message(&error);
+    if message.contains("out of memory") || message.contains("can't allocate memory") {
+        ProcessError::OutOfMemory(message)
+    } else {
+        ProcessError::Model(message)
+    }
 }
+
+/// One batch of same-size frames through the network in tiles of the given side.
+type BatchRun<U> = fn(&mut Neural, &[VideoFrame], i64) -> Result<Vec<U>, ProcessError>;
+
+/// What fitted on the device, per model, device and frame size, for this worker's life.
+static FITTED: OnceLock<Learned> = OnceLock::new();
 
 /// A neural processor for one model on one device.
 pub struct Neural {
     network: Shared,
+    /// The model and device, naming what [`FITTED`] learns.
+    key: String,
     tile_size: i64,
     device: Device,
     /// The element type the network takes.
@@ -165,6 +181,7 @@ impl Neural {
             .input_kind();
         Ok(Self {
             network,
+            key: format!("{model}@{:?}", settings.device),
             tile_size: settings.tile_size,
             device: settings.device,
             kind,
@@ -221,19 +238,69 @@ impl Neural {
             .map_err(torch_error)
     }
 
-    fn forward(&self, input: &Tensor) -> Result<Tensor, ProcessError> {
+    fn forward(&self, input: &Tensor, tile: i64) -> Result<Tensor, ProcessError> {
         self.network
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .forward_tiled(input, self.tile_size, TILE_PAD)
+            .forward_tiled(input, tile, TILE_PAD)
             .map_err(torch_error)
+    }
+
+    /// Runs `run` over same-size `frames` in batches and tiles that fit the device: what
+    /// fitted before for this model and size, else all frames at once in the configured
+    /// tiles; a batch that runs out of memory is halved, a single frame that does, cut
+    /// into smaller tiles ([`batching`](super::batching)).
+    fn fitting<U>(
+        &mut self,
+        frames: &[VideoFrame],
+        run: BatchRun<U>,
+    ) -> Result<Vec<U>, ProcessError> {
+        let (width, height) = (i64::from(frames[0].width()), i64::from(frames[0].height()));
+        let key = format!("{} {width}x{height}", self.key);
+        let fitted = FITTED.get_or_init(Learned::default);
+        let (mut limit, mut tile) = fitted.get(&key).unwrap_or((usize::MAX, self.tile_size));
+        let before = (limit, tile);
+        // Only catalog networks (a fixed scale) can run in tiles.
+        let tileable = self
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .scale()
+            .is_some();
+        let out = run_shrinking(frames, &mut limit, |batch| loop {
+            match run(self, batch, tile) {
+                Err(ProcessError::OutOfMemory(why)) if batch.len() == 1 => {
+                    let Some(smaller) = smaller_tile(tile, width, height).filter(|_| tileable)
+                    else {
+                        return Err(ProcessError::OutOfMemory(format!(
+                            "{why} (one frame of {width}x{height}, in tiles of {tile})"
+                        )));
+                    };
+                    tracing::warn!(%why, tile = smaller, "one frame ran out of memory; cutting it into smaller tiles");
+                    tile = smaller;
+                }
+                done => return done,
+            }
+        })?;
+        if (limit, tile) != before {
+            fitted.record(&key, limit, tile);
+        }
+        Ok(out)
     }
 
     /// Runs the model on same-size frames and returns one vector per frame (the output's
     /// dimensions after the first, flattened).
     pub fn infer(&mut self, frames: &[VideoFrame]) -> Result<Vec<Vec<f32>>, ProcessError> {
+        self.fitting(frames, Self::infer_batch)
+    }
+
+    fn infer_batch(
+        &mut self,
+        frames: &[VideoFrame],
+        tile: i64,
+    ) -> Result<Vec<Vec<f32>>, ProcessError> {
         let input = self.input_batch(frames)?;
-        let output = self.forward(&input)?;
+        let output = self.forward(&input, tile)?;
         let rows = output
             .f_to_kind(Kind::Float)
             .and_then(|t| t.f_to_device(Device::Cpu))
@@ -255,10 +322,14 @@ impl Neural {
             .collect())
     }
 
-    /// Runs one batch of same-size frames and returns YUV 4:2:0 frames.
-    fn run_batch(&mut self, frames: &[VideoFrame]) -> Result<Vec<VideoFrame>, ProcessError> {
+    /// Runs one batch of same-size frames in tiles of `tile` and returns YUV 4:2:0 frames.
+    fn run_batch(
+        &mut self,
+        frames: &[VideoFrame],
+        tile: i64,
+    ) -> Result<Vec<VideoFrame>, ProcessError> {
         let input = self.input_batch(frames)?;
-        let output = self.forward(&input)?;
+        let output = self.forward(&input, tile)?;
         let planes = rgb_to_yuv420(&output, matrix_of(&frames[0])).map_err(torch_error)?;
         let (out_h, out_w) = (planes.height, planes.width);
         let mut result = Vec::with_capacity(frames.len());
@@ -335,7 +406,7 @@ impl FrameProcessor for Neural {
                 .iter()
                 .position(|f| (f.width(), f.height()) != size)
                 .map_or(frames.len(), |i| start + i);
-            out.extend(self.run_batch(&frames[start..end])?);
+            out.extend(self.fitting(&frames[start..end], Self::run_batch)?);
             start = end;
         }
         Ok(out)
