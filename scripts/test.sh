@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (scripts/setup.sh --garage --torch --clients), then checks
-# formatting and lints, the Kubernetes manifests (scripts/check_deploy.py), and runs every
+# formatting and lints, the Kubernetes manifests (scripts/check_deploy.py), that the
+# default build links no CUDA or driver library (scripts/check_links.sh), and runs every
 # test. The end-to-end tests start their own Garage S3 server on 127.0.0.1 and real
 # framefleet processes.
 set -euo pipefail
@@ -17,4 +18,5 @@ export LIBTORCH_CPU_ONLY="${LIBTORCH_CPU_ONLY:-1}"
 cargo fmt --all -- --check
 python3 scripts/check_deploy.py
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+scripts/check_links.sh
 cargo test --workspace --all-features --locked
