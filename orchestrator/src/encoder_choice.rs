@@ -26,3 +26,74 @@ pub fn for_run(job: &ValidJob, trusted: &[AcceptedChunk], fleet: &Fleet) -> Opti
     }
     fleet.offer(job.model(), Some(request)).encoder
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use framefleet_common::config::Config;
+    use framefleet_common::proto::{
+        ChunkRange, ChunkResult, EncoderSettings, JobSpec, RegisterWorkerRequest,
+    };
+
+    use super::*;
+    use crate::fleet::WorkerAccess;
+    use crate::validate;
+
+    fn job(encoder: &str) -> ValidJob {
+        let spec = JobSpec {
+            input_uri: "file:///tmp/in.mp4".into(),
+            output_uri: "file:///tmp/out.mp4".into(),
+            encoder: Some(EncoderSettings {
+                encoder: encoder.into(),
+                ..EncoderSettings::default()
+            }),
+            ..JobSpec::default()
+        };
+        validate::check(spec, &Config::default()).expect("valid")
+    }
+
+    fn kept(encoder: &str) -> AcceptedChunk {
+        AcceptedChunk {
+            range: ChunkRange::default(),
+            result: ChunkResult {
+                encoder: encoder.into(),
+                ..ChunkResult::default()
+            },
+            output: "file:///tmp/chunk.mp4".parse().expect("uri"),
+            output_bytes: 1,
+            packet_log: None,
+            attempts: 1,
+            wasted_gpu_seconds: 0.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_keeps_the_encoder_its_kept_chunks_were_written_with() {
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        // A fleet of NVENC workers only: a new H.264 job takes NVENC.
+        fleet
+            .register(RegisterWorkerRequest {
+                address: "http://127.0.0.1:1".into(),
+                slots: 2,
+                encoders: vec!["libx264".into(), "h264_nvenc".into()],
+                ..RegisterWorkerRequest::default()
+            })
+            .expect("registers");
+        let h264 = job("h264");
+        assert_eq!(for_run(&h264, &[], &fleet), Some(VideoEncoder::H264Nvenc));
+        // Resumed with chunks x264 wrote before the restart: it stays x264, not a mix.
+        let resumed = for_run(&h264, &[kept("libx264")], &fleet);
+        assert_eq!(resumed, Some(VideoEncoder::Libx264));
+        // Kept chunks of another codec, or an encoder asked by name, do not decide.
+        assert_eq!(
+            for_run(&h264, &[kept("libx265")], &fleet),
+            Some(VideoEncoder::H264Nvenc)
+        );
+        let exact = job("libx264");
+        assert_eq!(
+            for_run(&exact, &[kept("h264_nvenc")], &fleet),
+            Some(VideoEncoder::Libx264)
+        );
+    }
+}
