@@ -191,6 +191,25 @@ impl Network {
         }
     }
 
+    /// Device memory one input pixel takes while the network runs, roughly: the feature
+    /// maps alive at once (SRVGGNetCompact: its 64-channel maps in and out of a conv and
+    /// the shuffled output; RRDBNet: a dense block's 192 channels, and its 64-channel
+    /// upsampling convs at 2x and 4x the pixels), in the element type it runs in. `None`
+    /// for a TorchScript module, whose insides are unknown. It sizes a first batch; a
+    /// batch that still runs out of memory is halved.
+    pub fn bytes_per_input_pixel(&self) -> Option<u64> {
+        let element = match self.input_kind() {
+            Kind::Half => 2,
+            _ => 4,
+        };
+        let channels = match self {
+            Network::Compact(net) => 3 * 64 + 2 * 3 * (net.0.shuffle * net.0.shuffle) as u64,
+            Network::Rrdb(_) => 3 * 192 + 2 * 64 * (4 + 16),
+            Network::Script(_) => return None,
+        };
+        Some(channels * element)
+    }
+
     /// Runs the network on a batch, in tiles of at most `tile` pixels a side (each run with
     /// `pad` pixels of context around it, cropped away afterwards) when the frames are
     /// larger than that, so big frames fit in memory. `tile = 0`, or a network without a

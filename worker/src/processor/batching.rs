@@ -2,9 +2,10 @@
 //! fit. A batch that runs out of device memory is not the chunk's failure: the batch is
 //! halved and the same frames run again (so none is lost or repeated), down to one
 //! frame; a single frame that still does not fit runs in smaller tiles, down to
-//! [`MIN_TILE`]. What fitted is kept for the rest of the chunk, and the worker remembers
-//! it for later chunks of the same model and frame size ([`Learned`]), so only the first
-//! batch that is too large pays for a failed try.
+//! [`MIN_TILE`]. A first batch is sized from the memory free on the device
+//! ([`frames_that_fit`]); what fitted is kept for the rest of the chunk, and the worker
+//! remembers it for later chunks of the same model and frame size ([`Learned`]), so only
+//! the first batch that is too large pays for a failed try.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,6 +56,17 @@ pub fn smaller_tile(tile: i64, width: i64, height: i64) -> Option<i64> {
     (next >= MIN_TILE).then_some(next)
 }
 
+/// Of the memory free on the device, the part a batch may plan to use: the rest is left
+/// for libtorch's allocator slack and what other work on the GPU allocates meanwhile.
+const USABLE_FREE_MEMORY: f64 = 0.8;
+
+/// How many frames of `bytes_per_frame` a first batch holds with `free_bytes` free on the
+/// device: at least one (a frame that does not fit is cut into tiles instead).
+pub fn frames_that_fit(free_bytes: u64, bytes_per_frame: u64) -> usize {
+    let usable = free_bytes as f64 * USABLE_FREE_MEMORY;
+    ((usable / bytes_per_frame.max(1) as f64) as usize).max(1)
+}
+
 /// Batch sizes and tile sides that fitted, per model, device and frame size, kept for
 /// the worker's lifetime.
 #[derive(Debug, Default)]
@@ -63,7 +75,7 @@ pub struct Learned {
 }
 
 impl Learned {
-    /// What fitted for `key`, if a batch of it ever ran out of memory.
+    /// The batch and tile `key` was first sized at, or shrank to since.
     pub fn get(&self, key: &str) -> Option<(usize, i64)> {
         self.lock().get(key).copied()
     }
@@ -139,6 +151,9 @@ mod tests {
             "a tile over the frame is the frame"
         );
         assert_eq!(smaller_tile(100, 1920, 1080), None);
+        // 10 GiB free, 1 GiB a frame: 8 frames; a frame larger than all of it: still one.
+        assert_eq!(frames_that_fit(10 << 30, 1 << 30), 8);
+        assert_eq!(frames_that_fit(1 << 30, 4 << 30), 1);
         let learned = Learned::default();
         assert_eq!(learned.get("m@cuda 1920x1080"), None);
         learned.record("m@cuda 1920x1080", 2, 960);

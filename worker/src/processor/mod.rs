@@ -13,6 +13,8 @@ use ffmpeg::frame::Video as VideoFrame;
 use ffmpeg::software::scaling;
 pub mod batching;
 #[cfg(feature = "torch")]
+pub mod device_memory;
+#[cfg(feature = "torch")]
 pub mod neural;
 
 use ffmpeg_next as ffmpeg;

@@ -24,7 +24,8 @@ use tch::{Device, Kind, Tensor};
 use framefleet_common::config::cuda_index;
 use framefleet_common::media::copy_picture_properties;
 
-use super::batching::{run_shrinking, smaller_tile, Learned};
+use super::batching::{frames_that_fit, run_shrinking, smaller_tile, Learned};
+use super::device_memory;
 use super::{FrameProcessor, ProcessError};
 use crate::models::colour::{rgb_to_yuv420, Matrix};
 use crate::models::network::Network;
@@ -247,9 +248,10 @@ impl Neural {
     }
 
     /// Runs `run` over same-size `frames` in batches and tiles that fit the device: what
-    /// fitted before for this model and size, else all frames at once in the configured
-    /// tiles; a batch that runs out of memory is halved, a single frame that does, cut
-    /// into smaller tiles ([`batching`](super::batching)).
+    /// fitted before for this model and size, else as many frames as the device's free
+    /// memory holds (all of them on the CPU) in the configured tiles; a batch that runs out
+    /// of memory is halved, a single frame that does, cut into smaller tiles
+    /// ([`batching`](super::batching)).
     fn fitting<U>(
         &mut self,
         frames: &[VideoFrame],
@@ -258,7 +260,13 @@ impl Neural {
         let (width, height) = (i64::from(frames[0].width()), i64::from(frames[0].height()));
         let key = format!("{} {width}x{height}", self.key);
         let fitted = FITTED.get_or_init(Learned::default);
-        let (mut limit, mut tile) = fitted.get(&key).unwrap_or((usize::MAX, self.tile_size));
+        // Sized once per model and frame size: later, libtorch's cache holds memory that
+        // the device no longer reports free, though batches can use it.
+        let (mut limit, mut tile) = fitted.get(&key).unwrap_or_else(|| {
+            let first = (self.frames_free_memory_holds(width, height), self.tile_size);
+            fitted.record(&key, first.0, first.1);
+            first
+        });
         let before = (limit, tile);
         // Only catalog networks (a fixed scale) can run in tiles.
         let tileable = self
@@ -286,6 +294,29 @@ impl Neural {
             fitted.record(&key, limit, tile);
         }
         Ok(out)
+    }
+
+    /// Frames of `width x height` (in tiles of the configured side) that the memory free on
+    /// the device holds at the network's estimated working set; unbounded where either is
+    /// unknown (the CPU, TorchScript modules).
+    fn frames_free_memory_holds(&self, width: i64, height: i64) -> usize {
+        let Some(free) = device_memory::free_bytes(self.device) else {
+            return usize::MAX;
+        };
+        let per_pixel = self
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes_per_input_pixel();
+        let Some(per_pixel) = per_pixel else {
+            return usize::MAX;
+        };
+        let side = |length: i64| match self.tile_size {
+            tile if tile > 0 && tile < length => tile + 2 * TILE_PAD,
+            _ => length,
+        };
+        let pixels = (side(width) * side(height)).max(1) as u64;
+        frames_that_fit(free, pixels * per_pixel)
     }
 
     /// Runs the model on same-size frames and returns one vector per frame (the output's
