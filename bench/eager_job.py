@@ -30,6 +30,30 @@ def load(param, weights, device):
     return model.half() if device == "cuda" else model
 
 
+class RgbFrames:
+    """The input's frames as 8-bit RGB arrays, from an ffmpeg process on a pipe (how
+    Real-ESRGAN's video script and most Python inference scripts read video)."""
+
+    def __init__(self, ffmpeg, source, width, height):
+        self.shape = (height, width, 3)
+        self.process = subprocess.Popen(
+            [ffmpeg, "-v", "error", "-i", source, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+            stdout=subprocess.PIPE,
+        )
+
+    def __iter__(self):
+        frame_bytes = self.shape[0] * self.shape[1] * 3
+        while True:
+            raw = self.process.stdout.read(frame_bytes)
+            if len(raw) < frame_bytes:
+                return
+            yield np.frombuffer(raw, np.uint8).reshape(self.shape)
+
+    def finish(self):
+        """Waits for ffmpeg; true when it decoded the whole input."""
+        return self.process.wait() == 0
+
+
 def main():
     ffmpeg, param, weights, source, target, width, height, rate, device = sys.argv[1:10]
     preset = sys.argv[10] if len(sys.argv) > 10 else "veryfast"
@@ -38,19 +62,11 @@ def main():
     started = time.perf_counter()
     model = load(param, weights, device)
     half = device == "cuda"
-    decoder = subprocess.Popen(
-        [ffmpeg, "-v", "error", "-i", source, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        stdout=subprocess.PIPE,
-    )
+    decoder = RgbFrames(ffmpeg, source, width, height)
     encoder = None
     frames = 0
-    frame_bytes = width * height * 3
     with torch.no_grad():
-        while True:
-            raw = decoder.stdout.read(frame_bytes)
-            if len(raw) < frame_bytes:
-                break
-            image = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+        for image in decoder:
             tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
             tensor = tensor.to(device)
             if half:
@@ -69,12 +85,12 @@ def main():
                 )
             encoder.stdin.write(out.tobytes())
             frames += 1
-    decoder.wait()
+    decoded = decoder.finish()
     if encoder is not None:
         encoder.stdin.close()
         encoder.wait()
     seconds = time.perf_counter() - started
-    ok = decoder.returncode == 0 and encoder is not None and encoder.returncode == 0
+    ok = decoded and encoder is not None and encoder.returncode == 0
     print(json.dumps({"runtime": "eager PyTorch " + torch.__version__, "device": device,
                       "frames": frames, "seconds": seconds, "fps": frames / seconds, "ok": ok}))
     sys.exit(0 if ok else 1)

@@ -115,6 +115,11 @@ async fn a_job_is_written_by_one_encoder_on_the_workers_that_have_it() {
     assert_eq!(chunk_values(&hevc_report, "worker"), ["every-encoder"]);
     assert_eq!(chunk_values(&hevc_report, "decoder"), ["software"]);
     assert_exact_as("hevc", &hevc_out, &clip, dir.path()).await;
+    // Apple's players play HEVC in MP4 only under the `hvc1` tag, not FFmpeg's `hev1`.
+    assert_eq!(
+        stream_field(&dir.path().join("hevc.mp4"), "codec_tag_string").as_deref(),
+        Some("hvc1")
+    );
 
     // H.264 (the default): x264 is on every slot, so the orchestrator picks it.
     let h264_out = s3(&format!("{prefix}/h264.mp4"));

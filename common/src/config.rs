@@ -176,6 +176,10 @@ pub struct WorkerConfig {
     /// `h264_nvenc`, `hevc_nvenc`); empty offers every one it can open when it starts.
     /// Each one listed must open, or the worker refuses to start.
     pub encoders: Vec<crate::codec::VideoEncoder>,
+    /// Decode on the GPU's video engines (NVDEC) when FFmpeg can open a CUDA device here;
+    /// streams the engine cannot take, and codecs whose GPU decoding failed, still decode
+    /// in software. `false` decodes everything in software.
+    pub nvdec: bool,
     /// Frames per processing batch.
     pub batch_frames: u32,
     /// Where neural models are installed (`framefleet models import`); empty means
@@ -388,6 +392,7 @@ impl Default for WorkerConfig {
             gpus_per_slot: 1,
             gpus: 0,
             encoders: Vec::new(),
+            nvdec: true,
             batch_frames: 4,
             model_dir: String::new(),
             device: "auto".into(),

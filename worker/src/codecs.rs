@@ -10,10 +10,14 @@
 //! The orchestrator learns the list from the registration and sends a job's chunks only
 //! to workers that have the job's encoder.
 
+use std::sync::Arc;
+
 use ffmpeg_next as ffmpeg;
 
 use framefleet_common::codec::VideoEncoder;
 use framefleet_common::proto::EncoderSettings;
+
+use crate::nvdec::{Nvdec, NVDEC, SOFTWARE_DECODER};
 
 /// Default constant rate factor when a job gives none.
 pub const DEFAULT_CRF: u32 = 18;
@@ -25,17 +29,11 @@ pub const DEFAULT_PRESET: &str = "medium";
 /// under 145x49 or so).
 const PROBE_SIZE: u32 = 256;
 
-/// The decoder software decoding is reported as.
-pub const SOFTWARE_DECODER: &str = "software";
-
-/// The GPU decoder, reported when a CUDA device can be created.
-pub const NVDEC: &str = "nvdec";
-
 /// The worker's encoders and decoders.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Codecs {
     encoders: Vec<VideoEncoder>,
-    nvdec: bool,
+    nvdec: Option<Arc<Nvdec>>,
 }
 
 /// An encoder `worker.encoders` lists cannot be opened here.
@@ -55,8 +53,9 @@ pub struct MissingEncoder {
 impl Codecs {
     /// Opens every encoder FFmpeg knows and keeps those that work, restricted to `wanted`
     /// (`worker.encoders`, already validated; empty keeps all). Each one `wanted` names
-    /// must work. Blocking: opening NVENC loads the driver and takes a moment.
-    pub fn detect(wanted: &[VideoEncoder]) -> Result<Self, MissingEncoder> {
+    /// must work. With `hardware_decode` (`worker.nvdec`), opens a CUDA device to decode
+    /// on. Blocking: opening NVENC loads the driver and takes a moment.
+    pub fn detect(wanted: &[VideoEncoder], hardware_decode: bool) -> Result<Self, MissingEncoder> {
         let mut encoders = Vec::new();
         for encoder in VideoEncoder::ALL {
             let listed = wanted.contains(&encoder);
@@ -69,8 +68,12 @@ impl Codecs {
                 Err(why) => tracing::debug!(%encoder, %why, "encoder not available"),
             }
         }
-        let nvdec = cuda_device_opens();
-        tracing::info!(encoders = ?encoders.iter().map(|e| e.name()).collect::<Vec<_>>(), nvdec, "video codecs found");
+        let nvdec = hardware_decode.then(Nvdec::open).flatten().map(Arc::new);
+        tracing::info!(
+            encoders = ?encoders.iter().map(|e| e.name()).collect::<Vec<_>>(),
+            nvdec = nvdec.is_some(),
+            "video codecs found"
+        );
         Ok(Self { encoders, nvdec })
     }
 
@@ -79,8 +82,13 @@ impl Codecs {
     pub fn with_encoders(encoders: Vec<VideoEncoder>) -> Self {
         Self {
             encoders,
-            nvdec: false,
+            nvdec: None,
         }
+    }
+
+    /// The GPU decoder, where the worker has one.
+    pub fn nvdec(&self) -> Option<&Arc<Nvdec>> {
+        self.nvdec.as_ref()
     }
 
     /// True when the worker can encode with `encoder`.
@@ -97,7 +105,7 @@ impl Codecs {
     /// CUDA device opens.
     pub fn decoder_names(&self) -> Vec<String> {
         let mut names = vec![SOFTWARE_DECODER.to_string()];
-        if self.nvdec {
+        if self.nvdec.is_some() {
             names.push(NVDEC.to_string());
         }
         names
@@ -121,26 +129,6 @@ fn try_open(encoder: VideoEncoder) -> Result<(), String> {
         .open_as_with(codec, options)
         .map(drop)
         .map_err(|e| format!("FFmpeg could not open it: {e}"))
-}
-
-/// True when FFmpeg can create a CUDA device (the driver is there and sees a GPU).
-fn cuda_device_opens() -> bool {
-    let mut device: *mut ffmpeg::ffi::AVBufferRef = std::ptr::null_mut();
-    // SAFETY: `device` is a valid out-pointer; on success FFmpeg hands us one reference
-    // to the new device, released right after; null name and options are allowed.
-    unsafe {
-        let created = ffmpeg::ffi::av_hwdevice_ctx_create(
-            &mut device,
-            ffmpeg::ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
-            std::ptr::null(),
-            std::ptr::null_mut(),
-            0,
-        );
-        if created >= 0 {
-            ffmpeg::ffi::av_buffer_unref(&mut device);
-        }
-        created >= 0
-    }
 }
 
 /// The preset a job gave (x264's names), or the default.
@@ -224,7 +212,7 @@ mod tests {
     #[test]
     fn software_encoders_open_here_and_nvenc_does_not_without_its_driver() {
         framefleet_common::media::init();
-        let found = Codecs::detect(&[]).expect("nothing listed, nothing required");
+        let found = Codecs::detect(&[], true).expect("nothing listed, nothing required");
         assert!(found.has(VideoEncoder::Libx264));
         assert!(found.has(VideoEncoder::Libx265));
         if std::path::Path::new("/dev/nvidiactl").exists() {
@@ -234,14 +222,14 @@ mod tests {
         // so the worker falls back to the software encoders and software decoding.
         assert!(!found.has(VideoEncoder::H264Nvenc));
         assert_eq!(found.decoder_names(), ["software"]);
-        let error = Codecs::detect(&[VideoEncoder::Libx264, VideoEncoder::HevcNvenc])
+        let error = Codecs::detect(&[VideoEncoder::Libx264, VideoEncoder::HevcNvenc], true)
             .expect_err("a listed encoder that cannot open stops the worker");
         let message = error.to_string();
         assert!(
             message.contains("hevc_nvenc") && message.contains("remove it"),
             "{message}"
         );
-        let only = Codecs::detect(&[VideoEncoder::Libx264]).expect("x264 opens");
+        let only = Codecs::detect(&[VideoEncoder::Libx264], true).expect("x264 opens");
         assert_eq!(only.encoder_names(), ["libx264"]);
     }
 

@@ -3,7 +3,8 @@
 //! A worker loads `worker.preload_models`, registers itself with the orchestrator
 //! ([`registration`], reporting its cold start), serves the `Worker`
 //! gRPC service ([`service`], [`server`]), and runs each chunk it accepts through the
-//! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk,
+//! [`pipeline`]: ranged reads of the input, decode from the keyframe before the chunk
+//! (on the GPU's [`nvdec`] engines where it has them),
 //! [`processor`] (lanczos, and neural [`models`] on libtorch with the `torch` feature),
 //! encode with the job's encoder (the [`codecs`] found at start: x264, x265, NVENC where
 //! the GPU has it) and a streaming upload, with measured [`progress`] streamed back as it
@@ -16,6 +17,7 @@ pub mod gpu_share;
 pub mod host;
 pub mod metrics;
 pub mod models;
+pub mod nvdec;
 pub mod pipeline;
 pub mod processor;
 pub mod progress;

@@ -224,11 +224,11 @@ impl MetricsSource for Exposition {
     }
 }
 
-/// Finds the video codecs this worker has (`worker.encoders` restricts them), on a
-/// blocking thread: opening NVENC loads the driver.
+/// Finds the video codecs this worker has (`worker.encoders` restricts them, `worker.nvdec`
+/// allows GPU decoding), on a blocking thread: opening NVENC loads the driver.
 async fn detect_codecs(worker: &WorkerConfig) -> Result<Codecs, ServeError> {
-    let wanted = worker.encoders.clone();
-    tokio::task::spawn_blocking(move || Codecs::detect(&wanted))
+    let (wanted, nvdec) = (worker.encoders.clone(), worker.nvdec);
+    tokio::task::spawn_blocking(move || Codecs::detect(&wanted, nvdec))
         .await
         .map_err(|e| ServeError::CodecProbe(e.to_string()))?
         .map_err(ServeError::from)

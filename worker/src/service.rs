@@ -290,6 +290,7 @@ fn chunk_spec(
         processor: request.processor.clone().unwrap_or_default(),
         encoder,
         video_encoder,
+        nvdec: codecs.nvdec().cloned(),
         batch_frames: config.batch_frames as usize,
         task: request.task(),
         top_k: request.top_k,

@@ -64,6 +64,14 @@ impl OutputContainer {
         self.muxer.contains("mp4") || self.muxer.contains("mov")
     }
 
+    /// The sample-entry tag the video stream gets, where FFmpeg's default is not the one
+    /// players expect: HEVC in MP4 and MOV is tagged `hvc1` (parameter sets in the sample
+    /// entry, as the chunks' encoders write them), which Apple's players require, rather
+    /// than FFmpeg's `hev1`. `None` keeps the muxer's default.
+    pub fn video_tag(&self, codec: codec::Id) -> Option<u32> {
+        (self.is_mp4_family() && codec == codec::Id::HEVC).then(|| u32::from_le_bytes(*b"hvc1"))
+    }
+
     /// Whether the container holds `codec` unchanged: `None` when FFmpeg does not know
     /// the container, the codec, or the answer.
     pub fn holds(&self, codec: &str) -> Option<bool> {
@@ -141,6 +149,12 @@ mod tests {
         let mov = OutputContainer::for_name("out.mov");
         assert!(mp4.is_mp4_family() && mov.is_mp4_family() && !mkv.is_mp4_family());
         assert!(mkv.is_matroska() && !mp4.is_matroska());
+        assert_eq!(
+            mp4.video_tag(codec::Id::HEVC),
+            Some(u32::from_le_bytes(*b"hvc1"))
+        );
+        assert_eq!(mp4.video_tag(codec::Id::H264), None);
+        assert_eq!(mkv.video_tag(codec::Id::HEVC), None);
         assert_eq!(mp4.holds("pcm_s16le"), Some(false));
         assert_eq!(mov.holds("pcm_s16le"), Some(true));
         assert_eq!(mkv.holds("subrip"), Some(true));

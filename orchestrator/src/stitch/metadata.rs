@@ -180,6 +180,16 @@ pub fn copy_display_side_data(from: &format::stream::Stream, to: &mut format::st
     }
 }
 
+/// Gives `stream` the sample-entry tag `tag` (a FourCC, little-endian) before the header
+/// is written.
+pub fn set_codec_tag(stream: &mut ffmpeg::format::stream::StreamMut<'_>, tag: u32) {
+    // SAFETY: the stream's codec parameters are allocated by its output context and
+    // exclusively borrowed through `stream`.
+    unsafe {
+        (*stream.parameters().as_mut_ptr()).codec_tag = tag;
+    }
+}
+
 /// Adds a stream to `output` that takes packets of `parameters` unchanged, in `time_base`.
 pub fn add_copy_stream(
     output: &mut format::context::Output,

@@ -237,7 +237,11 @@ impl Output {
     ) -> Result<(), StitchError> {
         let video = &info.video;
         let time_base = Rational::new(video.time_base.0, video.time_base.1);
+        let tag = self.container.video_tag(parameters.id());
         metadata::add_copy_stream(&mut self.context, parameters, time_base)?;
+        if let (Some(tag), Some(mut to)) = (tag, self.context.stream_mut(0)) {
+            metadata::set_codec_tag(&mut to, tag);
+        }
         if let (Some(from), Some(mut to)) = (
             source.stream(video.stream_index),
             self.context.stream_mut(0),

@@ -18,6 +18,10 @@
 //! and only the chosen frames sent on. The bytes read are the index and, per part, the
 //! packets from its keyframe to its last chosen frame.
 //!
+//! Where the worker has NVDEC and the stream's codec has FFmpeg's `cuda` hwaccel, the
+//! decoder decodes on the GPU and each frame is copied back to the host as it comes out
+//! (see `crate::nvdec`); a chunk whose GPU decoding failed is retried in software.
+//!
 //! Every range stops reading as early as it can: the decoder is flushed as soon as each of
 //! its frames has its packet in (rather than fed on until reordering and frame threads let
 //! the last frames out), and where the input's sample index says where the range's packets
@@ -43,12 +47,23 @@ use framefleet_common::proto::{ChunkRange, Phase};
 use framefleet_common::storage::Storage;
 use framefleet_common::storage::{ObjectReader, ReadFailure, ReadHorizon};
 
+use crate::nvdec::{self, NVDEC, SOFTWARE_DECODER};
+
 use super::deinterlace::Deinterlacer;
 use super::passthrough::{Offer, PassthroughCollector, Span};
 use super::{ChunkError, ChunkSpec, PhaseClock, StageContext};
 
 /// Decoder errors on single packets tolerated before the input is declared corrupt.
 const MAX_PACKET_ERRORS: u32 = 32;
+
+/// What the stage did besides sending frames.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DecodeOutcome {
+    /// Packets of copied streams written to the packet log.
+    pub passthrough_packets: u64,
+    /// What decoded the frames: NVDEC when any came from the GPU, else software.
+    pub decoder: &'static str,
+}
 
 /// Runs the stage; every frame of the range (or every chosen frame) goes to `frames`, in
 /// order.
@@ -59,7 +74,7 @@ pub(super) fn run(
     context: &StageContext,
     frames: SyncSender<VideoFrame>,
     packet_log: Option<&Path>,
-) -> Result<u64, ChunkError> {
+) -> Result<DecodeOutcome, ChunkError> {
     // One reader for every part and attempt: a seek retry finds what the last one fetched
     // cached.
     let setup_started = Instant::now();
@@ -86,7 +101,10 @@ pub(super) fn run(
         false,
     );
     add_setup_time(&context.clock, setup_started);
-    let mut passthrough_packets = 0;
+    let mut outcome = DecodeOutcome {
+        passthrough_packets: 0,
+        decoder: SOFTWARE_DECODER,
+    };
     let mut sent_before = 0;
     let reading = Reading {
         shared: &shared,
@@ -94,11 +112,15 @@ pub(super) fn run(
         packet_log,
     };
     for part in parts(spec) {
-        passthrough_packets += decode_part(&part, context, &frames, &reading, sent_before)
+        let done = decode_part(&part, context, &frames, &reading, sent_before)
             .map_err(|error| blame_storage(error, &failure))?;
+        outcome.passthrough_packets += done.passthrough_packets;
+        if done.on_gpu {
+            outcome.decoder = NVDEC;
+        }
         sent_before += part.frames();
     }
-    Ok(passthrough_packets)
+    Ok(outcome)
 }
 
 /// What the stage decodes, one seek each: the chunk itself, or for chosen frames one part
@@ -142,7 +164,7 @@ fn decode_part(
     frames: &SyncSender<VideoFrame>,
     reading: &Reading<'_>,
     sent_before: u64,
-) -> Result<u64, ChunkError> {
+) -> Result<PartDone, ChunkError> {
     let mut targets: Vec<Option<i64>> = Vec::new();
     if spec.range.start_frame > 0 && spec.timestamps != TimestampSource::DecodeOrder {
         let ticks_per_second =
@@ -171,9 +193,7 @@ fn decode_part(
             sent_before,
         };
         match decode_range(spec, context, frames, attempt)? {
-            Decoded::Done {
-                passthrough_packets,
-            } => return Ok(passthrough_packets),
+            Decoded::Done(done) => return Ok(done),
             Decoded::SeekOvershot { first_pts } => {
                 tracing::debug!(
                     ?first_pts,
@@ -208,14 +228,20 @@ fn blame_storage(error: ChunkError, failure: &ReadFailure) -> ChunkError {
 const SEEK_MARGINS_SECONDS: [i64; 5] = [0, 1, 2, 4, 8];
 
 enum Decoded {
-    Done {
-        passthrough_packets: u64,
-    },
+    Done(PartDone),
     /// The seek landed after the range's start: the first frame decoded (or packet read)
     /// is later, or, when the seek landed at the very end, there was none.
     SeekOvershot {
         first_pts: Option<i64>,
     },
+}
+
+/// A part decoded to its end.
+struct PartDone {
+    /// Packets of copied streams written to the packet log.
+    passthrough_packets: u64,
+    /// Some of its frames were decoded on the GPU.
+    on_gpu: bool,
 }
 
 /// How every part of a chunk reads the input.
@@ -281,8 +307,15 @@ fn decode_range(
         flushed: false,
         input_ended: false,
         decoded: VideoFrame::empty(),
+        on_gpu: false,
     };
-    if let Some(overshot) = decoding.decode()? {
+    let decoded = decoding.decode();
+    if let (Err(error @ (ChunkError::Decode(_) | ChunkError::FrameCount { .. })), Some(gpu)) =
+        (&decoded, &decoding.opened.nvdec)
+    {
+        gpu.failed(&spec.input.to_string(), &error.to_string());
+    }
+    if let Some(overshot) = decoded? {
         return Ok(overshot);
     }
     let (sent, expected) = (decoding.range.sent, decoding.range.expected);
@@ -302,6 +335,7 @@ fn decode_range(
         mut opened,
         mut packets,
         input_ended,
+        on_gpu,
         ..
     } = decoding;
     let passthrough_packets = match opened.passthrough {
@@ -319,9 +353,10 @@ fn decode_range(
         }
         None => 0,
     };
-    Ok(Decoded::Done {
+    Ok(Decoded::Done(PartDone {
         passthrough_packets,
-    })
+        on_gpu,
+    }))
 }
 
 /// The input opened for one attempt, at the point decoding starts.
@@ -332,6 +367,8 @@ struct Opened {
     time_base: ffmpeg::Rational,
     /// Collects the copied streams' packets, when the job copies any.
     passthrough: Option<PassthroughCollector>,
+    /// The GPU decoder the decoder was given, if any.
+    nvdec: Option<Arc<nvdec::Nvdec>>,
 }
 
 /// Opens the input as `attempt` says (skipping fragments, seeking) with a decoder for its
@@ -386,6 +423,14 @@ fn open_at(
     context_builder.set_threading(ffmpeg::codec::threading::Config::kind(
         ffmpeg::codec::threading::Type::Frame,
     ));
+    let input_name = spec.input.to_string();
+    let nvdec = spec
+        .nvdec
+        .clone()
+        .filter(|gpu| gpu.takes(stream.parameters().id(), &input_name));
+    if let Some(gpu) = &nvdec {
+        gpu.attach(&mut context_builder);
+    }
     let decoder = context_builder
         .decoder()
         .video()
@@ -430,6 +475,7 @@ fn open_at(
         decoder,
         time_base,
         passthrough,
+        nvdec,
     })
 }
 
@@ -508,6 +554,8 @@ struct RangeDecoding<'a> {
     /// flushed once all are (`None`: it reads on until the range is complete).
     awaited: Option<HashSet<i64>>,
     decoded: VideoFrame,
+    /// A frame came out of the GPU decoder.
+    on_gpu: bool,
 }
 
 impl RangeDecoding<'_> {
@@ -622,6 +670,10 @@ impl RangeDecoding<'_> {
         loop {
             let busy = Instant::now();
             let received = self.opened.decoder.receive_frame(&mut self.decoded).is_ok();
+            if received && nvdec::on_gpu(&self.decoded) {
+                self.decoded = nvdec::download(&self.decoded).map_err(ChunkError::Decode)?;
+                self.on_gpu = true;
+            }
             context.clock.add(Phase::Decode, busy.elapsed());
             if !received {
                 return Ok(Received::Drained);

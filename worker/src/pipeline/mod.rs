@@ -101,6 +101,8 @@ pub struct ChunkSpec {
     pub encoder: EncoderSettings,
     /// The encoder the job chose, one this worker has.
     pub video_encoder: VideoEncoder,
+    /// The GPU decoder the chunk may decode on (`None`: software).
+    pub nvdec: Option<Arc<crate::nvdec::Nvdec>>,
     /// Frames per processing batch.
     pub batch_frames: usize,
     /// Where models are and which device runs them.
@@ -306,10 +308,10 @@ pub async fn run_chunk(
         height: encoded.height,
         phase_seconds: context.clock.seconds(),
         device: produced.device,
-        passthrough_packets: produced.passthrough_packets,
+        passthrough_packets: produced.decoded.passthrough_packets,
         model_load_seconds: context.clock.model_load_seconds(),
         encoder: (spec.task != Task::Infer).then_some(spec.video_encoder),
-        decoder: crate::codecs::SOFTWARE_DECODER,
+        decoder: produced.decoded.decoder,
     })
 }
 
@@ -352,7 +354,7 @@ impl ChunkFiles {
 /// What the stages after decoding produced.
 struct Produced {
     device: &'static str,
-    passthrough_packets: u64,
+    decoded: decode::DecodeOutcome,
     encoded: encode::Encoded,
 }
 
@@ -360,7 +362,7 @@ struct Produced {
 async fn infer_stages(
     spec: &ChunkSpec,
     context: &StageContext,
-    decoding: oneshot::Receiver<Result<u64, ChunkError>>,
+    decoding: oneshot::Receiver<Result<decode::DecodeOutcome, ChunkError>>,
     decoded_rx: Receiver<VideoFrame>,
     path: std::path::PathBuf,
 ) -> Result<Produced, ChunkError> {
@@ -375,9 +377,9 @@ async fn infer_stages(
         decoded,
         inferring.await.unwrap_or(Err(ChunkError::Crashed("infer"))),
     ) {
-        (Ok(passthrough_packets), Ok((frames, device))) => Ok(Produced {
+        (Ok(decoded), Ok((frames, device))) => Ok(Produced {
             device,
-            passthrough_packets,
+            decoded,
             encoded: encode::Encoded {
                 frames,
                 width: 0,
@@ -392,7 +394,7 @@ async fn infer_stages(
 async fn video_stages(
     spec: &ChunkSpec,
     context: &StageContext,
-    decoding: oneshot::Receiver<Result<u64, ChunkError>>,
+    decoding: oneshot::Receiver<Result<decode::DecodeOutcome, ChunkError>>,
     decoded_rx: Receiver<VideoFrame>,
     path: std::path::PathBuf,
 ) -> Result<Produced, ChunkError> {
@@ -417,9 +419,9 @@ async fn video_stages(
         encoding.await.unwrap_or(Err(ChunkError::Crashed("encode"))),
     );
     match results {
-        (Ok(passthrough_packets), Ok(device), Ok(encoded)) => Ok(Produced {
+        (Ok(decoded), Ok(device), Ok(encoded)) => Ok(Produced {
             device,
-            passthrough_packets,
+            decoded,
             encoded,
         }),
         (decoded, processed, encoded) => {
