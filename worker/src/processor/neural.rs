@@ -217,22 +217,30 @@ impl Neural {
         Ok(rgb)
     }
 
-    /// The batch as an `N x 3 x H x W` tensor on the device, RGB in `[0, 1]`.
+    /// The batch as an `N x 3 x H x W` tensor on the device, RGB in `[0, 1]`. The 8-bit
+    /// pixels are written straight into one host tensor, pinned on CUDA so that the copy
+    /// to the device is queued without blocking the host.
     fn input_batch(&mut self, frames: &[VideoFrame]) -> Result<Tensor, ProcessError> {
         let (width, height) = (frames[0].width() as usize, frames[0].height() as usize);
-        let mut pixels = Vec::with_capacity(frames.len() * width * height * 3);
-        for frame in frames {
+        let (row_bytes, frame_bytes) = (width * 3, width * height * 3);
+        let shape = [frames.len() as i64, height as i64, width as i64, 3];
+        let mut host = Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu)).map_err(torch_error)?;
+        if self.device.is_cuda() {
+            host = host.f_pin_memory(self.device).map_err(torch_error)?;
+        }
+        // SAFETY: `host` is a new contiguous uint8 tensor of exactly this many bytes, only
+        // reached through this slice until the copy below.
+        let pixels = unsafe {
+            std::slice::from_raw_parts_mut(host.data_ptr().cast::<u8>(), frames.len() * frame_bytes)
+        };
+        for (frame, target) in frames.iter().zip(pixels.chunks_exact_mut(frame_bytes)) {
             let rgb = self.rgb(frame)?;
-            let stride = rgb.stride(0);
-            let data = rgb.data(0);
-            for row in 0..height {
-                pixels.extend_from_slice(&data[row * stride..row * stride + width * 3]);
+            let (stride, data) = (rgb.stride(0), rgb.data(0));
+            for (row, line) in target.chunks_exact_mut(row_bytes).enumerate() {
+                line.copy_from_slice(&data[row * stride..row * stride + row_bytes]);
             }
         }
-        let n = frames.len() as i64;
-        Tensor::f_from_slice(&pixels)
-            .and_then(|t| t.f_view([n, height as i64, width as i64, 3]))
-            .and_then(|t| t.f_to_device(self.device))
+        host.f_to_device_(self.device, Kind::Uint8, self.device.is_cuda(), false)
             .and_then(|t| t.f_permute([0, 3, 1, 2]))
             .and_then(|t| t.f_to_kind(self.kind))
             .and_then(|t| t.f_div_scalar(255.0))
