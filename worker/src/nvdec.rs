@@ -89,14 +89,21 @@ impl Nvdec {
         })
     }
 
-    /// Whether a stream of `codec` in `input` decodes on the GPU: FFmpeg's decoder for
-    /// the codec has the `cuda` hwaccel, and the input has not failed on it here.
-    pub fn takes(&self, codec: ffmpeg::codec::Id, input: &str) -> bool {
+    /// The decoder a stream of `codec` in `input` decodes with on the GPU: FFmpeg's
+    /// default one for the codec when it has the `cuda` hwaccel, else another that has it
+    /// (for AV1 the default is libdav1d, software only, and FFmpeg's own `av1` decoder
+    /// takes the hwaccel); `None` when none has, or the input failed on the GPU here.
+    pub fn decoder_for(&self, codec: ffmpeg::codec::Id, input: &str) -> Option<ffmpeg::Codec> {
         let failed = self
             .failed
             .lock()
             .is_ok_and(|inputs| inputs.iter().any(|known| known == input));
-        !failed && ffmpeg::decoder::find(codec).is_some_and(has_cuda_hwaccel)
+        if failed {
+            return None;
+        }
+        ffmpeg::decoder::find(codec)
+            .filter(|&default| has_cuda_hwaccel(default))
+            .or_else(|| decoders_of(codec).find(|&decoder| has_cuda_hwaccel(decoder)))
     }
 
     /// Records that decoding `input` on the GPU failed: its chunks decode in software on
@@ -131,6 +138,18 @@ impl Nvdec {
             (*raw).get_format = Some(prefer_cuda);
         }
     }
+}
+
+/// Every decoder FFmpeg has for `codec`, in its order of preference.
+fn decoders_of(codec: ffmpeg::codec::Id) -> impl Iterator<Item = ffmpeg::Codec> {
+    let mut state: *mut std::ffi::c_void = std::ptr::null_mut();
+    std::iter::from_fn(move || {
+        // SAFETY: FFmpeg walks its static codec table through `state`, then gives null.
+        let next = unsafe { ffmpeg::ffi::av_codec_iterate(&mut state) };
+        // SAFETY: non-null entries are static codecs.
+        (!next.is_null()).then(|| unsafe { ffmpeg::Codec::wrap(next) })
+    })
+    .filter(move |candidate| candidate.is_decoder() && candidate.id() == codec)
 }
 
 /// Whether `codec` can decode through the `cuda` hwaccel on a device context.
@@ -213,6 +232,13 @@ mod tests {
             let decoder = ffmpeg::decoder::find(codec).expect("Debian's FFmpeg decodes it");
             assert!(has_cuda_hwaccel(decoder), "{codec:?}");
         }
+        // AV1's default decoder (libdav1d) is software only; FFmpeg's own comes first of
+        // those that take the GPU (before av1_cuvid, whose own parser would time frames).
+        let av1 = decoders_of(ffmpeg::codec::Id::AV1).find(|&decoder| has_cuda_hwaccel(decoder));
+        assert_eq!(
+            av1.map(|decoder| decoder.name().to_string()).as_deref(),
+            Some("av1")
+        );
         let png = ffmpeg::decoder::find(ffmpeg::codec::Id::PNG).expect("png decoder");
         assert!(!has_cuda_hwaccel(png));
     }

@@ -424,17 +424,22 @@ fn open_at(
         ffmpeg::codec::threading::Type::Frame,
     ));
     let input_name = spec.input.to_string();
-    let nvdec = spec
-        .nvdec
-        .clone()
-        .filter(|gpu| gpu.takes(stream.parameters().id(), &input_name));
-    if let Some(gpu) = &nvdec {
+    let on_gpu = spec.nvdec.as_ref().and_then(|gpu| {
+        let decoder = gpu.decoder_for(stream.parameters().id(), &input_name)?;
+        Some((gpu.clone(), decoder))
+    });
+    if let Some((gpu, _)) = &on_gpu {
         gpu.attach(&mut context_builder);
     }
-    let decoder = context_builder
-        .decoder()
-        .video()
-        .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
+    let (nvdec, gpu_decoder) = on_gpu.unzip();
+    let decoder = match gpu_decoder {
+        Some(codec) => context_builder
+            .decoder()
+            .open_as(codec)
+            .and_then(|opened| opened.video()),
+        None => context_builder.decoder().video(),
+    }
+    .map_err(|e| ChunkError::Decode(format!("cannot open the video decoder: {e}")))?;
     let passthrough = match (&spec.passthrough, packet_log) {
         (Some(copy), Some(path)) => Some(PassthroughCollector::new(
             path,
