@@ -20,13 +20,13 @@
 # GPU runs fp16). Framefleet's seconds are the job's (submit to stitched output, model load
 # included, the local processes' start not), eager PyTorch's its own run (model load
 # included, Python's imports not), the encoder's its process. Prints a table and writes
-# OUTDIR/gpu-job.json (one row per run) and OUTDIR/checks.jsonl.
+# OUTDIR/gpu-job.json (one row per run; rows.jsonl as they come) and OUTDIR/checks.jsonl.
 # usage: bench/gpu-job.sh KIT OUTDIR [FRAMES]
 #   KIT: what bench/gpu-kit.sh packed (kit.tar.xz, models/)
 #   FRAMES: frames of every clip (default: each case's own, sized so the whole set runs in
 #   under ten minutes on an H100)
 # env: BENCH_DEVICE=cpu runs it all on the CPU path (to prove the script on a machine
-#   without a GPU), BENCH_SLOTS (default 4) the chunks sharing the GPU, FRAMEFLEET_BIN a
+#   without a GPU), BENCH_SLOTS (default 4) the chunks sharing the GPU, BENCH_FRAMEFLEET a
 #   framefleet to run instead of the kit's.
 # With the device tool: run bench/gpu-kit.sh .gpu/kit here, then on the GPU machine
 #   bench/gpu-job.sh .gpu/kit $OUT
@@ -54,16 +54,19 @@ export FRAMEFLEET_WORKER__MODEL_DIR="$kit/models"
 [ "$device" = cpu ] && export FRAMEFLEET_WORKER__DEVICE=cpu
 ff=$work/bin/ffmpeg
 ffprobe=$work/bin/ffprobe
-framefleet=${FRAMEFLEET_BIN:-$work/bin/framefleet}
+framefleet=${BENCH_FRAMEFLEET:-$work/bin/framefleet}
 checks=$outdir/checks.jsonl
 : >"$checks"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 echo "cores: $(nproc); device: $device; slots sharing: $slots"
 
 rows=()
-# record CASE RUN SECONDS FRAMES [EXTRA-JSON-FIELDS]
+: >"$outdir/rows.jsonl"
+# record CASE RUN SECONDS FRAMES [EXTRA-JSON-FIELDS]: one row of the table, also appended
+# to OUTDIR/rows.jsonl at once (a run cut short still leaves what it measured).
 record() {
   rows+=("{\"case\": \"$1\", \"run\": \"$2\", \"seconds\": $3, \"frames\": $4${5:+, $5}}")
+  echo "${rows[-1]}" >>"$outdir/rows.jsonl"
   echo "$1 | $2: $3 s"
 }
 now() { date +%s.%N; }

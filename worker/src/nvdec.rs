@@ -39,7 +39,31 @@ const FAILED_INPUTS_KEPT: usize = 1024;
 /// whose GPU decoding failed here.
 pub struct Nvdec {
     device: DeviceRef,
-    failed: Mutex<VecDeque<String>>,
+    failed: FailedInputs,
+}
+
+/// The inputs whose GPU decoding failed on this worker, the latest
+/// [`FAILED_INPUTS_KEPT`] of them.
+#[derive(Debug, Default)]
+struct FailedInputs(Mutex<VecDeque<String>>);
+
+impl FailedInputs {
+    fn contains(&self, input: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|inputs| inputs.iter().any(|known| known == input))
+    }
+
+    fn insert(&self, input: &str) {
+        if let Ok(mut inputs) = self.0.lock() {
+            if !inputs.iter().any(|known| known == input) {
+                if inputs.len() == FAILED_INPUTS_KEPT {
+                    inputs.pop_front();
+                }
+                inputs.push_back(input.to_string());
+            }
+        }
+    }
 }
 
 /// One reference to FFmpeg's CUDA device context.
@@ -62,7 +86,7 @@ impl Drop for DeviceRef {
 impl std::fmt::Debug for Nvdec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nvdec")
-            .field("failed", &self.failed.lock().map(|set| set.len()).ok())
+            .field("failed", &self.failed)
             .finish()
     }
 }
@@ -85,7 +109,7 @@ impl Nvdec {
         };
         (created >= 0 && !device.is_null()).then(|| Self {
             device: DeviceRef(device),
-            failed: Mutex::new(VecDeque::new()),
+            failed: FailedInputs::default(),
         })
     }
 
@@ -94,11 +118,7 @@ impl Nvdec {
     /// (for AV1 the default is libdav1d, software only, and FFmpeg's own `av1` decoder
     /// takes the hwaccel); `None` when none has, or the input failed on the GPU here.
     pub fn decoder_for(&self, codec: ffmpeg::codec::Id, input: &str) -> Option<ffmpeg::Codec> {
-        let failed = self
-            .failed
-            .lock()
-            .is_ok_and(|inputs| inputs.iter().any(|known| known == input));
-        if failed {
+        if self.failed.contains(input) {
             return None;
         }
         ffmpeg::decoder::find(codec)
@@ -114,14 +134,7 @@ impl Nvdec {
             why,
             "NVDEC failed; this input decodes in software from now on"
         );
-        if let Ok(mut inputs) = self.failed.lock() {
-            if !inputs.iter().any(|known| known == input) {
-                if inputs.len() == FAILED_INPUTS_KEPT {
-                    inputs.pop_front();
-                }
-                inputs.push_back(input.to_string());
-            }
-        }
+        self.failed.insert(input);
     }
 
     /// Makes the decoder `context` will open decode on the GPU where FFmpeg can start the
@@ -241,6 +254,23 @@ mod tests {
         );
         let png = ffmpeg::decoder::find(ffmpeg::codec::Id::PNG).expect("png decoder");
         assert!(!has_cuda_hwaccel(png));
+    }
+
+    #[test]
+    fn failed_inputs_are_remembered_once_each_and_the_oldest_forgotten_first() {
+        let failed = FailedInputs::default();
+        failed.insert("s3://in/a.mp4");
+        failed.insert("s3://in/a.mp4");
+        assert!(failed.contains("s3://in/a.mp4") && !failed.contains("s3://in/b.mp4"));
+        for index in 0..FAILED_INPUTS_KEPT {
+            failed.insert(&format!("s3://in/{index}.mp4"));
+        }
+        assert!(!failed.contains("s3://in/a.mp4"), "the oldest goes first");
+        assert!(failed.contains("s3://in/0.mp4") && failed.contains("s3://in/1023.mp4"));
+        assert_eq!(
+            failed.0.lock().map(|inputs| inputs.len()).ok(),
+            Some(FAILED_INPUTS_KEPT)
+        );
     }
 
     #[test]
