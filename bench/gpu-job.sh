@@ -27,7 +27,8 @@
 #   under ten minutes on an H100)
 # env: BENCH_DEVICE=cpu runs it all on the CPU path (to prove the script on a machine
 #   without a GPU), BENCH_SLOTS (default 4) the chunks sharing the GPU, BENCH_FRAMEFLEET a
-#   framefleet to run instead of the kit's.
+#   framefleet to run instead of the kit's, BENCH_MODELS the models to run (default all
+#   three; the NVDEC, NVENC and infer runs are always made).
 # With the device tool: run bench/gpu-kit.sh .gpu/kit here, then on the GPU machine
 #   bench/gpu-job.sh .gpu/kit $OUT
 # carrying .gpu/kit (about 45 MB).
@@ -38,6 +39,7 @@ outdir=$(cd "$2" && pwd)
 frames_override=${3:-}
 device=${BENCH_DEVICE:-cuda}
 slots=${BENCH_SLOTS:-4}
+read -r -a models <<<"${BENCH_MODELS:-realesr-animevideov3-x2 realesr-animevideov3-x4 realesrgan-x4plus}"
 bench=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -126,6 +128,7 @@ cases=(
 )
 for entry in "${cases[@]}"; do
   read -r model width height frames <<<"$entry"
+  [[ " ${models[*]} " == *" $model "* ]] || continue
   frames=${frames_override:-$frames}
   case="$model ${width}x${height}"
   input=$work/in-$width.mp4
@@ -158,7 +161,7 @@ done
 # Each model on the GPU against the CPU path, lossless, on 4 frames.
 short=$work/short.mp4
 clip 480 270 4 "$short"
-for model in realesr-animevideov3-x2 realesr-animevideov3-x4 realesrgan-x4plus; do
+for model in "${models[@]}"; do
   "$framefleet" local "$short" "$work/short-gpu.mkv" --model "$model" --lossless
   FRAMEFLEET_WORKER__DEVICE=cpu "$framefleet" local "$short" "$work/short-cpu.mkv" --model "$model" --lossless
   python3 "$bench/job_checks.py" exact "$ffprobe" "$short" "$work/short-gpu.mkv" | tee -a "$checks"

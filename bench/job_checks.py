@@ -37,7 +37,7 @@ def exact(ffprobe, source, output):
 def psnr(ffmpeg, reference, candidate):
     run = subprocess.run(
         [ffmpeg, "-hide_banner", "-i", candidate, "-i", reference, "-lavfi", "psnr",
-         "-f", "null", "-"], capture_output=True, text=True)
+         "-an", "-c:v", "rawvideo", "-f", "null", "-"], capture_output=True, text=True)
     found = re.findall(r"average:(\S+)", run.stderr)
     value = found[-1] if found else "nan"
     db = float("inf") if value == "inf" else float(value)
