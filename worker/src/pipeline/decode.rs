@@ -113,7 +113,8 @@ pub(super) fn run(
     };
     for part in parts(spec) {
         let done = decode_part(&part, context, &frames, &reading, sent_before)
-            .map_err(|error| blame_storage(error, &failure))?;
+            .map_err(|error| blame_storage(error, &failure))
+            .inspect_err(|error| note_gpu_failure(spec, error))?;
         outcome.passthrough_packets += done.passthrough_packets;
         if done.on_gpu {
             outcome.decoder = NVDEC;
@@ -121,6 +122,16 @@ pub(super) fn run(
         sent_before += part.frames();
     }
     Ok(outcome)
+}
+
+/// Marks the input for software decoding on this worker when decoding it failed (not its
+/// storage) with the GPU decoder at hand, so the chunk's retry does not meet the same
+/// fault. An input that was decoded in software anyway loses nothing by the mark.
+fn note_gpu_failure(spec: &ChunkSpec, error: &ChunkError) {
+    if let (Some(gpu), ChunkError::Decode(_) | ChunkError::FrameCount { .. }) = (&spec.nvdec, error)
+    {
+        gpu.failed(&spec.input.to_string(), &error.to_string());
+    }
 }
 
 /// What the stage decodes, one seek each: the chunk itself, or for chosen frames one part
@@ -309,13 +320,7 @@ fn decode_range(
         decoded: VideoFrame::empty(),
         on_gpu: false,
     };
-    let decoded = decoding.decode();
-    if let (Err(error @ (ChunkError::Decode(_) | ChunkError::FrameCount { .. })), Some(gpu)) =
-        (&decoded, &decoding.opened.nvdec)
-    {
-        gpu.failed(&spec.input.to_string(), &error.to_string());
-    }
-    if let Some(overshot) = decoded? {
+    if let Some(overshot) = decoding.decode()? {
         return Ok(overshot);
     }
     let (sent, expected) = (decoding.range.sent, decoding.range.expected);
@@ -367,8 +372,6 @@ struct Opened {
     time_base: ffmpeg::Rational,
     /// Collects the copied streams' packets, when the job copies any.
     passthrough: Option<PassthroughCollector>,
-    /// The GPU decoder the decoder was given, if any.
-    nvdec: Option<Arc<nvdec::Nvdec>>,
 }
 
 /// Opens the input as `attempt` says (skipping fragments, seeking) with a decoder for its
@@ -424,14 +427,11 @@ fn open_at(
         ffmpeg::codec::threading::Type::Frame,
     ));
     let input_name = spec.input.to_string();
-    let on_gpu = spec.nvdec.as_ref().and_then(|gpu| {
+    let gpu_decoder = spec.nvdec.as_ref().and_then(|gpu| {
         let decoder = gpu.decoder_for(stream.parameters().id(), &input_name)?;
-        Some((gpu.clone(), decoder))
-    });
-    if let Some((gpu, _)) = &on_gpu {
         gpu.attach(&mut context_builder);
-    }
-    let (nvdec, gpu_decoder) = on_gpu.unzip();
+        Some(decoder)
+    });
     let decoder = match gpu_decoder {
         Some(codec) => context_builder
             .decoder()
@@ -480,7 +480,6 @@ fn open_at(
         decoder,
         time_base,
         passthrough,
-        nvdec,
     })
 }
 
