@@ -138,6 +138,15 @@ impl FromStr for EncoderRequest {
 }
 
 impl EncoderRequest {
+    /// Whether workers offering `offered` can take the job: they have the encoder named,
+    /// or one of the codec asked for.
+    pub fn served_by(self, offered: &[VideoEncoder]) -> bool {
+        match self {
+            EncoderRequest::Codec(codec) => offered.iter().any(|e| e.codec() == codec),
+            EncoderRequest::Encoder(encoder) => offered.contains(&encoder),
+        }
+    }
+
     /// The codec the output will be in.
     pub fn codec(self) -> VideoCodec {
         match self {

@@ -129,6 +129,8 @@ pub struct RegisterError(String);
 struct Entry {
     info: WorkerInfo,
     busy: u32,
+    /// The chunks it holds, by the encoder they are written with (`None`: infer).
+    busy_with: HashMap<Option<VideoEncoder>, u32>,
     expires: Instant,
     /// Models it preloaded or has run a chunk of, so holds loaded.
     models: HashSet<String>,
@@ -169,6 +171,14 @@ impl Entry {
         encoder.is_none_or(|e| self.info.encoders.contains(&e))
     }
 
+    /// Frees the slot of a chunk written with `encoder`.
+    fn take_back(&mut self, encoder: Option<VideoEncoder>) {
+        self.busy = self.busy.saturating_sub(1);
+        if let Some(chunks) = self.busy_with.get_mut(&encoder) {
+            *chunks = chunks.saturating_sub(1);
+        }
+    }
+
     /// Slots a new chunk may take.
     fn free(&self) -> u32 {
         if self.draining {
@@ -197,12 +207,13 @@ pub struct FleetOffer {
     pub encoder: Option<VideoEncoder>,
 }
 
-/// The chunks the fleet runs now, as seen from one GPU type (the scaler's view).
+/// The chunks the fleet runs now, as seen from one GPU type and set of encoders (the
+/// scaler's view).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FleetLoad {
     /// Chunks held by workers of the type (draining ones included).
     pub busy_here: u32,
-    /// Chunks held by workers of other types.
+    /// Chunks held by workers of other types, of the encoders counted.
     pub busy_elsewhere: u32,
     /// Workers of the type that hold a chunk and are not draining: a scale-in must not
     /// remove them while idle ones exist.
@@ -236,6 +247,8 @@ pub struct Fleet {
 pub struct SlotGrant {
     /// The worker holding the chunk.
     pub worker: WorkerInfo,
+    /// The encoder the chunk is written with (`None`: infer).
+    encoder: Option<VideoEncoder>,
     fleet: Arc<Fleet>,
     armed: bool,
 }
@@ -243,7 +256,7 @@ pub struct SlotGrant {
 impl Drop for SlotGrant {
     fn drop(&mut self) {
         if self.armed {
-            self.fleet.release(&self.worker.id);
+            self.fleet.release(&self.worker.id, self.encoder);
         }
     }
 }
@@ -312,6 +325,7 @@ impl Fleet {
             Entry {
                 info,
                 busy: 0,
+                busy_with: HashMap::new(),
                 expires: Instant::now() + self.lease,
                 models,
                 device,
@@ -456,8 +470,13 @@ impl Fleet {
         }
     }
 
-    /// The chunks running on workers of `gpu_type` (every type when `None`) and elsewhere.
-    pub fn load(&self, gpu_type: Option<&str>) -> FleetLoad {
+    /// The chunks running on workers of `gpu_type` (every type when `None`), and those
+    /// elsewhere written with an encoder `counted` takes.
+    pub fn load(
+        &self,
+        gpu_type: Option<&str>,
+        counted: impl Fn(Option<VideoEncoder>) -> bool,
+    ) -> FleetLoad {
         let state = self.lock();
         let mut load = FleetLoad::default();
         for entry in state.workers.values() {
@@ -465,7 +484,12 @@ impl Fleet {
                 load.busy_here += entry.busy;
                 load.busy_workers += u32::from(entry.busy > 0 && !entry.draining);
             } else {
-                load.busy_elsewhere += entry.busy;
+                load.busy_elsewhere += entry
+                    .busy_with
+                    .iter()
+                    .filter(|(&encoder, _)| counted(encoder))
+                    .map(|(_, &chunks)| chunks)
+                    .sum::<u32>();
             }
         }
         load
@@ -575,10 +599,10 @@ impl Fleet {
         }
     }
 
-    fn release(self: &Arc<Self>, id: &str) {
+    fn release(self: &Arc<Self>, id: &str, encoder: Option<VideoEncoder>) {
         let mut state = self.lock();
         if let Some(entry) = state.workers.get_mut(id) {
-            entry.busy = entry.busy.saturating_sub(1);
+            entry.take_back(encoder);
             if entry.draining && entry.busy == 0 {
                 tracing::info!(worker = %entry.info.name, "worker drained and left the fleet");
                 state.workers.remove(id);
@@ -603,15 +627,17 @@ impl Fleet {
                 continue;
             };
             entry.busy += 1;
+            *entry.busy_with.entry(waiter.encoder).or_default() += 1;
             let grant = SlotGrant {
                 worker: entry.info.clone(),
+                encoder: waiter.encoder,
                 fleet: self.clone(),
                 armed: true,
             };
             if let Err(mut unsent) = waiter.grant.send(grant) {
                 // The waiter gave up; take the slot back without re-entering the lock.
                 unsent.armed = false;
-                entry.busy = entry.busy.saturating_sub(1);
+                entry.take_back(waiter.encoder);
             }
         }
     }
@@ -860,6 +886,56 @@ mod tests {
             refused.is_err(),
             "an unknown encoder is refused at registration"
         );
+    }
+
+    #[tokio::test]
+    async fn the_load_elsewhere_counts_only_chunks_of_the_encoders_asked_about() {
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        let l4 = RegisterWorkerRequest {
+            gpu_type: "L4".into(),
+            encoders: vec!["libx264".into(), "h264_nvenc".into()],
+            ..registration("l4", 2)
+        };
+        fleet.register(l4).expect("registers");
+        fleet.register(registration("cpu", 2)).expect("registers");
+        let wait = Duration::from_secs(5);
+        let nvenc = Some(VideoEncoder::H264Nvenc);
+        let x264 = Some(VideoEncoder::Libx264);
+        let on_l4 = fleet
+            .acquire(priority(0, 1, 0), HashSet::new(), nvenc, wait)
+            .await
+            .expect("slot");
+        let mut held = Vec::new();
+        for index in 0..2 {
+            let grant = fleet
+                .acquire(
+                    priority(1, 1, index),
+                    HashSet::from([on_l4.worker.id.clone()]),
+                    x264,
+                    wait,
+                )
+                .await
+                .expect("slot");
+            assert_eq!(grant.worker.name, "cpu");
+            held.push(grant);
+        }
+        let everything = |_: Option<VideoEncoder>| true;
+        let nvenc_only = |encoder: Option<VideoEncoder>| encoder == nvenc;
+        let from_l4 = fleet.load(Some("L4"), everything);
+        assert_eq!(
+            (
+                from_l4.busy_here,
+                from_l4.busy_elsewhere,
+                from_l4.busy_workers
+            ),
+            (1, 2, 1)
+        );
+        assert_eq!(fleet.load(Some("L4"), nvenc_only).busy_elsewhere, 0);
+        assert_eq!(fleet.load(Some("cpu"), nvenc_only).busy_elsewhere, 1);
+        drop(on_l4);
+        assert_eq!(fleet.load(Some("cpu"), nvenc_only).busy_elsewhere, 0);
+        drop(held);
+        assert_eq!(fleet.load(None, everything), FleetLoad::default());
     }
 
     #[test]

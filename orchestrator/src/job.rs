@@ -17,6 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::cost::CostReport;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{ChunkProgress, Job, JobState, Phase, Plan, Progress};
@@ -57,6 +58,8 @@ pub struct JobRecord {
     state: watch::Sender<Job>,
     progress: Mutex<ProgressFold>,
     report: Mutex<Option<CostReport>>,
+    /// The encoder the current run writes the chunks with, once the run chose it.
+    encoder: Mutex<Option<VideoEncoder>>,
 }
 
 #[derive(Default)]
@@ -112,6 +115,7 @@ impl JobRecord {
             state: watch::Sender::new(snapshot),
             progress: Mutex::default(),
             report: Mutex::default(),
+            encoder: Mutex::new(None),
         }
     }
 
@@ -137,6 +141,7 @@ impl JobRecord {
             state: watch::Sender::new(snapshot),
             progress: Mutex::default(),
             report: Mutex::new(report.filter(|_| terminal)),
+            encoder: Mutex::new(None),
         }
     }
 
@@ -164,6 +169,23 @@ impl JobRecord {
             job.set_state(state);
             true
         });
+    }
+
+    /// Records the encoder the run chose for the job's chunks.
+    pub fn set_encoder(&self, encoder: Option<VideoEncoder>) {
+        *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = encoder;
+    }
+
+    /// Whether workers offering `offered` can run the job's chunks: every worker for a
+    /// job that encodes nothing (infer); else those with the run's encoder or, before a
+    /// run chose one, with what the job asked for (the encoder named, or one of the codec).
+    pub fn runs_on(&self, offered: &[VideoEncoder]) -> bool {
+        let chosen = *self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        match (chosen, self.request.encoder) {
+            (Some(encoder), _) => offered.contains(&encoder),
+            (None, Some(request)) => request.served_by(offered),
+            (None, None) => true,
+        }
     }
 
     /// Records the plan and sizes the progress fold to it.

@@ -240,6 +240,7 @@ impl JobRunner {
     ) -> Result<(), JobError> {
         let run = self.store.begin_run(&job.id).await?;
         let encoder = encoder_choice::for_run(&job.request, &trusted, &self.fleet);
+        job.set_encoder(encoder);
         if let Some(encoder) = encoder {
             tracing::info!(job = %job.id, %encoder, "the job's chunks are encoded with this encoder");
         }

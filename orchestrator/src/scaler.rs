@@ -8,7 +8,10 @@
 //! target, the slots of one worker, and rounds up: `wanted = ceil(slots wanted / slots
 //! per worker)`. With `gpuType` in the trigger's metadata, chunks running on other GPU
 //! types are left out (a waiting chunk can run on any worker, so it counts for every
-//! type). `StreamIsActive` pushes the change the moment the first job arrives, so a fleet
+//! type). With `encoders` (the FFmpeg encoders the scaled workers offer, comma-separated),
+//! only jobs those workers can encode count: a job waiting for `h264_nvenc` does not scale
+//! a pool of CPU workers, nor a libx264 job a pool kept for NVENC (a job asking for a codec
+//! counts for every pool with an encoder of it until its run chooses one). `StreamIsActive` pushes the change the moment the first job arrives, so a fleet
 //! at zero starts without waiting for KEDA's next poll.
 //!
 //! KEDA sends no bearer token: this service reveals only counts and is served without
@@ -23,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use framefleet_common::codec::VideoEncoder;
 use framefleet_common::proto::externalscaler::external_scaler_server::ExternalScaler;
 use framefleet_common::proto::externalscaler::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
@@ -30,6 +34,7 @@ use framefleet_common::proto::externalscaler::{
 };
 
 use crate::fleet::FleetLoad;
+use crate::job::JobRecord;
 use crate::orchestrator::Orchestrator;
 
 /// How often `StreamIsActive` looks again when nothing wakes it (jobs ending, chunks
@@ -44,10 +49,13 @@ pub struct ScaledTarget {
     /// Slots one worker of the scaled deployment has (`slotsPerWorker`, else the
     /// configuration's `worker.slots`).
     pub slots_per_worker: u32,
+    /// The encoders the scaled workers offer (`encoders`); empty: any.
+    pub encoders: Vec<VideoEncoder>,
 }
 
 impl ScaledTarget {
-    /// Reads `gpuType` and `slotsPerWorker` from a `ScaledObjectRef`'s metadata.
+    /// Reads `gpuType`, `slotsPerWorker` and `encoders` from a `ScaledObjectRef`'s
+    /// metadata.
     pub fn parse(reference: &ScaledObjectRef, default_slots: u32) -> Result<Self, Status> {
         let metadata = &reference.scaler_metadata;
         let slots_per_worker = match metadata.get("slotsPerWorker") {
@@ -71,7 +79,18 @@ impl ScaledTarget {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
             slots_per_worker,
+            encoders: parse_encoders(reference)?,
         })
+    }
+
+    /// Whether `job`'s chunks count for the scaled workers.
+    fn counts_job(&self, job: &JobRecord) -> bool {
+        self.encoders.is_empty() || job.runs_on(&self.encoders)
+    }
+
+    /// Whether a chunk written with `encoder` (`None`: infer) counts for them.
+    fn counts_chunk(&self, encoder: Option<VideoEncoder>) -> bool {
+        self.encoders.is_empty() || encoder.is_none_or(|e| self.encoders.contains(&e))
     }
 
     /// The metric's name: `framefleet-slots`, with the GPU type when there is one.
@@ -81,6 +100,29 @@ impl ScaledTarget {
             None => "framefleet-slots".to_string(),
         }
     }
+}
+
+/// The `encoders` of a trigger's metadata: FFmpeg names, comma-separated.
+fn parse_encoders(reference: &ScaledObjectRef) -> Result<Vec<VideoEncoder>, Status> {
+    let Some(list) = reference.scaler_metadata.get("encoders") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            name.parse().map_err(|_| {
+                let known: Vec<&str> = VideoEncoder::ALL.iter().map(|e| e.name()).collect();
+                Status::invalid_argument(format!(
+                    "encoders in ScaledObject {}/{}: `{name}` is not an encoder framefleet \
+                     knows ({}); list the FFmpeg encoders its workers offer, comma-separated",
+                    reference.namespace,
+                    reference.name,
+                    known.join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The slots `target` wants, given the slots every job wants (`jobs_want`) and the fleet's
@@ -112,9 +154,14 @@ fn wanted_now(orchestrator: &Orchestrator, target: &ScaledTarget) -> u32 {
         .jobs
         .list()
         .iter()
+        .filter(|job| target.counts_job(job))
         .map(|job| job.slots_wanted())
         .sum();
-    let load = orchestrator.fleet.load(target.gpu_type.as_deref());
+    let load = orchestrator
+        .fleet
+        .load(target.gpu_type.as_deref(), |encoder| {
+            target.counts_chunk(encoder)
+        });
     slots_wanted(jobs_want, load, target)
 }
 
@@ -242,6 +289,70 @@ mod tests {
         let error =
             ScaledTarget::parse(&reference(&[("slotsPerWorker", "0")]), 1).expect_err("zero slots");
         assert!(error.message().contains("video/workers"), "{error:?}");
+        let nvenc = ScaledTarget::parse(&reference(&[("encoders", "h264_nvenc, hevc_nvenc")]), 1)
+            .expect("valid");
+        assert_eq!(
+            nvenc.encoders,
+            [VideoEncoder::H264Nvenc, VideoEncoder::HevcNvenc]
+        );
+        let error = ScaledTarget::parse(&reference(&[("encoders", "h264_nvenc,av1_nvenc")]), 1)
+            .expect_err("unknown encoder");
+        assert!(
+            error.message().contains("`av1_nvenc` is not an encoder")
+                && error.message().contains("video/workers"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn only_jobs_the_scaled_workers_can_encode_count_for_them() {
+        use framefleet_common::config::Config;
+        use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
+        let job = |encoder: &str, task: Task| {
+            let spec = JobSpec {
+                input_uri: "file:///tmp/in.mp4".into(),
+                output_uri: if task == Task::Infer {
+                    "file:///tmp/out.jsonl".into()
+                } else {
+                    "file:///tmp/out.mp4".into()
+                },
+                task: task as i32,
+                processor: (task == Task::Infer).then(|| ProcessorSpec {
+                    model: "/models/classifier.pt".into(),
+                    scale: 0.0,
+                    ..ProcessorSpec::default()
+                }),
+                encoder: Some(EncoderSettings {
+                    encoder: encoder.into(),
+                    ..EncoderSettings::default()
+                }),
+                ..JobSpec::default()
+            };
+            let valid = crate::validate::check(spec, &Config::default()).expect("valid job");
+            JobRecord::new("job".into(), 0, valid)
+        };
+        let nvenc_pool = ScaledTarget {
+            gpu_type: Some("L4".into()),
+            slots_per_worker: 1,
+            encoders: vec![VideoEncoder::H264Nvenc],
+        };
+        let named_nvenc = job("h264_nvenc", Task::Process);
+        let named_x264 = job("libx264", Task::Process);
+        let h264 = job("h264", Task::Process);
+        let hevc = job("hevc", Task::Process);
+        let infer = job("", Task::Infer);
+        assert!(nvenc_pool.counts_job(&named_nvenc) && !nvenc_pool.counts_job(&named_x264));
+        assert!(
+            nvenc_pool.counts_job(&h264),
+            "a codec counts until the run chooses"
+        );
+        assert!(!nvenc_pool.counts_job(&hevc));
+        assert!(nvenc_pool.counts_job(&infer), "infer encodes nothing");
+        h264.set_encoder(Some(VideoEncoder::Libx264));
+        assert!(!nvenc_pool.counts_job(&h264), "the run chose x264");
+        assert!(
+            nvenc_pool.counts_chunk(None) && !nvenc_pool.counts_chunk(Some(VideoEncoder::Libx264))
+        );
     }
 
     #[test]
@@ -249,6 +360,7 @@ mod tests {
         let two_slots = ScaledTarget {
             gpu_type: Some("L4".into()),
             slots_per_worker: 2,
+            encoders: Vec::new(),
         };
         let load = |here, elsewhere, workers| FleetLoad {
             busy_here: here,
