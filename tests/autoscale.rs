@@ -30,11 +30,29 @@ const COOLDOWN: Duration = Duration::from_secs(4);
 const STABILIZATION: Duration = Duration::from_secs(2);
 
 fn scaled_object() -> ScaledObjectRef {
+    scaled_pool(&[("gpuType", "cpu"), ("slotsPerWorker", "1")])
+}
+
+/// Two pools of L4 workers watched beside the one the test scales, with no worker of their
+/// own: one that takes any job (the chunks waiting for a slot count for it), and one that
+/// only encodes with NVENC (the jobs, on libx264 once their runs chose, must not count).
+fn l4_pools() -> [ScaledObjectRef; 2] {
+    [
+        scaled_pool(&[("gpuType", "L4"), ("slotsPerWorker", "1")]),
+        scaled_pool(&[
+            ("gpuType", "L4"),
+            ("slotsPerWorker", "1"),
+            ("encoders", "h264_nvenc"),
+        ]),
+    ]
+}
+
+fn scaled_pool(metadata: &[(&str, &str)]) -> ScaledObjectRef {
     ScaledObjectRef {
         name: "framefleet-workers".into(),
         namespace: "video".into(),
-        scaler_metadata: [("gpuType", "cpu"), ("slotsPerWorker", "1")]
-            .into_iter()
+        scaler_metadata: metadata
+            .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     }
@@ -51,6 +69,8 @@ struct ScalingLog {
     drained: Vec<bool>,
     /// `framefleet workers --json` while the fleet was at its largest.
     listing: Option<serde_json::Value>,
+    /// The metrics of the two L4 pools (any job, NVENC only), at each poll while active.
+    l4_metrics: Vec<(f64, f64)>,
 }
 
 /// Plays KEDA until `done` turns true and the fleet is back at zero; `ready` fires once
@@ -106,16 +126,11 @@ async fn play_keda(
         // recommendation within its stabilization window.
         let recommendation = if *active.borrow() {
             last_active = Instant::now();
-            let metric = scaler
-                .get_metrics(GetMetricsRequest {
-                    scaled_object_ref: Some(scaled_object()),
-                    metric_name: spec.metric_specs[0].metric_name.clone(),
-                })
-                .await
-                .expect("metrics")
-                .into_inner()
-                .metric_values[0]
-                .metric_value_float;
+            let metric = slots_wanted(&mut scaler, scaled_object()).await;
+            let [any, nvenc] = l4_pools();
+            let any = slots_wanted(&mut scaler, any).await;
+            log.l4_metrics
+                .push((any, slots_wanted(&mut scaler, nvenc).await));
             ((metric / target).ceil() as usize).clamp(1, MAX_REPLICAS)
         } else if last_active.elapsed() < COOLDOWN && !running.is_empty() {
             1
@@ -166,6 +181,23 @@ async fn play_keda(
         "every worker left the fleet: {after}"
     );
     log
+}
+
+/// The scaler's metric for `pool`.
+async fn slots_wanted(
+    scaler: &mut ExternalScalerClient<tonic::transport::Channel>,
+    pool: ScaledObjectRef,
+) -> f64 {
+    scaler
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(pool),
+            metric_name: String::new(),
+        })
+        .await
+        .expect("metrics")
+        .into_inner()
+        .metric_values[0]
+        .metric_value_float
 }
 
 /// Collects the stopped workers that have exited, recording whether each exited cleanly.
@@ -294,6 +326,15 @@ async fn the_fleet_scales_from_zero_with_the_queue_and_back_without_losing_a_chu
         retries <= log.drained.len() as u64,
         "{retries} retries for {} scale-ins",
         log.drained.len()
+    );
+    // Every job asked for H.264 and ran on libx264: while chunks waited for a slot (and so
+    // counted for any L4 pool), none counted for the pool that offers only h264_nvenc.
+    assert!(
+        log.l4_metrics
+            .iter()
+            .any(|&(any, nvenc)| any >= 1.0 && nvenc == 0.0),
+        "{:?}",
+        log.l4_metrics
     );
     let listing = log
         .listing
