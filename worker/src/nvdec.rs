@@ -11,7 +11,8 @@
 //!   chunk decodes in software;
 //! - a stream the engine cannot take (a codec, profile or size it lacks): FFmpeg's format
 //!   negotiation drops the hwaccel when it fails to start and decodes that stream in
-//!   software;
+//!   software (except AV1, whose native decoder has no software path: such a chunk fails
+//!   and takes the next level);
 //! - a chunk whose GPU decoding failed: its input is marked ([`Nvdec::failed`]), so the
 //!   retry of that chunk, and every later chunk of that input on this worker, decodes in
 //!   software. The mark is per input, not per codec: one damaged file must not take the
