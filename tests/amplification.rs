@@ -82,11 +82,16 @@ async fn workers_read_about_one_copy_of_the_input_whatever_the_chunk_count() {
             let report = report(&mut client, &id).await;
             let reported = report["totals"]["requests"].as_u64().unwrap_or(0);
             let served = served_since(served_before, reported).await;
-            assert_eq!(
-                report["totals"]["requests"].as_u64(),
-                Some(served),
-                "{name} x{chunks}: Garage served {served} requests for the job; the report says {}",
-                report["totals"]["requests"]
+            // framefleet counts a request when it sends it; Garage when its handler ends.
+            // A read-ahead cancelled in flight (at most two per reader: each chunk's, the
+            // probe's, the stitch's) is counted by framefleet and by Garage only if its
+            // handler finished first. So Garage may count those fewer, and never more.
+            let cancelled_in_flight = 2 * (u64::from(chunks) + 2);
+            assert!(
+                served <= reported && reported <= served + cancelled_in_flight,
+                "{name} x{chunks}: Garage served {served} requests for the job; the report says \
+                 {reported} (at most {cancelled_in_flight} more allowed, for read-aheads \
+                 cancelled in flight)"
             );
             let workers = chunk_sum(&report, "bytes_read");
             let limit = 1.10 * size;
