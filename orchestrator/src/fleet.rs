@@ -128,7 +128,6 @@ pub struct RegisterError(String);
 
 struct Entry {
     info: WorkerInfo,
-    busy: u32,
     /// The chunks it holds, by the encoder they are written with (`None`: infer).
     busy_with: HashMap<Option<VideoEncoder>, u32>,
     expires: Instant,
@@ -155,7 +154,7 @@ impl Entry {
             gpu_type: self.info.gpu_type.clone(),
             device: self.device.clone(),
             slots: self.info.slots,
-            busy_slots: self.busy,
+            busy_slots: self.busy(),
             draining: self.draining,
             cold_start_seconds: self.cold_start_seconds,
             chunks_done: self.chunks_done,
@@ -171,9 +170,13 @@ impl Entry {
         encoder.is_none_or(|e| self.info.encoders.contains(&e))
     }
 
+    /// The chunks it holds.
+    fn busy(&self) -> u32 {
+        self.busy_with.values().sum()
+    }
+
     /// Frees the slot of a chunk written with `encoder`.
     fn take_back(&mut self, encoder: Option<VideoEncoder>) {
-        self.busy = self.busy.saturating_sub(1);
         if let Some(chunks) = self.busy_with.get_mut(&encoder) {
             *chunks = chunks.saturating_sub(1);
         }
@@ -184,7 +187,7 @@ impl Entry {
         if self.draining {
             0
         } else {
-            self.info.slots.saturating_sub(self.busy)
+            self.info.slots.saturating_sub(self.busy())
         }
     }
 }
@@ -324,7 +327,6 @@ impl Fleet {
             id.clone(),
             Entry {
                 info,
-                busy: 0,
                 busy_with: HashMap::new(),
                 expires: Instant::now() + self.lease,
                 models,
@@ -357,9 +359,9 @@ impl Fleet {
     pub fn drain(&self, id: &str) {
         let mut state = self.lock();
         match state.workers.get_mut(id) {
-            Some(entry) if entry.busy > 0 => {
+            Some(entry) if entry.busy() > 0 => {
                 entry.draining = true;
-                tracing::info!(worker = %entry.info.name, chunks = entry.busy, "worker draining");
+                tracing::info!(worker = %entry.info.name, chunks = entry.busy(), "worker draining");
             }
             Some(_) => {
                 drop(state);
@@ -481,8 +483,8 @@ impl Fleet {
         let mut load = FleetLoad::default();
         for entry in state.workers.values() {
             if gpu_type.is_none_or(|t| t == entry.info.gpu_type) {
-                load.busy_here += entry.busy;
-                load.busy_workers += u32::from(entry.busy > 0 && !entry.draining);
+                load.busy_here += entry.busy();
+                load.busy_workers += u32::from(entry.busy() > 0 && !entry.draining);
             } else {
                 load.busy_elsewhere += entry
                     .busy_with
@@ -519,11 +521,11 @@ impl Fleet {
         let state = self.lock();
         state.workers.values().fold((0, 0), |(all, busy), entry| {
             let slots = if entry.draining {
-                entry.busy
+                entry.busy()
             } else {
                 entry.info.slots
             };
-            (all + slots, busy + entry.busy)
+            (all + slots, busy + entry.busy())
         })
     }
 
@@ -603,7 +605,7 @@ impl Fleet {
         let mut state = self.lock();
         if let Some(entry) = state.workers.get_mut(id) {
             entry.take_back(encoder);
-            if entry.draining && entry.busy == 0 {
+            if entry.draining && entry.busy() == 0 {
                 tracing::info!(worker = %entry.info.name, "worker drained and left the fleet");
                 state.workers.remove(id);
             }
@@ -626,7 +628,6 @@ impl Fleet {
             let Some(entry) = state.workers.get_mut(&worker_id) else {
                 continue;
             };
-            entry.busy += 1;
             *entry.busy_with.entry(waiter.encoder).or_default() += 1;
             let grant = SlotGrant {
                 worker: entry.info.clone(),
@@ -659,7 +660,7 @@ fn pick_worker(
         .filter(|(_, entry)| entry.encodes(encoder))
         .filter(|(id, entry)| entry.free() > 0 && (everyone_avoided || !avoid.contains(*id)))
         .min_by(|(a_id, a), (b_id, b)| {
-            let load = |e: &Entry| f64::from(e.busy) / f64::from(e.info.slots);
+            let load = |e: &Entry| f64::from(e.busy()) / f64::from(e.info.slots);
             load(a).total_cmp(&load(b)).then_with(|| a_id.cmp(b_id))
         })
         .map(|(id, _)| id.clone())
