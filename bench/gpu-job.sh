@@ -101,6 +101,18 @@ framefleet_job() {
   esac
 }
 
+# eager_baseline CASE FRAMES SCRIPT ARGS...: an eager PyTorch baseline; its seconds are the
+# ones it measured itself (the last line it prints).
+eager_baseline() {
+  local case=$1 frames=$2 script=$3
+  shift 3
+  local started eager
+  started=$(now)
+  eager=$(python3 "$script" "$@" | tail -1)
+  record "$case" "eager PyTorch" "$(python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['seconds'], 3))" "$eager")" \
+    "$frames" "\"process_seconds\": $(since "$started")"
+}
+
 # encoder_alone CASE FRAMES FROM ENCODER-ARGS...: ffmpeg encoding FROM's frames (decoded
 # to raw beforehand, not timed) with the given encoder settings.
 encoder_alone() {
@@ -135,11 +147,8 @@ for entry in "${cases[@]}"; do
   clip "$width" "$height" "$frames" "$input"
   out=$work/$model-$width
   if $have_torch; then
-    started=$(now)
-    eager=$(python3 "$bench/eager_job.py" "$ff" "$kit/models/$model.param" "$kit/models/$model.bin" \
-      "$input" "$out-eager.mp4" "$width" "$height" 30 "$device" veryfast 18 | tail -1)
-    record "$case" "eager PyTorch" "$(python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['seconds'], 3))" "$eager")" \
-      "$frames" "\"process_seconds\": $(since "$started")"
+    eager_baseline "$case" "$frames" "$bench/eager_job.py" "$ff" "$kit/models/$model.param" "$kit/models/$model.bin" \
+      "$input" "$out-eager.mp4" "$width" "$height" 30 "$device" veryfast 18
   fi
   framefleet_job "$case" "framefleet, 1 slot" "$frames" "$input" "$out-1.mp4" "$outdir/report-$model-$width-1.json" \
     --model "$model" --workers 1 --chunks 1 --crf 18 --preset veryfast
@@ -202,10 +211,8 @@ if $have_torch; then
   input=$work/in-1080.mp4
   clip 1920 1080 "$frames" "$input"
   case="infer classifier 1920x1080"
-  started=$(now)
-  eager=$(python3 "$bench/eager_infer.py" "$ff" "$classifier" "$input" "$work/eager.jsonl" 1920 1080 "$device" | tail -1)
-  record "$case" "eager PyTorch" "$(python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['seconds'], 3))" "$eager")" \
-    "$frames" "\"process_seconds\": $(since "$started")"
+  eager_baseline "$case" "$frames" "$bench/eager_infer.py" "$ff" "$classifier" "$input" "$work/eager.jsonl" \
+    1920 1080 "$device"
   framefleet_job "$case" "framefleet, 1 slot" "$frames" "$input" "$work/infer-1.jsonl" "$outdir/report-infer-1.json" \
     --task infer --model "$classifier" --top-k 5 --workers 1 --chunks 1
   FRAMEFLEET_WORKER__SLOTS=$slots FRAMEFLEET_WORKER__GPUS=1 framefleet_job "$case" "framefleet, $slots slots, 1 model" \
