@@ -123,7 +123,7 @@ async fn a_job_is_written_by_one_encoder_on_the_workers_that_have_it() {
 
     // H.264 (the default): x264 is on every slot, so the orchestrator picks it.
     let h264_out = s3(&format!("{prefix}/h264.mp4"));
-    let h264_report = succeeded(&mut client, lossless_spec(&input, &h264_out, 1.0, 6)).await;
+    let h264_report = succeeded(&mut client, lossless_spec(&input, &h264_out, 1.0, 4)).await;
     assert_eq!(chunk_values(&h264_report, "encoder"), ["libx264"]);
     assert_exact_as("h264", &h264_out, &clip, dir.path()).await;
 

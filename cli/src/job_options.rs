@@ -197,6 +197,13 @@ impl JobOptions {
         if self.skip_unreadable && pairs.len() < 2 {
             bail!("--skip-unreadable is for jobs of several inputs");
         }
+        // On the wire a scale of 0 means "not given" (1x): said here, it is a mistake.
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            bail!(
+                "--scale {} is not a scale; give a factor from 0.05 to 16 (1 keeps the size)",
+                self.scale
+            );
+        }
         let (input_uri, output_uri, inputs) = if pairs.len() == 1 {
             let (input, output) = pairs.remove(0);
             (input, output, Vec::new())

@@ -33,7 +33,8 @@ use crate::render;
 pub struct LocalArgs {
     /// Input video files (or https:// URLs), then the output: a file (.mp4, .mov or .mkv;
     /// .jsonl for infer) for one input, else an existing directory where each input's
-    /// output is named after it (`<stem>.mp4`, or `<stem>.jsonl` for infer).
+    /// output is named after it (`<stem>.mp4`, or `<stem>.jsonl` for infer). An output
+    /// that exists is replaced once the new one is complete.
     #[arg(num_args = 2.., required = true, value_name = "INPUT... OUTPUT")]
     pub paths: Vec<PathBuf>,
     /// Worker processes to start.

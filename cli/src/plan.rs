@@ -86,7 +86,11 @@ async fn ask(url: &str, args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
     let token = AttachToken::new(args.token.as_deref().unwrap_or_default());
     let mut client = remote::connect(url, &tls, token).await?;
     let request = PlanJobRequest {
-        spec: Some(spec(args, args.input.clone(), Path::new("/nowhere"))?),
+        // A dry run writes nothing: the orchestrator takes a spec without an output.
+        spec: Some(
+            args.job
+                .spec(args.input.clone(), String::new(), Default::default())?,
+        ),
         workers: args.workers.unwrap_or(0),
         gpu_type: args.gpu_type.clone(),
     };

@@ -79,7 +79,8 @@ pub struct SubmitArgs {
     /// Input URIs (`s3://bucket/key`, `file:///path` or `https://` URLs), then the output:
     /// a URI for one input, else a prefix (`s3://bucket/dir/`) under which each input's
     /// output is named after it (`<stem>.mp4`, or `<stem>.jsonl` for infer). One input with
-    /// an output ending in `/` is named the same way.
+    /// an output ending in `/` is named the same way. An output that exists is replaced
+    /// once the new one is complete.
     #[arg(num_args = 2.., required = true, value_name = "INPUT_URI... OUTPUT_URI")]
     pub uris: Vec<String>,
     /// Processing and encoding options.
@@ -311,19 +312,27 @@ pub async fn costs(args: CostsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lists jobs.
+/// Lists jobs, oldest first, following the orchestrator's pages.
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
-    let jobs = client
-        .list_jobs(ListJobsRequest::default())
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .jobs;
-    for job in &jobs {
-        print_job(job, args.connection.json)?;
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_jobs(ListJobsRequest {
+                page_token,
+                ..ListJobsRequest::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for job in &page.jobs {
+            print_job(job, args.connection.json)?;
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
     }
-    Ok(())
 }
 
 /// Lists the fleet's workers: a table, or with `--json` `{"workers": [...]}`.

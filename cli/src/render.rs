@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use framefleet_common::cost::{ChunkCost, CostReport, CostSummary};
 use framefleet_common::proto::{Job, PlanJobResponse, Progress, WorkerSummary};
+use framefleet_common::text::printable;
 
 /// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
 /// terminal), and returns its final state.
@@ -70,7 +71,7 @@ pub fn job_line(job: &Job) -> String {
         let _ = write!(line, "  chunks {} ({})", plan.chunks, plan.rule);
     }
     if !job.error.is_empty() {
-        let _ = write!(line, "\n  error: {}", job.error);
+        let _ = write!(line, "\n  error: {}", printable(&job.error));
     }
     line
 }
@@ -276,10 +277,10 @@ pub fn workers_table(workers: &[WorkerSummary]) -> String {
         let _ = writeln!(
             out,
             "{:<20} {:<28} {:<6} {:<6} {:>5} {:>5} {:>9.1}s {:>7}  {:<30} {}",
-            worker.name,
-            worker.address,
-            worker.gpu_type,
-            worker.device,
+            printable(&worker.name),
+            printable(&worker.address),
+            printable(&worker.gpu_type),
+            printable(&worker.device),
             worker.busy_slots,
             if worker.draining {
                 0

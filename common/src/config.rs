@@ -78,6 +78,13 @@ pub struct LimitsConfig {
     /// Jobs accepted and not yet ended; submissions beyond it are refused
     /// (`RESOURCE_EXHAUSTED`) until some end.
     pub max_queued_jobs: u32,
+    /// Largest output picture, width x height in pixels (the input's scaled): checked
+    /// after the probe, before any chunk runs.
+    pub max_output_pixels: u64,
+    /// Most labels one job may carry.
+    pub max_labels: u32,
+    /// Longest label key or value, in bytes.
+    pub max_label_bytes: u32,
 }
 
 impl Default for LimitsConfig {
@@ -91,6 +98,9 @@ impl Default for LimitsConfig {
             max_inputs: 256,
             max_running_jobs: 8,
             max_queued_jobs: 1000,
+            max_output_pixels: 7680 * 4320,
+            max_labels: 32,
+            max_label_bytes: 256,
         }
     }
 }
@@ -146,6 +156,11 @@ pub struct OrchestratorConfig {
     /// cannot reach storage looks again with backoff for this long before the chunk is run
     /// again, and so does the stitch before the job fails.
     pub storage_patience_seconds: f64,
+    /// Hosts and networks workers may register from: host names, IP addresses or CIDR
+    /// blocks (`10.0.0.0/8`). Empty allows any host but a link-local (the cloud metadata
+    /// service's), multicast, broadcast or unspecified address. The orchestrator dials
+    /// what a worker registers, with the fleet token: this keeps that dial in the fleet.
+    pub worker_hosts: Vec<String>,
 }
 
 /// A worker's own settings.
@@ -234,8 +249,9 @@ pub struct StorageConfig {
     pub read_ahead_bytes: u64,
     /// Buckets jobs may read and write (`s3://`); empty allows any.
     pub allowed_buckets: Vec<String>,
-    /// Local directories jobs may read and write (`file://`), symbolic links resolved;
-    /// empty allows any path.
+    /// Local directories jobs may read and write (`file://`); empty allows any path. Each
+    /// is opened when the process starts, and every file a job touches is opened beneath
+    /// one of them (a link that leads out is refused, whenever it was made).
     pub local_roots: Vec<String>,
     /// Hosts `https://` and `http://` inputs may name, as `host` or `host:port`; empty
     /// allows any public host. A host whose address is loopback, private, link-local or
@@ -376,6 +392,7 @@ impl Default for OrchestratorConfig {
             lease_seconds: 10.0,
             store_path: "framefleet-jobs.sqlite3".into(),
             storage_patience_seconds: 300.0,
+            worker_hosts: Vec::new(),
         }
     }
 }
@@ -622,6 +639,8 @@ impl LimitsConfig {
                 u64::from(limits.max_running_jobs),
             ),
             ("limits.max_queued_jobs", u64::from(limits.max_queued_jobs)),
+            ("limits.max_output_pixels", limits.max_output_pixels),
+            ("limits.max_label_bytes", u64::from(limits.max_label_bytes)),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1");

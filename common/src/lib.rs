@@ -15,6 +15,7 @@
 //! - [`signals`]: the Ctrl-C / SIGTERM future servers shut down on.
 //! - [`reflection`]: gRPC reflection (v1 and v1alpha) listing a server's own services.
 //! - [`auth`]: bearer tokens and TLS for the gRPC servers and their clients.
+//! - [`text`]: error texts bounded for gRPC statuses, request text escaped for printing.
 
 pub mod auth;
 pub mod codec;
@@ -27,3 +28,4 @@ pub mod reflection;
 pub mod signals;
 pub mod storage;
 pub mod telemetry;
+pub mod text;

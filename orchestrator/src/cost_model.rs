@@ -32,6 +32,12 @@ use crate::cost_samples::{ChunkSample, JobSample};
 /// Samples after which a sample's weight has halved (counted from the newest).
 pub const HALF_LIFE: f64 = 8.0;
 
+/// How far, as a ratio of frame sizes in pixels, the model stretches what it measured: a
+/// job whose frames are more than this many times larger or smaller than every size in
+/// the history is not predicted from it (planned as without history). A 1x1 clip's time
+/// per frame is all overhead; scaled to a 160x90 job it predicted 14,400 times too much.
+pub const MAX_PIXEL_RATIO: f64 = 4.0;
+
 /// What the history holds for one kind of job, newest last.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {
@@ -124,6 +130,16 @@ impl CostModel {
         Some(Self {
             chunks: history.chunks,
             jobs: history.jobs,
+        })
+    }
+
+    /// True when some measured frame size is within [`MAX_PIXEL_RATIO`] of `pixels`, so
+    /// the model may predict a job of that size.
+    pub fn covers(&self, pixels: u64) -> bool {
+        let pixels = pixels.max(1) as f64;
+        self.chunks.iter().any(|chunk| {
+            let measured = chunk.pixels.max(1) as f64;
+            measured.max(pixels) / measured.min(pixels) <= MAX_PIXEL_RATIO
         })
     }
 
@@ -481,6 +497,11 @@ mod tests {
             jobs: vec![job(2, 100, 1.0)],
         })
         .expect("model");
+        assert!(one_size.covers(1000) && one_size.covers(3000) && one_size.covers(250));
+        assert!(
+            !one_size.covers(14_400) && !one_size.covers(1),
+            "no stretching a size far past what was measured"
+        );
         assert!((one_size.per_frame_seconds(3000, 2) - 0.9).abs() < 1e-9);
         assert!((one_size.per_frame_seconds(1000, 1) - 0.15).abs() < 1e-9);
     }

@@ -38,6 +38,7 @@ mod tests {
 
     use super::*;
     use crate::fleet::WorkerAccess;
+    use crate::registration::RegistrationPolicy;
     use crate::validate;
 
     fn job(encoder: &str) -> ValidJob {
@@ -72,14 +73,19 @@ mod tests {
     async fn a_resumed_job_keeps_the_encoder_its_kept_chunks_were_written_with() {
         let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
         // A fleet of NVENC workers only: a new H.264 job takes NVENC.
-        fleet
-            .register(RegisterWorkerRequest {
+        let policy = RegistrationPolicy::new(&Config::default()).expect("policy");
+        let worker = policy
+            .check(RegisterWorkerRequest {
                 address: "http://127.0.0.1:1".into(),
+                gpu_type: "cpu".into(),
                 slots: 2,
+                gpus_per_slot: 1,
                 encoders: vec!["libx264".into(), "h264_nvenc".into()],
                 ..RegisterWorkerRequest::default()
             })
-            .expect("registers");
+            .await
+            .expect("a valid registration");
+        fleet.register(worker).expect("registers");
         let h264 = job("h264");
         assert_eq!(for_run(&h264, &[], &fleet), Some(VideoEncoder::H264Nvenc));
         // Resumed with chunks x264 wrote before the restart: it stays x264, not a mix.

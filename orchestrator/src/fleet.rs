@@ -21,7 +21,13 @@ use framefleet_common::auth::{self, AttachToken};
 use framefleet_common::codec::{choose_encoder, EncoderRequest, VideoEncoder};
 use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
-use framefleet_common::proto::{RegisterWorkerRequest, WorkerSummary};
+use framefleet_common::proto::WorkerSummary;
+
+use crate::registration::{RegisterError, Registration};
+
+/// Most workers registered at once: a bound on what registrations can make the
+/// orchestrator hold, far above any fleet it schedules.
+pub const MAX_WORKERS: usize = 10_000;
 
 /// Deadline for connecting to a worker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,11 +126,6 @@ pub enum AcquireError {
     #[error("the orchestrator is shutting down")]
     Closed,
 }
-
-/// A worker's registration was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid worker registration: {0}")]
-pub struct RegisterError(String);
 
 struct Entry {
     info: WorkerInfo,
@@ -285,44 +286,38 @@ impl Fleet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a worker and returns its id.
-    pub fn register(
-        self: &Arc<Self>,
-        request: RegisterWorkerRequest,
-    ) -> Result<String, RegisterError> {
-        if request.slots == 0 {
-            return Err(RegisterError("slots must be at least 1".into()));
-        }
-        let endpoint = auth::endpoint(&request.address, &self.access.tls)
-            .map_err(|e| RegisterError(format!("address `{}`: {e}", request.address)))?
+    /// Adds a checked worker and returns its id.
+    pub fn register(self: &Arc<Self>, worker: Registration) -> Result<String, RegisterError> {
+        let endpoint = auth::endpoint(&worker.address, &self.access.tls)
+            .map_err(|e| RegisterError(format!("address `{}`: {e}", worker.address)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let id = format!("w-{}", uuid::Uuid::new_v4().simple());
-        let models = request.models.iter().cloned().collect();
-        let (device, cold_start_seconds) = (request.device.clone(), request.cold_start_seconds);
-        let encoders = registered_encoders(&request)?;
-        let gpus_per_slot = gpus_per_slot(&request);
-        let decoders = request.decoders.clone();
+        let models = worker.models.iter().cloned().collect();
+        let (device, cold_start_seconds) = (worker.device, worker.cold_start_seconds);
+        let decoders = worker.decoders;
         let info = WorkerInfo {
             id: id.clone(),
-            name: if request.name.is_empty() {
-                request.address.clone()
-            } else {
-                request.name
-            },
-            address: request.address,
-            gpu_type: request.gpu_type,
-            slots: request.slots,
-            gpus_per_slot,
-            encoders,
+            name: worker.name,
+            address: worker.address,
+            gpu_type: worker.gpu_type,
+            slots: worker.slots,
+            gpus_per_slot: worker.gpus_per_slot,
+            encoders: worker.encoders,
             client: WorkerClient::with_interceptor(
                 endpoint.connect_lazy(),
                 self.access.token.clone(),
             ),
             departure: Departure::default(),
         };
-        tracing::info!(worker = %info.name, address = %info.address, slots = info.slots, gpu_type = %info.gpu_type, "worker registered");
         let mut state = self.lock();
+        if state.workers.len() >= MAX_WORKERS {
+            return Err(RegisterError(format!(
+                "the fleet already holds {MAX_WORKERS} workers, the most one orchestrator \
+                 takes (a fixed bound); registrations lapse when their leases do"
+            )));
+        }
+        tracing::info!(worker = %info.name, address = %info.address, slots = info.slots, gpu_type = %info.gpu_type, "worker registered");
         state.workers.insert(
             id.clone(),
             Entry {
@@ -666,35 +661,6 @@ fn pick_worker(
         .map(|(id, _)| id.clone())
 }
 
-/// The encoders a registration lists; a worker of an older version lists none and has
-/// libx264 only.
-fn registered_encoders(
-    request: &RegisterWorkerRequest,
-) -> Result<Vec<VideoEncoder>, RegisterError> {
-    if request.encoders.is_empty() {
-        return Ok(vec![VideoEncoder::Libx264]);
-    }
-    request
-        .encoders
-        .iter()
-        .map(|name| {
-            name.parse()
-                .map_err(|e: framefleet_common::codec::UnknownEncoder| RegisterError(e.to_string()))
-        })
-        .collect()
-}
-
-/// GPUs one slot of a registering worker holds with every slot busy: its GPUs over its
-/// slots (shared GPUs give a fraction), or `gpus_per_slot` from a worker that gives no
-/// GPU count.
-fn gpus_per_slot(request: &RegisterWorkerRequest) -> f64 {
-    if request.gpus > 0 {
-        f64::from(request.gpus) / f64::from(request.slots.max(1))
-    } else {
-        f64::from(request.gpus_per_slot.max(1))
-    }
-}
-
 /// The machine part of a worker's address (`https://10.0.0.7:50051` -> `10.0.0.7`).
 fn host_of(address: &str) -> &str {
     let authority = address.split_once("://").map_or(address, |(_, rest)| rest);
@@ -709,14 +675,19 @@ mod tests {
     use super::*;
     use framefleet_common::codec::VideoCodec;
 
-    fn registration(name: &str, slots: u32) -> RegisterWorkerRequest {
-        RegisterWorkerRequest {
+    fn registration(name: &str, slots: u32) -> Registration {
+        Registration {
             address: "http://127.0.0.1:1".into(),
             name: name.into(),
             gpu_type: "cpu".into(),
             slots,
-            gpus_per_slot: 1,
-            ..RegisterWorkerRequest::default()
+            gpus_per_slot: 1.0,
+            device: "cpu".into(),
+            cold_start_seconds: 0.0,
+            models: Vec::new(),
+            encoders: vec![VideoEncoder::Libx264],
+            decoders: Vec::new(),
+            rejoining: false,
         }
     }
 
@@ -826,15 +797,19 @@ mod tests {
     #[tokio::test]
     async fn chunks_go_only_to_workers_that_have_the_jobs_encoder() {
         let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
-        let with = |name: &str, slots, encoders: &[&str]| RegisterWorkerRequest {
-            encoders: encoders.iter().map(|e| e.to_string()).collect(),
+        let with = |name: &str, slots, encoders: &[VideoEncoder]| Registration {
+            encoders: encoders.to_vec(),
             ..registration(name, slots)
         };
         let x264_only = fleet
-            .register(with("a", 2, &["libx264"]))
+            .register(with("a", 2, &[VideoEncoder::Libx264]))
             .expect("registers");
         let both = fleet
-            .register(with("b", 1, &["libx264", "libx265"]))
+            .register(with(
+                "b",
+                1,
+                &[VideoEncoder::Libx264, VideoEncoder::Libx265],
+            ))
             .expect("registers");
         let hevc = Some(EncoderRequest::Codec(VideoCodec::Hevc));
         assert_eq!(fleet.offer("m", hevc).encoder, Some(VideoEncoder::Libx265));
@@ -882,19 +857,14 @@ mod tests {
             error.to_string().contains("no worker with h264_nvenc"),
             "{error}"
         );
-        let refused = fleet.register(with("c", 1, &["av1_nvenc"]));
-        assert!(
-            refused.is_err(),
-            "an unknown encoder is refused at registration"
-        );
     }
 
     #[tokio::test]
     async fn the_load_elsewhere_counts_only_chunks_of_the_encoders_asked_about() {
         let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
-        let l4 = RegisterWorkerRequest {
+        let l4 = Registration {
             gpu_type: "L4".into(),
-            encoders: vec!["libx264".into(), "h264_nvenc".into()],
+            encoders: vec![VideoEncoder::Libx264, VideoEncoder::H264Nvenc],
             ..registration("l4", 2)
         };
         fleet.register(l4).expect("registers");
@@ -939,18 +909,18 @@ mod tests {
         assert_eq!(fleet.load(None, everything), FleetLoad::default());
     }
 
-    #[test]
-    fn slots_sharing_a_gpu_count_a_share_of_it_in_the_offer() {
-        let shared = RegisterWorkerRequest {
-            gpus: 1,
-            ..registration("a", 4)
-        };
-        assert_eq!(gpus_per_slot(&shared), 0.25);
-        assert_eq!(
-            gpus_per_slot(&registration("b", 4)),
-            1.0,
-            "older workers: gpus_per_slot"
-        );
+    #[tokio::test]
+    async fn registrations_stop_at_the_fleet_bound() {
+        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        for index in 0..MAX_WORKERS {
+            fleet
+                .register(registration(&format!("w{index}"), 1))
+                .expect("registers");
+        }
+        let refused = fleet
+            .register(registration("one too many", 1))
+            .expect_err("refused");
+        assert!(refused.to_string().contains("10000 workers"), "{refused}");
     }
 
     #[tokio::test]
@@ -996,7 +966,7 @@ mod tests {
     async fn a_deregistered_worker_drains_its_chunks_listed_and_then_leaves() {
         let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
         let busy = fleet
-            .register(RegisterWorkerRequest {
+            .register(Registration {
                 device: "cuda".into(),
                 cold_start_seconds: 12.5,
                 models: vec!["realesr-animevideov3-x2".into()],

@@ -4,7 +4,8 @@
 //!
 //! - [`server`] and [`service`]: the `Orchestrator` (users) and `Fleet` (workers) gRPC
 //!   services on one listener, with health and reflection, and KEDA's external
-//!   [`scaler`] beside them.
+//!   [`scaler`] beside them; a worker's registration is checked into a typed one in
+//!   [`registration`].
 //! - [`orchestrator`]: the central [`Orchestrator`]: accepts jobs ([`validate`] into a
 //!   [`validate::ValidJob`], recorded in the [`job_store`], indexed in [`live_jobs`]),
 //!   cancels them, resumes them after a restart.
@@ -41,6 +42,7 @@ pub mod patience;
 pub mod planner;
 pub mod planning;
 pub mod probe;
+pub mod registration;
 pub mod report;
 pub mod run_log;
 pub mod runner;

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use crate::job::JobRecord;
 use crate::validate::ValidJob;
 use framefleet_common::cost::CostSummary;
+use framefleet_common::proto::Job;
+use prost::Message;
 
 /// A submission reused an idempotency key for a different job.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,37 @@ impl LiveJobs {
     /// The job with this id.
     pub fn get(&self, id: &str) -> Option<Arc<JobRecord>> {
         self.lock().jobs.get(id).cloned()
+    }
+
+    /// One page of the jobs `wanted` keeps, in submission order from just after job
+    /// number `after`: at most `size` jobs and, past the first, at most `max_bytes` of
+    /// them encoded. Returns the page and, when more jobs may follow, the number of its
+    /// last job to continue after.
+    pub fn page(
+        &self,
+        after: Option<u64>,
+        size: usize,
+        max_bytes: usize,
+        wanted: impl Fn(&Job) -> bool,
+    ) -> (Vec<Job>, Option<u64>) {
+        let mut jobs = self.list();
+        jobs.retain(|job| after.is_none_or(|after| job.seq > after));
+        jobs.sort_by_key(|job| job.seq);
+        let (mut page, mut bytes, mut last) = (Vec::new(), 0, None);
+        for job in jobs {
+            let snapshot = job.snapshot();
+            if !wanted(&snapshot) {
+                continue;
+            }
+            let len = snapshot.encoded_len();
+            if page.len() == size || (!page.is_empty() && bytes + len > max_bytes) {
+                return (page, last);
+            }
+            bytes += len;
+            last = Some(job.seq);
+            page.push(snapshot);
+        }
+        (page, None)
     }
 
     /// Every job, oldest first.

@@ -19,7 +19,7 @@ use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::MetricsSource;
 
 use crate::cost_history::{CostHistory, HistoryError};
-use crate::fleet::{Fleet, RegisterError, WorkerAccess};
+use crate::fleet::{Fleet, WorkerAccess};
 use crate::job::JobRecord;
 use crate::job_io::JobIo;
 use crate::job_store::{JobStore, JobStoreError, StoredJob};
@@ -28,6 +28,7 @@ use crate::metrics::{Gauges, OrchestratorMetrics};
 use crate::planner::PlanError;
 use crate::planning::{self, JobPlan, Target};
 use crate::probe::{self, InputError};
+use crate::registration::{RegisterError, RegistrationPolicy};
 use crate::runner::JobRunner;
 use crate::validate::{self, InvalidSpec, ValidJob};
 
@@ -60,6 +61,9 @@ pub enum OpenError {
     /// The cost history cannot be opened.
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// `orchestrator.worker_hosts` holds an entry that is no host.
+    #[error(transparent)]
+    WorkerHosts(#[from] RegisterError),
 }
 
 /// Why a dry run could not plan a job.
@@ -91,6 +95,8 @@ pub struct Orchestrator {
     pub arrivals: tokio::sync::Notify,
     store: JobStore,
     runner: Arc<JobRunner>,
+    /// What worker registrations are checked against.
+    registrations: RegistrationPolicy,
     /// Submissions are recorded one at a time, so a repeated idempotency key is answered
     /// only once the job it names is durable.
     submissions: tokio::sync::Mutex<()>,
@@ -102,6 +108,7 @@ impl Orchestrator {
     /// (`planner.history_path`, else beside the jobs), and resumes every job in the store
     /// that had not ended; jobs stop (or stay for the next start) on `shutdown`.
     pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Self>, OpenError> {
+        let registrations = RegistrationPolicy::new(&config)?;
         let store = JobStore::open_sqlite(&config.orchestrator.store_path)?;
         let stored = store.load().await?;
         let history_path = [
@@ -143,6 +150,7 @@ impl Orchestrator {
             arrivals: tokio::sync::Notify::new(),
             store,
             runner,
+            registrations,
             submissions: tokio::sync::Mutex::new(()),
             shutdown,
         });
@@ -240,13 +248,14 @@ impl Orchestrator {
         &self,
         request: RegisterWorkerRequest,
     ) -> Result<String, RegisterError> {
-        let first = !request.rejoining && request.cold_start_seconds > 0.0;
+        let worker = self.registrations.check(request).await?;
+        let first = !worker.rejoining && worker.cold_start_seconds > 0.0;
         let (gpu_type, name, seconds) = (
-            request.gpu_type.clone(),
-            request.name.clone(),
-            request.cold_start_seconds,
+            worker.gpu_type.clone(),
+            worker.name.clone(),
+            worker.cold_start_seconds,
         );
-        let id = self.fleet.register(request)?;
+        let id = self.fleet.register(worker)?;
         if first {
             if let Err(error) = self
                 .runner
@@ -267,7 +276,7 @@ impl Orchestrator {
         spec: JobSpec,
         target: &Target,
     ) -> Result<JobPlan, DryRunError> {
-        let request = validate::check(spec, &self.config)?;
+        let request = validate::check_dry_run(spec, &self.config)?;
         let [pair] = request.inputs.as_slice() else {
             return Err(InvalidSpec(
                 "a dry run plans one input; plan each input of the list on its own".into(),
@@ -281,8 +290,10 @@ impl Orchestrator {
             &pair.input,
             &self.config.limits,
             &self.runner.blocking,
+            self.shutdown.child_token(),
         )
         .await?;
+        probe::check_output_size(&info, request.scale(), &self.config.limits)?;
         let plan = planning::plan_job(
             &self.config,
             &self.runner.history,

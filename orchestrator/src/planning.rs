@@ -56,8 +56,8 @@ impl JobPlan {
 }
 
 /// Plans `job` over its probed `video` (the probe took `probe_seconds`) for `target`,
-/// with `offer` the fleet's now. A history that cannot be read is logged and planned
-/// without, as a new one would be.
+/// with `offer` the fleet's now. A history that cannot be read, or that measured no frame
+/// size near the job's ([`CostModel::covers`]), is planned without, as a new one would be.
 pub async fn plan_job(
     config: &Config,
     history: &CostHistory,
@@ -80,8 +80,9 @@ pub async fn plan_job(
     }
     let spec = &job.spec;
     let kind = cost_samples::kind(spec, encoder, &gpu_type);
+    let pixels = u64::from(video.width) * u64::from(video.height);
     let model = match history.history(&kind).await {
-        Ok(samples) => CostModel::fit(samples),
+        Ok(samples) => CostModel::fit(samples).filter(|model| model.covers(pixels)),
         Err(error) => {
             tracing::warn!(%error, "the cost history cannot be read; planning without it");
             None

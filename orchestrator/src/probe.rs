@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use framefleet_common::config::LimitsConfig;
@@ -34,12 +35,14 @@ pub enum InputError {
 
 /// Probes the input on a blocking thread, under [`PROBE_DEADLINE`], and checks it against
 /// `limits`; returns what it is and its size in bytes. An object over
-/// `limits.max_input_bytes` is refused before any read.
+/// `limits.max_input_bytes` is refused before any read; once `stop` is cancelled (the job
+/// was), the probe's next read fails, so its thread ends within a read.
 pub async fn probe_within_limits(
     io: &Storage,
     input: &ObjectUri,
     limits: &LimitsConfig,
     blocking: &TaskTracker,
+    stop: CancellationToken,
 ) -> Result<(MediaInfo, u64), InputError> {
     let storage = io.clone();
     let uri = input.clone();
@@ -48,7 +51,8 @@ pub async fn probe_within_limits(
     let probing = blocking.spawn_blocking(move || -> Result<(MediaInfo, u64), InputError> {
         let reader = storage
             .open_reader(&uri, runtime)?
-            .with_block_bytes(media::INDEX_BLOCK_BYTES);
+            .with_block_bytes(media::INDEX_BLOCK_BYTES)
+            .stopped_by(stop);
         let size = reader.size();
         if size > max_bytes {
             return Err(InputError::OverLimit(format!(
@@ -65,6 +69,38 @@ pub async fn probe_within_limits(
     };
     check_limits(&info, size, limits)?;
     Ok((info, size))
+}
+
+/// Longest side of an output picture: what H.264 and HEVC encoders take.
+pub const MAX_OUTPUT_SIDE: u32 = 16384;
+
+/// Fails a job whose output pictures, the input's `scale`d (each side rounded up to even,
+/// as the workers do), would be larger than `limits.max_output_pixels` or wider or taller
+/// than encoders take: refused after the probe, before any chunk runs.
+pub fn check_output_size(
+    info: &MediaInfo,
+    scale: f64,
+    limits: &LimitsConfig,
+) -> Result<(), InputError> {
+    let side = |size: u32| u64::from(media::scaled_dimension(size, scale));
+    let (width, height) = (side(info.video.width), side(info.video.height));
+    let pixels = width * height;
+    if pixels > limits.max_output_pixels {
+        return Err(InputError::OverLimit(format!(
+            "scaled {scale}x, the {}x{} input would give {width}x{height} pictures ({pixels} \
+             pixels), more than {} (limits.max_output_pixels); use a smaller scale or raise \
+             the limit",
+            info.video.width, info.video.height, limits.max_output_pixels
+        )));
+    }
+    if width.max(height) > u64::from(MAX_OUTPUT_SIDE) {
+        return Err(InputError::OverLimit(format!(
+            "scaled {scale}x, the {}x{} input would give {width}x{height} pictures; encoders \
+             take at most {MAX_OUTPUT_SIDE} pixels a side (a fixed bound); use a smaller scale",
+            info.video.width, info.video.height
+        )));
+    }
+    Ok(())
 }
 
 /// Fails a probed input that is longer, has more frames or bigger pictures than the

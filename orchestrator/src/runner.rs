@@ -239,6 +239,14 @@ impl JobRunner {
         trusted: Vec<AcceptedChunk>,
     ) -> Result<(), JobError> {
         let run = self.store.begin_run(&job.id).await?;
+        for input in inputs {
+            input
+                .io
+                .output
+                .check_writable(&input.pair.output)
+                .await
+                .map_err(|error| named(job, input, error.into()))?;
+        }
         let encoder = encoder_choice::for_run(&job.request, &trusted, &self.fleet);
         job.set_encoder(encoder);
         if let Some(encoder) = encoder {
@@ -336,11 +344,13 @@ impl JobRunner {
                     &input.pair.input,
                     &self.config.limits,
                     &self.blocking,
+                    job.cancel.clone(),
                 )
                 .instrument(tracing::info_span!("probe"))
             },
         )
         .await?;
+        probe::check_output_size(&info, request.scale(), &self.config.limits)?;
         if request.is_infer() {
             info.audio.clear();
             info.subtitles.clear();

@@ -178,16 +178,41 @@ fn shown_at(video: &VideoInfo, time: f64) -> Result<usize, SelectionError> {
 }
 
 /// The frames shown at `first + k / rate` seconds, up to the video's end.
+///
+/// The work is bounded by the frames, never by the rate: the ticks are not walked one by
+/// one, but after each frame the walk jumps to the last tick before the next frame starts
+/// (at most three steps a frame), and a rate finer than the stream's clock takes every
+/// frame, since every frame then holds a tick.
 fn at_rate(video: &VideoInfo, rate: f64) -> Vec<usize> {
     let Some(first) = video.frames.first() else {
         return Vec::new();
     };
+    let clock_rate = f64::from(video.time_base.1) / f64::from(video.time_base.0.max(1));
+    if rate >= clock_rate {
+        return (0..video.frames.len()).collect();
+    }
     let start = video.seconds(first.pts);
-    (0u64..)
-        .map(|k| start + k as f64 / rate)
-        .take_while(|&time| ticks(video, time) < video.end_pts)
-        .filter_map(|time| shown_at(video, time).ok())
-        .collect()
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut tick: u64 = 0;
+    loop {
+        let time = start + tick as f64 / rate;
+        if ticks(video, time) >= video.end_pts {
+            break;
+        }
+        let Ok(frame) = shown_at(video, time) else {
+            break;
+        };
+        if chosen.last() != Some(&frame) {
+            chosen.push(frame);
+        }
+        let Some(next) = video.frames.get(frame + 1) else {
+            break;
+        };
+        // Saturating: a jump past u64 ends the walk at the video's end.
+        let before_next = ((video.seconds(next.pts) - start) * rate).floor() as u64;
+        tick = before_next.max(tick.saturating_add(1));
+    }
+    chosen
 }
 
 /// `count` frames drawn with `seed` among those whose timestamps fall in the window.
@@ -363,6 +388,42 @@ mod tests {
         .expect("valid");
         let error = outside.frames(&clip).expect_err("refused").to_string();
         assert!(error.contains("choose a window inside it"), "{error}");
+    }
+
+    /// The frames shown at each tick, found by visiting every tick: what `at_rate` must
+    /// equal without doing it.
+    fn every_tick(video: &VideoInfo, rate: f64) -> Vec<usize> {
+        let start = video.seconds(video.frames[0].pts);
+        let mut chosen: Vec<usize> = (0u64..)
+            .map(|k| start + k as f64 / rate)
+            .take_while(|&time| ticks(video, time) < video.end_pts)
+            .filter_map(|time| shown_at(video, time).ok())
+            .collect();
+        chosen.dedup();
+        chosen
+    }
+
+    #[test]
+    fn a_rate_picks_what_visiting_every_tick_would_at_any_rate() {
+        let clip = video(250, 300);
+        for rate in [
+            0.3, 1.0, 2.0, 7.5, 24.0, 25.0, 29.97, 60.0, 1000.0, 12_799.0,
+        ] {
+            assert_eq!(at_rate(&clip, rate), every_tick(&clip, rate), "{rate} fps");
+        }
+    }
+
+    #[test]
+    fn an_absurd_rate_takes_every_frame_at_once_instead_of_walking_its_ticks() {
+        // fps:1e12 once walked 10^13 ticks (and 1e300 never ended): the walk is bounded
+        // by the frames whatever number the rate is written with.
+        let clip = video(3000, 0);
+        for rate in [1e6, 12_800.0, 1e12, 1e300, f64::MAX] {
+            let choice = choose(Rule::Fps(rate)).expect("valid");
+            assert_eq!(chosen(&choice, &clip).len(), 3000, "{rate} fps");
+        }
+        let tiny = choose(Rule::Fps(1e-300)).expect("valid");
+        assert_eq!(chosen(&tiny, &clip), [0]);
     }
 
     #[test]

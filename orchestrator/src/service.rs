@@ -20,6 +20,33 @@ use crate::job::JobRecord;
 use crate::live_jobs::SummaryFilter;
 use crate::orchestrator::{DryRunError, Orchestrator, SubmitError};
 use crate::planning::Target;
+use crate::validate::MAX_JOB_ID_BYTES;
+use framefleet_common::text::{bounded_status, printable};
+
+/// Jobs in a page of `ListJobs` when the request gives no size, and the most it may ask.
+const DEFAULT_PAGE_JOBS: u32 = 100;
+const MAX_PAGE_JOBS: u32 = 1000;
+/// A page of jobs stops before this many bytes (past its first job), well under the
+/// 4 MiB a gRPC client decodes by default.
+const MAX_PAGE_BYTES: usize = 2 << 20;
+/// How a page token starts: the number of the page's last job follows.
+const PAGE_TOKEN_PREFIX: &str = "after-";
+
+/// The job number a page token continues after (`None`: from the first job).
+fn parse_page_token(token: &str) -> Result<Option<u64>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(|seq| seq.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "page_token is not one this orchestrator gave; list again without it",
+            )
+        })
+}
 
 /// The `Orchestrator` gRPC service.
 pub struct OrchestratorService {
@@ -33,8 +60,18 @@ impl OrchestratorService {
     }
 
     fn job(&self, id: &str) -> Result<Arc<JobRecord>, Status> {
+        if id.len() > MAX_JOB_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a job id of {} bytes names no job (ids have at most {MAX_JOB_ID_BYTES}); list \
+                 jobs to see the ids",
+                id.len()
+            )));
+        }
         self.orchestrator.jobs.get(id).ok_or_else(|| {
-            Status::not_found(format!("no job with id `{id}`; list jobs to see the ids"))
+            Status::not_found(format!(
+                "no job with id `{}`; list jobs to see the ids",
+                printable(id)
+            ))
         })
     }
 }
@@ -60,7 +97,8 @@ impl OrchestratorApi for OrchestratorService {
                     Status::unavailable(e.to_string())
                 }
                 SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
-            })?;
+            })
+            .map_err(bounded_status)?;
         Ok(Response::new(SubmitJobResponse {
             job_id: job.id.clone(),
             created,
@@ -103,10 +141,11 @@ impl OrchestratorApi for OrchestratorService {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let job = self.job(&request.into_inner().job_id)?;
-        self.orchestrator
-            .cancel(&job)
-            .await
-            .map_err(|e| Status::unavailable(format!("the cancel was not recorded: {e}")))?;
+        self.orchestrator.cancel(&job).await.map_err(|e| {
+            bounded_status(Status::unavailable(format!(
+                "the cancel was not recorded: {e}"
+            )))
+        })?;
         Ok(Response::new(job.snapshot()))
     }
 
@@ -114,16 +153,25 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let wanted = request.into_inner().state;
-        let jobs = self
-            .orchestrator
-            .jobs
-            .list()
-            .iter()
-            .map(|job| job.snapshot())
-            .filter(|job| wanted == JobState::Unspecified as i32 || job.state == wanted)
-            .collect();
-        Ok(Response::new(ListJobsResponse { jobs }))
+        let request = request.into_inner();
+        let wanted = request.state;
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE_JOBS,
+            asked => asked.min(MAX_PAGE_JOBS),
+        };
+        let after = parse_page_token(&request.page_token)?;
+        let (jobs, last) =
+            self.orchestrator
+                .jobs
+                .page(after, size as usize, MAX_PAGE_BYTES, |job| {
+                    wanted == JobState::Unspecified as i32 || job.state == wanted
+                });
+        Ok(Response::new(ListJobsResponse {
+            jobs,
+            next_page_token: last
+                .map(|seq| format!("{PAGE_TOKEN_PREFIX}{seq}"))
+                .unwrap_or_default(),
+        }))
     }
 
     async fn get_cost_report(
@@ -188,7 +236,8 @@ impl OrchestratorApi for OrchestratorService {
                 DryRunError::Input(_) | DryRunError::Plan(_) => {
                     Status::failed_precondition(e.to_string())
                 }
-            })?;
+            })
+            .map_err(bounded_status)?;
         Ok(Response::new(plan.response()))
     }
 
@@ -224,7 +273,7 @@ impl FleetApi for FleetService {
             .orchestrator
             .register_worker(request.into_inner())
             .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| bounded_status(Status::invalid_argument(e.to_string())))?;
         Ok(Response::new(RegisterWorkerResponse {
             worker_id,
             lease_seconds: self.orchestrator.fleet.lease().as_secs_f64(),

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use framefleet_common::codec::{EncoderRequest, UnknownEncoder};
-use framefleet_common::config::Config;
+use framefleet_common::config::{Config, LimitsConfig};
 use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
 
@@ -29,6 +29,23 @@ const PRESETS: [&str; 10] = [
 
 /// Longest idempotency key.
 const MAX_KEY_CHARS: usize = 128;
+
+/// Most values an infer job may keep per frame (`top_k`).
+pub const MAX_TOP_K: u32 = 1000;
+
+/// Longest model name or TorchScript path, in bytes.
+const MAX_MODEL_BYTES: usize = 4096;
+
+/// Longest job id a request may name (ids are `job-` and 32 hex digits).
+pub const MAX_JOB_ID_BYTES: usize = 64;
+
+/// Whether a spec is checked for a job that will run or for a dry run, which writes
+/// nothing and so may leave its output out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Run,
+    DryRun,
+}
 
 /// A job spec that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +149,14 @@ impl ValidJob {
         !self.spec.inputs.is_empty()
     }
 
+    /// How much the output pictures are scaled (1 for infer jobs).
+    pub fn scale(&self) -> f64 {
+        match &self.spec.processor {
+            Some(processor) if processor.scale > 0.0 => processor.scale,
+            _ => 1.0,
+        }
+    }
+
     /// The processor's model (`lanczos`, a catalog name or a TorchScript path).
     pub fn model(&self) -> &str {
         self.spec
@@ -144,7 +169,21 @@ impl ValidJob {
 /// Checks a submitted spec, fills its defaults (lanczos at scale 1, x264 `medium` at
 /// crf 18) and parses it into a [`ValidJob`].
 pub fn check(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
-    ValidJob::parse(normalize(spec, config)?, config)
+    ValidJob::parse(normalize(spec, config, Purpose::Run)?, config)
+}
+
+/// Checks the spec of a dry run (`PlanJob`) as [`check`] does, except that it may leave
+/// its output out (nothing is written): an output of the task's kind stands in for it,
+/// and is not held against the storage policy.
+pub fn check_dry_run(mut spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
+    let purpose = if spec.output_uri.is_empty() && spec.inputs.is_empty() {
+        let extension = if is_infer(&spec) { "jsonl" } else { "mp4" };
+        spec.output_uri = format!("file:///dry-run/output.{extension}");
+        Purpose::DryRun
+    } else {
+        Purpose::Run
+    };
+    ValidJob::parse(normalize(spec, config, purpose)?, config)
 }
 
 /// The (input, output) URIs a spec names: its one pair, or each of `inputs`.
@@ -164,9 +203,11 @@ fn spec_pairs(spec: &JobSpec) -> Result<Vec<(&str, &str)>, InvalidSpec> {
         .collect())
 }
 
-fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
+fn normalize(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<JobSpec, InvalidSpec> {
     let policy = AccessPolicy::new(&config.storage);
-    check_inputs(&spec, config, &policy)?;
+    check_task(&spec)?;
+    check_labels(&spec, &config.limits)?;
+    check_inputs(&spec, config, &policy, purpose)?;
     if !config.orchestrator.scratch_uri.is_empty() {
         policy.check(&config.orchestrator.scratch_uri.parse()?, "scratch root")?;
     }
@@ -177,6 +218,11 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
         return Err(InvalidSpec(
             "choosing frames is for infer jobs (--task infer): a video job processes every frame"
                 .into(),
+        ));
+    }
+    if spec.top_k != 0 {
+        return Err(InvalidSpec(
+            "top_k is for infer jobs (--task infer): a video job keeps every pixel".into(),
         ));
     }
     let processor = spec.processor.get_or_insert_with(ProcessorSpec::default);
@@ -191,6 +237,10 @@ fn normalize(mut spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec>
             "scale {} is outside 0.05-16",
             processor.scale
         )));
+    }
+    check_model_name(&processor.model)?;
+    if let Some(path) = torchscript_path(&processor.model) {
+        policy.check(&ObjectUri::File(path.into()), "model")?;
     }
     let encoder = spec.encoder.get_or_insert_with(EncoderSettings::default);
     if encoder.preset.is_empty() {
@@ -227,7 +277,12 @@ fn encoder_request(settings: Option<&EncoderSettings>) -> Result<EncoderRequest,
 
 /// Every input and output a spec names: how many, each pair on its own, and no output
 /// written twice or over another input.
-fn check_inputs(spec: &JobSpec, config: &Config, policy: &AccessPolicy) -> Result<(), InvalidSpec> {
+fn check_inputs(
+    spec: &JobSpec,
+    config: &Config,
+    policy: &AccessPolicy,
+    purpose: Purpose,
+) -> Result<(), InvalidSpec> {
     let pairs = spec_pairs(spec)?;
     let most = config.limits.max_inputs as usize;
     if pairs.len() > most {
@@ -245,6 +300,9 @@ fn check_inputs(spec: &JobSpec, config: &Config, policy: &AccessPolicy) -> Resul
     for (input, output) in pairs {
         let pair = (input.parse()?, output.parse()?);
         check_pair(&pair.0, &pair.1, is_infer(spec), policy)?;
+        if purpose == Purpose::Run {
+            policy.check(&pair.1, "output")?;
+        }
         parsed.push(pair);
     }
     for (index, (_, output)) in parsed.iter().enumerate() {
@@ -262,8 +320,8 @@ fn check_inputs(spec: &JobSpec, config: &Config, policy: &AccessPolicy) -> Resul
     Ok(())
 }
 
-/// One input and its output: a writable output of the task's kind, not the input itself,
-/// both where storage may be touched.
+/// One input and its output: an output of the task's kind, not the input itself, and an
+/// input where storage may be read (the output's place is the caller's to check).
 fn check_pair(
     input: &ObjectUri,
     output: &ObjectUri,
@@ -281,7 +339,6 @@ fn check_pair(
         ));
     }
     policy.check(input, "input")?;
-    policy.check(output, "output")?;
     let extension = Path::new(output.file_name())
         .extension()
         .and_then(|e| e.to_str())
@@ -315,10 +372,18 @@ fn normalize_infer(
         .as_ref()
         .map(|p| p.model.clone())
         .unwrap_or_default();
+    check_model_name(&model)?;
     let path = model.strip_prefix("file://").unwrap_or(&model);
     if !path.starts_with('/') {
         return Err(InvalidSpec(format!(
             "an infer job needs the absolute path of a TorchScript module as its model, not `{model}`"
+        )));
+    }
+    if spec.top_k > MAX_TOP_K {
+        return Err(InvalidSpec(format!(
+            "top_k {} is more than {MAX_TOP_K}, the most values a job keeps per frame (a fixed \
+             bound); give 0 to keep every value",
+            spec.top_k
         )));
     }
     policy.check(&ObjectUri::File(path.into()), "model")?;
@@ -361,15 +426,82 @@ fn check_planning(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
     check_chunks(spec, config)
 }
 
+/// A fixed chunk count within both bounds: the limit on what a job may ask
+/// (`limits.max_chunks`) and the most the planner cuts (`planner.max_chunks`).
 fn check_chunks(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
-    let most = config.limits.max_chunks;
-    if spec.chunks > most {
+    for (most, key) in [
+        (config.limits.max_chunks, "limits.max_chunks"),
+        (config.planner.max_chunks, "planner.max_chunks"),
+    ] {
+        if spec.chunks > most {
+            return Err(InvalidSpec(format!(
+                "{} chunks asked; this orchestrator cuts a job into at most {most} ({key})",
+                spec.chunks
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A task this orchestrator knows (an unknown value is refused, not run as a video).
+fn check_task(spec: &JobSpec) -> Result<(), InvalidSpec> {
+    Task::try_from(spec.task).map(|_| ()).map_err(|_| {
+        InvalidSpec(format!(
+            "unknown task {}; use TASK_PROCESS (1, or 0 for the default) or TASK_INFER (2)",
+            spec.task
+        ))
+    })
+}
+
+/// Labels within `limits.max_labels` and `limits.max_label_bytes`: keys of letters,
+/// digits and `._/-`, values without control characters.
+fn check_labels(spec: &JobSpec, limits: &LimitsConfig) -> Result<(), InvalidSpec> {
+    let (most, longest) = (limits.max_labels as usize, limits.max_label_bytes as usize);
+    if spec.labels.len() > most {
         return Err(InvalidSpec(format!(
-            "{} chunks asked; this orchestrator allows at most {most} (limits.max_chunks)",
-            spec.chunks
+            "the job carries {} labels; at most {most} are accepted (limits.max_labels)",
+            spec.labels.len()
+        )));
+    }
+    for (key, value) in &spec.labels {
+        let shown = framefleet_common::text::bounded(key, 64);
+        if key.is_empty() || key.len() > longest || value.len() > longest {
+            return Err(InvalidSpec(format!(
+                "label `{}` has a {}-byte key and a {}-byte value; each must be 1 to {longest} \
+                 bytes (limits.max_label_bytes)",
+                framefleet_common::text::printable(&shown),
+                key.len(),
+                value.len()
+            )));
+        }
+        let key_chars = |c: char| c.is_ascii_alphanumeric() || "._/-".contains(c);
+        if !key.chars().all(key_chars) || value.chars().any(char::is_control) {
+            return Err(InvalidSpec(format!(
+                "label `{}`: keys take letters, digits and . _ / -, values no control characters",
+                framefleet_common::text::printable(&shown)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A model name of a sane length without control characters.
+fn check_model_name(model: &str) -> Result<(), InvalidSpec> {
+    if model.len() > MAX_MODEL_BYTES || model.chars().any(char::is_control) {
+        return Err(InvalidSpec(format!(
+            "the model name is {} bytes or holds control characters; give a catalog name or \
+             the path of a TorchScript module (at most {MAX_MODEL_BYTES} bytes)",
+            model.len()
         )));
     }
     Ok(())
+}
+
+/// The file a model names, when it names one (an absolute path or a `file://` URI); the
+/// workers load such a module, so it is held to the storage roots like an input.
+fn torchscript_path(model: &str) -> Option<&str> {
+    let path = model.strip_prefix("file://").unwrap_or(model);
+    path.starts_with('/').then_some(path)
 }
 
 /// Checks an idempotency key: at most 128 printable ASCII characters (or empty).
@@ -389,6 +521,10 @@ mod tests {
     use framefleet_common::codec::{VideoCodec, VideoEncoder};
     use framefleet_common::proto::JobInput;
 
+    fn normalize_run(spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
+        normalize(spec, config, Purpose::Run)
+    }
+
     fn spec(output: &str) -> JobSpec {
         JobSpec {
             input_uri: "s3://bucket/in.mp4".into(),
@@ -400,19 +536,19 @@ mod tests {
     #[test]
     fn defaults_are_filled_and_bad_specs_name_the_problem() {
         let config = Config::default();
-        let normal = normalize(spec("s3://bucket/out.mp4"), &config).expect("valid");
+        let normal = normalize_run(spec("s3://bucket/out.mp4"), &config).expect("valid");
         assert_eq!(normal.processor.as_ref().map(|p| p.scale), Some(1.0));
         assert_eq!(normal.encoder.as_ref().map(|e| e.crf), Some(18));
-        let error = normalize(spec("s3://bucket/out.avi"), &config).expect_err("avi");
+        let error = normalize_run(spec("s3://bucket/out.avi"), &config).expect_err("avi");
         assert!(error.to_string().contains(".mp4"), "{error}");
-        let error = normalize(spec("s3://bucket/in.mp4"), &config).expect_err("same");
+        let error = normalize_run(spec("s3://bucket/in.mp4"), &config).expect_err("same");
         assert!(error.to_string().contains("overwrite"));
         let mut bad_preset = spec("s3://bucket/out.mp4");
         bad_preset.encoder = Some(EncoderSettings {
             preset: "warp".into(),
             ..Default::default()
         });
-        assert!(normalize(bad_preset, &config).is_err());
+        assert!(normalize_run(bad_preset, &config).is_err());
         let mut nvenc = spec("s3://bucket/out.mp4");
         nvenc.encoder = Some(EncoderSettings {
             encoder: "hevc_nvenc".into(),
@@ -427,7 +563,7 @@ mod tests {
             encoder: "h265".into(),
             ..Default::default()
         });
-        let normal = normalize(nvenc.clone(), &config).expect("a codec");
+        let normal = normalize_run(nvenc.clone(), &config).expect("a codec");
         assert_eq!(
             normal.encoder.map(|e| e.encoder),
             Some("hevc".into()),
@@ -437,7 +573,7 @@ mod tests {
             encoder: "vp9".into(),
             ..Default::default()
         });
-        let error = normalize(nvenc, &config).expect_err("unknown encoder");
+        let error = normalize_run(nvenc, &config).expect_err("unknown encoder");
         assert!(error.to_string().contains("libx265"), "{error}");
         assert_eq!(
             check(spec("s3://bucket/out.mp4"), &config)
@@ -447,7 +583,7 @@ mod tests {
         );
         let mut escape = spec("file:///tmp/../etc/out.mp4");
         escape.input_uri = "file:///tmp/in.mp4".into();
-        assert!(normalize(escape, &config).is_err());
+        assert!(normalize_run(escape, &config).is_err());
     }
 
     #[test]
@@ -458,16 +594,16 @@ mod tests {
         config.storage.local_roots = vec!["/nonexistent-root".into()];
         let mut many = spec("s3://bucket/out.mp4");
         many.chunks = 5;
-        let error = normalize(many, &config).expect_err("chunks");
+        let error = normalize_run(many, &config).expect_err("chunks");
         assert!(error.to_string().contains("limits.max_chunks"), "{error}");
-        let error = normalize(spec("s3://other/out.mp4"), &config).expect_err("bucket");
+        let error = normalize_run(spec("s3://other/out.mp4"), &config).expect_err("bucket");
         assert!(
             error.to_string().contains("storage.allowed_buckets"),
             "{error}"
         );
         let mut local = spec("s3://bucket/out.mp4");
         local.input_uri = "file:///etc/passwd".into();
-        let error = normalize(local, &config).expect_err("outside roots");
+        let error = normalize_run(local, &config).expect_err("outside roots");
         assert!(error.to_string().contains("storage.local_roots"), "{error}");
         assert!(idempotency_key("order-1234").is_ok());
         assert!(idempotency_key("").is_ok());
@@ -485,9 +621,9 @@ mod tests {
             scale: 0.0,
             ..ProcessorSpec::default()
         });
-        assert!(normalize(infer.clone(), &config).is_ok());
+        assert!(normalize_run(infer.clone(), &config).is_ok());
         infer.output_uri = "s3://bucket/out.mp4".into();
-        assert!(normalize(infer.clone(), &config)
+        assert!(normalize_run(infer.clone(), &config)
             .expect_err("mp4")
             .to_string()
             .contains(".jsonl"));
@@ -497,7 +633,7 @@ mod tests {
             scale: 1.0,
             ..ProcessorSpec::default()
         });
-        assert!(normalize(infer, &config).is_err());
+        assert!(normalize_run(infer, &config).is_err());
     }
 
     #[test]
@@ -523,7 +659,9 @@ mod tests {
         assert_eq!(valid.inputs.len(), 2);
         assert_eq!(valid.inputs[1].output.to_string(), "s3://bucket/out/b.mkv");
         let error = |spec: JobSpec, config: &Config| {
-            normalize(spec, config).expect_err("refused").to_string()
+            normalize_run(spec, config)
+                .expect_err("refused")
+                .to_string()
         };
         let twice = batch(vec![
             pair("s3://bucket/a.mp4", "s3://bucket/out.mp4"),
@@ -563,6 +701,78 @@ mod tests {
             prefix.to_string(),
             "s3://bucket/exports/.framefleet/jobs/job-1"
         );
+    }
+
+    #[test]
+    fn each_bound_is_refused_naming_the_field_and_the_setting() {
+        let config = Config::default();
+        let refusal = |change: &dyn Fn(&mut JobSpec)| {
+            let mut job = spec("s3://bucket/out.mp4");
+            change(&mut job);
+            normalize_run(job, &config)
+                .expect_err("refused")
+                .to_string()
+        };
+        let many = refusal(&|job| {
+            job.labels = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        });
+        assert!(
+            many.contains("33 labels") && many.contains("limits.max_labels"),
+            "{many}"
+        );
+        let long = refusal(&|job| {
+            job.labels = [("team".to_string(), "v".repeat(300))].into();
+        });
+        assert!(
+            long.contains("300-byte value") && long.contains("limits.max_label_bytes"),
+            "{long}"
+        );
+        let forged = refusal(&|job| {
+            job.labels = [("team".to_string(), "a\nb".to_string())].into();
+        });
+        assert!(forged.contains("control characters"), "{forged}");
+        let task = refusal(&|job| job.task = 7);
+        assert!(task.contains("unknown task 7"), "{task}");
+        let chunks = refusal(&|job| job.chunks = 100);
+        assert!(
+            chunks.contains("at most 4 (planner.max_chunks)"),
+            "{chunks}"
+        );
+        let top = refusal(&|job| job.top_k = 5);
+        assert!(top.contains("top_k is for infer jobs"), "{top}");
+        let mut infer = spec("s3://bucket/out.jsonl");
+        infer.task = Task::Infer as i32;
+        infer.processor = Some(ProcessorSpec {
+            model: "/models/m.pt".into(),
+            ..ProcessorSpec::default()
+        });
+        infer.top_k = u32::MAX;
+        let top = normalize_run(infer, &config)
+            .expect_err("refused")
+            .to_string();
+        assert!(top.contains("more than 1000"), "{top}");
+    }
+
+    #[test]
+    fn a_dry_run_may_leave_its_output_out_but_a_submission_may_not() {
+        let mut config = Config::default();
+        let root = tempfile::tempdir().expect("root");
+        config.storage.local_roots = vec![root.path().display().to_string()];
+        let input = format!("file://{}/in.mp4", root.path().display());
+        let without_output = JobSpec {
+            input_uri: input.clone(),
+            ..JobSpec::default()
+        };
+        let planned = check_dry_run(without_output.clone(), &config).expect("a dry run");
+        assert_eq!(planned.inputs[0].input.to_string(), input);
+        assert!(check(without_output, &config).is_err());
+        let outside = JobSpec {
+            input_uri: input,
+            output_uri: "file:///elsewhere/out.mp4".into(),
+            ..JobSpec::default()
+        };
+        let error = check_dry_run(outside, &config).expect_err("an output named is checked");
+        assert!(error.to_string().contains("storage.local_roots"), "{error}");
     }
 
     mod fuzz {

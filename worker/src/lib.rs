@@ -7,8 +7,8 @@
 //! (on the GPU's [`nvdec`] engines where it has them),
 //! [`processor`] (lanczos, and neural [`models`] on libtorch with the `torch` feature),
 //! encode with the job's encoder (the [`codecs`] found at start: x264, x265, NVENC where
-//! the GPU has it) and a streaming upload, with measured [`progress`] streamed back as it
-//! goes; each result names the [`host`] it ran on and the GPU-seconds [`gpu_share`] charged. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
+//! the GPU has it) and a streaming upload, with measured [`pipeline::progress`] streamed back
+//! as it goes; each result names the [`host`] it ran on and the GPU-seconds [`gpu_share`] charged. Each chunk is a span that joins its job's trace, and [`metrics`] feed the
 //! Prometheus endpoint.
 
 pub mod args;
@@ -20,7 +20,6 @@ pub mod models;
 pub mod nvdec;
 pub mod pipeline;
 pub mod processor;
-pub mod progress;
 pub mod registration;
 pub mod server;
 pub mod service;

@@ -16,7 +16,7 @@ use framefleet_common::config::{Config, WorkerConfig};
 use framefleet_common::proto::worker_server::WorkerServer;
 use framefleet_common::proto::RegisterWorkerRequest;
 use framefleet_common::reflection;
-use framefleet_common::storage::Storage;
+use framefleet_common::storage::{LocalFiles, Storage};
 use framefleet_common::telemetry::metrics::{self, MetricsSource};
 
 use crate::codecs::{Codecs, MissingEncoder};
@@ -180,9 +180,11 @@ pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<()
     served.map_err(ServeError::from)
 }
 
-/// Loads every model in `worker.preload_models` on a blocking thread.
+/// Loads every model in `worker.preload_models` on a blocking thread (the operator's
+/// own paths: read wherever they are, not only beneath the storage roots).
 async fn preload(worker: &WorkerConfig) -> Result<(), ServeError> {
-    let (models, settings) = (worker.preload_models.clone(), processor_settings(worker));
+    let settings = processor_settings(worker, LocalFiles::new(&[]));
+    let models = worker.preload_models.clone();
     tokio::task::spawn_blocking(move || {
         for model in models {
             let seconds =

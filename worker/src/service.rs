@@ -26,15 +26,15 @@ use framefleet_common::proto::{
     chunk_event, ChosenFrame, ChunkEvent, ChunkRange, ChunkResult, DrainRequest, EncoderSettings,
     FrameTimestamps, PhaseTiming, ProcessChunkRequest, Task, WorkerStatus, WorkerStatusRequest,
 };
-use framefleet_common::storage::{ObjectUri, Storage, StorageError};
+use framefleet_common::storage::{LocalFiles, ObjectUri, Storage, StorageError};
 use framefleet_common::telemetry::propagation;
 
 use crate::codecs::Codecs;
 use crate::gpu_share::GpuLedger;
 use crate::metrics::{ChunkOutcome, WorkerMetrics};
+use crate::pipeline::progress::ChunkProgressCounters;
 use crate::pipeline::{run_chunk, ChunkError, ChunkOutput, ChunkSpec, Passthrough, PhaseClock};
 use crate::processor::ProcessorSettings;
-use crate::progress::ChunkProgressCounters;
 
 /// How long a chunk waits for a slot still held by a chunk being cancelled.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
@@ -173,7 +173,9 @@ impl Worker for WorkerService {
             ));
         }
         let (metadata, _, request) = request.into_parts();
-        let spec = chunk_spec(&request, &self.state.config, &self.state.codecs)?;
+        let files = self.state.storage.local_files();
+        let spec = chunk_spec(&request, &self.state.config, &self.state.codecs, files)
+            .map_err(framefleet_common::text::bounded_status)?;
         // The orchestrator hands out a slot as soon as it gives a chunk up; the pipeline it
         // cancelled may need a moment to stop, so wait for it briefly rather than refuse.
         let permit = tokio::time::timeout(SLOT_WAIT, self.state.slots.clone().acquire_owned())
@@ -235,8 +237,9 @@ pub fn device_label(requested: &str) -> &'static str {
 }
 
 /// What building a processor needs, from the worker's configuration.
-pub fn processor_settings(config: &WorkerConfig) -> ProcessorSettings {
+pub fn processor_settings(config: &WorkerConfig, files: LocalFiles) -> ProcessorSettings {
     ProcessorSettings {
+        files,
         model_dir: crate::models::cache_dir(&config.model_dir),
         device: config.device.clone(),
         tile_size: config.tile_size,
@@ -248,6 +251,7 @@ fn chunk_spec(
     request: &ProcessChunkRequest,
     config: &WorkerConfig,
     codecs: &Codecs,
+    files: LocalFiles,
 ) -> Result<ChunkSpec, Status> {
     let parse = |uri: &str| {
         uri.parse::<ObjectUri>()
@@ -294,7 +298,7 @@ fn chunk_spec(
         batch_frames: config.batch_frames as usize,
         task: request.task(),
         top_k: request.top_k,
-        settings: processor_settings(config),
+        settings: processor_settings(config, files),
         time_base: ffmpeg_next::Rational::new(time_base.num, time_base.den),
         frame_rate: ffmpeg_next::Rational::new(frame_rate.num, frame_rate.den.max(1)),
         pts_offset: request.pts_offset,
@@ -518,9 +522,13 @@ fn chunk_result(
     }
 }
 
-/// The gRPC status for a failed chunk. The orchestrator retries everything but
-/// `INVALID_ARGUMENT`, `NOT_FOUND` and `FAILED_PRECONDITION`.
+/// The gRPC status for a failed chunk, its message bounded. The orchestrator retries
+/// everything but `INVALID_ARGUMENT`, `NOT_FOUND` and `FAILED_PRECONDITION`.
 fn status_of(error: &ChunkError) -> Status {
+    framefleet_common::text::bounded_status(status_for(error))
+}
+
+fn status_for(error: &ChunkError) -> Status {
     let message = error.to_string();
     match error {
         ChunkError::Invalid(_)
@@ -531,9 +539,11 @@ fn status_of(error: &ChunkError) -> Status {
             Status::invalid_argument(message)
         }
         ChunkError::Storage(StorageError::NotFound { .. }) => Status::not_found(message),
-        ChunkError::Storage(StorageError::BadUri { .. } | StorageError::NoS3Credentials { .. }) => {
-            Status::failed_precondition(message)
-        }
+        ChunkError::Storage(
+            StorageError::BadUri { .. }
+            | StorageError::NoS3Credentials { .. }
+            | StorageError::Refused { .. },
+        ) => Status::failed_precondition(message),
         ChunkError::Cancelled => Status::cancelled(message),
         _ => Status::internal(message),
     }
@@ -567,10 +577,11 @@ mod tests {
     fn requests_are_validated_with_actionable_messages() {
         let config = WorkerConfig::default();
         let codecs = Codecs::with_encoders(vec![VideoEncoder::Libx264]);
-        assert!(chunk_spec(&request(), &config, &codecs).is_ok());
+        assert!(chunk_spec(&request(), &config, &codecs, LocalFiles::new(&[])).is_ok());
         let mut bad = request();
         bad.input_uri = "ftp://x/y".into();
-        let status = chunk_spec(&bad, &config, &codecs).expect_err("bad scheme");
+        let status =
+            chunk_spec(&bad, &config, &codecs, LocalFiles::new(&[])).expect_err("bad scheme");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("ftp://x/y"));
         let mut empty = request();
@@ -578,16 +589,17 @@ mod tests {
             end_frame: 0,
             ..empty.range.unwrap_or_default()
         });
-        assert!(chunk_spec(&empty, &config, &codecs).is_err());
+        assert!(chunk_spec(&empty, &config, &codecs, LocalFiles::new(&[])).is_err());
         let mut backwards = request();
         backwards.pts_offset = -1;
-        assert!(chunk_spec(&backwards, &config, &codecs).is_err());
+        assert!(chunk_spec(&backwards, &config, &codecs, LocalFiles::new(&[])).is_err());
         let mut no_time_base = request();
         no_time_base.time_base = None;
-        assert!(chunk_spec(&no_time_base, &config, &codecs).is_err());
+        assert!(chunk_spec(&no_time_base, &config, &codecs, LocalFiles::new(&[])).is_err());
         let mut newer = request();
         newer.frame_timestamps = 99;
-        let status = chunk_spec(&newer, &config, &codecs).expect_err("unknown timestamp source");
+        let status = chunk_spec(&newer, &config, &codecs, LocalFiles::new(&[]))
+            .expect_err("unknown timestamp source");
         assert!(status.message().contains("update this worker"), "{status}");
     }
 
@@ -602,12 +614,13 @@ mod tests {
             encoder: "h264_nvenc".into(),
             ..EncoderSettings::default()
         });
-        let status = chunk_spec(&nvenc, &config, &codecs).expect_err("no NVENC here");
+        let status =
+            chunk_spec(&nvenc, &config, &codecs, LocalFiles::new(&[])).expect_err("no NVENC here");
         assert_eq!(status.code(), tonic::Code::Unavailable, "retried elsewhere");
         assert!(status.message().contains("has libx264"), "{status}");
         nvenc.task = Task::Infer.into();
         assert!(
-            chunk_spec(&nvenc, &config, &codecs).is_ok(),
+            chunk_spec(&nvenc, &config, &codecs, LocalFiles::new(&[])).is_ok(),
             "infer encodes nothing"
         );
         let mut unknown = request();
@@ -615,9 +628,10 @@ mod tests {
             encoder: "h264".into(),
             ..EncoderSettings::default()
         });
-        let status = chunk_spec(&unknown, &config, &codecs).expect_err("a codec, not an encoder");
+        let status = chunk_spec(&unknown, &config, &codecs, LocalFiles::new(&[]))
+            .expect_err("a codec, not an encoder");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        let spec = chunk_spec(&request(), &config, &codecs).expect("valid");
+        let spec = chunk_spec(&request(), &config, &codecs, LocalFiles::new(&[])).expect("valid");
         assert_eq!(
             spec.video_encoder,
             VideoEncoder::Libx264,

@@ -250,6 +250,14 @@ impl PacketReader {
     }
 }
 
+/// A picture side `size` scaled by `scale`, rounded to the nearest even number of at
+/// least 2 as `yuv420p` needs: what the workers produce, and what the orchestrator checks
+/// against the output limits before any chunk runs.
+pub fn scaled_dimension(size: u32, scale: f64) -> u32 {
+    let scaled = (f64::from(size) * scale).round().max(2.0) as u32;
+    scaled.saturating_add(scaled % 2)
+}
+
 /// The `movie_timescale` to give FFmpeg's MP4 muxer for a video stream in `time_base`.
 ///
 /// Edit lists (written for B-frames' negative decode times and for streams that do not

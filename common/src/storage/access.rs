@@ -1,24 +1,23 @@
 //! Which objects a job may name: `s3://` URIs in the configured buckets, `file://`
 //! paths under the configured local roots and web inputs on the allowed hosts
 //! (`storage.allowed_buckets`, `storage.local_roots`, `storage.allowed_hosts`; an empty
-//! list allows any, but never a private address for a web input). Paths are resolved with their
-//! symbolic links before the check, so a link inside a root that points outside it does
-//! not let a job escape; a path that does not exist yet is checked through its closest
-//! existing parent. `..` never gets this far: [`ObjectUri`] refuses it when parsing.
+//! list allows any, but never a private address for a web input). A path must start with
+//! a root and resolve beneath it through every link of its existing part (a path that
+//! does not exist yet is checked through its closest existing parent, which must be a
+//! directory, with or without roots), as [`LocalFiles`] resolves it again at every open. `..` never gets this far: [`ObjectUri`] refuses it
+//! when parsing.
 
-use std::path::{Path, PathBuf};
-
+use super::local::LocalFiles;
 use super::web::HostPolicy;
 use super::{ObjectUri, StorageError};
 use crate::config::StorageConfig;
 
 /// The buckets and local roots jobs may use.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AccessPolicy {
     buckets: Vec<String>,
-    /// `None`: any path; else the roots, resolved (a root that does not exist is left out,
-    /// so it allows nothing).
-    roots: Option<Vec<PathBuf>>,
+    /// The local roots (or anywhere), opened.
+    local: LocalFiles,
     /// The hosts web inputs may name.
     hosts: HostPolicy,
 }
@@ -28,13 +27,7 @@ impl AccessPolicy {
     pub fn new(config: &StorageConfig) -> Self {
         Self {
             buckets: config.allowed_buckets.clone(),
-            roots: (!config.local_roots.is_empty()).then(|| {
-                config
-                    .local_roots
-                    .iter()
-                    .filter_map(|root| std::fs::canonicalize(root).ok())
-                    .collect()
-            }),
+            local: LocalFiles::new(&config.local_roots),
             hosts: HostPolicy::new(config),
         }
     }
@@ -61,44 +54,15 @@ impl AccessPolicy {
                     )))
                 }
             }
-            ObjectUri::File(path) => {
-                let Some(roots) = &self.roots else {
-                    return Ok(());
-                };
-                let resolved = resolve(path);
-                if roots.iter().any(|root| resolved.starts_with(root)) {
-                    Ok(())
-                } else {
-                    Err(refuse(format!(
-                        "the {what} resolves to {}, outside the local roots this orchestrator \
-                         serves (storage.local_roots: {})",
-                        resolved.display(),
-                        roots
-                            .iter()
-                            .map(|r| r.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
-                }
-            }
-        }
-    }
-}
-
-/// `path` with every symbolic link of its existing part resolved.
-fn resolve(path: &Path) -> PathBuf {
-    let mut missing = Vec::new();
-    let mut existing = path;
-    loop {
-        if let Ok(real) = std::fs::canonicalize(existing) {
-            return missing.iter().rev().fold(real, |acc, part| acc.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return path.to_path_buf(),
+            ObjectUri::File(path) => self.local.check(path).map_err(|error| {
+                refuse(match error.kind() {
+                    std::io::ErrorKind::PermissionDenied => format!("the {what} {error}"),
+                    _ => format!(
+                        "the {what} cannot be reached ({error}); check that every folder \
+                             on its path is a directory"
+                    ),
+                })
+            }),
         }
     }
 }

@@ -7,9 +7,11 @@
 //! - [`Upload`] streams bytes out: a temporary file renamed into place, or an S3 multipart
 //!   upload (a single PUT when the object is small).
 //! - Every request adds to the [`IoCounters`] the client was made with.
-//! - [`AccessPolicy`] says which buckets and local paths jobs may name.
+//! - [`AccessPolicy`] says which buckets and local paths jobs may name, and
+//!   [`LocalFiles`] keeps every `file://` open, create and delete beneath those roots.
 
 mod access;
+mod local;
 mod reader;
 mod s3;
 mod upload;
@@ -24,6 +26,7 @@ use bytes::Bytes;
 
 use crate::config::StorageConfig;
 pub use access::AccessPolicy;
+pub use local::LocalFiles;
 pub use reader::{FetchLimit, ObjectReader, ReadFailure, ReadHorizon};
 use s3::S3Ops;
 pub use upload::Upload;
@@ -56,6 +59,18 @@ pub enum StorageError {
         /// The URI that needed them.
         uri: String,
     },
+    /// The file system refused the request in a way no retry changes: outside the local
+    /// roots, a parent that is not a directory, a name too long, no permission, a
+    /// read-only file system, not a regular file.
+    #[error("{operation} {uri} cannot succeed: {message}")]
+    Refused {
+        /// What was being done, e.g. `PUT`.
+        operation: &'static str,
+        /// The object concerned.
+        uri: String,
+        /// The system's own message.
+        message: String,
+    },
     /// The storage service or the file system refused or failed the request.
     #[error("{operation} {uri} failed: {message}")]
     Request {
@@ -83,10 +98,27 @@ impl StorageError {
     }
 
     fn io(operation: &'static str, uri: &ObjectUri, error: std::io::Error) -> Self {
-        if error.kind() == std::io::ErrorKind::NotFound {
-            return StorageError::NotFound {
-                uri: uri.to_string(),
-            };
+        use std::io::ErrorKind;
+        match error.kind() {
+            ErrorKind::NotFound => {
+                return StorageError::NotFound {
+                    uri: uri.to_string(),
+                }
+            }
+            ErrorKind::PermissionDenied
+            | ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+            | ErrorKind::InvalidFilename
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::InvalidInput
+            | ErrorKind::Unsupported => {
+                return StorageError::Refused {
+                    operation,
+                    uri: uri.to_string(),
+                    message: error.to_string(),
+                }
+            }
+            _ => {}
         }
         StorageError::Request {
             operation,
@@ -231,6 +263,7 @@ impl Drop for Transfer {
 #[derive(Clone)]
 pub struct Storage {
     s3: Option<aws_sdk_s3::Client>,
+    local: LocalFiles,
     web: WebObjects,
     part_bytes: u64,
     block_bytes: u64,
@@ -244,6 +277,7 @@ impl Storage {
     pub fn new(config: &StorageConfig) -> Self {
         Self {
             s3: s3::client(config),
+            local: LocalFiles::new(&config.local_roots),
             web: WebObjects::new(config),
             part_bytes: config.multipart_part_bytes,
             block_bytes: config.read_block_bytes,
@@ -277,6 +311,11 @@ impl Storage {
         }
     }
 
+    /// The local files this client reaches: beneath `storage.local_roots` when set.
+    pub fn local_files(&self) -> LocalFiles {
+        self.local.clone()
+    }
+
     /// What this handle has moved so far.
     pub fn counters(&self) -> &IoCounters {
         &self.counters
@@ -285,21 +324,13 @@ impl Storage {
     /// Size of an object in bytes.
     pub async fn size(&self, uri: &ObjectUri) -> Result<u64, StorageError> {
         let size = match uri {
-            ObjectUri::File(path) => tokio::fs::metadata(path)
-                .await
-                .map_err(|e| StorageError::io("STAT", uri, e))
-                .and_then(|meta| {
-                    if meta.is_file() {
-                        Ok(meta.len())
-                    } else {
-                        Err(StorageError::Request {
-                            operation: "STAT",
-                            uri: uri.to_string(),
-                            message: "not a regular file".into(),
-                            transient: false,
-                        })
-                    }
-                })?,
+            ObjectUri::File(path) => {
+                let (local, path) = (self.local.clone(), path.clone());
+                blocking(uri, "STAT", move || {
+                    Ok(local.open(&path)?.metadata()?.len())
+                })
+                .await?
+            }
             ObjectUri::S3 { bucket, key } => self.s3(uri)?.size(bucket, key, uri).await?,
             ObjectUri::Web(url) => {
                 let mut transfer = Transfer::new(self.counters.clone(), uri, 0, 1);
@@ -323,19 +354,12 @@ impl Storage {
         let mut transfer = Transfer::new(self.counters.clone(), uri, offset, len);
         let bytes = match uri {
             ObjectUri::File(path) => {
-                let path = path.clone();
-                let uri_for_error = uri.clone();
+                let (local, path) = (self.local.clone(), path.clone());
                 transfer.request();
-                let bytes =
-                    tokio::task::spawn_blocking(move || read_file_range(&path, offset, len))
-                        .await
-                        .map_err(|e| StorageError::Request {
-                            operation: "GET",
-                            uri: uri.to_string(),
-                            message: e.to_string(),
-                            transient: false,
-                        })?
-                        .map_err(|e| StorageError::io("GET", &uri_for_error, e))?;
+                let bytes = blocking(uri, "GET", move || {
+                    read_file_range(&local.open(&path)?, offset, len)
+                })
+                .await?;
                 transfer.receive(bytes.len());
                 bytes
             }
@@ -352,6 +376,26 @@ impl Storage {
         };
         transfer.finish();
         Ok(bytes)
+    }
+
+    /// Checks, before any work is spent on it, that a file can be written at `uri`: its
+    /// folders are made (beneath the roots) and a hidden file is created there and removed.
+    /// An `s3://` object is not checked here (its bucket's policy decides at the upload).
+    pub async fn check_writable(&self, uri: &ObjectUri) -> Result<(), StorageError> {
+        let path = match uri {
+            ObjectUri::File(path) => path.clone(),
+            ObjectUri::S3 { .. } => return Ok(()),
+            ObjectUri::Web(_) => return Err(read_only(uri, "PUT")),
+        };
+        let local = self.local.clone();
+        blocking(uri, "PUT", move || {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let dir = local.create_dir_all(parent)?;
+            let name = format!(".framefleet-write-check-{:016x}", rand::random::<u64>());
+            dir.create_new(&name)?;
+            dir.remove(&name)
+        })
+        .await
     }
 
     /// Starts a streaming upload to `uri`; nothing is visible there until
@@ -393,16 +437,9 @@ impl Storage {
         self.counters.record(0, 0);
         match prefix {
             ObjectUri::File(dir) => {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || list_files(&dir))
-                    .await
-                    .map_err(|e| StorageError::Request {
-                        operation: "LIST",
-                        uri: prefix.to_string(),
-                        message: e.to_string(),
-                        transient: false,
-                    })?
-                    .map_err(|e| StorageError::io("LIST", prefix, e))
+                let (local, dir) = (self.local.clone(), dir.clone());
+                let files = blocking(prefix, "LIST", move || local.list(&dir)).await?;
+                Ok(files.into_iter().map(ObjectUri::File).collect())
             }
             ObjectUri::S3 { bucket, key } => {
                 let keys = self.s3(prefix)?.list(bucket, key, prefix).await?;
@@ -422,11 +459,13 @@ impl Storage {
     pub async fn delete(&self, uri: &ObjectUri) -> Result<(), StorageError> {
         self.counters.record(0, 0);
         match uri {
-            ObjectUri::File(path) => match tokio::fs::remove_file(path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StorageError::io("DELETE", uri, e)),
-            },
+            ObjectUri::File(path) => {
+                let (local, path) = (self.local.clone(), path.clone());
+                match blocking(uri, "DELETE", move || local.remove_file(&path)).await {
+                    Err(StorageError::NotFound { .. }) => Ok(()),
+                    other => other,
+                }
+            }
             ObjectUri::S3 { bucket, key } => self.s3(uri)?.delete(bucket, key, uri).await,
             ObjectUri::Web(_) => Err(read_only(uri, "DELETE")),
         }
@@ -443,10 +482,10 @@ impl Storage {
             self.delete(object).await?;
         }
         if let ObjectUri::File(dir) = prefix {
-            match tokio::fs::remove_dir_all(dir).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io("DELETE", prefix, e)),
+            let (local, dir) = (self.local.clone(), dir.clone());
+            match blocking(prefix, "DELETE", move || local.remove_dir_all(&dir)).await {
+                Ok(()) | Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(objects.len())
@@ -487,30 +526,29 @@ impl Storage {
     }
 }
 
-fn read_file_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
+/// Runs file-system work for `uri` on a blocking thread; its error is `operation`'s.
+async fn blocking<T: Send + 'static>(
+    uri: &ObjectUri,
+    operation: &'static str,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Request {
+            operation,
+            uri: uri.to_string(),
+            message: e.to_string(),
+            transient: false,
+        })?
+        .map_err(|e| StorageError::io(operation, uri, e))
+}
+
+/// Up to `len` bytes of `file` at `offset` (fewer at its end).
+fn read_file_range(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let len = len.min(size.saturating_sub(offset));
     let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
     file.read_exact_at(&mut buffer, offset)?;
     Ok(Bytes::from(buffer))
-}
-
-fn list_files(dir: &Path) -> std::io::Result<Vec<ObjectUri>> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else {
-                found.push(ObjectUri::File(entry.path()));
-            }
-        }
-    }
-    found.sort_by_key(ToString::to_string);
-    Ok(found)
 }

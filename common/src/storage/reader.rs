@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{ObjectUri, Storage, StorageError};
 
@@ -179,6 +180,8 @@ pub struct ObjectReader {
     read_aheads: VecDeque<ReadAhead>,
     failure: ReadFailure,
     horizon: ReadHorizon,
+    /// Once cancelled, every fetch fails: a reader whose job was cancelled stops reading.
+    stop: Option<CancellationToken>,
 }
 
 impl ObjectReader {
@@ -211,6 +214,7 @@ impl ObjectReader {
             read_aheads: VecDeque::new(),
             failure: ReadFailure::default(),
             horizon: ReadHorizon::default(),
+            stop: None,
         })
     }
 
@@ -238,6 +242,13 @@ impl ObjectReader {
         self
     }
 
+    /// The same reader, failing every fetch once `stop` is cancelled (its job was), so the
+    /// FFmpeg work reading through it ends at its next read instead of running on.
+    pub fn stopped_by(mut self, stop: CancellationToken) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
     /// The same reader with a smaller first fetch (and alignment), for readers that mostly
     /// jump between small index structures (an MP4's `moof` boxes) rather than stream.
     pub fn with_block_bytes(mut self, block_bytes: u64) -> Self {
@@ -252,6 +263,15 @@ impl ObjectReader {
     /// the last one of the run it continues, else one block, and never bytes already cached
     /// or being fetched). A run that continues starts its next window's read-ahead.
     fn fetch(&mut self, position: u64) -> io::Result<usize> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            return Err(io::Error::other(
+                "the read was stopped: its job was cancelled",
+            ));
+        }
         if let Some(index) = self.read_aheads.iter().position(|r| r.covers(position)) {
             if let Some(ahead) = self.read_aheads.remove(index) {
                 let data = self
@@ -519,6 +539,21 @@ mod tests {
             "{} requests",
             counters.requests()
         );
+    }
+
+    #[test]
+    fn a_reader_whose_job_was_cancelled_reads_no_further() {
+        let (file, _, runtime) = object();
+        let stop = CancellationToken::new();
+        let mut reader = reader(&file, &runtime).stopped_by(stop.clone());
+        let mut buffer = vec![0u8; 4096];
+        assert!(reader.read(&mut buffer).expect("read") > 0);
+        stop.cancel();
+        reader
+            .seek(SeekFrom::Start(OBJECT_BYTES as u64 / 2))
+            .expect("seek");
+        let error = reader.read(&mut buffer).expect_err("stopped");
+        assert!(error.to_string().contains("cancelled"), "{error}");
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! Streaming uploads: bytes arrive in pieces and become one object only on `finish`.
 //!
-//! `file://` writes a hidden temporary file beside the target and renames it into place;
+//! `file://` writes a hidden temporary file beside the target and renames it into place,
+//! both through the target's directory opened beneath its storage root ([`super::local`]);
 //! `s3://` buffers one part, then switches to a multipart upload (a single PUT when the
 //! whole object fits in one part). An unfinished upload leaves nothing behind once aborted.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use aws_sdk_s3::types::CompletedPart;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use super::local::OpenDir;
 use super::s3::S3Ops;
 use super::{ObjectUri, Storage, StorageError};
 
@@ -24,7 +26,12 @@ pub struct Upload {
 
 enum Target {
     File {
-        temporary: PathBuf,
+        /// The target's directory, opened (and made) at the first write.
+        dir: Option<Arc<OpenDir>>,
+        /// The target's name in it.
+        name: String,
+        /// The temporary file's name in it.
+        temporary: String,
         file: Option<tokio::fs::File>,
     },
     S3 {
@@ -46,8 +53,9 @@ impl Upload {
                     }
                 })?;
                 Target::File {
-                    temporary: path
-                        .with_file_name(format!(".{name}.partial-{:016x}", rand::random::<u64>())),
+                    dir: None,
+                    name: name.to_string(),
+                    temporary: format!(".{name}.partial-{:016x}", rand::random::<u64>()),
                     file: None,
                 }
             }
@@ -73,20 +81,9 @@ impl Upload {
     /// Appends bytes to the object.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
         self.written += data.len() as u64;
+        self.open_file().await?;
         match &mut self.target {
-            Target::File { temporary, file } => {
-                if file.is_none() {
-                    if let Some(dir) = temporary.parent() {
-                        tokio::fs::create_dir_all(dir)
-                            .await
-                            .map_err(|e| StorageError::io("PUT", &self.uri, e))?;
-                    }
-                    *file = Some(
-                        tokio::fs::File::create(&*temporary)
-                            .await
-                            .map_err(|e| StorageError::io("PUT", &self.uri, e))?,
-                    );
-                }
+            Target::File { file, .. } => {
                 if let Some(file) = file {
                     file.write_all(data)
                         .await
@@ -115,29 +112,32 @@ impl Upload {
     }
 
     async fn finish_file(&mut self) -> Result<(), StorageError> {
-        let (Target::File { temporary, file }, ObjectUri::File(path)) =
-            (&mut self.target, &self.uri)
+        self.open_file().await?;
+        let Target::File {
+            dir,
+            name,
+            temporary,
+            file,
+        } = &mut self.target
         else {
             return Ok(());
         };
-        let publish = async {
-            let mut file = match file.take() {
-                Some(file) => file,
-                None => {
-                    if let Some(dir) = temporary.parent() {
-                        tokio::fs::create_dir_all(dir).await?;
-                    }
-                    tokio::fs::File::create(&*temporary).await?
-                }
-            };
-            file.flush().await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&*temporary, path).await
+        let (Some(opened), Some(mut written)) = (dir.clone(), file.take()) else {
+            return Ok(());
         };
-        if let Err(e) = publish.await {
-            let _ = tokio::fs::remove_file(&*temporary).await;
-            return Err(StorageError::io("PUT", &self.uri, e));
+        let (name, temporary) = (name.clone(), temporary.clone());
+        let (cleanup, leftover) = (opened.clone(), temporary.clone());
+        let publish = async move {
+            written.flush().await?;
+            written.sync_all().await?;
+            drop(written);
+            tokio::task::spawn_blocking(move || opened.rename(&temporary, &name))
+                .await
+                .map_err(std::io::Error::other)?
+        };
+        if let Err(error) = publish.await {
+            let _ = tokio::task::spawn_blocking(move || cleanup.remove(&leftover)).await;
+            return Err(StorageError::io("PUT", &self.uri, error));
         }
         self.storage.record_write(self.written);
         Ok(())
@@ -189,9 +189,17 @@ impl Upload {
     /// Drops everything written so far.
     pub async fn abort(mut self) {
         match &mut self.target {
-            Target::File { temporary, file } => {
+            Target::File {
+                dir,
+                temporary,
+                file,
+                ..
+            } => {
                 drop(file.take());
-                let _ = tokio::fs::remove_file(&*temporary).await;
+                if let Some(dir) = dir.take() {
+                    let temporary = temporary.clone();
+                    let _ = tokio::task::spawn_blocking(move || dir.remove(&temporary)).await;
+                }
             }
             Target::S3 {
                 bucket,
@@ -206,6 +214,39 @@ impl Upload {
                 }
             }
         }
+    }
+
+    /// For a file target not yet begun: opens (making it) the target's directory beneath
+    /// its root and creates the temporary file in it.
+    async fn open_file(&mut self) -> Result<(), StorageError> {
+        let (
+            Target::File {
+                dir,
+                temporary,
+                file: file @ None,
+                ..
+            },
+            ObjectUri::File(path),
+        ) = (&mut self.target, &self.uri)
+        else {
+            return Ok(());
+        };
+        let (local, parent, name) = (
+            self.storage.local.clone(),
+            path.parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .to_path_buf(),
+            temporary.clone(),
+        );
+        let (opened, created) = super::blocking(&self.uri, "PUT", move || {
+            let opened = local.create_dir_all(&parent)?;
+            let created = opened.create_new(&name)?;
+            Ok((Arc::new(opened), tokio::fs::File::from_std(created)))
+        })
+        .await?;
+        *dir = Some(opened);
+        *file = Some(created);
+        Ok(())
     }
 
     fn buffered(&self) -> u64 {
@@ -253,11 +294,13 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         if let Target::File {
+            dir: Some(dir),
             temporary,
             file: Some(_),
+            ..
         } = &self.target
         {
-            let _ = std::fs::remove_file(temporary);
+            let _ = dir.remove(temporary);
         }
     }
 }

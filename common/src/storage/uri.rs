@@ -91,6 +91,15 @@ impl FromStr for ObjectUri {
     type Err = StorageError;
 
     fn from_str(uri: &str) -> Result<Self, Self::Err> {
+        if uri.len() > MAX_URI_BYTES {
+            return Err(bad(
+                uri,
+                &format!(
+                    "the URI is {} bytes long; at most {MAX_URI_BYTES} are accepted",
+                    uri.len()
+                ),
+            ));
+        }
         if let Some(path) = uri.strip_prefix("file://") {
             return parse_file(path, uri);
         }
@@ -139,15 +148,48 @@ impl fmt::Display for ObjectUri {
     }
 }
 
+/// Longest URI accepted, in bytes.
+pub const MAX_URI_BYTES: usize = 4608;
+/// Longest `file://` path (Linux's `PATH_MAX` less its NUL).
+const MAX_PATH_BYTES: usize = 4095;
+/// Longest name of one folder or file in a path (Linux's `NAME_MAX`).
+const MAX_NAME_BYTES: usize = 255;
+
+/// A refusal of `uri`, which is quoted escaped and, when long, shortened.
 fn bad(uri: &str, reason: &str) -> StorageError {
     StorageError::BadUri {
-        uri: uri.to_string(),
+        uri: crate::text::printable(&crate::text::bounded(uri, 256)).into_owned(),
         reason: reason.to_string(),
     }
 }
 
 fn parse_file(path: &str, uri: &str) -> Result<ObjectUri, StorageError> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad(
+            uri,
+            &format!(
+                "the path is {} bytes long; paths may have at most {MAX_PATH_BYTES}",
+                path.len()
+            ),
+        ));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(bad(
+            uri,
+            "control characters (newlines, escapes) are not allowed in paths",
+        ));
+    }
     let path = Path::new(path);
+    if let Some(long) = path
+        .components()
+        .map(|c| c.as_os_str().len())
+        .find(|&len| len > MAX_NAME_BYTES)
+    {
+        return Err(bad(
+            uri,
+            &format!("a name in the path is {long} bytes long; file systems take at most {MAX_NAME_BYTES}"),
+        ));
+    }
     if !path.is_absolute() {
         return Err(bad(
             uri,
@@ -217,5 +259,21 @@ mod tests {
             let error = uri.parse::<ObjectUri>().expect_err(uri);
             assert!(error.to_string().contains(uri), "{error}");
         }
+    }
+
+    #[test]
+    fn long_names_and_control_characters_are_refused_with_a_short_quote() {
+        let long_name = format!("file:///data/{}.mp4", "n".repeat(300));
+        let error = long_name.parse::<ObjectUri>().expect_err("name too long");
+        assert!(error.to_string().contains("at most 255"), "{error}");
+        assert!(error.to_string().len() < 600, "{error}");
+        let huge = format!("s3://bucket/{}", "k".repeat(100_000));
+        let error = huge.parse::<ObjectUri>().expect_err("too long");
+        assert!(error.to_string().contains("at most 4608"), "{error}");
+        assert!(error.to_string().len() < 600, "{error}");
+        let forged = "file:///data/a.mp4\n2026-01-01 INFO job succeeded";
+        let error = forged.parse::<ObjectUri>().expect_err("newline");
+        assert!(!error.to_string().contains('\n'), "{error}");
+        assert!(error.to_string().contains("control characters"), "{error}");
     }
 }

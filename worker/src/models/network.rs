@@ -10,6 +10,8 @@ use std::path::Path;
 use tch::{CModule, Device, Kind, TchError, Tensor};
 
 use super::ncnn::{self, ConvWeights, Layer, WeightReader};
+use framefleet_common::storage::LocalFiles;
+
 use super::{Architecture, ModelError, ModelInfo};
 
 /// Slope of the LeakyReLU activations of RRDBNet (ncnn activation type 2).
@@ -147,14 +149,19 @@ impl Network {
         Ok(network)
     }
 
-    /// Loads a TorchScript module onto `device`.
-    pub fn from_torchscript(path: &Path, device: Device) -> Result<Self, ModelError> {
+    /// Loads a TorchScript module onto `device`, read from the file opened beneath the
+    /// storage roots `files` (so a path swapped for a link out of them is not read).
+    pub fn from_torchscript(
+        path: &Path,
+        files: &LocalFiles,
+        device: Device,
+    ) -> Result<Self, ModelError> {
         let unloadable = |reason: String| ModelError::TorchScript {
             path: path.to_path_buf(),
             reason,
         };
-        std::fs::File::open(path).map_err(|e| unloadable(e.to_string()))?;
-        let mut module = CModule::load_on_device(path, device)
+        let mut file = files.open(path).map_err(|e| unloadable(e.to_string()))?;
+        let mut module = CModule::load_data_on_device(&mut file, device)
             .map_err(|e| unloadable(super::torch_message(&e)))?;
         module.f_set_eval()?;
         Ok(Network::Script(module))

@@ -56,6 +56,7 @@ pub(super) fn run(
         model_dir: spec.settings.model_dir.clone(),
         device: select_device(&spec.settings.device),
         tile_size: i64::from(spec.settings.tile_size),
+        files: spec.settings.files.clone(),
     };
     let mut model = context.clock.time(Phase::Init, || {
         Neural::new(&spec.processor.model, &settings)

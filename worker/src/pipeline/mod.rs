@@ -19,6 +19,7 @@ mod deinterlace;
 mod encode;
 mod infer;
 mod passthrough;
+pub mod progress;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -39,7 +40,7 @@ use framefleet_common::proto::{
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::processor::{self, ProcessError};
-use crate::progress::ChunkProgressCounters;
+use progress::ChunkProgressCounters;
 
 /// Why a chunk failed.
 #[derive(Debug, thiserror::Error)]

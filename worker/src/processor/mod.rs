@@ -19,7 +19,7 @@ pub mod neural;
 
 use ffmpeg_next as ffmpeg;
 
-use framefleet_common::media::{copy_picture_properties, is_full_range_format};
+use framefleet_common::media::{copy_picture_properties, is_full_range_format, scaled_dimension};
 use framefleet_common::proto::ProcessorSpec;
 
 /// A processor could not be built or failed on a frame.
@@ -68,6 +68,8 @@ pub struct ProcessorSettings {
     pub device: String,
     /// Largest tile side for neural models, in input pixels (0: whole frames).
     pub tile_size: u32,
+    /// The local files a job's TorchScript module may be read from (`storage.local_roots`).
+    pub files: framefleet_common::storage::LocalFiles,
 }
 
 /// The models this worker can run, for error messages.
@@ -95,6 +97,7 @@ pub fn build(
                 model_dir: settings.model_dir.clone(),
                 device: neural::select_device(&settings.device),
                 tile_size: i64::from(settings.tile_size),
+                files: settings.files.clone(),
             };
             Ok(Box::new(neural::Neural::new(model, &neural)?))
         }
@@ -114,12 +117,6 @@ pub fn preload(model: &str, settings: &ProcessorSettings) -> Result<f64, Process
         ..ProcessorSpec::default()
     };
     Ok(build(&spec, settings)?.model_load_seconds())
-}
-
-/// Rounds a scaled dimension to the nearest even number of at least 2, as `yuv420p` needs.
-pub fn scaled_dimension(size: u32, scale: f64) -> u32 {
-    let scaled = (f64::from(size) * scale).round().max(2.0) as u32;
-    scaled + scaled % 2
 }
 
 /// Lanczos resampling through swscale: the model-free default, always available.
@@ -258,6 +255,7 @@ mod tests {
             model_dir: std::path::PathBuf::from("/nonexistent"),
             device: "cpu".into(),
             tile_size: 0,
+            files: framefleet_common::storage::LocalFiles::new(&[]),
         };
         let error = build(
             &ProcessorSpec {

@@ -40,6 +40,8 @@ pub struct NeuralSettings {
     pub device: Device,
     /// Largest tile side in input pixels; larger frames run in overlapping tiles (0: never).
     pub tile_size: i64,
+    /// Where a TorchScript module may be read from: opened beneath the storage roots.
+    pub files: framefleet_common::storage::LocalFiles,
 }
 
 /// Context around each tile, in input pixels: beyond the compact network's receptive
@@ -110,7 +112,7 @@ fn load(model: &str, settings: &NeuralSettings) -> Result<(Shared, f64), Process
         Network::from_ncnn(info, &param, &bin, settings.device, kind).map_err(model_error)?
     } else if is_torchscript_path(model) {
         let path = model.strip_prefix("file://").unwrap_or(model);
-        Network::from_torchscript(std::path::Path::new(path), settings.device)
+        Network::from_torchscript(std::path::Path::new(path), &settings.files, settings.device)
             .map_err(model_error)?
     } else {
         return Err(ProcessError::UnknownModel(model.to_string()));
@@ -142,14 +144,27 @@ fn model_error(error: ModelError) -> ProcessError {
 }
 
 /// A libtorch error as a processing error: running out of device (or host) memory is
-/// told apart, so the batch can shrink and run again.
+/// told apart, so the batch can shrink and run again, and so is a module whose
+/// `forward()` does not take one batch tensor, which no retry can fix.
 fn torch_error(error: tch::TchError) -> ProcessError {
     let message = models::torch_message(&error);
     if message.contains("out of memory") || message.contains("can't allocate memory") {
         ProcessError::OutOfMemory(message)
+    } else if is_signature_error(&message) {
+        ProcessError::Invalid(format!(
+            "the module's forward() does not take one tensor of frames (N x 3 x H x W): {message}"
+        ))
     } else {
         ProcessError::Model(message)
     }
+}
+
+/// True for TorchScript's complaints about the arguments `forward()` was called with.
+fn is_signature_error(message: &str) -> bool {
+    message.contains("forward()")
+        && ["argument", "Expected a value of type", "expected at most"]
+            .iter()
+            .any(|clue| message.contains(clue))
 }
 
 /// One batch of same-size frames through the network in tiles of the given side.
