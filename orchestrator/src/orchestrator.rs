@@ -1,7 +1,7 @@
 //! The central type: [`Orchestrator`] holds the configuration, storage, workers and jobs,
-//! accepts jobs (checked by [`validate`](crate::validate), recorded in the
-//! [`job store`](crate::job_store) before the submission is answered), cancels them
-//! (recorded before acknowledged), hands each one to the [`runner`](crate::runner), and
+//! accepts jobs (checked by [`validate`](crate::jobs::validate), recorded in the
+//! [`job store`](crate::jobs::store) before the submission is answered), cancels them
+//! (recorded before acknowledged), hands each one to the [`runner`](crate::run::runner), and
 //! plans jobs without running them (the dry run of `PlanJob`). At start every job in the
 //! job store that had not ended runs again. [`Exposition`] is its Prometheus view.
 
@@ -18,19 +18,19 @@ use framefleet_common::proto::{JobSpec, RegisterWorkerRequest};
 use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::MetricsSource;
 
-use crate::cost_history::{CostHistory, HistoryError};
+use crate::fleet::registration::{RegisterError, RegistrationPolicy};
 use crate::fleet::{Fleet, WorkerAccess};
-use crate::job::JobRecord;
-use crate::job_io::JobIo;
-use crate::job_store::{JobStore, JobStoreError, StoredJob};
-use crate::live_jobs::{KeyConflict, LiveJobs};
+use crate::jobs::io::JobIo;
+use crate::jobs::live::{KeyConflict, LiveJobs};
+use crate::jobs::record::JobRecord;
+use crate::jobs::store::{JobStore, JobStoreError, StoredJob};
+use crate::jobs::validate::{self, InvalidSpec, ValidJob};
 use crate::metrics::{Gauges, OrchestratorMetrics};
-use crate::planner::PlanError;
+use crate::planning::history::{CostHistory, HistoryError};
+use crate::planning::planner::PlanError;
 use crate::planning::{self, JobPlan, Target};
-use crate::probe::{self, InputError};
-use crate::registration::{RegisterError, RegistrationPolicy};
-use crate::runner::JobRunner;
-use crate::validate::{self, InvalidSpec, ValidJob};
+use crate::run::probe::{self, InputError};
+use crate::run::runner::JobRunner;
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]

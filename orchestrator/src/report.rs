@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use framefleet_common::cost::{ChunkCost, CostReport, InputCost, OrchestratorCost, PlanSummary};
 use framefleet_common::proto::JobState;
 
-use crate::accepted::{ChunkTiming, FinishedChunk};
-use crate::job::JobRecord;
-use crate::job_io::JobIo;
-use crate::run_log::{InputRun, RunLog};
+use crate::jobs::accepted::{ChunkTiming, FinishedChunk};
+use crate::jobs::io::JobIo;
+use crate::jobs::record::JobRecord;
+use crate::jobs::run_log::{InputRun, RunLog};
 
 /// The cost report of `job` as it ends in `state`, from the runs of its `inputs`.
 pub fn build(

@@ -1,17 +1,22 @@
 //! Dispatch of one chunk to acceptance or to its final failure. It is made of:
 //!
+//! - [`encoder_choice`]: the one encoder every chunk of a run is written with;
 //! - [`retry`]: the retry loop (exponential backoff with jitter, other workers, up to
 //!   `dispatch.max_attempts`; permanent errors stop at once);
 //! - [`race`]: each try, raced against a backup attempt when it turns into a straggler;
 //! - one attempt (here): a slot from the [`fleet`](crate::fleet), the chunk's objects named
 //!   by run and attempt, the chunk streamed to the worker ([`stream`]), and its objects
-//!   checked by [`acceptance`](crate::acceptance) before it counts.
+//!   checked by [`acceptance`] before it counts; [`straggler`] says when a try is slow
+//!   enough to race a backup.
 //!
 //! Every wait has a deadline: the slot (no worker registered for `worker_wait_seconds`),
 //! the call, and each event of the stream (`event_timeout_seconds`).
 
+pub mod acceptance;
+pub mod encoder_choice;
 mod race;
 mod retry;
+pub mod straggler;
 mod stream;
 
 use std::collections::HashSet;
@@ -25,15 +30,15 @@ use framefleet_common::config::DispatchConfig;
 use framefleet_common::proto::ProcessChunkRequest;
 use framefleet_common::storage::ObjectUri;
 
-use crate::acceptance::{ChunkChecks, Expected};
-use crate::accepted::{AcceptedChunk, ChunkTimeline, ChunkTiming, FinishedChunk};
 use crate::fleet::{AcquireError, Fleet, QueuePriority};
-use crate::job::JobRecord;
+use crate::jobs::accepted::{AcceptedChunk, ChunkTimeline, ChunkTiming, FinishedChunk};
+use crate::jobs::record::JobRecord;
+use crate::jobs::validate::JobTask;
 use crate::metrics::{AttemptOutcome, OrchestratorMetrics};
-use crate::straggler::ChunkPeers;
-use crate::validate::JobTask;
+use acceptance::{ChunkChecks, Expected};
 use race::AttemptClock;
 use retry::AttemptError;
+use straggler::ChunkPeers;
 use stream::StreamError;
 
 /// A chunk that could not be produced.

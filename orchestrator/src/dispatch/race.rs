@@ -1,5 +1,5 @@
 //! The backup race: while an attempt runs, it is compared with its job's other chunks
-//! every [`STRAGGLER_CHECK`]; once it is a straggler ([`crate::straggler`]), a backup
+//! every [`STRAGGLER_CHECK`]; once it is a straggler ([`super::straggler`]), a backup
 //! attempt starts on another worker and the first to be accepted wins. The loser is
 //! cancelled (dropped) and the GPU-seconds it held are counted as waste; when the first
 //! to end failed, the other is awaited.

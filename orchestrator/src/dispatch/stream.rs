@@ -12,7 +12,7 @@ use framefleet_common::proto::{
 use framefleet_common::telemetry::propagation;
 
 use crate::fleet::{Fleet, SlotGrant};
-use crate::job::JobRecord;
+use crate::jobs::record::JobRecord;
 
 /// Why the stream gave no result.
 pub enum StreamError {

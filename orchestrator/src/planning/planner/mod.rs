@@ -21,8 +21,9 @@ use framefleet_common::cost::PlanCandidate;
 use framefleet_common::media::VideoInfo;
 use framefleet_common::proto::{ChosenFrame, JobSpec, Plan};
 
-use crate::cost_model::{Capacity, CostModel, Cut, JobShape, Prediction};
-use crate::selection::{FrameChoice, SelectionError};
+use crate::jobs::frames::FrameChoice;
+use crate::planning::cost_model::{Capacity, CostModel, Cut, JobShape, Prediction};
+use crate::planning::selection::SelectionError;
 
 /// A job's plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -259,8 +260,8 @@ fn candidate(prediction: Prediction, one_chunk_wall: f64) -> PlanCandidate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cost_model::History;
-    use crate::cost_samples::{ChunkSample, JobSample};
+    use crate::planning::cost_model::History;
+    use crate::planning::samples::{ChunkSample, JobSample};
     use framefleet_common::media::{FrameStamp, TimestampSource};
     use framefleet_common::proto::ChunkRange;
 

@@ -34,7 +34,7 @@ use framefleet_common::proto::externalscaler::{
 };
 
 use crate::fleet::FleetLoad;
-use crate::job::JobRecord;
+use crate::jobs::record::JobRecord;
 use crate::orchestrator::Orchestrator;
 
 /// How often `StreamIsActive` looks again when nothing wakes it (jobs ending, chunks
@@ -328,7 +328,7 @@ mod tests {
                 }),
                 ..JobSpec::default()
             };
-            let valid = crate::validate::check(spec, &Config::default()).expect("valid job");
+            let valid = crate::jobs::validate::check(spec, &Config::default()).expect("valid job");
             JobRecord::new("job".into(), 0, valid)
         };
         let nvenc_pool = ScaledTarget {

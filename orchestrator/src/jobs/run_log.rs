@@ -1,16 +1,16 @@
 //! What a job's run records as it goes, one log per input: the plan, the accepted chunks,
 //! the probe's and the stitch's times, the input's size and what became of it (done,
-//! failed or skipped). The [`report`](crate::report) and the
-//! [`cost samples`](crate::cost_samples) are built from these logs when the job ends.
+//! failed or skipped). The report and the
+//! cost samples are built from these logs when the job ends.
 
 use std::sync::{Mutex, MutexGuard};
 
 use framefleet_common::proto::Plan;
 use framefleet_common::storage::Storage;
 
-use crate::accepted::FinishedChunk;
-use crate::job_io::JobIo;
-use crate::validate::{InputPair, ValidJob};
+use crate::jobs::accepted::FinishedChunk;
+use crate::jobs::io::JobIo;
+use crate::jobs::validate::{InputPair, ValidJob};
 
 /// What one input's run recorded.
 #[derive(Debug, Default)]

@@ -7,8 +7,8 @@
 use framefleet_common::codec::VideoEncoder;
 use framefleet_common::proto::{JobSpec, Phase, Task};
 
-use crate::accepted::{ChunkTiming, FinishedChunk};
-use crate::run_log::RunLog;
+use crate::jobs::accepted::{ChunkTiming, FinishedChunk};
+use crate::jobs::run_log::RunLog;
 
 /// The cost history's key for a job: its task, processor (model, scale, deinterlacing),
 /// its encoder and preset (x264's presets differ several times over in speed, and NVENC
@@ -197,7 +197,7 @@ fn job_sample(log: &RunLog, ran: &[&FinishedChunk], wall_seconds: f64) -> JobSam
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accepted::{AcceptedChunk, ChunkTimeline};
+    use crate::jobs::accepted::{AcceptedChunk, ChunkTimeline};
     use framefleet_common::proto::{ChunkRange, ChunkResult, PhaseTiming, ProcessorSpec};
     use framefleet_common::storage::ObjectUri;
 

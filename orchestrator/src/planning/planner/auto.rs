@@ -7,7 +7,7 @@
 //! - With a deadline, the cheapest count predicted to finish within it.
 //! - With a price cap, the fastest count predicted to cost at most that.
 
-use crate::cost_model::Prediction;
+use crate::planning::cost_model::Prediction;
 
 /// What the job wants from its chunk count.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -168,8 +168,8 @@ fn figures(chosen: &Prediction, one: &Prediction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cost_model::{Capacity, CostModel, Cut, History, JobShape};
-    use crate::cost_samples::{ChunkSample, JobSample};
+    use crate::planning::cost_model::{Capacity, CostModel, Cut, History, JobShape};
+    use crate::planning::samples::{ChunkSample, JobSample};
 
     /// A history shaped like the reference table of the system framefleet replaces
     /// (DESIGN.md: 449 frames of Real-ESRGAN on T4s: 1 GPU 310 s, 2 GPUs 160.8 s, 4 GPUs

@@ -10,7 +10,7 @@ use framefleet_common::config::{Config, LimitsConfig};
 use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
 
-use crate::selection::FrameChoice;
+use crate::jobs::frames::FrameChoice;
 use crate::stitch::VIDEO_EXTENSIONS;
 
 /// x264 presets.

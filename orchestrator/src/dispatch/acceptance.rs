@@ -18,9 +18,9 @@ use framefleet_common::media;
 use framefleet_common::proto::ChunkRange;
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
-use crate::accepted::AcceptedChunk;
+use crate::jobs::accepted::AcceptedChunk;
+use crate::jobs::validate::JobTask;
 use crate::patience;
-use crate::validate::JobTask;
 
 /// What a chunk's objects must hold.
 #[derive(Debug, Clone, Copy)]

@@ -1,13 +1,13 @@
 //! Where jobs live while the orchestrator runs: by id, in submission order, and by
 //! idempotency key, so a repeated submission returns the job it first created. What
-//! outlives the process is in the [`job store`](crate::job_store); this is its live index,
+//! outlives the process is in the [`job store`](crate::jobs::store); this is its live index,
 //! which also adds up the cost reports of ended jobs ([`LiveJobs::summarize`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::job::JobRecord;
-use crate::validate::ValidJob;
+use crate::jobs::record::JobRecord;
+use crate::jobs::validate::ValidJob;
 use framefleet_common::cost::CostSummary;
 use framefleet_common::proto::Job;
 use prost::Message;

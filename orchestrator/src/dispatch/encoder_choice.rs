@@ -7,9 +7,9 @@
 
 use framefleet_common::codec::{EncoderRequest, VideoEncoder};
 
-use crate::accepted::AcceptedChunk;
 use crate::fleet::Fleet;
-use crate::validate::ValidJob;
+use crate::jobs::accepted::AcceptedChunk;
+use crate::jobs::validate::ValidJob;
 
 /// The encoder for this run of `job` (`None` for a job that encodes nothing), given the
 /// chunks `trusted` from before a restart and the fleet registered now.
@@ -37,9 +37,9 @@ mod tests {
     };
 
     use super::*;
+    use crate::fleet::registration::RegistrationPolicy;
     use crate::fleet::WorkerAccess;
-    use crate::registration::RegistrationPolicy;
-    use crate::validate;
+    use crate::jobs::validate;
 
     fn job(encoder: &str) -> ValidJob {
         let spec = JobSpec {

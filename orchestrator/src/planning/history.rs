@@ -1,5 +1,5 @@
 //! The cost history: what every computed chunk and every finished job cost, by kind of
-//! job ([`crate::cost_samples::kind`]), kept in SQLite so `auto` plans improve with use and
+//! job ([`crate::planning::samples::kind`]), kept in SQLite so `auto` plans improve with use and
 //! survive restarts. The orchestrator keeps it in its job store's file (tables of their
 //! own beside the jobs) unless `planner.history_path` names another; `framefleet local`
 //! keeps one per user, so one machine's plans learn from its own jobs.
@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
-use crate::cost_model::History;
-use crate::cost_samples::{ChunkSample, JobCosts, JobSample};
-use crate::sqlite_file::{self, SqliteOpenError};
+use crate::jobs::sqlite_file::{self, SqliteOpenError};
+use crate::planning::cost_model::History;
+use crate::planning::samples::{ChunkSample, JobCosts, JobSample};
 
 /// The cost history could not be read or written.
 #[derive(Debug, thiserror::Error)]

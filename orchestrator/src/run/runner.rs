@@ -7,7 +7,7 @@
 //! objects are deleted before its terminal state is published, and exactly one terminal
 //! state is published.
 //!
-//! Every promise is in the [`job store`](crate::job_store) before it is made: a chunk
+//! Every promise is in the [`job store`](crate::jobs::store) before it is made: a chunk
 //! before it counts as done, an end before watchers see it. A job resumed after a restart
 //! is probed and planned again; each chunk recorded as accepted is trusted once its objects
 //! pass the same checks again ([`ChunkChecks::recheck`]) and is not recomputed, the rest
@@ -31,26 +31,26 @@ use framefleet_common::proto::{
 };
 use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
-use crate::acceptance::{ChunkChecks, Expected};
-use crate::accepted::{AcceptedChunk, FinishedChunk};
-use crate::cost_history::CostHistory;
-use crate::cost_samples::JobCosts;
+use crate::dispatch::acceptance::{ChunkChecks, Expected};
+use crate::dispatch::encoder_choice;
+use crate::dispatch::straggler::ChunkPeers;
 use crate::dispatch::{self, ChunkWork, DispatchContext, DispatchError};
-use crate::encoder_choice;
 use crate::fleet::{Fleet, FleetOffer};
-use crate::job::JobRecord;
-use crate::job_io::JobIo;
-use crate::job_store::{JobStore, JobStoreError};
+use crate::jobs::accepted::{AcceptedChunk, FinishedChunk};
+use crate::jobs::io::JobIo;
+use crate::jobs::record::JobRecord;
+use crate::jobs::run_log::InputRun;
+use crate::jobs::store::{JobStore, JobStoreError};
+use crate::jobs::validate::ValidJob;
 use crate::metrics::OrchestratorMetrics;
 use crate::patience;
-use crate::planner::PlanError;
+use crate::planning::history::CostHistory;
+use crate::planning::planner::PlanError;
+use crate::planning::samples::JobCosts;
 use crate::planning::{self, Target};
-use crate::probe::{self, InputError};
 use crate::report;
-use crate::run_log::InputRun;
+use crate::run::probe::{self, InputError};
 use crate::stitch::{self, carry, StitchError};
-use crate::straggler::ChunkPeers;
-use crate::validate::ValidJob;
 
 /// Longest a shutdown waits for FFmpeg work on blocking threads (a probe, a chunk check, a
 /// stitch) to end.

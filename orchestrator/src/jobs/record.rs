@@ -22,7 +22,7 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{ChunkProgress, Job, JobState, Phase, Plan, Progress};
 
-use crate::validate::ValidJob;
+use crate::jobs::validate::ValidJob;
 
 /// Share of a chunk's work in `phase`.
 fn phase_weight(phase: Phase) -> f64 {

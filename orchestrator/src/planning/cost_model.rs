@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cost_samples::{ChunkSample, JobSample};
+use crate::planning::samples::{ChunkSample, JobSample};
 
 /// Samples after which a sample's weight has halved (counted from the newest).
 pub const HALF_LIFE: f64 = 8.0;

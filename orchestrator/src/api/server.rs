@@ -20,9 +20,9 @@ use framefleet_common::proto::orchestrator_server::OrchestratorServer;
 use framefleet_common::reflection;
 use framefleet_common::telemetry::metrics;
 
+use crate::api::scaler::ScalerService;
+use crate::api::service::{FleetService, OrchestratorService};
 use crate::orchestrator::{Exposition, Orchestrator};
-use crate::scaler::ScalerService;
-use crate::service::{FleetService, OrchestratorService};
 
 /// The orchestrator could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]

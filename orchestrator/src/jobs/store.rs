@@ -24,8 +24,8 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::proto::{ChunkRange, ChunkResult, Job, JobSpec};
 use framefleet_common::storage::ObjectUri;
 
-use crate::accepted::AcceptedChunk;
-use crate::sqlite_file::{self, SqliteOpenError};
+use crate::jobs::accepted::AcceptedChunk;
+use crate::jobs::sqlite_file::{self, SqliteOpenError};
 
 /// The job store failed: the orchestrator cannot keep its promises without it.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub enum JobStoreError {
     Crashed(String),
 }
 
-/// A job as the job store holds it (the run-time record is [`crate::job::JobRecord`]).
+/// A job as the job store holds it (the run-time record is [`crate::jobs::record::JobRecord`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredJob {
     /// Job id.

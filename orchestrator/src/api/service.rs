@@ -16,11 +16,11 @@ use framefleet_common::proto::{
     SubmitJobResponse, SummarizeCostsRequest, SummarizeCostsResponse, WatchJobRequest,
 };
 
-use crate::job::JobRecord;
-use crate::live_jobs::SummaryFilter;
+use crate::jobs::live::SummaryFilter;
+use crate::jobs::record::JobRecord;
+use crate::jobs::validate::MAX_JOB_ID_BYTES;
 use crate::orchestrator::{DryRunError, Orchestrator, SubmitError};
 use crate::planning::Target;
-use crate::validate::MAX_JOB_ID_BYTES;
 use framefleet_common::text::{bounded_status, printable};
 
 /// Jobs in a page of `ListJobs` when the request gives no size, and the most it may ask.

@@ -8,6 +8,8 @@
 //! first), then longest chunk first; a slot is handed back when its [`SlotGrant`] is
 //! dropped.
 
+pub mod registration;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::WorkerSummary;
 
-use crate::registration::{RegisterError, Registration};
+use crate::fleet::registration::{RegisterError, Registration};
 
 /// Most workers registered at once: a bound on what registrations can make the
 /// orchestrator hold, far above any fleet it schedules.

@@ -7,12 +7,12 @@ use framefleet_common::config::Config;
 use framefleet_common::media::VideoInfo;
 use framefleet_common::proto::PlanJobResponse;
 
-use crate::cost_history::CostHistory;
-use crate::cost_model::{typical_cold_start, Capacity, CostModel};
-use crate::cost_samples;
 use crate::fleet::FleetOffer;
-use crate::planner::{self, PlanContext, PlanError, Planned};
-use crate::validate::ValidJob;
+use crate::jobs::validate::ValidJob;
+use crate::planning::cost_model::{typical_cold_start, Capacity, CostModel};
+use crate::planning::history::CostHistory;
+use crate::planning::planner::{self, PlanContext, PlanError, Planned};
+use crate::planning::samples;
 
 /// Where to plan a job for, when not for the fleet registered now.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,7 +79,7 @@ pub async fn plan_job(
         };
     }
     let spec = &job.spec;
-    let kind = cost_samples::kind(spec, encoder, &gpu_type);
+    let kind = samples::kind(spec, encoder, &gpu_type);
     let pixels = u64::from(video.width) * u64::from(video.height);
     let model = match history.history(&kind).await {
         Ok(samples) => CostModel::fit(samples).filter(|model| model.covers(pixels)),

@@ -1,0 +1,5 @@
+//! Running a job: the [`runner`] takes it from its [`probe`] through planning, dispatch,
+//! acceptance and the stitch to its cost report and its samples for the cost history.
+
+pub mod probe;
+pub mod runner;
