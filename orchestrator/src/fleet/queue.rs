@@ -1,0 +1,188 @@
+//! The queue of chunks waiting for a slot: a chunk asks with [`Fleet::acquire`] and waits
+//! until the [policy](super::policy) hands it one, as a [`SlotGrant`] that gives the slot
+//! back when dropped; it fails when no worker that could take it is registered for the
+//! deadline, or the fleet closes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use framefleet_common::codec::VideoEncoder;
+
+use super::policy::{pick_worker, QueuePriority};
+use super::worker::WorkerInfo;
+use super::{Fleet, State};
+
+/// How often a waiting chunk re-checks that some worker is registered at all.
+const EMPTY_FLEET_CHECK: Duration = Duration::from_millis(500);
+
+/// A chunk could not get a slot.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// No worker was registered for the whole deadline.
+    #[error(
+        "no worker registered within {0:.0} s; start workers pointed at this orchestrator \
+         (framefleet-worker --orchestrator URL)"
+    )]
+    NoWorker(f64),
+    /// Workers are registered, but none with the job's encoder, for the whole deadline.
+    #[error(
+        "no worker with {encoder} registered within {seconds:.0} s; start workers that have \
+         it (NVENC needs a GPU with the engine: T4, L4, L40S, A10G) or submit the job with \
+         another encoder"
+    )]
+    NoEncoder {
+        /// The job's encoder.
+        encoder: VideoEncoder,
+        /// The deadline.
+        seconds: f64,
+    },
+    /// The fleet is shutting down.
+    #[error("the orchestrator is shutting down")]
+    Closed,
+}
+
+/// A chunk waiting for a slot.
+pub(super) struct Waiter {
+    id: u64,
+    priority: QueuePriority,
+    avoid: HashSet<String>,
+    encoder: Option<VideoEncoder>,
+    grant: oneshot::Sender<SlotGrant>,
+}
+
+/// One slot of one worker, held until dropped.
+pub struct SlotGrant {
+    /// The worker holding the chunk.
+    pub worker: WorkerInfo,
+    /// The encoder the chunk is written with (`None`: infer).
+    encoder: Option<VideoEncoder>,
+    fleet: Arc<Fleet>,
+    armed: bool,
+}
+
+impl Drop for SlotGrant {
+    fn drop(&mut self) {
+        if self.armed {
+            self.fleet.release(&self.worker.id, self.encoder);
+        }
+    }
+}
+
+impl Fleet {
+    /// Chunks waiting for a slot.
+    pub fn queue_depth(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// Refuses new waiters and fails the waiting ones (shutdown).
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.waiters.clear();
+    }
+
+    /// Waits for a free slot of a worker that has `encoder` (any worker for `None`),
+    /// preferring workers not in `avoid` (those that already failed this chunk). Fails when
+    /// no such worker is registered for `empty_deadline`; while they exist but are busy,
+    /// the chunk keeps its place in the queue.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        priority: QueuePriority,
+        avoid: HashSet<String>,
+        encoder: Option<VideoEncoder>,
+        empty_deadline: Duration,
+    ) -> Result<SlotGrant, AcquireError> {
+        let (grant_tx, mut grant_rx) = oneshot::channel();
+        let waiter_id = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(AcquireError::Closed);
+            }
+            let id = state.next_waiter;
+            state.next_waiter += 1;
+            state.waiters.push(Waiter {
+                id,
+                priority,
+                avoid,
+                encoder,
+                grant: grant_tx,
+            });
+            self.match_waiters(&mut state);
+            id
+        };
+        let mut empty_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                grant = &mut grant_rx => {
+                    return grant.map_err(|_| AcquireError::Closed);
+                }
+                _ = tokio::time::sleep(EMPTY_FLEET_CHECK) => {
+                    if self.can_take(encoder) {
+                        empty_since = None;
+                        continue;
+                    }
+                    let since = *empty_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= empty_deadline {
+                        self.lock().waiters.retain(|w| w.id != waiter_id);
+                        // A grant may have raced in just before the waiter left.
+                        if let Ok(grant) = grant_rx.try_recv() {
+                            return Ok(grant);
+                        }
+                        let seconds = empty_deadline.as_secs_f64();
+                        return Err(match encoder {
+                            Some(encoder) if !self.is_empty() => {
+                                AcquireError::NoEncoder { encoder, seconds }
+                            }
+                            _ => AcquireError::NoWorker(seconds),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn release(self: &Arc<Self>, id: &str, encoder: Option<VideoEncoder>) {
+        let mut state = self.lock();
+        if let Some(entry) = state.workers.get_mut(id) {
+            entry.take_back(encoder);
+            if entry.draining && entry.busy() == 0 {
+                tracing::info!(worker = %entry.info.name, "worker drained and left the fleet");
+                state.workers.remove(id);
+            }
+        }
+        self.match_waiters(&mut state);
+    }
+
+    /// Hands free slots to waiters, best priority first.
+    pub(super) fn match_waiters(self: &Arc<Self>, state: &mut State) {
+        state.waiters.retain(|w| !w.grant.is_closed());
+        state.waiters.sort_by_key(|w| w.priority);
+        let mut index = 0;
+        while index < state.waiters.len() {
+            let waiter = &state.waiters[index];
+            let Some(worker_id) = pick_worker(&state.workers, &waiter.avoid, waiter.encoder) else {
+                index += 1;
+                continue;
+            };
+            let waiter = state.waiters.remove(index);
+            let Some(entry) = state.workers.get_mut(&worker_id) else {
+                continue;
+            };
+            *entry.busy_with.entry(waiter.encoder).or_default() += 1;
+            let grant = SlotGrant {
+                worker: entry.info.clone(),
+                encoder: waiter.encoder,
+                fleet: self.clone(),
+                armed: true,
+            };
+            if let Err(mut unsent) = waiter.grant.send(grant) {
+                // The waiter gave up; take the slot back without re-entering the lock.
+                unsent.armed = false;
+                entry.take_back(waiter.encoder);
+            }
+        }
+    }
+}
