@@ -19,4 +19,6 @@ cargo fmt --all -- --check
 python3 scripts/check_deploy.py
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 scripts/check_links.sh
+# The end-to-end tests (tests/, their own crate) run the framefleet binary: build it first.
+cargo build --workspace --all-features --locked --bins
 cargo test --workspace --all-features --locked

@@ -231,7 +231,7 @@ async fn call_everything(
 /// Runs `tests/reflection_client.py` against the orchestrator at `url` (TLS checked
 /// against `ca`): it must find the services, list job `id` and read its report.
 fn python_reflection_client(url: &str, ca: &str, id: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reflection_client.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reflection_client.py");
     let address = url.trim_start_matches("https://");
     let output = Command::new("python3")
         .args([script, address, CLIENT_TOKEN, ca, id])

@@ -179,7 +179,7 @@ fn ncnn_upscale(
         .collect();
     let (source, target) = (work.join("frame.f32"), work.join("upscaled.f32"));
     std::fs::write(&source, planar).expect("write frame");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ncnn_reference.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ncnn_reference.py");
     let run = Command::new("python3")
         .arg(script)
         .args([param, bin, &source])

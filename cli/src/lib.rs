@@ -9,11 +9,15 @@
 //! - `models import|list`: the neural model cache ([`models`]).
 //! - `orchestrator`, `worker`: run the servers, as their own binaries do.
 //!
-//! [`job_options`] are the job flags `local` and `submit` share; [`outputs`] names each
+//! The command modules do not import one another: what they share is below them.
+//! [`client`] connects to an orchestrator, follows a job and words its errors;
+//! [`this_machine`] configures an orchestrator for workers on this machine (`local`, and
+//! `plan` without `--orchestrator`). [`job_options`] are the job flags `local` and `submit` share; [`outputs`] names each
 //! input's output when they are given several inputs and one output directory.
 //! [`render`] draws the progress bar and the cost table, [`waterfall`] the cost report as an
 //! HTML timing waterfall.
 
+pub mod client;
 pub mod job_options;
 pub mod local;
 pub mod local_workers;
@@ -22,6 +26,7 @@ pub mod outputs;
 pub mod plan;
 pub mod remote;
 pub mod render;
+pub mod this_machine;
 pub mod waterfall;
 
 use clap::{Parser, Subcommand};

@@ -22,11 +22,12 @@ use framefleet_common::proto::{
 };
 use framefleet_orchestrator::{serve_on, Orchestrator};
 
+use crate::client::{self, status_error};
 use crate::job_options::JobOptions;
 use crate::local_workers::{LocalWorkers, WorkerLaunch};
 use crate::outputs::outputs_in;
-use crate::remote::{self, status_error};
 use crate::render;
+use crate::this_machine::on_this_machine;
 
 /// `framefleet local INPUT OUTPUT` or `framefleet local INPUT... OUTDIR`.
 #[derive(Debug, Clone, clap::Args)]
@@ -108,40 +109,6 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     result
-}
-
-/// Sets `config` up for an orchestrator in this process with `workers` workers on this
-/// machine: no job store (one command, one job: nothing to resume after it exits), the
-/// cost history at `store` or in the user's data folder, plans for those workers, and no
-/// TLS (everything talks over loopback; tokens from the configuration still apply, and the
-/// workers read the same configuration).
-pub fn on_this_machine(
-    config: &mut Config,
-    workers: u32,
-    store: Option<&Path>,
-) -> anyhow::Result<()> {
-    config.orchestrator.store_path = String::new();
-    config.planner.history_path = history_path(store)?.display().to_string();
-    config.planner.fleet_slots = workers * config.worker.slots.max(1);
-    config.planner.fleet_hosts = 1;
-    config.tls = TlsConfig::default();
-    Ok(())
-}
-
-/// The cost history's file: `store`, else `$XDG_DATA_HOME/framefleet/history.sqlite3`,
-/// else `~/.local/share/framefleet/history.sqlite3`.
-pub fn history_path(store: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(store) = store {
-        return Ok(store.to_path_buf());
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
-        .context(
-            "neither XDG_DATA_HOME nor HOME is set; give the cost history a place with --store",
-        )?;
-    Ok(data.join("framefleet/history.sqlite3"))
 }
 
 /// How `workers` local workers share this machine for `device` (`worker.device`): the GPUs
@@ -294,7 +261,7 @@ async fn run_job(
     args: &LocalArgs,
     pairs: &[(String, PathBuf)],
 ) -> anyhow::Result<()> {
-    let mut client = remote::connect(url, &TlsConfig::default(), token)
+    let mut client = client::connect(url, &TlsConfig::default(), token)
         .await
         .context("cannot reach the local orchestrator")?;
     let spec = args.job.spec_of(
@@ -313,13 +280,13 @@ async fn run_job(
         .map_err(status_error)?
         .into_inner()
         .job_id;
-    let watched = remote::watch_stream(&mut client, &job_id).await?;
+    let watched = client::watch_stream(&mut client, &job_id).await?;
     let job = tokio::select! {
         job = render::follow(watched, &job_id) => job?,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("framefleet: interrupted; cancelling the job");
             client.cancel_job(CancelJobRequest { job_id: job_id.clone() }).await.map_err(status_error)?;
-            render::follow(remote::watch_stream(&mut client, &job_id).await?, &job_id).await?
+            render::follow(client::watch_stream(&mut client, &job_id).await?, &job_id).await?
         }
     };
     let report = client
@@ -329,13 +296,13 @@ async fn run_job(
         .await
         .map_err(status_error)?
         .into_inner();
-    let parsed = remote::report_of(report)?;
+    let parsed = client::report_of(report)?;
     if let Some(path) = &args.report_json {
         std::fs::write(path, parsed.to_json())
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     if let Some(path) = &args.report_html {
-        crate::remote::write_waterfall(path, &parsed)?;
+        client::write_waterfall(path, &parsed)?;
     }
     match job.state() {
         JobState::Succeeded => {

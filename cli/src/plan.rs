@@ -17,10 +17,10 @@ use framefleet_common::proto::{JobSpec, PlanJobRequest, PlanJobResponse, Task};
 use framefleet_orchestrator::planning::Target;
 use framefleet_orchestrator::Orchestrator;
 
+use crate::client;
 use crate::job_options::JobOptions;
-use crate::local;
-use crate::remote;
 use crate::render;
+use crate::this_machine::on_this_machine;
 
 /// Workers planned for on this machine when `--workers` is not given, as `framefleet
 /// local` starts them.
@@ -84,7 +84,7 @@ async fn ask(url: &str, args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
         ..TlsConfig::default()
     };
     let token = AttachToken::new(args.token.as_deref().unwrap_or_default());
-    let mut client = remote::connect(url, &tls, token).await?;
+    let mut client = client::connect(url, &tls, token).await?;
     let request = PlanJobRequest {
         // A dry run writes nothing: the orchestrator takes a spec without an output.
         spec: Some(
@@ -97,7 +97,7 @@ async fn ask(url: &str, args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
     Ok(client
         .plan_job(request)
         .await
-        .map_err(remote::status_error)?
+        .map_err(client::status_error)?
         .into_inner())
 }
 
@@ -108,7 +108,7 @@ async fn plan_here(args: &PlanArgs) -> anyhow::Result<PlanJobResponse> {
     let workers = args.workers.unwrap_or(LOCAL_WORKERS);
     let mut config = Config::load(args.config.as_deref())?;
     framefleet_common::telemetry::init_logs("warn");
-    local::on_this_machine(&mut config, workers, args.store.as_deref())?;
+    on_this_machine(&mut config, workers, args.store.as_deref())?;
     let nowhere = tempfile::Builder::new()
         .prefix("framefleet-plan-")
         .tempdir()?;

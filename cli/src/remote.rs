@@ -3,75 +3,16 @@
 //! Every command takes `--orchestrator URL`; `--json` prints machine-readable output.
 
 use anyhow::Context as _;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-use framefleet_common::auth::{self, AttachToken};
-use framefleet_common::config::TlsConfig;
-use framefleet_common::cost::CostReport;
-use framefleet_common::proto::orchestrator_client::OrchestratorClient;
 use framefleet_common::proto::{
-    CancelJobRequest, GetCostReportRequest, GetCostReportResponse, GetJobRequest, Job, JobState,
-    ListJobsRequest, ListWorkersRequest, SubmitJobRequest, SummarizeCostsRequest, WatchJobRequest,
+    CancelJobRequest, GetCostReportRequest, GetJobRequest, Job, JobState, ListJobsRequest,
+    ListWorkersRequest, SubmitJobRequest, SummarizeCostsRequest,
 };
 
+use crate::client::{report_of, status_error, watch_stream, write_waterfall, Connection};
 use crate::job_options::JobOptions;
 use crate::outputs::outputs_in;
 use crate::render;
-
-/// A client of the `Orchestrator` service that presents the client token.
-pub type Client = OrchestratorClient<InterceptedService<Channel, AttachToken>>;
-
-/// The `WatchJob` stream of job `job_id`: its snapshot now and at every change.
-pub async fn watch_stream(
-    client: &mut Client,
-    job_id: &str,
-) -> anyhow::Result<tonic::Streaming<Job>> {
-    let stream = client
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .map_err(status_error)?;
-    Ok(stream.into_inner())
-}
-
-/// Where the orchestrator is and how to prove who we are.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Connection {
-    /// Orchestrator URL (`https://` for TLS).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub orchestrator: String,
-    /// Bearer token the orchestrator requires (its `auth.client_token`).
-    #[arg(long, env = "FRAMEFLEET_AUTH__CLIENT_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// PEM of the CA that signed the orchestrator's certificate, for `https://`.
-    #[arg(long, env = "FRAMEFLEET_TLS__CA_PATH")]
-    pub ca: Option<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl Connection {
-    async fn client(&self) -> anyhow::Result<Client> {
-        let tls = TlsConfig {
-            ca_path: self.ca.clone().unwrap_or_default(),
-            ..TlsConfig::default()
-        };
-        let token = AttachToken::new(self.token.as_deref().unwrap_or_default());
-        connect(&self.orchestrator, &tls, token).await
-    }
-}
-
-/// Connects to the orchestrator at `url`.
-pub async fn connect(url: &str, tls: &TlsConfig, token: AttachToken) -> anyhow::Result<Client> {
-    let channel = auth::endpoint(url, tls)?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the orchestrator at {url}; is it running?"))?;
-    Ok(OrchestratorClient::with_interceptor(channel, token))
-}
 
 /// `framefleet submit INPUT_URI OUTPUT_URI` or `framefleet submit INPUT_URI... OUTPUT_PREFIX/`.
 #[derive(Debug, Clone, clap::Args)]
@@ -270,19 +211,6 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The report a `GetCostReport` reply carries.
-pub fn report_of(reply: GetCostReportResponse) -> anyhow::Result<CostReport> {
-    reply
-        .report
-        .context("the orchestrator's reply holds no cost report; is it an older version?")
-}
-
-/// Writes `report`'s HTML waterfall to `path`.
-pub fn write_waterfall(path: &std::path::Path, report: &CostReport) -> anyhow::Result<()> {
-    std::fs::write(path, crate::waterfall::html(report))
-        .with_context(|| format!("cannot write the HTML report to {}", path.display()))
-}
-
 /// Prints what the jobs that ended in a span of time (and carry given labels) cost.
 pub async fn costs(args: CostsArgs) -> anyhow::Result<()> {
     let mut client = args.connection.client().await?;
@@ -382,9 +310,4 @@ fn finished(job: &Job, json: bool) -> anyhow::Result<()> {
         JobState::Cancelled => anyhow::bail!("job {} was cancelled", job.id),
         _ => anyhow::bail!("job {} failed: {}", job.id, job.error),
     }
-}
-
-/// A gRPC error as a one-line message for people.
-pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }

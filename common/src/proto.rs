@@ -99,24 +99,3 @@ impl Rational {
         }
     }
 }
-
-impl From<crate::media::TimestampSource> for FrameTimestamps {
-    fn from(source: crate::media::TimestampSource) -> Self {
-        use crate::media::TimestampSource as Source;
-        match source {
-            Source::Presentation => FrameTimestamps::Presentation,
-            Source::Generated => FrameTimestamps::Generated,
-            Source::DecodeOrder => FrameTimestamps::DecodeOrder,
-        }
-    }
-}
-
-impl From<FrameTimestamps> for crate::media::TimestampSource {
-    fn from(timestamps: FrameTimestamps) -> Self {
-        match timestamps {
-            FrameTimestamps::Presentation => Self::Presentation,
-            FrameTimestamps::Generated => Self::Generated,
-            FrameTimestamps::DecodeOrder => Self::DecodeOrder,
-        }
-    }
-}

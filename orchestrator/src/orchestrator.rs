@@ -24,7 +24,7 @@ use crate::jobs::io::JobIo;
 use crate::jobs::live::{KeyConflict, LiveJobs};
 use crate::jobs::record::JobRecord;
 use crate::jobs::store::{JobStore, JobStoreError, StoredJob};
-use crate::jobs::validate::{self, InvalidSpec, ValidJob};
+use crate::jobs::validate::{self, InvalidSpec};
 use crate::metrics::{Gauges, OrchestratorMetrics};
 use crate::planning::history::{CostHistory, HistoryError};
 use crate::planning::planner::PlanError;
@@ -163,12 +163,25 @@ impl Orchestrator {
     /// Puts a job read from the job store back among the live ones and, when it had not
     /// ended, runs it again.
     fn resume(&self, stored: StoredJob) -> Result<(), JobStoreError> {
-        let request =
-            ValidJob::parse(stored.spec, &self.config).map_err(|e| JobStoreError::Corrupt {
-                path: self.config.orchestrator.store_path.clone(),
-                job: stored.id.clone(),
-                reason: e.to_string(),
-            })?;
+        let ended = stored.snapshot.state().is_terminal();
+        let checked = if ended {
+            Err(None)
+        } else {
+            validate::check(stored.spec.clone(), &self.config).map_err(Some)
+        };
+        let (request, refusal) = match checked {
+            Ok(request) => (request, None),
+            Err(refusal) => {
+                let request = validate::check_ended(stored.spec, &self.config).map_err(|e| {
+                    JobStoreError::Corrupt {
+                        path: self.config.orchestrator.store_path.clone(),
+                        job: stored.id.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                (request, refusal)
+            }
+        };
         let record = Arc::new(JobRecord::restore(
             stored.id,
             stored.seq,
@@ -178,6 +191,11 @@ impl Orchestrator {
         ));
         self.jobs.restore(&stored.idempotency_key, record.clone());
         if record.state().is_terminal() {
+            return Ok(());
+        }
+        if let Some(refusal) = refusal {
+            tracing::warn!(job = %record.id, %refusal, "a stored job no longer passes the submission checks; it fails instead of resuming");
+            self.runner.refuse(record, refusal);
             return Ok(());
         }
         tracing::info!(job = %record.id, chunks_done = stored.chunks.len(), "resuming a job from the job store");
@@ -229,7 +247,7 @@ impl Orchestrator {
                 self.jobs.forget(&job.id);
                 return Err(error.into());
             }
-            tracing::info!(job = %job.id, inputs = job.request.inputs.len(), input = %job.request.spec.input_uri, output = %job.request.spec.output_uri, "job accepted");
+            tracing::info!(job = %job.id, inputs = job.request.inputs.len(), input = %job.request.inputs[0].input, output = %job.request.inputs[0].output, "job accepted");
             self.metrics.job_submitted();
             self.runner.start(job.clone(), Vec::new());
             self.arrivals.notify_waiters();
@@ -293,11 +311,12 @@ impl Orchestrator {
             self.shutdown.child_token(),
         )
         .await?;
-        probe::check_output_size(&info, request.scale(), &self.config.limits)?;
+        probe::check_output_size(&info, request.processor.scale, &self.config.limits)?;
         let plan = planning::plan_job(
             &self.config,
             &self.runner.history,
-            self.fleet.offer(request.model(), request.encoder),
+            self.fleet
+                .offer(&request.processor.model, request.encoder()),
             target,
             &request,
             &info.video,

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::isobmff::{leading_index_end, starts_with_a_box, HollowReader, TopLevelBoxes};
 use super::{discard_streams, open_input_with, PacketReader};
+use crate::proto::FrameTimestamps;
 use crate::storage::FetchLimit;
 
 /// Packets fed to the decoder to prove the stream decodes before giving up.
@@ -126,6 +127,27 @@ pub enum TimestampSource {
     /// No packet carries one, only decode timestamps (H.264 with B-frames in AVI): the
     /// container's clock gives the k-th frame shown the k-th decode timestamp.
     DecodeOrder,
+}
+
+/// The wire's name for each source, as the orchestrator sends it with every chunk.
+impl From<TimestampSource> for FrameTimestamps {
+    fn from(source: TimestampSource) -> Self {
+        match source {
+            TimestampSource::Presentation => FrameTimestamps::Presentation,
+            TimestampSource::Generated => FrameTimestamps::Generated,
+            TimestampSource::DecodeOrder => FrameTimestamps::DecodeOrder,
+        }
+    }
+}
+
+impl From<FrameTimestamps> for TimestampSource {
+    fn from(timestamps: FrameTimestamps) -> Self {
+        match timestamps {
+            FrameTimestamps::Presentation => Self::Presentation,
+            FrameTimestamps::Generated => Self::Generated,
+            FrameTimestamps::DecodeOrder => Self::DecodeOrder,
+        }
+    }
 }
 
 impl TimestampSource {

@@ -14,7 +14,7 @@ use crate::jobs::validate::ValidJob;
 /// The encoder for this run of `job` (`None` for a job that encodes nothing), given the
 /// chunks `trusted` from before a restart and the fleet registered now.
 pub fn for_run(job: &ValidJob, trusted: &[AcceptedChunk], fleet: &Fleet) -> Option<VideoEncoder> {
-    let request = job.encoder?;
+    let request = job.encoder()?;
     if let EncoderRequest::Codec(codec) = request {
         let kept = trusted
             .iter()
@@ -24,7 +24,7 @@ pub fn for_run(job: &ValidJob, trusted: &[AcceptedChunk], fleet: &Fleet) -> Opti
             return kept;
         }
     }
-    fleet.offer(job.model(), Some(request)).encoder
+    fleet.offer(&job.processor.model, Some(request)).encoder
 }
 
 #[cfg(test)]

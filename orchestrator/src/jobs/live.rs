@@ -199,7 +199,7 @@ mod tests {
             output_uri: "file:///out.mp4".into(),
             ..JobSpec::default()
         };
-        ValidJob::parse(spec, &Default::default()).expect("valid")
+        crate::jobs::validate::check(spec, &Default::default()).expect("valid")
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Jobs as the orchestrator holds them, below every stage that runs them:
 //!
-//! - [`validate`]: a submitted (or stored) spec checked once into a [`ValidJob`], the
-//!   typed job every later stage reads; its frame choice in [`frames`];
+//! - [`validate`]: a submitted (or stored) spec checked once into a [`ValidJob`]
+//!   ([`valid_job`]), the typed job every later stage reads; its frame choice in [`frames`];
 //! - [`record`]: one job's state, progress and report while it lives;
 //! - [`live`]: the live set, by id, submission order and idempotency key;
 //! - [`store`]: the durable record a restart resumes from, in SQLite ([`sqlite_file`]
@@ -9,7 +9,7 @@
 //! - [`accepted`]: an accepted chunk, stored and at run time; [`run_log`]: what a run
 //!   records per input; [`io`]: a job's counted storage traffic.
 //!
-//! [`ValidJob`]: validate::ValidJob
+//! [`ValidJob`]: valid_job::ValidJob
 
 pub mod accepted;
 pub mod frames;
@@ -19,4 +19,5 @@ pub mod record;
 pub mod run_log;
 pub mod sqlite_file;
 pub mod store;
+pub mod valid_job;
 pub mod validate;

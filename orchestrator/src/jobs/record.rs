@@ -181,7 +181,7 @@ impl JobRecord {
     /// run chose one, with what the job asked for (the encoder named, or one of the codec).
     pub fn runs_on(&self, offered: &[VideoEncoder]) -> bool {
         let chosen = *self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-        match (chosen, self.request.encoder) {
+        match (chosen, self.request.encoder()) {
             (Some(encoder), _) => offered.contains(&encoder),
             (None, Some(request)) => request.served_by(offered),
             (None, None) => true,
@@ -495,7 +495,7 @@ mod tests {
             output_uri: "file:///out.mp4".into(),
             ..JobSpec::default()
         };
-        let request = ValidJob::parse(spec, &Default::default()).expect("valid");
+        let request = crate::jobs::validate::check(spec, &Default::default()).expect("valid");
         let job = JobRecord::new("j".into(), 0, request);
         job.set_plan(&plan(&[10, 10]));
         job.chunk_running(0, true);

@@ -1,17 +1,26 @@
 //! Submission checks: a job is refused at the door, with a message naming what to fix,
-//! rather than failing later. Also fills in defaults, so equal requests compare equal for
-//! idempotency. What passes becomes a [`ValidJob`]: the spec with its URIs parsed, its task
-//! and its scratch root, which the rest of the orchestrator uses without parsing again.
+//! rather than failing later. What passes becomes a [`ValidJob`], the typed job every
+//! later stage reads: URIs parsed once, defaults filled (so equal requests compare equal
+//! for idempotency), task, model, encoder, chunking and frame choice checked. A stored job
+//! is checked again the same way when it resumes, under the configuration of the day.
 
 use std::path::Path;
 
 use framefleet_common::codec::{EncoderRequest, UnknownEncoder};
 use framefleet_common::config::{Config, LimitsConfig};
-use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
+use framefleet_common::proto::{EncoderSettings, JobSpec, Task};
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
+use framefleet_common::text::{bounded, printable};
 
 use crate::jobs::frames::FrameChoice;
-use crate::stitch::VIDEO_EXTENSIONS;
+
+pub use super::valid_job::{
+    Chunking, Encoding, Goal, InputPair, JobTask, Processor, Profile, ValidJob,
+};
+
+/// Extensions of the containers a video job can write (the stitch's
+/// `OutputContainer` knows what each holds).
+pub const VIDEO_EXTENSIONS: [&str; 4] = ["mp4", "m4v", "mov", "mkv"];
 
 /// x264 presets.
 const PRESETS: [&str; 10] = [
@@ -39,12 +48,19 @@ const MAX_MODEL_BYTES: usize = 4096;
 /// Longest job id a request may name (ids are `job-` and 32 hex digits).
 pub const MAX_JOB_ID_BYTES: usize = 64;
 
-/// Whether a spec is checked for a job that will run or for a dry run, which writes
-/// nothing and so may leave its output out.
+/// What a spec is checked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
+    /// A job that will run: every check.
     Run,
+    /// A dry run, which writes nothing: its output may be left out and is not held
+    /// against the storage policy.
     DryRun,
+    /// A stored job that ended (or no longer passes [`Purpose::Run`]): only read back to
+    /// be listed, never run again, so the configuration's limits and storage policy of
+    /// the day are not held against it, and a profile since removed is read as the
+    /// model's default.
+    Ended,
 }
 
 /// A job spec that cannot work.
@@ -58,118 +74,10 @@ impl From<StorageError> for InvalidSpec {
     }
 }
 
-/// What a job produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobTask {
-    /// A video: every frame processed, encoded, stitched with the input's other streams.
-    Process,
-    /// JSON Lines: one line of model output per frame.
-    Infer,
-}
-
-/// One input of a job and where its output goes, parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputPair {
-    /// Where the input is read.
-    pub input: ObjectUri,
-    /// Where its output is written.
-    pub output: ObjectUri,
-}
-
-/// A job spec that passed the checks, with what they parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidJob {
-    /// The spec with its defaults filled in (what the job store keeps).
-    pub spec: JobSpec,
-    /// Every input with its output, in the order the spec names them: one for a job of
-    /// `input_uri` and `output_uri`, one per entry of `inputs` otherwise.
-    pub inputs: Vec<InputPair>,
-    /// What the job produces.
-    pub task: JobTask,
-    /// The frames it runs on (infer jobs may choose; video jobs take every frame).
-    pub frames: FrameChoice,
-    /// What a video job asks to be encoded with (`None` for infer: nothing is encoded).
-    pub encoder: Option<EncoderRequest>,
-    /// Under which prefix the job's temporary objects go (see [`ValidJob::scratch`]).
-    scratch_root: ObjectUri,
-}
-
-impl ValidJob {
-    /// Parses a spec already checked once (read back from the job store): URIs, task and
-    /// scratch root, without the access checks of a new submission.
-    pub fn parse(spec: JobSpec, config: &Config) -> Result<Self, InvalidSpec> {
-        let inputs = spec_pairs(&spec)?
-            .into_iter()
-            .map(|(input, output)| {
-                Ok(InputPair {
-                    input: input.parse()?,
-                    output: output.parse()?,
-                })
-            })
-            .collect::<Result<Vec<_>, InvalidSpec>>()?;
-        let scratch_root = if config.orchestrator.scratch_uri.is_empty() {
-            inputs[0].output.parent().join(".framefleet")?
-        } else {
-            config.orchestrator.scratch_uri.parse()?
-        };
-        let task = if spec.task() == Task::Infer {
-            JobTask::Infer
-        } else {
-            JobTask::Process
-        };
-        let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
-        let encoder = match task {
-            JobTask::Infer => None,
-            JobTask::Process => Some(encoder_request(spec.encoder.as_ref())?),
-        };
-        Ok(Self {
-            spec,
-            inputs,
-            task,
-            frames,
-            encoder,
-            scratch_root,
-        })
-    }
-
-    /// Where job `job_id`'s temporary chunk objects go: `<scratch>/jobs/<job>/`, the
-    /// scratch root being `orchestrator.scratch_uri` or `.framefleet/` beside the (first)
-    /// output.
-    pub fn scratch(&self, job_id: &str) -> Result<ObjectUri, StorageError> {
-        self.scratch_root.join(&format!("jobs/{job_id}"))
-    }
-
-    /// True for jobs that write JSON Lines instead of video.
-    pub fn is_infer(&self) -> bool {
-        self.task == JobTask::Infer
-    }
-
-    /// True for a job of several inputs (`JobSpec.inputs`).
-    pub fn is_batch(&self) -> bool {
-        !self.spec.inputs.is_empty()
-    }
-
-    /// How much the output pictures are scaled (1 for infer jobs).
-    pub fn scale(&self) -> f64 {
-        match &self.spec.processor {
-            Some(processor) if processor.scale > 0.0 => processor.scale,
-            _ => 1.0,
-        }
-    }
-
-    /// The processor's model (`lanczos`, a catalog name or a TorchScript path).
-    pub fn model(&self) -> &str {
-        self.spec
-            .processor
-            .as_ref()
-            .map_or("", |p| p.model.as_str())
-    }
-}
-
-/// Checks a submitted spec, fills its defaults (lanczos at scale 1, x264 `medium` at
-/// crf 18) and parses it into a [`ValidJob`].
+/// Checks a submitted spec (or a stored one about to run again), fills its defaults
+/// (lanczos at scale 1, x264 `medium` at crf 18) and types it into a [`ValidJob`].
 pub fn check(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
-    ValidJob::parse(normalize(spec, config, Purpose::Run)?, config)
+    validate(spec, config, Purpose::Run)
 }
 
 /// Checks the spec of a dry run (`PlanJob`) as [`check`] does, except that it may leave
@@ -177,13 +85,204 @@ pub fn check(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
 /// and is not held against the storage policy.
 pub fn check_dry_run(mut spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
     let purpose = if spec.output_uri.is_empty() && spec.inputs.is_empty() {
-        let extension = if is_infer(&spec) { "jsonl" } else { "mp4" };
+        let extension = if spec.task() == Task::Infer {
+            "jsonl"
+        } else {
+            "mp4"
+        };
         spec.output_uri = format!("file:///dry-run/output.{extension}");
         Purpose::DryRun
     } else {
         Purpose::Run
     };
-    ValidJob::parse(normalize(spec, config, purpose)?, config)
+    validate(spec, config, purpose)
+}
+
+/// Types a stored job that will not run again (it ended, or it no longer passes
+/// [`check`] under this configuration) so it can be listed: the same checks, without the
+/// configuration's limits and storage policy.
+pub fn check_ended(spec: JobSpec, config: &Config) -> Result<ValidJob, InvalidSpec> {
+    validate(spec, config, Purpose::Ended)
+}
+
+/// Every check, in one pass: what passes is typed once and written back into the spec as
+/// its defaults.
+fn validate(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<ValidJob, InvalidSpec> {
+    let policy = (purpose != Purpose::Ended).then(|| AccessPolicy::new(&config.storage));
+    let task = check_task(&spec)?;
+    if purpose != Purpose::Ended {
+        check_labels(&spec, &config.limits)?;
+    }
+    let inputs = check_inputs(&spec, task, config, policy.as_ref(), purpose)?;
+    let scratch_root = scratch_root(&inputs, config, policy.as_ref())?;
+    let (processor, encoding) = match task {
+        JobTask::Infer => (check_infer(&spec, policy.as_ref())?, None),
+        JobTask::Process => check_process(&spec, policy.as_ref())?,
+    };
+    let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
+    let chunking = check_chunking(&spec, &processor.model, config, purpose)?;
+    spec.processor = Some(processor.wire());
+    spec.encoder = encoding.as_ref().map(|e| e.wire(None));
+    Ok(ValidJob {
+        batch: !spec.inputs.is_empty(),
+        top_k: spec.top_k,
+        skip_unreadable_inputs: spec.skip_unreadable_inputs,
+        spec,
+        inputs,
+        task,
+        processor,
+        encoding,
+        frames,
+        chunking,
+        scratch_root,
+    })
+}
+
+/// Under which prefix the job's temporary objects go: `orchestrator.scratch_uri`, else
+/// `.framefleet/` beside the (first) output.
+fn scratch_root(
+    inputs: &[InputPair],
+    config: &Config,
+    policy: Option<&AccessPolicy>,
+) -> Result<ObjectUri, InvalidSpec> {
+    if config.orchestrator.scratch_uri.is_empty() {
+        return Ok(inputs[0].output.parent().join(".framefleet")?);
+    }
+    let root: ObjectUri = config.orchestrator.scratch_uri.parse()?;
+    if let Some(policy) = policy {
+        policy.check(&root, "scratch root")?;
+    }
+    Ok(root)
+}
+
+/// A video job's processor and encoding, with their defaults.
+fn check_process(
+    spec: &JobSpec,
+    policy: Option<&AccessPolicy>,
+) -> Result<(Processor, Option<Encoding>), InvalidSpec> {
+    if spec.frames.is_some() {
+        return Err(InvalidSpec(
+            "choosing frames is for infer jobs (--task infer): a video job processes every frame"
+                .into(),
+        ));
+    }
+    if spec.top_k != 0 {
+        return Err(InvalidSpec(
+            "top_k is for infer jobs (--task infer): a video job keeps every pixel".into(),
+        ));
+    }
+    let asked = spec.processor.clone().unwrap_or_default();
+    let processor = Processor {
+        model: if asked.model.is_empty() {
+            "lanczos".into()
+        } else {
+            asked.model
+        },
+        scale: if asked.scale == 0.0 { 1.0 } else { asked.scale },
+        deinterlace: asked.deinterlace,
+    };
+    if !(processor.scale.is_finite() && (0.05..=16.0).contains(&processor.scale)) {
+        return Err(InvalidSpec(format!(
+            "scale {} is outside 0.05-16",
+            processor.scale
+        )));
+    }
+    check_model_name(&processor.model)?;
+    if let (Some(path), Some(policy)) = (torchscript_path(&processor.model), policy) {
+        policy.check(&ObjectUri::File(path.into()), "model")?;
+    }
+    Ok((processor, Some(check_encoding(spec.encoder.as_ref())?)))
+}
+
+/// A video job's encoder settings, with their defaults (H.264, `medium`, crf 18).
+fn check_encoding(settings: Option<&EncoderSettings>) -> Result<Encoding, InvalidSpec> {
+    let asked = settings.cloned().unwrap_or_default();
+    let request: EncoderRequest = asked
+        .encoder
+        .parse()
+        .map_err(|e: UnknownEncoder| InvalidSpec(e.to_string()))?;
+    let preset = if asked.preset.is_empty() {
+        "medium".to_string()
+    } else {
+        asked.preset
+    };
+    if !PRESETS.contains(&preset.as_str()) {
+        return Err(InvalidSpec(format!(
+            "unknown preset `{}` (x264's names, mapped onto the job's encoder); use one of: {}",
+            printable(&bounded(&preset, 64)),
+            PRESETS.join(", ")
+        )));
+    }
+    let crf = if asked.crf == 0 && !asked.lossless {
+        18
+    } else {
+        asked.crf
+    };
+    if crf > 51 {
+        return Err(InvalidSpec(format!("crf {crf} is above 51")));
+    }
+    Ok(Encoding {
+        request,
+        preset,
+        crf,
+        lossless: asked.lossless,
+    })
+}
+
+/// Every input and output a spec names, parsed: how many, each pair on its own, and no
+/// output written twice or over another input.
+fn check_inputs(
+    spec: &JobSpec,
+    task: JobTask,
+    config: &Config,
+    policy: Option<&AccessPolicy>,
+    purpose: Purpose,
+) -> Result<Vec<InputPair>, InvalidSpec> {
+    let pairs = spec_pairs(spec)?;
+    let most = config.limits.max_inputs as usize;
+    if pairs.len() > most && purpose != Purpose::Ended {
+        return Err(InvalidSpec(format!(
+            "{} inputs named; this orchestrator takes at most {most} in one job (limits.max_inputs)",
+            pairs.len()
+        )));
+    }
+    if spec.skip_unreadable_inputs && spec.inputs.is_empty() {
+        return Err(InvalidSpec(
+            "skipping unreadable inputs is for jobs of several inputs; this one names one".into(),
+        ));
+    }
+    let mut parsed: Vec<InputPair> = Vec::with_capacity(pairs.len());
+    for (input, output) in pairs {
+        let pair = InputPair {
+            input: input.parse()?,
+            output: output.parse()?,
+        };
+        check_pair(&pair, task)?;
+        if let Some(policy) = policy {
+            policy.check(&pair.input, "input")?;
+            if purpose == Purpose::Run {
+                policy.check(&pair.output, "output")?;
+            }
+        }
+        parsed.push(pair);
+    }
+    for (index, pair) in parsed.iter().enumerate() {
+        let output = &pair.output;
+        if parsed[..index]
+            .iter()
+            .any(|earlier| &earlier.output == output)
+        {
+            return Err(InvalidSpec(format!(
+                "two inputs would write the same output `{output}`; give each its own"
+            )));
+        }
+        if parsed.iter().any(|other| &other.input == output) {
+            return Err(InvalidSpec(format!(
+                "the output `{output}` would overwrite an input; choose another output"
+            )));
+        }
+    }
+    Ok(parsed)
 }
 
 /// The (input, output) URIs a spec names: its one pair, or each of `inputs`.
@@ -203,182 +302,50 @@ fn spec_pairs(spec: &JobSpec) -> Result<Vec<(&str, &str)>, InvalidSpec> {
         .collect())
 }
 
-fn normalize(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<JobSpec, InvalidSpec> {
-    let policy = AccessPolicy::new(&config.storage);
-    check_task(&spec)?;
-    check_labels(&spec, &config.limits)?;
-    check_inputs(&spec, config, &policy, purpose)?;
-    if !config.orchestrator.scratch_uri.is_empty() {
-        policy.check(&config.orchestrator.scratch_uri.parse()?, "scratch root")?;
-    }
-    if is_infer(&spec) {
-        return normalize_infer(spec, config, &policy);
-    }
-    if spec.frames.is_some() {
-        return Err(InvalidSpec(
-            "choosing frames is for infer jobs (--task infer): a video job processes every frame"
-                .into(),
-        ));
-    }
-    if spec.top_k != 0 {
-        return Err(InvalidSpec(
-            "top_k is for infer jobs (--task infer): a video job keeps every pixel".into(),
-        ));
-    }
-    let processor = spec.processor.get_or_insert_with(ProcessorSpec::default);
-    if processor.model.is_empty() {
-        processor.model = "lanczos".into();
-    }
-    if processor.scale == 0.0 {
-        processor.scale = 1.0;
-    }
-    if !(processor.scale.is_finite() && (0.05..=16.0).contains(&processor.scale)) {
-        return Err(InvalidSpec(format!(
-            "scale {} is outside 0.05-16",
-            processor.scale
-        )));
-    }
-    check_model_name(&processor.model)?;
-    if let Some(path) = torchscript_path(&processor.model) {
-        policy.check(&ObjectUri::File(path.into()), "model")?;
-    }
-    let encoder = spec.encoder.get_or_insert_with(EncoderSettings::default);
-    if encoder.preset.is_empty() {
-        encoder.preset = "medium".into();
-    }
-    encoder.encoder = match encoder_request(Some(encoder))? {
-        EncoderRequest::Codec(codec) => codec.name().into(),
-        EncoderRequest::Encoder(exact) => exact.name().into(),
-    };
-    if !PRESETS.contains(&encoder.preset.as_str()) {
-        return Err(InvalidSpec(format!(
-            "unknown preset `{}` (x264's names, mapped onto the job's encoder); use one of: {}",
-            encoder.preset,
-            PRESETS.join(", ")
-        )));
-    }
-    if encoder.crf == 0 && !encoder.lossless {
-        encoder.crf = 18;
-    }
-    if encoder.crf > 51 {
-        return Err(InvalidSpec(format!("crf {} is above 51", encoder.crf)));
-    }
-    check_planning(&spec, config)?;
-    Ok(spec)
-}
-
-/// What a spec's encoder settings ask to be encoded with (none given: H.264).
-fn encoder_request(settings: Option<&EncoderSettings>) -> Result<EncoderRequest, InvalidSpec> {
-    settings
-        .map_or("", |s| s.encoder.as_str())
-        .parse()
-        .map_err(|e: UnknownEncoder| InvalidSpec(e.to_string()))
-}
-
-/// Every input and output a spec names: how many, each pair on its own, and no output
-/// written twice or over another input.
-fn check_inputs(
-    spec: &JobSpec,
-    config: &Config,
-    policy: &AccessPolicy,
-    purpose: Purpose,
-) -> Result<(), InvalidSpec> {
-    let pairs = spec_pairs(spec)?;
-    let most = config.limits.max_inputs as usize;
-    if pairs.len() > most {
-        return Err(InvalidSpec(format!(
-            "{} inputs named; this orchestrator takes at most {most} in one job (limits.max_inputs)",
-            pairs.len()
-        )));
-    }
-    if spec.skip_unreadable_inputs && spec.inputs.is_empty() {
-        return Err(InvalidSpec(
-            "skipping unreadable inputs is for jobs of several inputs; this one names one".into(),
-        ));
-    }
-    let mut parsed = Vec::with_capacity(pairs.len());
-    for (input, output) in pairs {
-        let pair = (input.parse()?, output.parse()?);
-        check_pair(&pair.0, &pair.1, is_infer(spec), policy)?;
-        if purpose == Purpose::Run {
-            policy.check(&pair.1, "output")?;
-        }
-        parsed.push(pair);
-    }
-    for (index, (_, output)) in parsed.iter().enumerate() {
-        if parsed[..index].iter().any(|(_, earlier)| earlier == output) {
-            return Err(InvalidSpec(format!(
-                "two inputs would write the same output `{output}`; give each its own"
-            )));
-        }
-        if parsed.iter().any(|(input, _)| input == output) {
-            return Err(InvalidSpec(format!(
-                "the output `{output}` would overwrite an input; choose another output"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// One input and its output: an output of the task's kind, not the input itself, and an
-/// input where storage may be read (the output's place is the caller's to check).
-fn check_pair(
-    input: &ObjectUri,
-    output: &ObjectUri,
-    infer: bool,
-    policy: &AccessPolicy,
-) -> Result<(), InvalidSpec> {
+/// One input and its output: an output of the task's kind that storage can write, not the
+/// input itself.
+fn check_pair(pair: &InputPair, task: JobTask) -> Result<(), InvalidSpec> {
+    let output = &pair.output;
     if matches!(output, ObjectUri::Web(_)) {
         return Err(InvalidSpec(format!(
             "the output `{output}` is a web URL, which framefleet only reads; write to s3:// or file://"
         )));
     }
-    if input == output {
+    if &pair.input == output {
         return Err(InvalidSpec(
             "the output would overwrite the input; choose another output".into(),
         ));
     }
-    policy.check(input, "input")?;
     let extension = Path::new(output.file_name())
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
-    if infer && extension != "jsonl" {
-        return Err(InvalidSpec(format!(
+    match task {
+        JobTask::Infer if extension != "jsonl" => Err(InvalidSpec(format!(
             "an infer job writes JSON Lines: the output `{output}` must end in .jsonl"
-        )));
+        ))),
+        JobTask::Process if !VIDEO_EXTENSIONS.contains(&extension.as_str()) => {
+            Err(InvalidSpec(format!(
+                "the output `{output}` must end in one of: .{}",
+                VIDEO_EXTENSIONS.join(", .")
+            )))
+        }
+        _ => Ok(()),
     }
-    if !infer && !VIDEO_EXTENSIONS.contains(&extension.as_str()) {
-        return Err(InvalidSpec(format!(
-            "the output `{output}` must end in one of: .{}",
-            VIDEO_EXTENSIONS.join(", .")
-        )));
-    }
-    Ok(())
 }
 
-fn is_infer(spec: &JobSpec) -> bool {
-    spec.task() == Task::Infer
-}
-
-fn normalize_infer(
-    mut spec: JobSpec,
-    config: &Config,
-    policy: &AccessPolicy,
-) -> Result<JobSpec, InvalidSpec> {
-    let model = spec
-        .processor
-        .as_ref()
-        .map(|p| p.model.clone())
-        .unwrap_or_default();
-    check_model_name(&model)?;
-    let path = model.strip_prefix("file://").unwrap_or(&model);
-    if !path.starts_with('/') {
+/// An infer job's processor: the absolute path of a TorchScript module, inside the
+/// roots; `top_k` within its bound.
+fn check_infer(spec: &JobSpec, policy: Option<&AccessPolicy>) -> Result<Processor, InvalidSpec> {
+    let asked = spec.processor.clone().unwrap_or_default();
+    check_model_name(&asked.model)?;
+    let Some(path) = torchscript_path(&asked.model) else {
         return Err(InvalidSpec(format!(
-            "an infer job needs the absolute path of a TorchScript module as its model, not `{model}`"
+            "an infer job needs the absolute path of a TorchScript module as its model, not `{}`",
+            asked.model
         )));
-    }
+    };
     if spec.top_k > MAX_TOP_K {
         return Err(InvalidSpec(format!(
             "top_k {} is more than {MAX_TOP_K}, the most values a job keeps per frame (a fixed \
@@ -386,28 +353,72 @@ fn normalize_infer(
             spec.top_k
         )));
     }
-    policy.check(&ObjectUri::File(path.into()), "model")?;
-    let deinterlace = spec.processor.as_ref().is_some_and(|p| p.deinterlace);
-    spec.processor = Some(ProcessorSpec {
-        model,
+    if let Some(policy) = policy {
+        policy.check(&ObjectUri::File(path.into()), "model")?;
+    }
+    Ok(Processor {
+        model: asked.model,
         scale: 1.0,
-        deinterlace,
-    });
-    spec.encoder = None;
-    check_planning(&spec, config)?;
-    Ok(spec)
+        deinterlace: asked.deinterlace,
+    })
 }
 
-/// The chunk count, profile and goal a job asks of the planner.
-fn check_planning(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
-    let profiles = &config.planner.profiles;
-    if !matches!(spec.profile.as_str(), "" | "auto") && !profiles.contains_key(&spec.profile) {
-        return Err(InvalidSpec(format!(
-            "unknown planner profile `{}`; use auto or one configured: {}",
-            spec.profile,
-            profiles.keys().cloned().collect::<Vec<_>>().join(", ")
-        )));
+/// How the job asks to be cut: a chunk count within both bounds (`limits.max_chunks`, what
+/// a job may ask; `planner.max_chunks`, the most the planner cuts), a configured profile,
+/// or `auto` toward a deadline, a price cap or neither. The one place profiles are looked
+/// up.
+fn check_chunking(
+    spec: &JobSpec,
+    model: &str,
+    config: &Config,
+    purpose: Purpose,
+) -> Result<Chunking, InvalidSpec> {
+    let goal = check_goal(spec)?;
+    if spec.chunks > 0 {
+        if purpose != Purpose::Ended {
+            check_chunk_count(spec.chunks, config)?;
+        }
+        return Ok(Chunking::Fixed(spec.chunks));
     }
+    let fallback = profile(default_profile(model), config)?;
+    if matches!(spec.profile.as_str(), "" | "auto") {
+        return Ok(Chunking::Auto { goal, fallback });
+    }
+    match profile(&spec.profile, config) {
+        Ok(named) => Ok(Chunking::Thresholds(named)),
+        Err(_) if purpose == Purpose::Ended => Ok(Chunking::Thresholds(fallback)),
+        Err(error) => Err(error),
+    }
+}
+
+/// The threshold profile for a job that names none: `light` for lanczos, `neural` for
+/// models.
+fn default_profile(model: &str) -> &'static str {
+    if model == "lanczos" {
+        "light"
+    } else {
+        "neural"
+    }
+}
+
+/// The configured profile `name`.
+fn profile(name: &str, config: &Config) -> Result<Profile, InvalidSpec> {
+    let profiles = &config.planner.profiles;
+    match profiles.get(name) {
+        Some(thresholds) => Ok(Profile {
+            name: name.to_string(),
+            thresholds: thresholds.clone(),
+        }),
+        None => Err(InvalidSpec(format!(
+            "unknown planner profile `{}`; use auto or one configured: {}",
+            printable(&bounded(name, 64)),
+            profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The job's deadline or price cap: finite, not negative, not both.
+fn check_goal(spec: &JobSpec) -> Result<Goal, InvalidSpec> {
     for (value, name) in [
         (spec.deadline_seconds, "deadline_seconds"),
         (spec.max_cost_usd, "max_cost_usd"),
@@ -418,25 +429,25 @@ fn check_planning(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
             )));
         }
     }
-    if spec.deadline_seconds > 0.0 && spec.max_cost_usd > 0.0 {
-        return Err(InvalidSpec(
+    match (spec.deadline_seconds > 0.0, spec.max_cost_usd > 0.0) {
+        (true, true) => Err(InvalidSpec(
             "give a deadline or a price cap, not both: the planner meets one of them".into(),
-        ));
+        )),
+        (true, false) => Ok(Goal::Deadline(spec.deadline_seconds)),
+        (false, true) => Ok(Goal::PriceCap(spec.max_cost_usd)),
+        (false, false) => Ok(Goal::Efficient),
     }
-    check_chunks(spec, config)
 }
 
-/// A fixed chunk count within both bounds: the limit on what a job may ask
-/// (`limits.max_chunks`) and the most the planner cuts (`planner.max_chunks`).
-fn check_chunks(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
+/// A fixed chunk count within both bounds.
+fn check_chunk_count(chunks: u32, config: &Config) -> Result<(), InvalidSpec> {
     for (most, key) in [
         (config.limits.max_chunks, "limits.max_chunks"),
         (config.planner.max_chunks, "planner.max_chunks"),
     ] {
-        if spec.chunks > most {
+        if chunks > most {
             return Err(InvalidSpec(format!(
-                "{} chunks asked; this orchestrator cuts a job into at most {most} ({key})",
-                spec.chunks
+                "{chunks} chunks asked; this orchestrator cuts a job into at most {most} ({key})"
             )));
         }
     }
@@ -444,13 +455,15 @@ fn check_chunks(spec: &JobSpec, config: &Config) -> Result<(), InvalidSpec> {
 }
 
 /// A task this orchestrator knows (an unknown value is refused, not run as a video).
-fn check_task(spec: &JobSpec) -> Result<(), InvalidSpec> {
-    Task::try_from(spec.task).map(|_| ()).map_err(|_| {
-        InvalidSpec(format!(
+fn check_task(spec: &JobSpec) -> Result<JobTask, InvalidSpec> {
+    match Task::try_from(spec.task) {
+        Ok(Task::Infer) => Ok(JobTask::Infer),
+        Ok(Task::Unspecified | Task::Process) => Ok(JobTask::Process),
+        Err(_) => Err(InvalidSpec(format!(
             "unknown task {}; use TASK_PROCESS (1, or 0 for the default) or TASK_INFER (2)",
             spec.task
-        ))
-    })
+        ))),
+    }
 }
 
 /// Labels within `limits.max_labels` and `limits.max_label_bytes`: keys of letters,
@@ -519,10 +532,10 @@ mod tests {
     use super::*;
 
     use framefleet_common::codec::{VideoCodec, VideoEncoder};
-    use framefleet_common::proto::JobInput;
+    use framefleet_common::proto::{JobInput, ProcessorSpec};
 
     fn normalize_run(spec: JobSpec, config: &Config) -> Result<JobSpec, InvalidSpec> {
-        normalize(spec, config, Purpose::Run)
+        check(spec, config).map(|job| job.spec)
     }
 
     fn spec(output: &str) -> JobSpec {
@@ -556,7 +569,7 @@ mod tests {
         });
         let job = check(nvenc.clone(), &config).expect("an encoder by name");
         assert_eq!(
-            job.encoder,
+            job.encoder(),
             Some(EncoderRequest::Encoder(VideoEncoder::HevcNvenc))
         );
         nvenc.encoder = Some(EncoderSettings {
@@ -577,13 +590,51 @@ mod tests {
         assert!(error.to_string().contains("libx265"), "{error}");
         assert_eq!(
             check(spec("s3://bucket/out.mp4"), &config)
-                .map(|j| j.encoder)
+                .map(|j| j.encoder())
                 .ok(),
             Some(Some(EncoderRequest::Codec(VideoCodec::H264)))
         );
         let mut escape = spec("file:///tmp/../etc/out.mp4");
         escape.input_uri = "file:///tmp/in.mp4".into();
         assert!(normalize_run(escape, &config).is_err());
+    }
+
+    #[test]
+    fn chunking_is_typed_once_with_its_profile_looked_up() {
+        let config = Config::default();
+        let auto = check(spec("s3://bucket/out.mp4"), &config).expect("auto");
+        assert!(
+            matches!(&auto.chunking, Chunking::Auto { goal: Goal::Efficient, fallback } if fallback.name == "light"),
+            "{:?}",
+            auto.chunking
+        );
+        let mut deadline = spec("s3://bucket/out.mp4");
+        deadline.deadline_seconds = 30.0;
+        deadline.processor = Some(ProcessorSpec {
+            model: "realesr-animevideov3-x2".into(),
+            ..ProcessorSpec::default()
+        });
+        let typed = check(deadline, &config).expect("deadline").chunking;
+        assert!(
+            matches!(&typed, Chunking::Auto { goal: Goal::Deadline(s), fallback } if *s == 30.0 && fallback.name == "neural"),
+            "{typed:?}"
+        );
+        let mut named = spec("s3://bucket/out.mp4");
+        named.profile = "neural".into();
+        let typed = check(named.clone(), &config).expect("named").chunking;
+        assert!(
+            matches!(&typed, Chunking::Thresholds(p) if p.name == "neural" && p.thresholds == config.planner.profiles["neural"])
+        );
+        named.profile = "nope".into();
+        let error = check(named.clone(), &config).expect_err("unknown profile");
+        assert!(
+            error
+                .to_string()
+                .contains("auto or one configured: light, neural"),
+            "{error}"
+        );
+        let ended = check_ended(named, &config).expect("an ended job is still listed");
+        assert!(matches!(ended.chunking, Chunking::Thresholds(p) if p.name == "light"));
     }
 
     #[test]
@@ -820,7 +871,7 @@ mod tests {
                 if let Ok(valid) = check(spec, &config) {
                     let accepted = &valid.spec;
                     prop_assert_ne!(&valid.inputs[0].input, &valid.inputs[0].output);
-                    prop_assert_eq!(valid.is_infer(), is_infer(accepted));
+                    prop_assert_eq!(valid.is_infer(), accepted.task() == Task::Infer);
                     prop_assert!(accepted.chunks <= config.limits.max_chunks);
                     prop_assert!(!accepted.output_uri.contains(".."));
                     if !valid.is_infer() {

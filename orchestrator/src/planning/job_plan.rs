@@ -78,8 +78,7 @@ pub async fn plan_job(
             }
         };
     }
-    let spec = &job.spec;
-    let kind = samples::kind(spec, encoder, &gpu_type);
+    let kind = samples::kind(job, encoder, &gpu_type);
     let pixels = u64::from(video.width) * u64::from(video.height);
     let model = match history.history(&kind).await {
         Ok(samples) => CostModel::fit(samples).filter(|model| model.covers(pixels)),
@@ -89,7 +88,7 @@ pub async fn plan_job(
         }
     };
     let context = PlanContext {
-        spec,
+        chunking: &job.chunking,
         frames: &job.frames,
         kind: &kind,
         model: model.as_ref(),

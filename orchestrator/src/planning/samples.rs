@@ -5,21 +5,18 @@
 //! chunk's cost besides its length and frame size.
 
 use framefleet_common::codec::VideoEncoder;
-use framefleet_common::proto::{JobSpec, Phase, Task};
+use framefleet_common::proto::Phase;
 
 use crate::jobs::accepted::{ChunkTiming, FinishedChunk};
 use crate::jobs::run_log::RunLog;
+use crate::jobs::validate::ValidJob;
 
 /// The cost history's key for a job: its task, processor (model, scale, deinterlacing),
 /// its encoder and preset (x264's presets differ several times over in speed, and NVENC
 /// runs beside the cores instead of on them) and the GPU type it runs on, e.g.
 /// `realesr-animevideov3-x2 x2, x264 medium on cpu` or `..., h264_nvenc fast on T4`.
-pub fn kind(spec: &JobSpec, encoder: Option<VideoEncoder>, gpu_type: &str) -> String {
-    let processor = spec.processor.clone().unwrap_or_default();
-    let model = match processor.model.as_str() {
-        "" => "lanczos",
-        model => model,
-    };
+pub fn kind(job: &ValidJob, encoder: Option<VideoEncoder>, gpu_type: &str) -> String {
+    let processor = &job.processor;
     let deinterlace = if processor.deinterlace {
         " deinterlaced"
     } else {
@@ -30,15 +27,14 @@ pub fn kind(spec: &JobSpec, encoder: Option<VideoEncoder>, gpu_type: &str) -> St
         VideoEncoder::Libx265 => "x265",
         other => other.name(),
     };
-    let output = match (spec.task(), &spec.encoder) {
-        (Task::Infer, _) => "infer".to_string(),
-        (_, Some(settings)) if settings.lossless => format!("{name} {} lossless", settings.preset),
-        (_, Some(settings)) => format!("{name} {}", settings.preset),
-        (_, None) => name.to_string(),
+    let output = match &job.encoding {
+        None => "infer".to_string(),
+        Some(encoding) if encoding.lossless => format!("{name} {} lossless", encoding.preset),
+        Some(encoding) => format!("{name} {}", encoding.preset),
     };
     format!(
-        "{model} x{}{deinterlace}, {output} on {gpu_type}",
-        processor.scale
+        "{} x{}{deinterlace}, {output} on {gpu_type}",
+        processor.model, processor.scale
     )
 }
 
@@ -113,7 +109,7 @@ pub struct JobCosts {
 impl JobCosts {
     /// The samples of a run that recorded `log` and took `wall_seconds`; `succeeded` says
     /// whether it got through the stitch.
-    pub fn from_run(spec: &JobSpec, log: &RunLog, wall_seconds: f64, succeeded: bool) -> Self {
+    pub fn from_run(job: &ValidJob, log: &RunLog, wall_seconds: f64, succeeded: bool) -> Self {
         let ran: Vec<&FinishedChunk> = log
             .accepted
             .iter()
@@ -131,7 +127,7 @@ impl JobCosts {
             .collect();
         let whole_run = succeeded && ran.len() == log.accepted.len() && !ran.is_empty();
         Self {
-            kind: kind(spec, encoder, gpu_type),
+            kind: kind(job, encoder, gpu_type),
             job: whole_run.then(|| job_sample(log, &ran, wall_seconds)),
             chunks,
         }
@@ -197,8 +193,9 @@ fn job_sample(log: &RunLog, ran: &[&FinishedChunk], wall_seconds: f64) -> JobSam
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::jobs::accepted::{AcceptedChunk, ChunkTimeline};
-    use framefleet_common::proto::{ChunkRange, ChunkResult, PhaseTiming, ProcessorSpec};
+    use framefleet_common::proto::{ChunkRange, ChunkResult, JobSpec, PhaseTiming, ProcessorSpec};
     use framefleet_common::storage::ObjectUri;
 
     fn finished(index: u32, host: &str, started: f64, accepted: f64) -> FinishedChunk {
@@ -254,6 +251,8 @@ mod tests {
             ..RunLog::default()
         };
         let spec = JobSpec {
+            input_uri: "s3://bucket/in.mp4".into(),
+            output_uri: "s3://bucket/out.mp4".into(),
             processor: Some(ProcessorSpec {
                 model: "realesr-animevideov3-x2".into(),
                 scale: 2.0,
@@ -261,8 +260,9 @@ mod tests {
             }),
             ..JobSpec::default()
         };
-        let costs = JobCosts::from_run(&spec, &log, 13.0, true);
-        assert_eq!(costs.kind, "realesr-animevideov3-x2 x2, x264 on T4");
+        let valid = crate::jobs::validate::check(spec, &Default::default()).expect("valid");
+        let costs = JobCosts::from_run(&valid, &log, 13.0, true);
+        assert_eq!(costs.kind, "realesr-animevideov3-x2 x2, x264 medium on T4");
         let sharing: Vec<u32> = costs.chunks.iter().map(|c| c.sharing).collect();
         assert_eq!(sharing, vec![2, 2, 1]);
         let chunk = &costs.chunks[0];
@@ -275,6 +275,6 @@ mod tests {
         // 13 s less probe 0.4, dispatch 0.5, chunks 10.2 and stitch 1.
         assert!((job.other_seconds - 0.9).abs() < 1e-9, "{job:?}");
         assert_eq!(job.frames, 300);
-        assert!(JobCosts::from_run(&spec, &log, 13.0, false).job.is_none());
+        assert!(JobCosts::from_run(&valid, &log, 13.0, false).job.is_none());
     }
 }

@@ -41,7 +41,7 @@ use crate::jobs::io::JobIo;
 use crate::jobs::record::JobRecord;
 use crate::jobs::run_log::InputRun;
 use crate::jobs::store::{JobStore, JobStoreError};
-use crate::jobs::validate::ValidJob;
+use crate::jobs::validate::{InvalidSpec, ValidJob};
 use crate::metrics::OrchestratorMetrics;
 use crate::patience;
 use crate::planning::history::CostHistory;
@@ -105,6 +105,11 @@ pub enum JobError {
         /// What went wrong with it.
         source: Box<JobError>,
     },
+    /// A resumed job no longer passes the submission checks.
+    #[error(
+        "{0}; the job was accepted under an earlier configuration and cannot resume under this one"
+    )]
+    Refused(InvalidSpec),
     /// Every input of a job that skips unreadable ones was unreadable.
     #[error("none of the job's {0} inputs could be read; the report says why for each")]
     NoReadableInput(usize),
@@ -153,8 +158,8 @@ impl JobRunner {
     /// the spans of its chunks on the workers join. `trusted` are chunks accepted before a
     /// restart, reused once they pass their checks again.
     pub fn start(self: &Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
-        let spec = &job.request.spec;
-        let span = tracing::info_span!("job", job = %job.id, inputs = job.request.inputs.len(), input = %spec.input_uri, output = %spec.output_uri);
+        let first = &job.request.inputs[0];
+        let span = tracing::info_span!("job", job = %job.id, inputs = job.request.inputs.len(), input = %first.input, output = %first.output);
         self.tasks
             .spawn(self.clone().run_job(job, trusted).instrument(span));
     }
@@ -176,6 +181,21 @@ impl JobRunner {
         }
     }
 
+    /// Ends a resumed job that no longer passes the submission checks under this
+    /// configuration (a root or bucket since removed, a limit since lowered): it fails with
+    /// `refusal`, recorded in the job store, without running again.
+    pub fn refuse(self: &Arc<Self>, job: Arc<JobRecord>, refusal: InvalidSpec) {
+        let span = tracing::info_span!("job", job = %job.id);
+        let runner = self.clone();
+        let ending = async move {
+            let inputs = InputRun::for_job(&job.request, &runner.storage);
+            runner
+                .end_job(&job, &inputs, Err(JobError::Refused(refusal)))
+                .await;
+        };
+        self.tasks.spawn(ending.instrument(span));
+    }
+
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
         let inputs = InputRun::for_job(&job.request, &self.storage);
         let run = async {
@@ -192,6 +212,12 @@ impl JobRunner {
             tracing::info!(job = %job.id, "the orchestrator is stopping; the job stays in the job store and resumes at the next start");
             return;
         }
+        self.end_job(&job, &inputs, outcome).await;
+    }
+
+    /// Ends `job` with `outcome`: its scratch cleaned up, its report built, its costs
+    /// learned, its end recorded in the job store and published.
+    async fn end_job(&self, job: &JobRecord, inputs: &[InputRun], outcome: Result<(), JobError>) {
         if let Ok(scratch) = job.request.scratch(&job.id) {
             clean_up(&inputs[0].io.scratch, &scratch, outcome.is_err()).await;
         }
@@ -204,8 +230,8 @@ impl JobRunner {
             Some(error) => tracing::warn!(job = %job.id, %error, "job failed"),
             None => tracing::info!(job = %job.id, state = state.label(), "job ended"),
         }
-        let report = report::build(&job, &inputs, &self.config.pricing, state);
-        self.learn(&job, &inputs, report.totals().wall_seconds, outcome.is_ok())
+        let report = report::build(job, inputs, &self.config.pricing, state);
+        self.learn(job, inputs, report.totals().wall_seconds, outcome.is_ok())
             .await;
         self.metrics.job_ended(state, report.totals().gpu_seconds);
         let ended = job.ending(state, error);
@@ -225,7 +251,7 @@ impl JobRunner {
     async fn learn(&self, job: &JobRecord, inputs: &[InputRun], wall: f64, succeeded: bool) {
         let whole = succeeded && !job.request.is_batch();
         for input in inputs {
-            let costs = JobCosts::from_run(&job.request.spec, &input.log(), wall, whole);
+            let costs = JobCosts::from_run(&job.request, &input.log(), wall, whole);
             if let Err(error) = self.history.record(costs).await {
                 tracing::warn!(job = %job.id, %error, "the job's costs could not be added to the cost history");
             }
@@ -302,7 +328,7 @@ impl JobRunner {
                 }
                 Err(error) => {
                     input.log().error = Some(error.to_string());
-                    if !(job.request.spec.skip_unreadable_inputs && unreadable(&error)) {
+                    if !(job.request.skip_unreadable_inputs && unreadable(&error)) {
                         return Err(named(job, input, error));
                     }
                     tracing::warn!(job = %job.id, input = %input.pair.input, %error, "input unreadable; skipped as the job asks");
@@ -350,7 +376,7 @@ impl JobRunner {
             },
         )
         .await?;
-        probe::check_output_size(&info, request.scale(), &self.config.limits)?;
+        probe::check_output_size(&info, request.processor.scale, &self.config.limits)?;
         if request.is_infer() {
             info.audio.clear();
             info.subtitles.clear();
@@ -361,7 +387,9 @@ impl JobRunner {
         let probe_seconds = probe_started.elapsed().as_secs_f64();
         let offer = FleetOffer {
             encoder,
-            ..self.fleet.offer(request.model(), request.encoder)
+            ..self
+                .fleet
+                .offer(&request.processor.model, request.encoder())
         };
         let planned = planning::plan_job(
             &self.config,
@@ -439,8 +467,10 @@ impl JobRunner {
             let previous = trusted.iter().find(|c| c.range.index == work.index());
             let finished = self.produce_chunk(&context, work, previous).await?;
             peers.finished(finished.chunk.result.wall_seconds);
-            self.fleet
-                .chunk_accepted(&finished.chunk.result.worker_name, job.request.model());
+            self.fleet.chunk_accepted(
+                &finished.chunk.result.worker_name,
+                &job.request.processor.model,
+            );
             job.chunk_done(work.index());
             input.log().accepted.push(finished.clone());
             Ok::<_, JobError>(finished)
@@ -593,10 +623,7 @@ fn chunk_work(
 ) -> Result<Vec<ChunkWork>, JobError> {
     let request = &job.request;
     let scratch = request.scratch(&job.id)?;
-    let mut template = chunk_request(job, &input.pair.input, &planned.info);
-    if let (Some(settings), Some(encoder)) = (&mut template.encoder, planned.encoder) {
-        settings.encoder = encoder.name().into();
-    }
+    let mut template = chunk_request(job, &input.pair.input, planned);
     if let Some((size, validator)) = &planned.input_version {
         template.input_size = *size;
         template.input_validator = validator.clone();
@@ -638,15 +665,16 @@ fn chosen_in(chosen: &[ChosenFrame], range: &ChunkRange) -> Vec<ChosenFrame> {
 }
 
 /// What every chunk of one input is sent, before its range, attempt and objects are
-/// filled.
-fn chunk_request(job: &JobRecord, input: &ObjectUri, info: &MediaInfo) -> ProcessChunkRequest {
-    let spec = &job.request.spec;
+/// filled: the job's processor and the run's encoder.
+fn chunk_request(job: &JobRecord, input: &ObjectUri, planned: &Planned) -> ProcessChunkRequest {
+    let request = &job.request;
+    let info = &planned.info;
     let video = &info.video;
     ProcessChunkRequest {
         job_id: job.id.clone(),
         input_uri: input.to_string(),
-        processor: Some(spec.processor.clone().unwrap_or_default()),
-        encoder: spec.encoder.clone(),
+        processor: Some(request.processor.wire()),
+        encoder: request.encoding.as_ref().map(|e| e.wire(planned.encoder)),
         video_stream_index: video.stream_index as u32,
         time_base: Some(Rational {
             num: video.time_base.0,
@@ -656,8 +684,8 @@ fn chunk_request(job: &JobRecord, input: &ObjectUri, info: &MediaInfo) -> Proces
             num: video.frame_rate.0,
             den: video.frame_rate.1,
         }),
-        task: spec.task,
-        top_k: spec.top_k,
+        task: request.task.wire() as i32,
+        top_k: request.top_k,
         fragmented_input: !video.fragments.is_empty(),
         pts_offset: video.timeline_shift(),
         frame_timestamps: FrameTimestamps::from(video.timestamps).into(),

@@ -12,9 +12,6 @@ use framefleet_common::media::MediaInfo;
 
 use super::StitchError;
 
-/// Extensions of the containers a video job can write.
-pub const VIDEO_EXTENSIONS: [&str; 4] = ["mp4", "m4v", "mov", "mkv"];
-
 /// The container an output name chooses.
 #[derive(Debug, Clone)]
 pub struct OutputContainer {

@@ -40,7 +40,7 @@ mod packets;
 mod subtitles;
 mod timeline;
 
-pub use container::{OutputContainer, VIDEO_EXTENSIONS};
+pub use container::OutputContainer;
 pub use error::StitchError;
 pub use timeline::timeline_note;
 

@@ -77,8 +77,8 @@ pub(crate) fn spawn_quiet(
 }
 
 /// Where the `framefleet` binary under test is: `FRAMEFLEET_BIN`, else beside the test
-/// binary's folder (cargo puts integration tests in `target/<profile>/deps/` and builds the
-/// package's binaries into `target/<profile>/` before running them).
+/// binary's folder (cargo puts the tests in `target/<profile>/deps/`, and `cargo build
+/// --bins` the binary in `target/<profile>/`).
 pub fn framefleet_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("FRAMEFLEET_BIN") {
         return PathBuf::from(path);
@@ -91,8 +91,8 @@ pub fn framefleet_binary() -> PathBuf {
     let binary = profile.join("framefleet");
     assert!(
         binary.is_file(),
-        "no framefleet binary at {}: run the tests with cargo test, which builds it, or set \
-         FRAMEFLEET_BIN",
+        "no framefleet binary at {}: build it first (cargo build --workspace --all-features \
+         --bins, as scripts/test.sh does) or set FRAMEFLEET_BIN",
         binary.display()
     );
     binary

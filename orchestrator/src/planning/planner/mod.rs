@@ -19,23 +19,16 @@ pub mod thresholds;
 use framefleet_common::config::PlannerConfig;
 use framefleet_common::cost::PlanCandidate;
 use framefleet_common::media::VideoInfo;
-use framefleet_common::proto::{ChosenFrame, JobSpec, Plan};
+use framefleet_common::proto::{ChosenFrame, Plan};
 
 use crate::jobs::frames::FrameChoice;
+use crate::jobs::validate::{Chunking, Goal};
 use crate::planning::cost_model::{Capacity, CostModel, Cut, JobShape, Prediction};
 use crate::planning::selection::SelectionError;
 
 /// A job's plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    /// The job names a profile the configuration does not have.
-    #[error("unknown planner profile `{profile}`; configured profiles: {known}")]
-    UnknownProfile {
-        /// The profile asked for.
-        profile: String,
-        /// Profiles that exist.
-        known: String,
-    },
     /// The input holds no frames.
     #[error("the input has no video frames to process")]
     NoFrames,
@@ -47,8 +40,8 @@ pub enum PlanError {
 /// What the planner weighs besides the video.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanContext<'a> {
-    /// The job as submitted.
-    pub spec: &'a JobSpec,
+    /// How the job asks to be cut.
+    pub chunking: &'a Chunking,
     /// The frames it runs on.
     pub frames: &'a FrameChoice,
     /// The cost history's key for it.
@@ -112,7 +105,7 @@ pub fn plan(
         Some(_) => frames as f64 * video.duration_seconds() / video.frames.len().max(1) as f64,
         None => video.duration_seconds(),
     };
-    let (count, mut rule, profile) = count(seconds, context, config, &candidates)?;
+    let (count, mut rule, profile) = count(seconds, context, config, &candidates);
     let mut count = count;
     if count > config.max_chunks {
         count = config.max_chunks;
@@ -160,51 +153,44 @@ fn count(
     context: &PlanContext<'_>,
     config: &PlannerConfig,
     candidates: &[Prediction],
-) -> Result<(u32, String, String), PlanError> {
-    let spec = context.spec;
-    if spec.chunks > 0 {
-        let rule = format!("fixed: the job asked for {}", spec.chunks);
-        return Ok((spec.chunks, rule, "fixed".to_string()));
-    }
-    let wants_auto = spec.profile.is_empty() || spec.profile == "auto";
-    if wants_auto && !candidates.is_empty() {
-        let choice = auto::choose(candidates, goal(spec, config));
-        let jobs = context.model.map_or(0, CostModel::jobs);
-        let rule = format!(
-            "{} [{jobs} jobs of `{}` in the cost history]",
-            choice.rule, context.kind
-        );
-        return Ok((choice.chunks, rule, "auto".to_string()));
-    }
-    let model = spec.processor.as_ref().map_or("", |p| p.model.as_str());
-    let profile = if wants_auto {
-        thresholds::default_profile(model).to_string()
-    } else {
-        spec.profile.clone()
+) -> (u32, String, String) {
+    let (goal, fallback) = match context.chunking {
+        Chunking::Fixed(chunks) => {
+            let rule = format!("fixed: the job asked for {chunks}");
+            return (*chunks, rule, "fixed".to_string());
+        }
+        Chunking::Thresholds(profile) => {
+            let (count, rule) = thresholds::count(profile, seconds);
+            return (count, rule, profile.name.clone());
+        }
+        Chunking::Auto { goal, fallback } => (goal, fallback),
     };
-    let (count, rule) = thresholds::count(&profile, seconds, config)?;
-    let rule = if wants_auto {
-        format!(
+    if candidates.is_empty() {
+        let (count, rule) = thresholds::count(fallback, seconds);
+        let rule = format!(
             "no cost history for `{}` yet, so thresholds: {rule}",
             context.kind
-        )
-    } else {
-        rule
-    };
-    Ok((count, rule, profile))
+        );
+        return (count, rule, fallback.name.clone());
+    }
+    let choice = auto::choose(candidates, auto_goal(*goal, config));
+    let jobs = context.model.map_or(0, CostModel::jobs);
+    let rule = format!(
+        "{} [{jobs} jobs of `{}` in the cost history]",
+        choice.rule, context.kind
+    );
+    (choice.chunks, rule, "auto".to_string())
 }
 
 /// What the job wants from `auto`: its deadline, else its price cap, else speed within
 /// the GPU-seconds ratio.
-fn goal(spec: &JobSpec, config: &PlannerConfig) -> auto::Goal {
-    if spec.deadline_seconds > 0.0 {
-        auto::Goal::Deadline(spec.deadline_seconds)
-    } else if spec.max_cost_usd > 0.0 {
-        auto::Goal::PriceCap(spec.max_cost_usd)
-    } else {
-        auto::Goal::Efficient {
+fn auto_goal(goal: Goal, config: &PlannerConfig) -> auto::Goal {
+    match goal {
+        Goal::Deadline(seconds) => auto::Goal::Deadline(seconds),
+        Goal::PriceCap(usd) => auto::Goal::PriceCap(usd),
+        Goal::Efficient => auto::Goal::Efficient {
             ratio: config.max_gpu_seconds_ratio,
-        }
+        },
     }
 }
 
@@ -265,9 +251,26 @@ mod tests {
     use framefleet_common::media::{FrameStamp, TimestampSource};
     use framefleet_common::proto::ChunkRange;
 
-    fn context<'a>(spec: &'a JobSpec, model: Option<&'a CostModel>) -> PlanContext<'a> {
+    /// How a lanczos job asking for `chunks` (0: none; any count, to test the caps) and
+    /// `profile` is cut, as the submission checks type it.
+    fn chunking(chunks: u32, profile: &str) -> Chunking {
+        if chunks > 0 {
+            return Chunking::Fixed(chunks);
+        }
+        let spec = framefleet_common::proto::JobSpec {
+            input_uri: "s3://bucket/in.mp4".into(),
+            output_uri: "s3://bucket/out.mp4".into(),
+            profile: profile.into(),
+            ..Default::default()
+        };
+        crate::jobs::validate::check(spec, &Default::default())
+            .expect("valid")
+            .chunking
+    }
+
+    fn context<'a>(chunking: &'a Chunking, model: Option<&'a CostModel>) -> PlanContext<'a> {
         PlanContext {
-            spec,
+            chunking,
             frames: &FrameChoice::All,
             kind: "lanczos x2, x264 medium on cpu",
             model,
@@ -286,10 +289,7 @@ mod tests {
 
     /// The plan of `requested` chunks.
     fn fixed(input: &VideoInfo, requested: u32, config: &PlannerConfig) -> Plan {
-        let spec = JobSpec {
-            chunks: requested,
-            ..JobSpec::default()
-        };
+        let spec = chunking(requested, "");
         plan(input, &context(&spec, None), config)
             .expect("plan")
             .plan
@@ -418,10 +418,7 @@ mod tests {
     fn chosen_frames_are_cut_into_even_runs_that_decode_from_their_keyframes() {
         let config = PlannerConfig::default();
         let input = with_gop(900, 60);
-        let spec = JobSpec {
-            chunks: 4,
-            ..JobSpec::default()
-        };
+        let spec = chunking(4, "");
         let every = FrameChoice::Every(7);
         let planned = plan(
             &input,
@@ -463,11 +460,6 @@ mod tests {
         assert!(capped.rule.contains("max_chunks 3"));
         let one_frame = fixed(&video(1, 1, (1, 30)), 3, &config);
         assert_eq!(one_frame.chunks, 1);
-        let unknown = JobSpec {
-            profile: "nope".into(),
-            ..JobSpec::default()
-        };
-        assert!(plan(&video(10, 1, (1, 30)), &context(&unknown, None), &config).is_err());
     }
 
     /// A history of one 1-chunk job: 100 frames at `per_frame` s each, 1 s fixed.
@@ -500,7 +492,7 @@ mod tests {
     fn auto_plans_from_history_and_says_so_and_thresholds_stand_in_without_it() {
         let config = PlannerConfig::default();
         let long = with_gop(900, 30); // 30 s, 1 s GOPs.
-        let spec = JobSpec::default();
+        let spec = chunking(0, "");
         let without = plan(&long, &context(&spec, None), &config).expect("plan");
         assert_eq!(without.profile, "light");
         assert!(
@@ -530,16 +522,10 @@ mod tests {
         assert_eq!(with.plan.chunks, 1, "{}", with.plan.rule);
 
         // A fixed count is predicted too, and a named profile keeps its thresholds.
-        let four = JobSpec {
-            chunks: 4,
-            ..JobSpec::default()
-        };
+        let four = chunking(4, "");
         let fixed = plan(&long, &context(&four, Some(&cheap)), &config).expect("plan");
         assert_eq!(fixed.plan.predicted.map(|p| p.chunks), Some(4));
-        let light = JobSpec {
-            profile: "light".into(),
-            ..JobSpec::default()
-        };
+        let light = chunking(0, "light");
         let named = plan(&long, &context(&light, Some(&slow)), &config).expect("plan");
         // 30 s is not under light's 30 s threshold: 2 chunks, where auto chose 4.
         assert_eq!(named.plan.chunks, 2);
@@ -562,7 +548,7 @@ mod tests {
             4
         );
         assert_eq!(most_chunks(&with_gop(5, 30), &config), 1);
-        let spec = JobSpec::default();
+        let spec = chunking(0, "");
         let slow = model(1.0);
         let planned =
             plan(&with_gop(300, 60), &context(&spec, Some(&slow)), &config).expect("plan");
