@@ -9,7 +9,7 @@
   orchestrator URL point at them.
 - The scaler: the trigger is KEDA's external(-push) scaler at the orchestrator Service's
   gRPC port, the orchestrator serves `externalscaler.ExternalScaler`, the trigger's
-  metadata keys are the ones orchestrator/src/scaler.rs reads, and they agree with the
+  metadata keys are the ones orchestrator/src/api/scaler.rs reads, and they agree with the
   workers' gpu_type and slots; the ScaledObject scales the worker Deployment.
 - Config keys: every FRAMEFLEET_SECTION__KEY variable names a key of
   deploy/framefleet.example.toml (which common/src/config.rs's tests load with unknown keys
@@ -112,11 +112,11 @@ def check_ports(config, resources):
 
 def check_scaler(config, resources, service, service_ports):
     scaled = [r for r in resources if r["kind"] == "ScaledObject"]
-    served = (ROOT / "orchestrator/src/server.rs").read_text()
+    served = (ROOT / "orchestrator/src/api/server.rs").read_text()
     vendored = (ROOT / "proto/keda/externalscaler.proto").read_text()
     if "ExternalScalerServer" not in served or "service ExternalScaler" not in vendored:
         problem("the orchestrator does not serve externalscaler.ExternalScaler")
-    read_keys = set(re.findall(r'get\("(\w+)"\)', (ROOT / "orchestrator/src/scaler.rs").read_text()))
+    read_keys = set(re.findall(r'get\("(\w+)"\)', (ROOT / "orchestrator/src/api/scaler.rs").read_text()))
     deployments = {r["metadata"]["name"] for r in resources if r["kind"] == "Deployment"}
     for resource in scaled:
         target = resource["spec"]["scaleTargetRef"]["name"]
@@ -131,7 +131,7 @@ def check_scaler(config, resources, service, service_ports):
             if metadata.get("scalerAddress") != address:
                 problem(f"scalerAddress {metadata.get('scalerAddress')} is not {address}")
             for key in set(metadata) - read_keys - {"scalerAddress"}:
-                problem(f"trigger metadata {key} is read by nothing in orchestrator/src/scaler.rs")
+                problem(f"trigger metadata {key} is read by nothing in orchestrator/src/api/scaler.rs")
             if metadata.get("gpuType", config["worker"]["gpu_type"]) != config["worker"]["gpu_type"]:
                 problem("trigger gpuType is not worker.gpu_type")
             if int(metadata.get("slotsPerWorker", "1")) != config["worker"].get("slots", 1):
