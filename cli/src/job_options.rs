@@ -19,6 +19,29 @@ pub enum TaskOption {
     Infer,
 }
 
+/// How urgently the job's chunks take free slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PriorityOption {
+    /// Someone waits on it: its chunks take the next free slots.
+    Interactive,
+    /// The default.
+    Normal,
+    /// Runs when nothing more urgent waits (and never starves).
+    Batch,
+}
+
+impl PriorityOption {
+    /// The level as the wire names it.
+    pub fn wire(self) -> framefleet_common::proto::Priority {
+        use framefleet_common::proto::Priority;
+        match self {
+            PriorityOption::Interactive => Priority::Interactive,
+            PriorityOption::Normal => Priority::Normal,
+            PriorityOption::Batch => Priority::Batch,
+        }
+    }
+}
+
 /// How to process and encode a job.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobOptions {
@@ -83,6 +106,9 @@ pub struct JobOptions {
     /// others, instead of failing the job.
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// How urgently its chunks take free slots on a shared fleet.
+    #[arg(long, value_enum, default_value_t = PriorityOption::Normal)]
+    pub priority: PriorityOption,
 }
 
 /// Which frames an infer job runs on, as `--frames` says.
@@ -241,6 +267,7 @@ impl JobOptions {
             deadline_seconds: self.deadline,
             max_cost_usd: self.max_cost,
             frames: self.frame_selection()?,
+            priority: self.priority.wire() as i32,
         })
     }
 }

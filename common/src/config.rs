@@ -361,6 +361,9 @@ pub struct DispatchConfig {
     pub straggler_factor: f64,
     /// ...and at least this many seconds: short chunks are not worth a second GPU.
     pub straggler_min_seconds: f64,
+    /// A priority level left without a free slot this long while its chunks wait takes the
+    /// next one, so batch work slows under urgent work but never stops.
+    pub starvation_seconds: f64,
 }
 
 /// Logging and tracing.
@@ -482,6 +485,7 @@ impl Default for DispatchConfig {
             event_timeout_seconds: 60.0,
             straggler_factor: 3.0,
             straggler_min_seconds: 30.0,
+            starvation_seconds: 60.0,
         }
     }
 }
@@ -866,6 +870,9 @@ impl DispatchConfig {
         }
         if !positive(self.event_timeout_seconds) {
             return invalid("event_timeout_seconds", "must be positive");
+        }
+        if !positive(self.starvation_seconds) {
+            return invalid("starvation_seconds", "must be positive");
         }
         Ok(())
     }

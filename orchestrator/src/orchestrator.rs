@@ -29,6 +29,7 @@ use crate::metrics::{Gauges, OrchestratorMetrics};
 use crate::planning::history::{CostHistory, HistoryError};
 use crate::planning::planner::PlanError;
 use crate::planning::{self, JobPlan, Target};
+use crate::run::admission::Admission;
 use crate::run::probe::{self, InputError};
 use crate::run::runner::JobRunner;
 
@@ -126,6 +127,7 @@ impl Orchestrator {
                 tls: config.tls.clone(),
                 token: AttachToken::new(&config.auth.fleet_token),
             },
+            Duration::from_secs_f64(config.dispatch.starvation_seconds),
         );
         let metrics = Arc::<OrchestratorMetrics>::default();
         let runner = Arc::new(JobRunner {
@@ -134,9 +136,10 @@ impl Orchestrator {
             metrics: metrics.clone(),
             store: store.clone(),
             history,
-            running: Arc::new(tokio::sync::Semaphore::new(
-                config.limits.max_running_jobs as usize,
-            )),
+            admission: Admission::new(
+                config.limits.max_running_jobs,
+                Duration::from_secs_f64(config.dispatch.starvation_seconds),
+            ),
             shutdown: shutdown.clone(),
             tasks: TaskTracker::new(),
             blocking: TaskTracker::new(),

@@ -165,6 +165,7 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
         uri(root),
         proptest::collection::vec((uri(root), uri(root)), 0..3),
         any::<bool>(),
+        prop_oneof![Just(0i32), Just(1), Just(3), any::<i32>()],
     );
     let processing = (model(root), number(), any::<bool>(), encoder(), count());
     let planning = (
@@ -177,7 +178,7 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
     );
     (places, processing, planning).prop_map(
         |(
-            (input, output, inputs, skip),
+            (input, output, inputs, skip, priority),
             (model, scale, deinterlace, encoder, chunks),
             (profile, labels, task, top_k, (deadline, max_cost), frames),
         )| {
@@ -207,6 +208,7 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
                 max_cost_usd: max_cost,
                 frames,
                 skip_unreadable_inputs: skip,
+                priority,
             }
         },
     )

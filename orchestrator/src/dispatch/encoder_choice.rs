@@ -71,7 +71,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_resumed_job_keeps_the_encoder_its_kept_chunks_were_written_with() {
-        let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+        let fleet = Fleet::new(
+            Duration::from_secs(10),
+            WorkerAccess::default(),
+            Duration::from_secs(60),
+        );
         // A fleet of NVENC workers only: a new H.264 job takes NVENC.
         let policy = RegistrationPolicy::new(&Config::default()).expect("policy");
         let worker = policy

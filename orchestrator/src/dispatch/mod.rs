@@ -30,7 +30,7 @@ use framefleet_common::config::DispatchConfig;
 use framefleet_common::proto::ProcessChunkRequest;
 use framefleet_common::storage::ObjectUri;
 
-use crate::fleet::{AcquireError, Fleet, QueuePriority};
+use crate::fleet::{AcquireError, Fleet, Ticket};
 use crate::jobs::accepted::{AcceptedChunk, ChunkTimeline, ChunkTiming, FinishedChunk};
 use crate::jobs::record::JobRecord;
 use crate::jobs::validate::JobTask;
@@ -174,15 +174,17 @@ async fn attempt_once(
     clock: &AttemptClock,
 ) -> Result<FinishedChunk, AttemptError> {
     let range = work.expected.range;
-    let priority = QueuePriority {
-        job_seq: work.job.seq,
-        neg_frames: -(range.frame_count() as i64),
+    let ticket = Ticket {
+        job: work.job.seq,
+        tenant: work.job.tenant.clone(),
+        priority: work.job.request.priority,
+        frames: range.frame_count(),
         index: range.index,
     };
     let wait = Duration::from_secs_f64(context.config.worker_wait_seconds);
     let grant = context
         .fleet
-        .acquire(priority, avoid, work.expected.encoder, wait)
+        .acquire(ticket, avoid, work.expected.encoder, wait)
         .await
         .map_err(AttemptError::NoSlot)?;
     clock.start(&grant.worker.id, grant.worker.gpus_per_slot);

@@ -27,21 +27,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use policy::QueuePriority;
+pub use policy::Ticket;
 pub use queue::{AcquireError, SlotGrant};
 pub use registration::Registration;
 pub use registry::MAX_WORKERS;
 pub use views::{FleetLoad, FleetOffer};
 pub use worker::{Departure, WorkerAccess, WorkerInfo};
 
-use queue::Waiter;
+use policy::Queue;
 use worker::Entry;
 
 /// Everything the fleet holds, under one lock: the workers and the chunks waiting.
-#[derive(Default)]
 struct State {
     workers: HashMap<String, Entry>,
-    waiters: Vec<Waiter>,
+    queue: Queue,
     next_waiter: u64,
     closed: bool,
 }
@@ -54,10 +53,16 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// An empty fleet whose leases last `lease`, reaching workers through `access`.
-    pub fn new(lease: Duration, access: WorkerAccess) -> Arc<Self> {
+    /// An empty fleet whose leases last `lease`, reaching workers through `access`, whose
+    /// less urgent chunks wait at most `starvation` for a turn (see [`policy`]).
+    pub fn new(lease: Duration, access: WorkerAccess, starvation: Duration) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                workers: HashMap::new(),
+                queue: Queue::new(starvation),
+                next_waiter: 0,
+                closed: false,
+            }),
             lease,
             access,
         })

@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 
 use framefleet_common::codec::VideoEncoder;
 
-use super::policy::{pick_worker, QueuePriority};
+use crate::jobs::valid_job::Priority;
+
+use super::policy::{pick_worker, Ticket};
 use super::worker::WorkerInfo;
 use super::{Fleet, State};
 
@@ -46,11 +48,16 @@ pub enum AcquireError {
 
 /// A chunk waiting for a slot.
 pub(super) struct Waiter {
-    id: u64,
-    priority: QueuePriority,
-    avoid: HashSet<String>,
-    encoder: Option<VideoEncoder>,
-    grant: oneshot::Sender<SlotGrant>,
+    /// Its number, in order of arrival.
+    pub(super) id: u64,
+    /// Whose chunk it is and where it stands.
+    pub(super) ticket: Ticket,
+    /// Workers it avoids (they failed it before).
+    pub(super) avoid: HashSet<String>,
+    /// The encoder its worker must have (`None`: any).
+    pub(super) encoder: Option<VideoEncoder>,
+    /// Where its slot is sent.
+    pub(super) grant: oneshot::Sender<SlotGrant>,
 }
 
 /// One slot of one worker, held until dropped.
@@ -59,6 +66,7 @@ pub struct SlotGrant {
     pub worker: WorkerInfo,
     /// The encoder the chunk is written with (`None`: infer).
     encoder: Option<VideoEncoder>,
+    ticket: Ticket,
     fleet: Arc<Fleet>,
     armed: bool,
 }
@@ -66,31 +74,51 @@ pub struct SlotGrant {
 impl Drop for SlotGrant {
     fn drop(&mut self) {
         if self.armed {
-            self.fleet.release(&self.worker.id, self.encoder);
+            self.fleet
+                .release(&self.worker.id, self.encoder, &self.ticket);
         }
+    }
+}
+
+/// Takes a waiter out of the queue when its `acquire` ends, however it ends (a grant, a
+/// deadline, or the caller giving up).
+struct Leave<'a> {
+    fleet: &'a Fleet,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.fleet.lock().queue.remove(self.id);
     }
 }
 
 impl Fleet {
     /// Chunks waiting for a slot.
     pub fn queue_depth(&self) -> usize {
-        self.lock().waiters.len()
+        self.lock().queue.len()
+    }
+
+    /// Chunks waiting for a slot at `priority`.
+    pub fn waiting_at(&self, priority: Priority) -> usize {
+        self.lock().queue.waiting_at(priority)
     }
 
     /// Refuses new waiters and fails the waiting ones (shutdown).
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        state.waiters.clear();
+        state.queue.drain();
     }
 
     /// Waits for a free slot of a worker that has `encoder` (any worker for `None`),
-    /// preferring workers not in `avoid` (those that already failed this chunk). Fails when
-    /// no such worker is registered for `empty_deadline`; while they exist but are busy,
-    /// the chunk keeps its place in the queue.
+    /// preferring workers not in `avoid` (those that already failed this chunk), in the
+    /// turn the [policy](super::policy) gives `ticket`. Fails when no such worker is
+    /// registered for `empty_deadline`; while they exist but are busy, the chunk keeps its
+    /// place in the queue.
     pub async fn acquire(
         self: &Arc<Self>,
-        priority: QueuePriority,
+        ticket: Ticket,
         avoid: HashSet<String>,
         encoder: Option<VideoEncoder>,
         empty_deadline: Duration,
@@ -103,15 +131,19 @@ impl Fleet {
             }
             let id = state.next_waiter;
             state.next_waiter += 1;
-            state.waiters.push(Waiter {
+            state.queue.push(Waiter {
                 id,
-                priority,
+                ticket,
                 avoid,
                 encoder,
                 grant: grant_tx,
             });
             self.match_waiters(&mut state);
             id
+        };
+        let _leave = Leave {
+            fleet: self,
+            id: waiter_id,
         };
         let mut empty_since: Option<Instant> = None;
         loop {
@@ -126,7 +158,7 @@ impl Fleet {
                     }
                     let since = *empty_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= empty_deadline {
-                        self.lock().waiters.retain(|w| w.id != waiter_id);
+                        self.lock().queue.remove(waiter_id);
                         // A grant may have raced in just before the waiter left.
                         if let Ok(grant) = grant_rx.try_recv() {
                             return Ok(grant);
@@ -144,8 +176,15 @@ impl Fleet {
         }
     }
 
-    pub(super) fn release(self: &Arc<Self>, id: &str, encoder: Option<VideoEncoder>) {
+    /// A slot of worker `id` is handed back by a chunk of `ticket`'s.
+    pub(super) fn release(
+        self: &Arc<Self>,
+        id: &str,
+        encoder: Option<VideoEncoder>,
+        ticket: &Ticket,
+    ) {
         let mut state = self.lock();
+        state.queue.held(ticket, false);
         if let Some(entry) = state.workers.get_mut(id) {
             entry.take_back(encoder);
             if entry.draining && entry.busy() == 0 {
@@ -156,25 +195,23 @@ impl Fleet {
         self.match_waiters(&mut state);
     }
 
-    /// Hands free slots to waiters, best priority first.
+    /// Hands free slots to waiters, in the policy's order, while some worker has one.
     pub(super) fn match_waiters(self: &Arc<Self>, state: &mut State) {
-        state.waiters.retain(|w| !w.grant.is_closed());
-        state.waiters.sort_by_key(|w| w.priority);
-        let mut index = 0;
-        while index < state.waiters.len() {
-            let waiter = &state.waiters[index];
-            let Some(worker_id) = pick_worker(&state.workers, &waiter.avoid, waiter.encoder) else {
-                index += 1;
-                continue;
+        let State { workers, queue, .. } = state;
+        while workers.values().any(|entry| entry.free() > 0) {
+            let fits = |waiter: &Waiter| pick_worker(workers, &waiter.avoid, waiter.encoder);
+            let Some((waiter, worker_id)) = queue.take_next(fits) else {
+                return;
             };
-            let waiter = state.waiters.remove(index);
-            let Some(entry) = state.workers.get_mut(&worker_id) else {
+            let Some(entry) = workers.get_mut(&worker_id) else {
                 continue;
             };
             *entry.busy_with.entry(waiter.encoder).or_default() += 1;
+            queue.held(&waiter.ticket, true);
             let grant = SlotGrant {
                 worker: entry.info.clone(),
                 encoder: waiter.encoder,
+                ticket: waiter.ticket.clone(),
                 fleet: self.clone(),
                 armed: true,
             };
@@ -182,6 +219,7 @@ impl Fleet {
                 // The waiter gave up; take the slot back without re-entering the lock.
                 unsent.armed = false;
                 entry.take_back(waiter.encoder);
+                queue.held(&unsent.ticket, false);
             }
         }
     }

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use framefleet_common::codec::{EncoderRequest, VideoCodec, VideoEncoder};
 
+use crate::jobs::tenant::Tenant;
+use crate::jobs::valid_job::Priority;
+
 use super::worker::host_of;
 use super::*;
 
@@ -25,17 +28,29 @@ fn registration(name: &str, slots: u32) -> Registration {
     }
 }
 
-fn priority(job_seq: u64, frames: i64, index: u32) -> QueuePriority {
-    QueuePriority {
-        job_seq,
-        neg_frames: -frames,
+/// A chunk of `frames` frames, index `index`, of normal job `job` of the default tenant.
+fn priority(job: u64, frames: u64, index: u32) -> Ticket {
+    Ticket {
+        job,
+        tenant: Tenant::default_tenant(),
+        priority: Priority::Normal,
+        frames,
         index,
     }
 }
 
+/// An empty fleet with 10 s leases whose levels age after a minute.
+fn new_fleet() -> Arc<Fleet> {
+    Fleet::new(
+        Duration::from_secs(10),
+        WorkerAccess::default(),
+        Duration::from_secs(60),
+    )
+}
+
 #[tokio::test]
 async fn longest_chunk_gets_the_first_free_slot() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     let id = fleet.register(registration("a", 1)).expect("registers");
     let held = fleet
         .acquire(
@@ -85,7 +100,7 @@ async fn longest_chunk_gets_the_first_free_slot() {
 
 #[tokio::test]
 async fn retries_avoid_workers_that_failed_the_chunk() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     let a = fleet.register(registration("a", 1)).expect("registers");
     let b = fleet.register(registration("b", 1)).expect("registers");
     let grant = fleet
@@ -113,7 +128,7 @@ async fn retries_avoid_workers_that_failed_the_chunk() {
 
 #[tokio::test]
 async fn an_empty_fleet_fails_after_the_deadline_with_a_clear_message() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     let error = fleet
         .acquire(
             priority(0, 1, 0),
@@ -130,7 +145,7 @@ async fn an_empty_fleet_fails_after_the_deadline_with_a_clear_message() {
 
 #[tokio::test]
 async fn chunks_go_only_to_workers_that_have_the_jobs_encoder() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     let with = |name: &str, slots, encoders: &[VideoEncoder]| Registration {
         encoders: encoders.to_vec(),
         ..registration(name, slots)
@@ -195,7 +210,7 @@ async fn chunks_go_only_to_workers_that_have_the_jobs_encoder() {
 
 #[tokio::test]
 async fn the_load_elsewhere_counts_only_chunks_of_the_encoders_asked_about() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     let l4 = Registration {
         gpu_type: "L4".into(),
         encoders: vec![VideoEncoder::Libx264, VideoEncoder::H264Nvenc],
@@ -245,7 +260,7 @@ async fn the_load_elsewhere_counts_only_chunks_of_the_encoders_asked_about() {
 
 #[tokio::test]
 async fn registrations_stop_at_the_fleet_bound() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     for index in 0..MAX_WORKERS {
         fleet
             .register(registration(&format!("w{index}"), 1))
@@ -259,7 +274,11 @@ async fn registrations_stop_at_the_fleet_bound() {
 
 #[tokio::test]
 async fn lapsed_leases_drop_workers() {
-    let fleet = Fleet::new(Duration::from_millis(1), WorkerAccess::default());
+    let fleet = Fleet::new(
+        Duration::from_millis(1),
+        WorkerAccess::default(),
+        Duration::from_secs(60),
+    );
     let id = fleet.register(registration("a", 1)).expect("registers");
     std::thread::sleep(Duration::from_millis(5));
     fleet.reap_expired();
@@ -269,7 +288,7 @@ async fn lapsed_leases_drop_workers() {
 
 #[tokio::test]
 async fn the_offer_counts_free_and_warm_slots_machines_and_the_gpu_type() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     assert_eq!(fleet.offer("m", None).slots, 0);
     fleet.register(registration("a", 2)).expect("registers");
     let mut other_host = registration("b", 1);
@@ -298,7 +317,7 @@ async fn the_offer_counts_free_and_warm_slots_machines_and_the_gpu_type() {
 
 #[tokio::test]
 async fn a_deregistered_worker_drains_its_chunks_listed_and_then_leaves() {
-    let fleet = Fleet::new(Duration::from_secs(10), WorkerAccess::default());
+    let fleet = new_fleet();
     let busy = fleet
         .register(Registration {
             device: "cuda".into(),
@@ -340,5 +359,169 @@ async fn a_deregistered_worker_drains_its_chunks_listed_and_then_leaves() {
     assert!(
         fleet.workers().is_empty(),
         "gone once its chunk is handed back"
+    );
+}
+
+/// A tenant `name` of `weight`, holding at most `max_slots` (0: no cap).
+fn tenant(name: &str, weight: f64, max_slots: u32) -> Arc<Tenant> {
+    Arc::new(Tenant {
+        name: Arc::from(name),
+        weight,
+        max_slots,
+        max_queued_jobs: 0,
+    })
+}
+
+/// A chunk of 100 frames, index `index`, of job `job` of `tenant` at `priority`.
+fn chunk_of(job: u64, tenant: &Arc<Tenant>, priority: Priority, index: u32) -> Ticket {
+    Ticket {
+        job,
+        tenant: tenant.clone(),
+        priority,
+        frames: 100,
+        index,
+    }
+}
+
+/// `ticket` queued on `fleet` in a task of its own.
+fn queue(fleet: &Arc<Fleet>, ticket: Ticket) -> tokio::task::JoinHandle<SlotGrant> {
+    let fleet = fleet.clone();
+    tokio::spawn(async move {
+        fleet
+            .acquire(ticket, HashSet::new(), None, Duration::from_secs(30))
+            .await
+            .expect("slot")
+    })
+}
+
+/// Waits until `chunks` are queued.
+async fn until_queued(fleet: &Fleet, chunks: usize) {
+    while fleet.queue_depth() < chunks {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_short_job_takes_the_next_slot_behind_a_long_one() {
+    let fleet = new_fleet();
+    fleet.register(registration("a", 1)).expect("registers");
+    let normal = Tenant::default_tenant();
+    let held = queue(&fleet, chunk_of(0, &normal, Priority::Normal, 0))
+        .await
+        .expect("joins");
+    let long: Vec<_> = (1..=5)
+        .map(|i| queue(&fleet, chunk_of(0, &normal, Priority::Normal, i)))
+        .collect();
+    until_queued(&fleet, 5).await;
+    let short = queue(&fleet, chunk_of(1, &normal, Priority::Normal, 0));
+    until_queued(&fleet, 6).await;
+    drop(held);
+    let grant = tokio::time::timeout(Duration::from_secs(5), short)
+        .await
+        .expect("the short job's chunk takes the freed slot")
+        .expect("joins");
+    assert!(long.iter().all(|chunk| !chunk.is_finished()));
+    drop(grant);
+    // Then the long job goes on, and the two would take turns were both still waiting.
+    let next = tokio::time::timeout(Duration::from_secs(5), futures_first(long)).await;
+    drop(next.expect("the long job's next chunk takes the slot"));
+}
+
+/// The first of `chunks` to get its slot.
+async fn futures_first(chunks: Vec<tokio::task::JoinHandle<SlotGrant>>) -> SlotGrant {
+    loop {
+        if let Some(done) = chunks.iter().position(|c| c.is_finished()) {
+            let mut chunks = chunks;
+            return chunks.swap_remove(done).await.expect("joins");
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn an_interactive_chunk_takes_the_next_slot_ahead_of_queued_batch_work() {
+    let fleet = new_fleet();
+    fleet.register(registration("a", 1)).expect("registers");
+    let someone = Tenant::default_tenant();
+    let held = queue(&fleet, chunk_of(0, &someone, Priority::Batch, 0))
+        .await
+        .expect("joins");
+    let batch: Vec<_> = (1..=3)
+        .map(|i| queue(&fleet, chunk_of(0, &someone, Priority::Batch, i)))
+        .collect();
+    until_queued(&fleet, 3).await;
+    let interactive = queue(&fleet, chunk_of(1, &someone, Priority::Interactive, 0));
+    until_queued(&fleet, 4).await;
+    assert_eq!(fleet.waiting_at(Priority::Batch), 3);
+    assert_eq!(fleet.waiting_at(Priority::Interactive), 1);
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), interactive)
+        .await
+        .expect("the interactive chunk takes the freed slot")
+        .expect("joins");
+    assert!(batch.iter().all(|chunk| !chunk.is_finished()));
+}
+
+#[tokio::test]
+async fn batch_work_still_gets_a_slot_once_its_level_has_starved() {
+    let fleet = Fleet::new(
+        Duration::from_secs(10),
+        WorkerAccess::default(),
+        Duration::from_millis(200),
+    );
+    fleet.register(registration("a", 1)).expect("registers");
+    let someone = Tenant::default_tenant();
+    let held = queue(&fleet, chunk_of(1, &someone, Priority::Interactive, 0))
+        .await
+        .expect("joins");
+    let batch = queue(&fleet, chunk_of(0, &someone, Priority::Batch, 0));
+    let urgent: Vec<_> = (1..=4)
+        .map(|i| queue(&fleet, chunk_of(1, &someone, Priority::Interactive, i)))
+        .collect();
+    until_queued(&fleet, 5).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), batch)
+        .await
+        .expect("the starved batch chunk takes the slot")
+        .expect("joins");
+    assert!(urgent.iter().all(|chunk| !chunk.is_finished()));
+}
+
+#[tokio::test]
+async fn slots_split_by_tenant_weight_and_a_capped_tenant_holds_no_one_up() {
+    let fleet = new_fleet();
+    let (light, heavy) = (tenant("light", 1.0, 0), tenant("heavy", 3.0, 0));
+    let mut chunks = Vec::new();
+    for i in 0..8 {
+        chunks.push(queue(&fleet, chunk_of(1, &light, Priority::Normal, i)));
+        chunks.push(queue(&fleet, chunk_of(2, &heavy, Priority::Normal, i)));
+    }
+    until_queued(&fleet, 16).await;
+    fleet.register(registration("a", 8)).expect("registers");
+    {
+        let state = fleet.lock();
+        assert_eq!(
+            (state.queue.held_by("light"), state.queue.held_by("heavy")),
+            (2, 6),
+            "8 slots split 1:3"
+        );
+    }
+    fleet.close();
+
+    let fleet = new_fleet();
+    let (capped, other) = (tenant("capped", 5.0, 1), tenant("other", 1.0, 0));
+    let mut chunks = Vec::new();
+    for i in 0..4 {
+        chunks.push(queue(&fleet, chunk_of(1, &capped, Priority::Normal, i)));
+        chunks.push(queue(&fleet, chunk_of(2, &other, Priority::Normal, i)));
+    }
+    until_queued(&fleet, 8).await;
+    fleet.register(registration("a", 3)).expect("registers");
+    let state = fleet.lock();
+    assert_eq!(
+        (state.queue.held_by("capped"), state.queue.held_by("other")),
+        (1, 2),
+        "the capped tenant stops at 1 and the rest go on"
     );
 }

@@ -11,7 +11,7 @@
 //! rate plus the stitch the cost model predicts, and before a rate is measured, what the
 //! cost model predicted for the whole job less the time it has run.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -22,6 +22,7 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{ChunkProgress, Job, JobState, Phase, Plan, Progress};
 
+use crate::jobs::tenant::Tenant;
 use crate::jobs::validate::ValidJob;
 
 /// Share of a chunk's work in `phase`.
@@ -51,6 +52,8 @@ pub struct JobRecord {
     pub seq: u64,
     /// What was asked, checked and parsed.
     pub request: ValidJob,
+    /// Whom it belongs to, and that tenant's share of the fleet.
+    pub tenant: Arc<Tenant>,
     /// Fires when the job is cancelled.
     pub cancel: CancellationToken,
     /// When the job was accepted.
@@ -110,6 +113,7 @@ impl JobRecord {
             id,
             seq,
             request,
+            tenant: Tenant::default_tenant(),
             cancel: CancellationToken::new(),
             accepted: Instant::now(),
             state: watch::Sender::new(snapshot),
@@ -136,6 +140,7 @@ impl JobRecord {
             id,
             seq,
             request,
+            tenant: Tenant::default_tenant(),
             cancel: CancellationToken::new(),
             accepted: Instant::now(),
             state: watch::Sender::new(snapshot),

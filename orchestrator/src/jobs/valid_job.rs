@@ -29,6 +29,38 @@ impl JobTask {
     }
 }
 
+/// How urgently a job's chunks take free slots; the most urgent level waiting is served
+/// first (see the fleet's policy for how batch work still gets through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Someone waits on it.
+    Interactive,
+    /// The default.
+    #[default]
+    Normal,
+    /// Runs when nothing more urgent waits.
+    Batch,
+}
+
+impl Priority {
+    /// Every level, most urgent first.
+    pub const ALL: [Priority; 3] = [Priority::Interactive, Priority::Normal, Priority::Batch];
+
+    /// The level's position in [`Priority::ALL`].
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+
+    /// The level's name, as the CLI and the scaler's metadata spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Normal => "normal",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
 /// One input of a job and where its output goes, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputPair {
@@ -147,6 +179,8 @@ pub struct ValidJob {
     pub encoding: Option<Encoding>,
     /// The frames it runs on (infer jobs may choose; video jobs take every frame).
     pub frames: FrameChoice,
+    /// How urgently its chunks take free slots.
+    pub priority: Priority,
     /// How it is cut into chunks.
     pub chunking: Chunking,
     /// Values an infer job keeps per frame (0: every one).

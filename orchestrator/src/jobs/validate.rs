@@ -15,7 +15,7 @@ use framefleet_common::text::{bounded, printable};
 use crate::jobs::frames::FrameChoice;
 
 pub use super::valid_job::{
-    Chunking, Encoding, Goal, InputPair, JobTask, Processor, Profile, ValidJob,
+    Chunking, Encoding, Goal, InputPair, JobTask, Priority, Processor, Profile, ValidJob,
 };
 
 /// Extensions of the containers a video job can write (the stitch's
@@ -121,6 +121,7 @@ fn validate(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<Vali
     };
     let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
     let chunking = check_chunking(&spec, &processor.model, config, purpose)?;
+    let priority = check_priority(&spec)?;
     spec.processor = Some(processor.wire());
     spec.encoder = encoding.as_ref().map(|e| e.wire(None));
     Ok(ValidJob {
@@ -133,6 +134,7 @@ fn validate(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<Vali
         processor,
         encoding,
         frames,
+        priority,
         chunking,
         scratch_root,
     })
@@ -452,6 +454,21 @@ fn check_chunk_count(chunks: u32, config: &Config) -> Result<(), InvalidSpec> {
         }
     }
     Ok(())
+}
+
+/// A priority level this orchestrator knows (unspecified: normal).
+fn check_priority(spec: &JobSpec) -> Result<Priority, InvalidSpec> {
+    use framefleet_common::proto::Priority as Wire;
+    match Wire::try_from(spec.priority) {
+        Ok(Wire::Interactive) => Ok(Priority::Interactive),
+        Ok(Wire::Unspecified | Wire::Normal) => Ok(Priority::Normal),
+        Ok(Wire::Batch) => Ok(Priority::Batch),
+        Err(_) => Err(InvalidSpec(format!(
+            "unknown priority {}; use PRIORITY_INTERACTIVE (1), PRIORITY_NORMAL (2, or 0 for \
+             the default) or PRIORITY_BATCH (3)",
+            spec.priority
+        ))),
+    }
 }
 
 /// A task this orchestrator knows (an unknown value is refused, not run as a video).

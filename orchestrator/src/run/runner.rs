@@ -49,6 +49,7 @@ use crate::planning::planner::PlanError;
 use crate::planning::samples::JobCosts;
 use crate::planning::{self, Target};
 use crate::report;
+use crate::run::admission::Admission;
 use crate::run::probe::{self, InputError};
 use crate::stitch::{self, carry, StitchError};
 
@@ -129,8 +130,8 @@ pub struct JobRunner {
     pub store: JobStore,
     /// What jobs cost, which `auto` plans from; every run adds to it.
     pub history: CostHistory,
-    /// One permit per job allowed to run at once (`limits.max_running_jobs`).
-    pub running: Arc<tokio::sync::Semaphore>,
+    /// Which queued job runs next, `limits.max_running_jobs` at once.
+    pub admission: Arc<Admission>,
     /// Fires when the orchestrator stops.
     pub shutdown: CancellationToken,
     /// The jobs' tasks.
@@ -199,8 +200,8 @@ impl JobRunner {
     async fn run_job(self: Arc<Self>, job: Arc<JobRecord>, trusted: Vec<AcceptedChunk>) {
         let inputs = InputRun::for_job(&job.request, &self.storage);
         let run = async {
-            // Queued until one of the `limits.max_running_jobs` permits is free.
-            let _permit = self.running.clone().acquire_owned().await;
+            // Queued until its turn among `limits.max_running_jobs`.
+            let _admitted = self.admission.enter(&job).await;
             self.execute(&job, &inputs, trusted).await
         };
         let outcome = tokio::select! {
