@@ -293,6 +293,8 @@ pub fn job_json(job: &Job) -> serde_json::Value {
     let progress = job.progress.clone().unwrap_or_default();
     serde_json::json!({
         "job_id": job.id,
+        "tenant": job.tenant,
+        "priority": render::priority_label(job),
         "state": job.state().label(),
         "error": job.error,
         "percent": progress.percent,

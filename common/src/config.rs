@@ -53,6 +53,45 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for the gRPC servers and the clients that call them.
     pub tls: TlsConfig,
+    /// Who shares the fleet (`[tenants.NAME]`): each tenant's token, weight and quotas.
+    /// Empty: one tenant, `default`, whose token is `auth.client_token`.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// One tenant of a shared fleet.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// The bearer token its clients send (`FRAMEFLEET_TENANTS__NAME__TOKEN`).
+    pub token: String,
+    /// Its share of the fleet's slots against the other tenants' (1: equal).
+    pub weight: f64,
+    /// Most slots its chunks hold at once (0: no cap).
+    pub max_slots: u32,
+    /// Most of its jobs queued or running at once (0: only `limits.max_queued_jobs`).
+    pub max_queued_jobs: u32,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            token: String::new(),
+            weight: 1.0,
+            max_slots: 0,
+            max_queued_jobs: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for TenantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConfig")
+            .field("token", &"<redacted>")
+            .field("weight", &self.weight)
+            .field("max_slots", &self.max_slots)
+            .field("max_queued_jobs", &self.max_queued_jobs)
+            .finish()
+    }
 }
 
 /// Limits against absurd or hostile jobs: checked at submit (chunks, queue) and after the
@@ -114,6 +153,9 @@ pub struct AuthConfig {
     pub client_token: String,
     /// Token between the orchestrator and its workers, both ways.
     pub fleet_token: String,
+    /// Token of the fleet's operators: every tenant's jobs, listed, watched, cancelled
+    /// and costed (empty: none).
+    pub operator_token: String,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -122,6 +164,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("client_token", &shown(&self.client_token))
             .field("fleet_token", &shown(&self.fleet_token))
+            .field("operator_token", &shown(&self.operator_token))
             .finish()
     }
 }
@@ -513,6 +556,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -607,15 +651,47 @@ impl Config {
 
     /// Tokens and TLS files.
     fn validate_access(&self) -> Result<(), ConfigError> {
-        for (key, token) in [
-            ("auth.client_token", &self.auth.client_token),
-            ("auth.fleet_token", &self.auth.fleet_token),
-        ] {
+        let mut tokens = vec![
+            ("auth.client_token".to_string(), &self.auth.client_token),
+            ("auth.fleet_token".to_string(), &self.auth.fleet_token),
+            ("auth.operator_token".to_string(), &self.auth.operator_token),
+        ];
+        for (name, tenant) in &self.tenants {
+            let key = format!("tenants.{name}");
+            let named = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !named {
+                return invalid(&key, "needs a name of 1-64 letters, digits and . _ -");
+            }
+            if tenant.token.is_empty() {
+                return invalid(
+                    &format!("{key}.token"),
+                    "must be set: it is how the tenant is known",
+                );
+            }
+            if !(tenant.weight.is_finite() && tenant.weight > 0.0) {
+                return invalid(&format!("{key}.weight"), "must be a positive number");
+            }
+            tokens.push((format!("{key}.token"), &tenant.token));
+        }
+        for (index, (key, token)) in tokens.iter().enumerate() {
             let printable = token.bytes().all(|b| b.is_ascii_graphic());
             if !token.is_empty() && (token.len() < 16 || !printable) {
                 return invalid(
                     key,
                     "must be empty (no check) or at least 16 printable ASCII characters without spaces",
+                );
+            }
+            if let Some((other, _)) = tokens[..index]
+                .iter()
+                .find(|(_, earlier)| !token.is_empty() && earlier == token)
+            {
+                return invalid(
+                    key,
+                    &format!("is the same token as {other}; give each its own"),
                 );
             }
         }

@@ -5,15 +5,18 @@
 //! only the services it serves, and health checking.
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Routes;
+use tonic::service::{Interceptor, Routes};
 use tonic_reflection::server::{Builder, Error};
 
-use crate::auth::RequireToken;
 use crate::proto::FILE_DESCRIPTOR_SET;
 
 /// Both reflection services for a server serving `services` (fully qualified names, like
-/// `framefleet.v1.Orchestrator`), each behind `guard`.
-pub fn routes(services: &[&str], guard: RequireToken) -> Result<Routes, Error> {
+/// `framefleet.v1.Orchestrator`), each behind `guard` (the interceptor that checks the
+/// callers of those services).
+pub fn routes<G>(services: &[&str], guard: G) -> Result<Routes, Error>
+where
+    G: Interceptor + Clone + Send + Sync + 'static,
+{
     let builder = || {
         let builder = Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

@@ -24,6 +24,7 @@ use crate::jobs::io::JobIo;
 use crate::jobs::live::{KeyConflict, LiveJobs};
 use crate::jobs::record::JobRecord;
 use crate::jobs::store::{JobStore, JobStoreError, StoredJob};
+use crate::jobs::tenant::{Tenant, Tenants};
 use crate::jobs::validate::{self, InvalidSpec};
 use crate::metrics::{Gauges, OrchestratorMetrics};
 use crate::planning::history::{CostHistory, HistoryError};
@@ -45,7 +46,18 @@ pub enum SubmitError {
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down and accepts no new jobs")]
     ShuttingDown,
-    /// Too many jobs are waiting.
+    /// The tenant has as many jobs waiting as its quota.
+    #[error(
+        "tenant {tenant} already has {most} jobs queued or running, the most it may \
+             (tenants.{tenant}.max_queued_jobs); submit again when some have ended"
+    )]
+    TenantQueueFull {
+        /// The tenant.
+        tenant: String,
+        /// Its quota.
+        most: u32,
+    },
+    /// The orchestrator holds as many jobs as it takes.
     #[error("{0} jobs are already queued or running, the most this orchestrator takes (limits.max_queued_jobs); submit again when some have ended")]
     QueueFull(u32),
     /// The job could not be recorded, so it was not accepted.
@@ -89,6 +101,8 @@ pub struct Orchestrator {
     pub fleet: Arc<Fleet>,
     /// Jobs.
     pub jobs: LiveJobs,
+    /// The tenants sharing the fleet, from the configuration.
+    pub tenants: Tenants,
     /// Counters and gauges for the Prometheus endpoint.
     pub metrics: Arc<OrchestratorMetrics>,
     /// Wakes whoever waits for work to arrive (the autoscaler's `StreamIsActive`) when a
@@ -121,6 +135,7 @@ impl Orchestrator {
         .map(Path::new);
         let history = CostHistory::open(history_path, config.planner.history_samples)?;
         let config = Arc::new(config);
+        let tenants = Tenants::from_config(&config);
         let fleet = Fleet::new(
             Duration::from_secs_f64(config.orchestrator.lease_seconds),
             WorkerAccess {
@@ -149,6 +164,7 @@ impl Orchestrator {
             config,
             fleet,
             jobs: LiveJobs::default(),
+            tenants,
             metrics,
             arrivals: tokio::sync::Notify::new(),
             store,
@@ -191,6 +207,7 @@ impl Orchestrator {
             request,
             stored.snapshot,
             stored.report,
+            &self.tenants,
         ));
         self.jobs.restore(&stored.idempotency_key, record.clone());
         if record.state().is_terminal() {
@@ -209,36 +226,32 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Validates and accepts a job (or returns the one its idempotency key names) and
-    /// starts it. A new job is in the job store before this returns.
+    /// Validates and accepts a job of `tenant`'s (or returns the one its idempotency key
+    /// names among that tenant's) and starts it. A new job is in the job store before this
+    /// returns.
     pub async fn submit(
         &self,
         idempotency_key: &str,
         spec: JobSpec,
+        tenant: Arc<Tenant>,
     ) -> Result<(Arc<JobRecord>, bool), SubmitError> {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
         validate::idempotency_key(idempotency_key)?;
         let request = validate::check(spec, &self.config)?;
+        let key = scoped_key(&tenant, idempotency_key);
         let _one_at_a_time = self.submissions.lock().await;
-        let most = self.config.limits.max_queued_jobs;
-        let open = self
-            .jobs
-            .list()
-            .iter()
-            .filter(|j| !j.state().is_terminal())
-            .count();
-        let repeated = !idempotency_key.is_empty() && self.jobs.by_key(idempotency_key).is_some();
-        if open >= most as usize && !repeated {
-            return Err(SubmitError::QueueFull(most));
+        let repeated = !key.is_empty() && self.jobs.by_key(&key).is_some();
+        if !repeated {
+            self.check_quotas(&tenant)?;
         }
-        let (job, created) = self.jobs.create(idempotency_key, request)?;
+        let (job, created) = self.jobs.create(&key, request, tenant)?;
         if created {
             let stored = StoredJob {
                 id: job.id.clone(),
                 seq: job.seq,
-                idempotency_key: idempotency_key.to_string(),
+                idempotency_key: key,
                 spec: job.request.spec.clone(),
                 snapshot: job.snapshot(),
                 report: None,
@@ -256,6 +269,29 @@ impl Orchestrator {
             self.arrivals.notify_waiters();
         }
         Ok((job, created))
+    }
+
+    /// Refuses a new job when the orchestrator (`limits.max_queued_jobs`) or `tenant`
+    /// (`tenants.NAME.max_queued_jobs`) has as many queued or running as it may.
+    fn check_quotas(&self, tenant: &Tenant) -> Result<(), SubmitError> {
+        let open: Vec<Arc<JobRecord>> = self
+            .jobs
+            .list()
+            .into_iter()
+            .filter(|j| !j.state().is_terminal())
+            .collect();
+        let most = self.config.limits.max_queued_jobs;
+        if open.len() >= most as usize {
+            return Err(SubmitError::QueueFull(most));
+        }
+        let theirs = open.iter().filter(|j| j.tenant.name == tenant.name).count();
+        if tenant.max_queued_jobs > 0 && theirs >= tenant.max_queued_jobs as usize {
+            return Err(SubmitError::TenantQueueFull {
+                tenant: tenant.name.to_string(),
+                most: tenant.max_queued_jobs,
+            });
+        }
+        Ok(())
     }
 
     /// Resolves once the orchestrator is shutting down.
@@ -357,6 +393,17 @@ impl Orchestrator {
             slots,
             busy_slots,
         }
+    }
+}
+
+/// An idempotency key scoped to its tenant, so tenants cannot reach (or learn of) each
+/// other's jobs through a key: tenant `default` keeps the bare key (as before tenants),
+/// others prefix theirs with their name and a space, which no key holds.
+fn scoped_key(tenant: &Tenant, key: &str) -> String {
+    if key.is_empty() || &*tenant.name == Tenant::DEFAULT {
+        key.to_string()
+    } else {
+        format!("{} {key}", tenant.name)
     }
 }
 

@@ -41,7 +41,10 @@ async fn store_unfinished(config: Config, job: JobSpec) -> String {
     let orchestrator = Orchestrator::open(config, shutdown.clone())
         .await
         .expect("opens");
-    let (record, created) = orchestrator.submit("", job).await.expect("accepted");
+    let (record, created) = orchestrator
+        .submit("", job, orchestrator.tenants.default_tenant())
+        .await
+        .expect("accepted");
     assert!(created);
     shutdown.cancel();
     orchestrator.drain().await;

@@ -329,7 +329,12 @@ mod tests {
                 ..JobSpec::default()
             };
             let valid = crate::jobs::validate::check(spec, &Config::default()).expect("valid job");
-            JobRecord::new("job".into(), 0, valid)
+            JobRecord::new(
+                "job".into(),
+                0,
+                valid,
+                crate::jobs::tenant::Tenant::default_tenant(),
+            )
         };
         let nvenc_pool = ScaledTarget {
             gpu_type: Some("L4".into()),

@@ -13,6 +13,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use framefleet_common::auth::{self, RequireToken};
+
+use crate::api::callers::Callers;
 use framefleet_common::config::Config;
 use framefleet_common::proto::externalscaler::external_scaler_server::ExternalScalerServer;
 use framefleet_common::proto::fleet_server::FleetServer;
@@ -108,7 +110,7 @@ pub async fn serve_on(
         }
     };
     let config = orchestrator.config.clone();
-    let clients = RequireToken::new(&config.auth.client_token, "auth.client_token");
+    let clients = Callers::from_config(&config, &orchestrator.tenants);
     let workers = RequireToken::new(&config.auth.fleet_token, "auth.fleet_token");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = auth::server_tls(&config.tls)? {

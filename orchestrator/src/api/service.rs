@@ -16,6 +16,7 @@ use framefleet_common::proto::{
     SubmitJobResponse, SummarizeCostsRequest, SummarizeCostsResponse, WatchJobRequest,
 };
 
+use crate::api::callers::Caller;
 use crate::jobs::live::SummaryFilter;
 use crate::jobs::record::JobRecord;
 use crate::jobs::validate::MAX_JOB_ID_BYTES;
@@ -59,7 +60,9 @@ impl OrchestratorService {
         Self { orchestrator }
     }
 
-    fn job(&self, id: &str) -> Result<Arc<JobRecord>, Status> {
+    /// Job `id`, when `caller` may see it (another tenant's job is not found, as if it did
+    /// not exist).
+    fn job(&self, caller: &Caller, id: &str) -> Result<Arc<JobRecord>, Status> {
         if id.len() > MAX_JOB_ID_BYTES {
             return Err(Status::invalid_argument(format!(
                 "a job id of {} bytes names no job (ids have at most {MAX_JOB_ID_BYTES}); list \
@@ -67,7 +70,12 @@ impl OrchestratorService {
                 id.len()
             )));
         }
-        self.orchestrator.jobs.get(id).ok_or_else(|| {
+        let job = self
+            .orchestrator
+            .jobs
+            .get(id)
+            .filter(|job| caller.may_see(&job.tenant.name));
+        job.ok_or_else(|| {
             Status::not_found(format!(
                 "no job with id `{}`; list jobs to see the ids",
                 printable(id)
@@ -82,13 +90,14 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let spec = request
             .spec
             .ok_or_else(|| Status::invalid_argument("the request has no job spec"))?;
         let (job, created) = self
             .orchestrator
-            .submit(&request.idempotency_key, spec)
+            .submit(&request.idempotency_key, spec, caller.tenant().clone())
             .await
             .map_err(|e| match e {
                 SubmitError::Invalid(e) => Status::invalid_argument(e.to_string()),
@@ -96,7 +105,9 @@ impl OrchestratorApi for OrchestratorService {
                 SubmitError::ShuttingDown | SubmitError::Store(_) => {
                     Status::unavailable(e.to_string())
                 }
-                SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+                SubmitError::QueueFull(_) | SubmitError::TenantQueueFull { .. } => {
+                    Status::resource_exhausted(e.to_string())
+                }
             })
             .map_err(bounded_status)?;
         Ok(Response::new(SubmitJobResponse {
@@ -106,8 +117,9 @@ impl OrchestratorApi for OrchestratorService {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            self.job(&request.into_inner().job_id)?.snapshot(),
+            self.job(&caller, &request.into_inner().job_id)?.snapshot(),
         ))
     }
 
@@ -117,7 +129,8 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let job = self.job(&request.into_inner().job_id)?;
+        let caller = Caller::of(&request)?;
+        let job = self.job(&caller, &request.into_inner().job_id)?;
         let (updates, stream) = mpsc::channel(16);
         let mut changes = job.subscribe();
         tokio::spawn(async move {
@@ -140,7 +153,8 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        let job = self.job(&request.into_inner().job_id)?;
+        let caller = Caller::of(&request)?;
+        let job = self.job(&caller, &request.into_inner().job_id)?;
         self.orchestrator.cancel(&job).await.map_err(|e| {
             bounded_status(Status::unavailable(format!(
                 "the cancel was not recorded: {e}"
@@ -153,6 +167,7 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let wanted = request.state;
         let size = match request.page_size {
@@ -164,7 +179,8 @@ impl OrchestratorApi for OrchestratorService {
             self.orchestrator
                 .jobs
                 .page(after, size as usize, MAX_PAGE_BYTES, |job| {
-                    wanted == JobState::Unspecified as i32 || job.state == wanted
+                    (wanted == JobState::Unspecified as i32 || job.state == wanted)
+                        && caller.may_see(&job.tenant)
                 });
         Ok(Response::new(ListJobsResponse {
             jobs,
@@ -178,7 +194,8 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<GetCostReportRequest>,
     ) -> Result<Response<GetCostReportResponse>, Status> {
-        let job = self.job(&request.into_inner().job_id)?;
+        let caller = Caller::of(&request)?;
+        let job = self.job(&caller, &request.into_inner().job_id)?;
         let report = job.report().ok_or_else(|| {
             Status::failed_precondition(format!(
                 "job {} is {}; its cost report is written when it ends",
@@ -197,6 +214,7 @@ impl OrchestratorApi for OrchestratorService {
         &self,
         request: Request<SummarizeCostsRequest>,
     ) -> Result<Response<SummarizeCostsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let bounds = [request.ended_after, request.ended_before];
         if bounds.iter().any(|t| !t.is_finite() || *t < 0.0) {
@@ -208,6 +226,10 @@ impl OrchestratorApi for OrchestratorService {
             ended_after: request.ended_after,
             ended_before: request.ended_before,
             labels: request.labels,
+            tenant: match &caller {
+                Caller::Tenant(tenant) => Some(tenant.name.to_string()),
+                Caller::Operator(_) => None,
+            },
         });
         Ok(Response::new(SummarizeCostsResponse {
             json: summary.to_json(),

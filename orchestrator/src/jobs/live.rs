@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::jobs::record::JobRecord;
+use crate::jobs::tenant::Tenant;
 use crate::jobs::validate::ValidJob;
 use framefleet_common::cost::CostSummary;
 use framefleet_common::proto::Job;
@@ -47,12 +48,14 @@ impl LiveJobs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates a job for `request`, or returns the one an earlier submission with the same
-    /// non-empty `key` created. The flag is true when the job is new.
+    /// Creates a job of `tenant`'s for `request`, or returns the one an earlier submission
+    /// with the same non-empty `key` created (keys are the caller's to scope by tenant).
+    /// The flag is true when the job is new.
     pub fn create(
         &self,
         key: &str,
         request: ValidJob,
+        tenant: Arc<Tenant>,
     ) -> Result<(Arc<JobRecord>, bool), KeyConflict> {
         let mut state = self.lock();
         if !key.is_empty() {
@@ -69,7 +72,7 @@ impl LiveJobs {
         let seq = state.next_seq;
         state.next_seq += 1;
         let id = format!("job-{}", uuid::Uuid::new_v4().simple());
-        let job = Arc::new(JobRecord::new(id.clone(), seq, request));
+        let job = Arc::new(JobRecord::new(id.clone(), seq, request, tenant));
         state.jobs.insert(id.clone(), job.clone());
         state.order.push(id.clone());
         if !key.is_empty() {
@@ -158,12 +161,18 @@ pub struct SummaryFilter {
     pub ended_before: f64,
     /// Labels the job must carry, each with this value.
     pub labels: HashMap<String, String>,
+    /// The tenant whose jobs count (`None`: every tenant's).
+    pub tenant: Option<String>,
 }
 
 impl SummaryFilter {
     fn admits(&self, job: &JobRecord, ended_at: f64) -> bool {
         ended_at >= self.ended_after
             && (self.ended_before <= 0.0 || ended_at < self.ended_before)
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| *job.tenant.name == *t)
             && self
                 .labels
                 .iter()
@@ -205,17 +214,23 @@ mod tests {
     #[test]
     fn idempotency_keys_map_to_one_job() {
         let store = LiveJobs::default();
-        let (first, created) = store.create("k1", spec("file:///a")).expect("new");
+        let (first, created) = store
+            .create("k1", spec("file:///a"), Tenant::default_tenant())
+            .expect("new");
         assert!(created);
-        let (again, created) = store.create("k1", spec("file:///a")).expect("same");
+        let (again, created) = store
+            .create("k1", spec("file:///a"), Tenant::default_tenant())
+            .expect("same");
         assert!(!created);
         assert_eq!(first.id, again.id);
         let conflict = store
-            .create("k1", spec("file:///b"))
+            .create("k1", spec("file:///b"), Tenant::default_tenant())
             .err()
             .expect("conflict");
         assert!(conflict.to_string().contains(&first.id));
-        let (other, created) = store.create("", spec("file:///a")).expect("new");
+        let (other, created) = store
+            .create("", spec("file:///a"), Tenant::default_tenant())
+            .expect("new");
         assert!(created);
         assert_ne!(other.id, first.id);
         assert_eq!(store.list().len(), 2);

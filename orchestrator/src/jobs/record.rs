@@ -22,7 +22,7 @@ use framefleet_common::cost::CostReport;
 use framefleet_common::phases::PerPhase;
 use framefleet_common::proto::{ChunkProgress, Job, JobState, Phase, Plan, Progress};
 
-use crate::jobs::tenant::Tenant;
+use crate::jobs::tenant::{Tenant, Tenants};
 use crate::jobs::validate::ValidJob;
 
 /// Share of a chunk's work in `phase`.
@@ -92,8 +92,8 @@ enum ChunkStage {
 }
 
 impl JobRecord {
-    /// A new queued job.
-    pub fn new(id: String, seq: u64, request: ValidJob) -> Self {
+    /// A new queued job of `tenant`'s.
+    pub fn new(id: String, seq: u64, request: ValidJob, tenant: Arc<Tenant>) -> Self {
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -103,6 +103,7 @@ impl JobRecord {
             spec: Some(request.spec.clone()),
             state: JobState::Queued as i32,
             created_at,
+            tenant: tenant.name.to_string(),
             progress: Some(Progress {
                 phase: "queued".into(),
                 ..Progress::default()
@@ -113,7 +114,7 @@ impl JobRecord {
             id,
             seq,
             request,
-            tenant: Tenant::default_tenant(),
+            tenant,
             cancel: CancellationToken::new(),
             accepted: Instant::now(),
             state: watch::Sender::new(snapshot),
@@ -125,13 +126,19 @@ impl JobRecord {
 
     /// A job read back from the job store at start, from its last recorded `snapshot`: an
     /// ended one as it ended, with its `report`; any other queued again, to be resumed.
+    /// Its tenant is the snapshot's, with that tenant's share of today (`tenants`).
     pub fn restore(
         id: String,
         seq: u64,
         request: ValidJob,
         mut snapshot: Job,
         report: Option<CostReport>,
+        tenants: &Tenants,
     ) -> Self {
+        if snapshot.tenant.is_empty() {
+            snapshot.tenant = Tenant::DEFAULT.to_string();
+        }
+        let tenant = tenants.get(&snapshot.tenant);
         let terminal = snapshot.state().is_terminal();
         if !terminal {
             snapshot.set_state(JobState::Queued);
@@ -140,7 +147,7 @@ impl JobRecord {
             id,
             seq,
             request,
-            tenant: Tenant::default_tenant(),
+            tenant,
             cancel: CancellationToken::new(),
             accepted: Instant::now(),
             state: watch::Sender::new(snapshot),
@@ -501,7 +508,7 @@ mod tests {
             ..JobSpec::default()
         };
         let request = crate::jobs::validate::check(spec, &Default::default()).expect("valid");
-        let job = JobRecord::new("j".into(), 0, request);
+        let job = JobRecord::new("j".into(), 0, request, Tenant::default_tenant());
         job.set_plan(&plan(&[10, 10]));
         job.chunk_running(0, true);
         job.chunk_running(1, true);

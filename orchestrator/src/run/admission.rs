@@ -164,14 +164,13 @@ mod tests {
             ..JobSpec::default()
         };
         let request = crate::jobs::validate::check(spec, &Default::default()).expect("valid");
-        let mut record = JobRecord::new(format!("job-{seq}"), seq, request);
-        record.tenant = Arc::new(Tenant {
+        let tenant = Arc::new(Tenant {
             name: Arc::from(tenant),
             weight: 1.0,
             max_slots: 0,
             max_queued_jobs: 0,
         });
-        Arc::new(record)
+        Arc::new(JobRecord::new(format!("job-{seq}"), seq, request, tenant))
     }
 
     /// Queues `job` at `gate`; the task ends once the job may start, holding its place
