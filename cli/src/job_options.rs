@@ -109,6 +109,10 @@ pub struct JobOptions {
     /// How urgently its chunks take free slots on a shared fleet.
     #[arg(long, value_enum, default_value_t = PriorityOption::Normal)]
     pub priority: PriorityOption,
+    /// POST one signed JSON event to this URL when the job ends (see `notify` in the
+    /// orchestrator's configuration).
+    #[arg(long = "notify", value_name = "URL", default_value = "")]
+    pub notify_url: String,
 }
 
 /// Which frames an infer job runs on, as `--frames` says.
@@ -268,6 +272,7 @@ impl JobOptions {
             max_cost_usd: self.max_cost,
             frames: self.frame_selection()?,
             priority: self.priority.wire() as i32,
+            notify_url: self.notify_url.clone(),
         })
     }
 }

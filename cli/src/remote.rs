@@ -281,28 +281,11 @@ pub async fn workers(args: ListArgs) -> anyhow::Result<()> {
 
 fn print_job(job: &Job, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", job_json(job));
+        println!("{}", job.to_json());
     } else {
         println!("{}", render::job_line(job));
     }
     Ok(())
-}
-
-/// A job snapshot as JSON for scripts.
-pub fn job_json(job: &Job) -> serde_json::Value {
-    let progress = job.progress.clone().unwrap_or_default();
-    serde_json::json!({
-        "job_id": job.id,
-        "tenant": job.tenant,
-        "priority": render::priority_label(job),
-        "state": job.state().label(),
-        "error": job.error,
-        "percent": progress.percent,
-        "frames_done": progress.frames_done,
-        "frames_total": progress.frames_total,
-        "chunks": job.plan.as_ref().map(|p| p.chunks),
-        "rule": job.plan.as_ref().map(|p| p.rule.clone()),
-    })
 }
 
 fn finished(job: &Job, json: bool) -> anyhow::Result<()> {

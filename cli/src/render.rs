@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use framefleet_common::cost::{ChunkCost, CostReport, CostSummary};
-use framefleet_common::proto::{Job, PlanJobResponse, Priority, Progress, WorkerSummary};
+use framefleet_common::proto::{Job, PlanJobResponse, Progress, WorkerSummary};
 use framefleet_common::text::printable;
 
 /// Follows a job's `WatchJob` stream until the job ends, drawing its progress (on a
@@ -67,7 +67,7 @@ pub fn job_line(job: &Job) -> String {
         progress.frames_done,
         progress.frames_total
     );
-    let priority = priority_label(job);
+    let priority = job.spec.as_ref().map_or("normal", |s| s.priority().label());
     if priority != "normal" {
         let _ = write!(line, "  {priority}");
     }
@@ -81,15 +81,6 @@ pub fn job_line(job: &Job) -> String {
         let _ = write!(line, "\n  error: {}", printable(&job.error));
     }
     line
-}
-
-/// A job's priority as `--priority` spells it.
-pub fn priority_label(job: &Job) -> &'static str {
-    match job.spec.as_ref().map(|spec| spec.priority()) {
-        Some(Priority::Interactive) => "interactive",
-        Some(Priority::Batch) => "batch",
-        _ => "normal",
-    }
 }
 
 /// The cost report as a table: one row per chunk, then the totals.

@@ -56,6 +56,49 @@ pub struct Config {
     /// Who shares the fleet (`[tenants.NAME]`): each tenant's token, weight and quotas.
     /// Empty: one tenant, `default`, whose token is `auth.client_token`.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// The events POSTed to a job's `notify_url` when it ends.
+    pub notify: NotifyConfig,
+}
+
+/// Job notifications (webhooks).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// The key of each event's HMAC-SHA256 signature (`FRAMEFLEET_NOTIFY__SECRET`); jobs
+    /// asking for notifications are refused while it is empty.
+    pub secret: String,
+    /// How long an event that is not answered with a 2xx is tried again, with backoff.
+    pub retry_seconds: f64,
+    /// Hosts notification URLs may name (`host` or `host:port`); empty: any public host.
+    /// Private, loopback and metadata addresses are refused unless listed.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            retry_seconds: 86_400.0,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("retry_seconds", &self.retry_seconds)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
 }
 
 /// One tenant of a shared fleet.
@@ -557,6 +600,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             tenants: BTreeMap::new(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -694,6 +738,9 @@ impl Config {
                     &format!("is the same token as {other}; give each its own"),
                 );
             }
+        }
+        if !(self.notify.retry_seconds.is_finite() && self.notify.retry_seconds >= 0.0) {
+            return invalid("notify.retry_seconds", "must be 0 or more seconds");
         }
         if self.tls.cert_path.is_empty() != self.tls.key_path.is_empty() {
             return invalid(

@@ -99,3 +99,34 @@ impl Rational {
         }
     }
 }
+
+impl Priority {
+    /// The level as `--priority` spells it (unspecified: `normal`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+            Priority::Unspecified | Priority::Normal => "normal",
+        }
+    }
+}
+
+impl Job {
+    /// The job as JSON for scripts and notifications (`framefleet status --json`): id,
+    /// tenant, priority, state, error, progress, and the plan's chunk count and rule.
+    pub fn to_json(&self) -> serde_json::Value {
+        let progress = self.progress.clone().unwrap_or_default();
+        serde_json::json!({
+            "job_id": self.id,
+            "tenant": self.tenant,
+            "priority": self.spec.as_ref().map_or("normal", |s| s.priority().label()),
+            "state": self.state().label(),
+            "error": self.error,
+            "percent": progress.percent,
+            "frames_done": progress.frames_done,
+            "frames_total": progress.frames_total,
+            "chunks": self.plan.as_ref().map(|p| p.chunks),
+            "rule": self.plan.as_ref().map(|p| p.rule.clone()),
+        })
+    }
+}

@@ -14,14 +14,15 @@
 //! - [`dispatch`]: one chunk to acceptance or its final failure: attempts, retries, backup
 //!   races against stragglers, acceptance, the encoder a run writes with.
 //! - [`stitch`]: the accepted chunks and the input's other streams into the output.
-//! - [`report`]: the job's cost report, built from its run logs.
+//! - [`report`]: the job's cost report, built from its run logs; [`notify`]: the signed
+//!   event POSTed to a job's `notify_url` when it ends, kept until delivered.
 //! - [`fleet`]: the workers: their registration, their slots and the queue of chunks
 //!   waiting for one (with the scheduling policy that orders it), and the views the planner
 //!   and the scaler take.
 //! - [`jobs`]: a job as the orchestrator holds it: its validation into the typed job every
 //!   stage reads, its record, the live set, the job store, the run log.
-//! - Below them all: [`patience`] (waiting out a storage outage), [`metrics`] (the
-//!   Prometheus counters) and [`args`] (the command line).
+//! - Below them all: [`metrics`] (the Prometheus counters) and [`args`] (the command line).
+//!   Waiting out a storage outage is `framefleet_common::storage::patience`.
 //!
 //! Each job is also one trace (spans `job` > `probe`, `chunk` > `attempt`, `stitch`),
 //! which the workers' spans join.
@@ -32,8 +33,8 @@ pub mod dispatch;
 pub mod fleet;
 pub mod jobs;
 pub mod metrics;
+pub mod notify;
 pub mod orchestrator;
-pub mod patience;
 pub mod planning;
 pub mod report;
 pub mod run;

@@ -27,6 +27,7 @@ use crate::jobs::store::{JobStore, JobStoreError, StoredJob};
 use crate::jobs::tenant::{Tenant, Tenants};
 use crate::jobs::validate::{self, InvalidSpec};
 use crate::metrics::{Gauges, OrchestratorMetrics};
+use crate::notify::Notifier;
 use crate::planning::history::{CostHistory, HistoryError};
 use crate::planning::planner::PlanError;
 use crate::planning::{self, JobPlan, Target};
@@ -155,6 +156,7 @@ impl Orchestrator {
                 config.limits.max_running_jobs,
                 Duration::from_secs_f64(config.dispatch.starvation_seconds),
             ),
+            notifier: Notifier::new(&config, store.clone(), shutdown.clone()),
             shutdown: shutdown.clone(),
             tasks: TaskTracker::new(),
             blocking: TaskTracker::new(),
@@ -176,6 +178,7 @@ impl Orchestrator {
         for job in stored {
             orchestrator.resume(job)?;
         }
+        orchestrator.runner.notifier.resume().await;
         Ok(orchestrator)
     }
 

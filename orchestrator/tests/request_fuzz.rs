@@ -209,6 +209,7 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
                 frames,
                 skip_unreadable_inputs: skip,
                 priority,
+                notify_url: String::new(),
             }
         },
     )

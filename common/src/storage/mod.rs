@@ -12,6 +12,7 @@
 
 mod access;
 mod local;
+pub mod patience;
 mod reader;
 mod s3;
 mod upload;

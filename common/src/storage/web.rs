@@ -34,25 +34,36 @@ use crate::config::StorageConfig;
 /// Redirects followed per request.
 const MAX_REDIRECTS: usize = 5;
 
-/// The hosts jobs' web inputs may name, as `storage.allowed_hosts` lists them.
+/// The hosts a URL may name, as a setting lists them (`storage.allowed_hosts` for web
+/// inputs, `notify.allowed_hosts` for job notifications).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostPolicy {
     /// The entries as given, lower-case; empty allows any public host.
     allowed: Vec<String>,
     /// Each entry's host (brackets of an IPv6 address removed) and port, if it has one.
     entries: Vec<(String, Option<u16>)>,
+    /// The setting that lists them, named in refusals.
+    setting: &'static str,
 }
 
 impl HostPolicy {
-    /// The policy of `config`.
+    /// The policy of `config` for web inputs.
     pub fn new(config: &StorageConfig) -> Self {
-        let allowed: Vec<String> = config
-            .allowed_hosts
+        Self::listing(&config.allowed_hosts, "storage.allowed_hosts")
+    }
+
+    /// The policy of the hosts `setting` lists.
+    pub fn listing(hosts: &[String], setting: &'static str) -> Self {
+        let allowed: Vec<String> = hosts
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .collect();
         let entries = allowed.iter().map(|entry| split_entry(entry)).collect();
-        Self { allowed, entries }
+        Self {
+            allowed,
+            entries,
+            setting,
+        }
     }
 
     /// True when `host` is listed, with `port` or without a port (`None`: any port).
@@ -73,12 +84,13 @@ impl HostPolicy {
         }
         if !self.allowed.is_empty() {
             return Err(format!(
-                "host `{host}` is not in storage.allowed_hosts ({}); ask the operator to list it",
+                "host `{host}` is not in {} ({}); ask the operator to list it",
+                self.setting,
                 self.allowed.join(", ")
             ));
         }
         match bare(host).parse::<IpAddr>() {
-            Ok(address) if !is_public(address) => Err(refusal(host, address)),
+            Ok(address) if !is_public(address) => Err(refusal(host, address, self.setting)),
             _ => Ok(()),
         }
     }
@@ -102,10 +114,10 @@ fn split_entry(entry: &str) -> (String, Option<u16>) {
     }
 }
 
-fn refusal(host: &str, address: IpAddr) -> String {
+fn refusal(host: &str, address: IpAddr, setting: &str) -> String {
     format!(
         "host `{host}` is at {address}, a private, loopback, link-local or metadata address; \
-         framefleet reads such hosts only when storage.allowed_hosts lists them"
+         framefleet reaches such hosts only when {setting} lists them"
     )
 }
 
@@ -162,11 +174,36 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .filter(|a| is_public(a.ip()))
                 .collect();
             match (public.is_empty(), found.first()) {
-                (true, Some(first)) => Err(refusal(&host, first.ip()).into()),
+                (true, Some(first)) => Err(refusal(&host, first.ip(), policy.setting).into()),
                 _ => Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs),
             }
         })
     }
+}
+
+/// An HTTP client that reaches only the hosts `policy` allows: every name resolved by the
+/// guard, redirects (at most 5) checked again, no proxy from the environment.
+pub fn guarded_client(policy: &HostPolicy, connect: Duration, read: Duration) -> reqwest::Client {
+    let redirect_policy = policy.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        match redirect_policy.check(attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(reason) => attempt.error(format!("redirect refused: {reason}")),
+        }
+    });
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(redirects)
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
+        .connect_timeout(connect)
+        .read_timeout(read)
+        .build()
+        .unwrap_or_default()
 }
 
 /// What identifies one version of an object.
@@ -190,30 +227,11 @@ impl WebObjects {
     /// The client `config` describes.
     pub fn new(config: &StorageConfig) -> Self {
         let policy = HostPolicy::new(config);
-        let redirect_policy = policy.clone();
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-            }
-            match redirect_policy.check(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(reason) => attempt.error(format!("redirect refused: {reason}")),
-            }
-        });
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(redirects)
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
-            .connect_timeout(Duration::from_secs_f64(
-                config.connect_timeout_seconds.max(0.1),
-            ))
-            .read_timeout(Duration::from_secs_f64(
-                config.attempt_timeout_seconds.max(0.1),
-            ))
-            .build()
-            .unwrap_or_default();
+        let client = guarded_client(
+            &policy,
+            Duration::from_secs_f64(config.connect_timeout_seconds.max(0.1)),
+            Duration::from_secs_f64(config.attempt_timeout_seconds.max(0.1)),
+        );
         Self {
             client,
             policy,

@@ -20,7 +20,7 @@ use framefleet_common::storage::{ObjectUri, Storage, StorageError};
 
 use crate::jobs::accepted::AcceptedChunk;
 use crate::jobs::validate::JobTask;
-use crate::patience;
+use framefleet_common::storage::patience;
 
 /// What a chunk's objects must hold.
 #[derive(Debug, Clone, Copy)]

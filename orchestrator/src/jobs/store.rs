@@ -80,6 +80,20 @@ pub struct StoredJob {
     pub runs: u32,
 }
 
+/// An event about a job, kept until its receiver took it (a 2xx) or its retries ran out,
+/// so a restart goes on delivering it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    /// The event's id, the same on every try.
+    pub id: String,
+    /// Where it is POSTed.
+    pub url: String,
+    /// The JSON body.
+    pub body: String,
+    /// When it was made, Unix seconds (its retries end `notify.retry_seconds` after).
+    pub created: f64,
+}
+
 /// What a durable job store does. Every method returns only once the change is durable.
 pub trait JobStoreBackend: Send + Sync {
     /// Records a newly accepted job.
@@ -101,6 +115,12 @@ pub trait JobStoreBackend: Send + Sync {
     ) -> Result<(), JobStoreError>;
     /// Every job, in submission order.
     fn load(&self) -> Result<Vec<StoredJob>, JobStoreError>;
+    /// Keeps an event to deliver (replacing one of the same id).
+    fn save_event(&self, event: &PendingEvent) -> Result<(), JobStoreError>;
+    /// Forgets an event delivered or given up on.
+    fn forget_event(&self, id: &str) -> Result<(), JobStoreError>;
+    /// Every event still to deliver, oldest first.
+    fn pending_events(&self) -> Result<Vec<PendingEvent>, JobStoreError>;
     /// True when what is written outlives the process.
     fn is_durable(&self) -> bool;
 }
@@ -134,6 +154,12 @@ const SCHEMA: &str = "
         attempts INTEGER NOT NULL,
         wasted_gpu_seconds REAL NOT NULL,
         PRIMARY KEY (job_id, chunk_index)
+    );
+    CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created REAL NOT NULL
     );
 ";
 
@@ -382,6 +408,39 @@ impl JobStoreBackend for SqliteJobStore {
     fn is_durable(&self) -> bool {
         self.durable
     }
+
+    fn save_event(&self, event: &PendingEvent) -> Result<(), JobStoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO events (id, url, body, created) VALUES (?1, ?2, ?3, ?4)",
+                params![event.id, event.url, event.body, event.created],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn forget_event(&self, id: &str) -> Result<(), JobStoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM events WHERE id = ?1", params![id])
+                .map(|_| ())
+        })
+    }
+
+    fn pending_events(&self) -> Result<Vec<PendingEvent>, JobStoreError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT id, url, body, created FROM events ORDER BY created, id")?;
+            let rows = statement.query_map([], |row| {
+                Ok(PendingEvent {
+                    id: row.get(0)?,
+                    url: row.get(1)?,
+                    body: row.get(2)?,
+                    created: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
 }
 
 /// The job store as async code uses it: each operation runs on a blocking thread, and the
@@ -462,6 +521,22 @@ impl JobStore {
     /// See [`JobStoreBackend::load`].
     pub async fn load(&self) -> Result<Vec<StoredJob>, JobStoreError> {
         self.run(|s| s.load()).await
+    }
+
+    /// See [`JobStoreBackend::save_event`].
+    pub async fn save_event(&self, event: PendingEvent) -> Result<(), JobStoreError> {
+        self.run(move |s| s.save_event(&event)).await
+    }
+
+    /// See [`JobStoreBackend::forget_event`].
+    pub async fn forget_event(&self, id: &str) -> Result<(), JobStoreError> {
+        let id = id.to_string();
+        self.run(move |s| s.forget_event(&id)).await
+    }
+
+    /// See [`JobStoreBackend::pending_events`].
+    pub async fn pending_events(&self) -> Result<Vec<PendingEvent>, JobStoreError> {
+        self.run(|s| s.pending_events()).await
     }
 }
 

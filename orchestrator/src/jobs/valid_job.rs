@@ -181,6 +181,9 @@ pub struct ValidJob {
     pub frames: FrameChoice,
     /// How urgently its chunks take free slots.
     pub priority: Priority,
+    /// Where one signed event is POSTed when it ends (its host checked against
+    /// `notify.allowed_hosts`).
+    pub notify: Option<reqwest::Url>,
     /// How it is cut into chunks.
     pub chunking: Chunking,
     /// Values an infer job keeps per frame (0: every one).

@@ -9,6 +9,7 @@ use std::path::Path;
 use framefleet_common::codec::{EncoderRequest, UnknownEncoder};
 use framefleet_common::config::{Config, LimitsConfig};
 use framefleet_common::proto::{EncoderSettings, JobSpec, Task};
+use framefleet_common::storage::web::HostPolicy;
 use framefleet_common::storage::{AccessPolicy, ObjectUri, StorageError};
 use framefleet_common::text::{bounded, printable};
 
@@ -122,6 +123,11 @@ fn validate(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<Vali
     let frames = FrameChoice::check(spec.frames.as_ref()).map_err(InvalidSpec)?;
     let chunking = check_chunking(&spec, &processor.model, config, purpose)?;
     let priority = check_priority(&spec)?;
+    // An ended job sends nothing more: a setting changed since does not make it unreadable.
+    let notify = match purpose {
+        Purpose::Ended => check_notify(&spec, config).ok().flatten(),
+        Purpose::Run | Purpose::DryRun => check_notify(&spec, config)?,
+    };
     spec.processor = Some(processor.wire());
     spec.encoder = encoding.as_ref().map(|e| e.wire(None));
     Ok(ValidJob {
@@ -135,6 +141,7 @@ fn validate(mut spec: JobSpec, config: &Config, purpose: Purpose) -> Result<Vali
         encoding,
         frames,
         priority,
+        notify,
         chunking,
         scratch_root,
     })
@@ -454,6 +461,43 @@ fn check_chunk_count(chunks: u32, config: &Config) -> Result<(), InvalidSpec> {
         }
     }
     Ok(())
+}
+
+/// Longest notification URL.
+const MAX_NOTIFY_URL_BYTES: usize = 2048;
+
+/// A notification URL: `http(s)://`, at most 2 KiB, its host allowed by
+/// `notify.allowed_hosts`, and a `notify.secret` to sign with.
+fn check_notify(spec: &JobSpec, config: &Config) -> Result<Option<reqwest::Url>, InvalidSpec> {
+    let given = spec.notify_url.as_str();
+    if given.is_empty() {
+        return Ok(None);
+    }
+    if given.len() > MAX_NOTIFY_URL_BYTES {
+        return Err(InvalidSpec(format!(
+            "notify_url is {} bytes; at most {MAX_NOTIFY_URL_BYTES} are accepted",
+            given.len()
+        )));
+    }
+    let shown = printable(&bounded(given, 200)).to_string();
+    let url = reqwest::Url::parse(given)
+        .map_err(|e| InvalidSpec(format!("notify_url `{shown}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(InvalidSpec(format!(
+            "notify_url `{shown}` must be an http:// or https:// URL with a host"
+        )));
+    }
+    HostPolicy::listing(&config.notify.allowed_hosts, "notify.allowed_hosts")
+        .check(&url)
+        .map_err(|reason| InvalidSpec(format!("notify_url: {reason}")))?;
+    if config.notify.secret.is_empty() {
+        return Err(InvalidSpec(
+            "this orchestrator sends no notifications: notify.secret, which signs them, is not \
+             set; ask the operator to set it, or leave notify_url out"
+                .into(),
+        ));
+    }
+    Ok(Some(url))
 }
 
 /// A priority level this orchestrator knows (unspecified: normal).

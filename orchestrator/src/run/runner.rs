@@ -43,7 +43,7 @@ use crate::jobs::run_log::InputRun;
 use crate::jobs::store::{JobStore, JobStoreError};
 use crate::jobs::validate::{InvalidSpec, ValidJob};
 use crate::metrics::OrchestratorMetrics;
-use crate::patience;
+use crate::notify::Notifier;
 use crate::planning::history::CostHistory;
 use crate::planning::planner::PlanError;
 use crate::planning::samples::JobCosts;
@@ -52,6 +52,7 @@ use crate::report;
 use crate::run::admission::Admission;
 use crate::run::probe::{self, InputError};
 use crate::stitch::{self, carry, StitchError};
+use framefleet_common::storage::patience;
 
 /// Longest a shutdown waits for FFmpeg work on blocking threads (a probe, a chunk check, a
 /// stitch) to end.
@@ -132,6 +133,8 @@ pub struct JobRunner {
     pub history: CostHistory,
     /// Which queued job runs next, `limits.max_running_jobs` at once.
     pub admission: Arc<Admission>,
+    /// Sends the event of a job that asked for one when it ends.
+    pub notifier: Arc<Notifier>,
     /// Fires when the orchestrator stops.
     pub shutdown: CancellationToken,
     /// The jobs' tasks.
@@ -166,10 +169,12 @@ impl JobRunner {
     }
 
     /// Waits for every job's task to end (each stops, or stays in the store, on
-    /// shutdown) and for their blocking work.
+    /// shutdown), for their blocking work, and for the deliveries of their events to stop
+    /// (those not delivered stay in the store).
     pub async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        self.notifier.drain().await;
         self.blocking.close();
         if tokio::time::timeout(BLOCKING_DRAIN, self.blocking.wait())
             .await
@@ -236,6 +241,10 @@ impl JobRunner {
             .await;
         self.metrics.job_ended(state, report.totals().gpu_seconds);
         let ended = job.ending(state, error);
+        if let Some(url) = &job.request.notify {
+            let event = Notifier::event(&ended, Some(&report), url.as_str());
+            self.notifier.send(event).await;
+        }
         if let Err(error) = self
             .store
             .finish(&job.id, ended.clone(), Some(report.clone()))
