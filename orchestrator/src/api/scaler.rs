@@ -11,7 +11,9 @@
 //! type). With `encoders` (the FFmpeg encoders the scaled workers offer, comma-separated),
 //! only jobs those workers can encode count: a job waiting for `h264_nvenc` does not scale
 //! a pool of CPU workers, nor a libx264 job a pool kept for NVENC (a job asking for a codec
-//! counts for every pool with an encoder of it until its run chooses one). `StreamIsActive` pushes the change the moment the first job arrives, so a fleet
+//! counts for every pool with an encoder of it until its run chooses one). With `priority`
+//! (`interactive`, `normal` or `batch`), only jobs of that level count, so an interactive
+//! pool scales on interactive work alone. `StreamIsActive` pushes the change the moment the first job arrives, so a fleet
 //! at zero starts without waiting for KEDA's next poll.
 //!
 //! KEDA sends no bearer token: this service reveals only counts and is served without
@@ -35,6 +37,7 @@ use framefleet_common::proto::externalscaler::{
 
 use crate::fleet::FleetLoad;
 use crate::jobs::record::JobRecord;
+use crate::jobs::valid_job::Priority;
 use crate::orchestrator::Orchestrator;
 
 /// How often `StreamIsActive` looks again when nothing wakes it (jobs ending, chunks
@@ -51,6 +54,8 @@ pub struct ScaledTarget {
     pub slots_per_worker: u32,
     /// The encoders the scaled workers offer (`encoders`); empty: any.
     pub encoders: Vec<VideoEncoder>,
+    /// Only jobs of this priority (`priority`: interactive, normal or batch); `None`: all.
+    pub priority: Option<Priority>,
 }
 
 impl ScaledTarget {
@@ -80,17 +85,21 @@ impl ScaledTarget {
                 .filter(|t| !t.is_empty()),
             slots_per_worker,
             encoders: parse_encoders(reference)?,
+            priority: parse_priority(reference)?,
         })
     }
 
     /// Whether `job`'s chunks count for the scaled workers.
     fn counts_job(&self, job: &JobRecord) -> bool {
-        self.encoders.is_empty() || job.runs_on(&self.encoders)
+        (self.encoders.is_empty() || job.runs_on(&self.encoders))
+            && self.priority.is_none_or(|p| p == job.request.priority)
     }
 
-    /// Whether a chunk written with `encoder` (`None`: infer) counts for them.
-    fn counts_chunk(&self, encoder: Option<VideoEncoder>) -> bool {
-        self.encoders.is_empty() || encoder.is_none_or(|e| self.encoders.contains(&e))
+    /// Whether a chunk written with `encoder` (`None`: infer) of a job at `priority`
+    /// counts for them.
+    fn counts_chunk(&self, encoder: Option<VideoEncoder>, priority: Priority) -> bool {
+        (self.encoders.is_empty() || encoder.is_none_or(|e| self.encoders.contains(&e)))
+            && self.priority.is_none_or(|p| p == priority)
     }
 
     /// The metric's name: `framefleet-slots`, with the GPU type when there is one.
@@ -100,6 +109,28 @@ impl ScaledTarget {
             None => "framefleet-slots".to_string(),
         }
     }
+}
+
+/// The `priority` of a trigger's metadata: the one level whose jobs count.
+fn parse_priority(reference: &ScaledObjectRef) -> Result<Option<Priority>, Status> {
+    let Some(given) = reference.scaler_metadata.get("priority") else {
+        return Ok(None);
+    };
+    let given = given.trim();
+    if given.is_empty() {
+        return Ok(None);
+    }
+    Priority::ALL
+        .into_iter()
+        .find(|p| p.label() == given)
+        .map(Some)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "priority `{given}` in ScaledObject {}/{} is not a level; use interactive, \
+                 normal or batch (or leave it out to count every job)",
+                reference.namespace, reference.name
+            ))
+        })
 }
 
 /// The `encoders` of a trigger's metadata: FFmpeg names, comma-separated.
@@ -159,8 +190,8 @@ fn wanted_now(orchestrator: &Orchestrator, target: &ScaledTarget) -> u32 {
         .sum();
     let load = orchestrator
         .fleet
-        .load(target.gpu_type.as_deref(), |encoder| {
-            target.counts_chunk(encoder)
+        .load(target.gpu_type.as_deref(), |encoder, priority| {
+            target.counts_chunk(encoder, priority)
         });
     slots_wanted(jobs_want, load, target)
 }
@@ -340,6 +371,7 @@ mod tests {
             gpu_type: Some("L4".into()),
             slots_per_worker: 1,
             encoders: vec![VideoEncoder::H264Nvenc],
+            priority: None,
         };
         let named_nvenc = job("h264_nvenc", Task::Process);
         let named_x264 = job("libx264", Task::Process);
@@ -356,7 +388,41 @@ mod tests {
         h264.set_encoder(Some(VideoEncoder::Libx264));
         assert!(!nvenc_pool.counts_job(&h264), "the run chose x264");
         assert!(
-            nvenc_pool.counts_chunk(None) && !nvenc_pool.counts_chunk(Some(VideoEncoder::Libx264))
+            nvenc_pool.counts_chunk(None, Priority::Normal)
+                && !nvenc_pool.counts_chunk(Some(VideoEncoder::Libx264), Priority::Normal)
+        );
+    }
+
+    #[test]
+    fn an_interactive_pool_counts_interactive_work_alone() {
+        use framefleet_common::config::Config;
+        use framefleet_common::proto::{JobSpec, Priority as Wire};
+        let metadata = [("gpuType", "L4"), ("priority", "interactive")];
+        let pool = ScaledTarget::parse(&reference(&metadata), 1).expect("valid");
+        assert_eq!(pool.priority, Some(Priority::Interactive));
+        let job = |priority: Wire| {
+            let spec = JobSpec {
+                input_uri: "file:///tmp/in.mp4".into(),
+                output_uri: "file:///tmp/out.mp4".into(),
+                priority: priority as i32,
+                ..JobSpec::default()
+            };
+            let valid = crate::jobs::validate::check(spec, &Config::default()).expect("valid job");
+            JobRecord::new(
+                "job".into(),
+                0,
+                valid,
+                crate::jobs::tenant::Tenant::default_tenant(),
+            )
+        };
+        assert!(pool.counts_job(&job(Wire::Interactive)));
+        assert!(!pool.counts_job(&job(Wire::Batch)) && !pool.counts_job(&job(Wire::Unspecified)));
+        assert!(!pool.counts_chunk(None, Priority::Normal));
+        let error = ScaledTarget::parse(&reference(&[("priority", "urgent")]), 1)
+            .expect_err("an unknown level");
+        assert!(
+            error.message().contains("interactive, normal or batch"),
+            "{error:?}"
         );
     }
 
@@ -366,6 +432,7 @@ mod tests {
             gpu_type: Some("L4".into()),
             slots_per_worker: 2,
             encoders: Vec::new(),
+            priority: None,
         };
         let load = |here, elsewhere, workers| FleetLoad {
             busy_here: here,

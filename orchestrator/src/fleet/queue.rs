@@ -186,7 +186,7 @@ impl Fleet {
         let mut state = self.lock();
         state.queue.held(ticket, false);
         if let Some(entry) = state.workers.get_mut(id) {
-            entry.take_back(encoder);
+            entry.take_back(encoder, ticket.priority);
             if entry.draining && entry.busy() == 0 {
                 tracing::info!(worker = %entry.info.name, "worker drained and left the fleet");
                 state.workers.remove(id);
@@ -206,7 +206,10 @@ impl Fleet {
             let Some(entry) = workers.get_mut(&worker_id) else {
                 continue;
             };
-            *entry.busy_with.entry(waiter.encoder).or_default() += 1;
+            *entry
+                .busy_with
+                .entry((waiter.encoder, waiter.ticket.priority))
+                .or_default() += 1;
             queue.held(&waiter.ticket, true);
             let grant = SlotGrant {
                 worker: entry.info.clone(),
@@ -218,7 +221,7 @@ impl Fleet {
             if let Err(mut unsent) = waiter.grant.send(grant) {
                 // The waiter gave up; take the slot back without re-entering the lock.
                 unsent.armed = false;
-                entry.take_back(waiter.encoder);
+                entry.take_back(waiter.encoder, unsent.ticket.priority);
                 queue.held(&unsent.ticket, false);
             }
         }

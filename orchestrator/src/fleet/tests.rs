@@ -239,8 +239,8 @@ async fn the_load_elsewhere_counts_only_chunks_of_the_encoders_asked_about() {
         assert_eq!(grant.worker.name, "cpu");
         held.push(grant);
     }
-    let everything = |_: Option<VideoEncoder>| true;
-    let nvenc_only = |encoder: Option<VideoEncoder>| encoder == nvenc;
+    let everything = |_: Option<VideoEncoder>, _: Priority| true;
+    let nvenc_only = |encoder: Option<VideoEncoder>, _: Priority| encoder == nvenc;
     let from_l4 = fleet.load(Some("L4"), everything);
     assert_eq!(
         (

@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use framefleet_common::codec::{choose_encoder, EncoderRequest, VideoEncoder};
 
+use crate::jobs::valid_job::Priority;
+
 use super::worker::{host_of, Entry};
 use super::Fleet;
 
@@ -94,11 +96,11 @@ impl Fleet {
     }
 
     /// The chunks running on workers of `gpu_type` (every type when `None`), and those
-    /// elsewhere written with an encoder `counted` takes.
+    /// elsewhere that `counted` takes by their encoder and their job's priority.
     pub fn load(
         &self,
         gpu_type: Option<&str>,
-        counted: impl Fn(Option<VideoEncoder>) -> bool,
+        counted: impl Fn(Option<VideoEncoder>, Priority) -> bool,
     ) -> FleetLoad {
         let state = self.lock();
         let mut load = FleetLoad::default();
@@ -110,7 +112,7 @@ impl Fleet {
                 load.busy_elsewhere += entry
                     .busy_with
                     .iter()
-                    .filter(|(&encoder, _)| counted(encoder))
+                    .filter(|(&(encoder, priority), _)| counted(encoder, priority))
                     .map(|(_, &chunks)| chunks)
                     .sum::<u32>();
             }

@@ -17,6 +17,8 @@ use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
 use framefleet_common::proto::WorkerSummary;
 
+use crate::jobs::valid_job::Priority;
+
 /// A registered worker, as dispatch sees it.
 #[derive(Clone, Debug)]
 pub struct WorkerInfo {
@@ -76,7 +78,7 @@ pub struct WorkerAccess {
 pub(super) struct Entry {
     pub(super) info: WorkerInfo,
     /// The chunks it holds, by the encoder they are written with (`None`: infer).
-    pub(super) busy_with: HashMap<Option<VideoEncoder>, u32>,
+    pub(super) busy_with: HashMap<(Option<VideoEncoder>, Priority), u32>,
     pub(super) expires: Instant,
     /// Models it preloaded or has run a chunk of, so holds loaded.
     pub(super) models: HashSet<String>,
@@ -123,8 +125,8 @@ impl Entry {
     }
 
     /// Frees the slot of a chunk written with `encoder`.
-    pub(super) fn take_back(&mut self, encoder: Option<VideoEncoder>) {
-        if let Some(chunks) = self.busy_with.get_mut(&encoder) {
+    pub(super) fn take_back(&mut self, encoder: Option<VideoEncoder>, priority: Priority) {
+        if let Some(chunks) = self.busy_with.get_mut(&(encoder, priority)) {
             *chunks = chunks.saturating_sub(1);
         }
     }
