@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "PlanJobResponse",
         "ListWorkersResponse",
         "WorkerSummary",
+        "RunningChunk",
     ];
     let mut builder = tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)

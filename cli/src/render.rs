@@ -299,6 +299,16 @@ pub fn workers_table(workers: &[WorkerSummary]) -> String {
             worker.encoders.join(","),
             if worker.draining { "draining" } else { "ready" }
         );
+        for chunk in &worker.running {
+            let _ = writeln!(
+                out,
+                "    runs {} chunk {} (tenant {}, {})",
+                printable(&chunk.job_id),
+                chunk.chunk,
+                printable(&chunk.tenant),
+                printable(&chunk.priority)
+            );
+        }
     }
     let slots: u32 = workers
         .iter()
@@ -422,6 +432,19 @@ mod tests {
         assert!(rows[2].ends_with("draining"), "{table}");
         assert_eq!(rows[3], "2 workers, 2 of 3 slots busy");
         assert!(workers_table(&[]).contains("no worker registered"));
+        let mut running = worker("gpu-c", 1, false);
+        running.running = vec![framefleet_common::proto::RunningChunk {
+            job_id: "job-7".into(),
+            chunk: 3,
+            tenant: "studio".into(),
+            priority: "interactive".into(),
+        }];
+        let table = workers_table(&[running]);
+        assert_eq!(
+            table.lines().nth(2),
+            Some("    runs job-7 chunk 3 (tenant studio, interactive)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -176,6 +176,7 @@ async fn attempt_once(
     let range = work.expected.range;
     let ticket = Ticket {
         job: work.job.seq,
+        job_id: Arc::from(work.job.id.as_str()),
         tenant: work.job.tenant.clone(),
         priority: work.job.request.priority,
         frames: range.frame_count(),

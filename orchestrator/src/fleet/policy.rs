@@ -41,6 +41,8 @@ const CHUNKS_TRIED_PER_JOB: usize = 4;
 pub struct Ticket {
     /// The job's submission number.
     pub job: u64,
+    /// The job's id, as the fleet listing shows it.
+    pub job_id: Arc<str>,
     /// The job's tenant.
     pub tenant: Arc<Tenant>,
     /// The job's level.

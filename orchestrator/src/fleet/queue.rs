@@ -14,7 +14,7 @@ use framefleet_common::codec::VideoEncoder;
 use crate::jobs::valid_job::Priority;
 
 use super::policy::{pick_worker, Ticket};
-use super::worker::WorkerInfo;
+use super::worker::{Running, WorkerInfo};
 use super::{Fleet, State};
 
 /// How often a waiting chunk re-checks that some worker is registered at all.
@@ -64,8 +64,8 @@ pub(super) struct Waiter {
 pub struct SlotGrant {
     /// The worker holding the chunk.
     pub worker: WorkerInfo,
-    /// The encoder the chunk is written with (`None`: infer).
-    encoder: Option<VideoEncoder>,
+    /// Its number among the fleet's grants (its waiter's).
+    id: u64,
     ticket: Ticket,
     fleet: Arc<Fleet>,
     armed: bool,
@@ -74,8 +74,7 @@ pub struct SlotGrant {
 impl Drop for SlotGrant {
     fn drop(&mut self) {
         if self.armed {
-            self.fleet
-                .release(&self.worker.id, self.encoder, &self.ticket);
+            self.fleet.release(&self.worker.id, self.id, &self.ticket);
         }
     }
 }
@@ -176,17 +175,12 @@ impl Fleet {
         }
     }
 
-    /// A slot of worker `id` is handed back by a chunk of `ticket`'s.
-    pub(super) fn release(
-        self: &Arc<Self>,
-        id: &str,
-        encoder: Option<VideoEncoder>,
-        ticket: &Ticket,
-    ) {
+    /// A slot of worker `id` is handed back by grant `grant`, a chunk of `ticket`'s.
+    pub(super) fn release(self: &Arc<Self>, id: &str, grant: u64, ticket: &Ticket) {
         let mut state = self.lock();
         state.queue.held(ticket, false);
         if let Some(entry) = state.workers.get_mut(id) {
-            entry.take_back(encoder, ticket.priority);
+            entry.take_back(grant);
             if entry.draining && entry.busy() == 0 {
                 tracing::info!(worker = %entry.info.name, "worker drained and left the fleet");
                 state.workers.remove(id);
@@ -206,14 +200,15 @@ impl Fleet {
             let Some(entry) = workers.get_mut(&worker_id) else {
                 continue;
             };
-            *entry
-                .busy_with
-                .entry((waiter.encoder, waiter.ticket.priority))
-                .or_default() += 1;
+            let running = Running {
+                encoder: waiter.encoder,
+                ticket: waiter.ticket.clone(),
+            };
+            entry.running.insert(waiter.id, running);
             queue.held(&waiter.ticket, true);
             let grant = SlotGrant {
                 worker: entry.info.clone(),
-                encoder: waiter.encoder,
+                id: waiter.id,
                 ticket: waiter.ticket.clone(),
                 fleet: self.clone(),
                 armed: true,
@@ -221,7 +216,7 @@ impl Fleet {
             if let Err(mut unsent) = waiter.grant.send(grant) {
                 // The waiter gave up; take the slot back without re-entering the lock.
                 unsent.armed = false;
-                entry.take_back(waiter.encoder, unsent.ticket.priority);
+                entry.take_back(unsent.id);
                 queue.held(&unsent.ticket, false);
             }
         }

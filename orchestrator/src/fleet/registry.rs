@@ -59,7 +59,7 @@ impl Fleet {
             id.clone(),
             Entry {
                 info,
-                busy_with: HashMap::new(),
+                running: HashMap::new(),
                 expires: Instant::now() + self.lease,
                 models,
                 device,

@@ -32,6 +32,7 @@ fn registration(name: &str, slots: u32) -> Registration {
 fn priority(job: u64, frames: u64, index: u32) -> Ticket {
     Ticket {
         job,
+        job_id: Arc::from(format!("job-{job}").as_str()),
         tenant: Tenant::default_tenant(),
         priority: Priority::Normal,
         frames,
@@ -376,6 +377,7 @@ fn tenant(name: &str, weight: f64, max_slots: u32) -> Arc<Tenant> {
 fn chunk_of(job: u64, tenant: &Arc<Tenant>, priority: Priority, index: u32) -> Ticket {
     Ticket {
         job,
+        job_id: Arc::from(format!("job-{job}").as_str()),
         tenant: tenant.clone(),
         priority,
         frames: 100,
@@ -518,10 +520,29 @@ async fn slots_split_by_tenant_weight_and_a_capped_tenant_holds_no_one_up() {
     }
     until_queued(&fleet, 8).await;
     fleet.register(registration("a", 3)).expect("registers");
-    let state = fleet.lock();
+    {
+        let state = fleet.lock();
+        assert_eq!(
+            (state.queue.held_by("capped"), state.queue.held_by("other")),
+            (1, 2),
+            "the capped tenant stops at 1 and the rest go on"
+        );
+    }
+    let listed = &fleet.workers()[0];
+    let mut whose: Vec<(String, String)> = listed
+        .running
+        .iter()
+        .map(|c| (c.tenant.clone(), c.priority.clone()))
+        .collect();
+    whose.sort();
+    assert_eq!(listed.busy_slots, 3);
     assert_eq!(
-        (state.queue.held_by("capped"), state.queue.held_by("other")),
-        (1, 2),
-        "the capped tenant stops at 1 and the rest go on"
+        whose,
+        [
+            ("capped", "normal"),
+            ("other", "normal"),
+            ("other", "normal")
+        ]
+        .map(|(t, p)| (t.to_string(), p.to_string()))
     );
 }

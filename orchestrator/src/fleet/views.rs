@@ -109,12 +109,12 @@ impl Fleet {
                 load.busy_here += entry.busy();
                 load.busy_workers += u32::from(entry.busy() > 0 && !entry.draining);
             } else {
-                load.busy_elsewhere += entry
-                    .busy_with
-                    .iter()
-                    .filter(|(&(encoder, priority), _)| counted(encoder, priority))
-                    .map(|(_, &chunks)| chunks)
-                    .sum::<u32>();
+                let counted_here = entry
+                    .running
+                    .values()
+                    .filter(|chunk| counted(chunk.encoder, chunk.ticket.priority))
+                    .count();
+                load.busy_elsewhere += u32::try_from(counted_here).unwrap_or(u32::MAX);
             }
         }
         load

@@ -15,9 +15,9 @@ use framefleet_common::auth::AttachToken;
 use framefleet_common::codec::VideoEncoder;
 use framefleet_common::config::TlsConfig;
 use framefleet_common::proto::worker_client::WorkerClient;
-use framefleet_common::proto::WorkerSummary;
+use framefleet_common::proto::{RunningChunk, WorkerSummary};
 
-use crate::jobs::valid_job::Priority;
+use super::policy::Ticket;
 
 /// A registered worker, as dispatch sees it.
 #[derive(Clone, Debug)]
@@ -74,11 +74,32 @@ pub struct WorkerAccess {
     pub token: AttachToken,
 }
 
+/// A chunk holding one of a worker's slots.
+#[derive(Clone, Debug)]
+pub(super) struct Running {
+    /// The encoder it is written with (`None`: infer).
+    pub(super) encoder: Option<VideoEncoder>,
+    /// Whose it is and where it stood.
+    pub(super) ticket: Ticket,
+}
+
+impl Running {
+    /// The chunk as the fleet listing shows it.
+    fn summary(&self) -> RunningChunk {
+        RunningChunk {
+            job_id: self.ticket.job_id.to_string(),
+            chunk: self.ticket.index,
+            tenant: self.ticket.tenant.name.to_string(),
+            priority: self.ticket.priority.label().into(),
+        }
+    }
+}
+
 /// The fleet's record of one registered worker.
 pub(super) struct Entry {
     pub(super) info: WorkerInfo,
     /// The chunks it holds, by the encoder they are written with (`None`: infer).
-    pub(super) busy_with: HashMap<(Option<VideoEncoder>, Priority), u32>,
+    pub(super) running: HashMap<u64, Running>,
     pub(super) expires: Instant,
     /// Models it preloaded or has run a chunk of, so holds loaded.
     pub(super) models: HashSet<String>,
@@ -111,7 +132,15 @@ impl Entry {
             registered_seconds: now.duration_since(self.registered).as_secs_f64(),
             encoders: self.info.encoders.iter().map(|e| e.name().into()).collect(),
             decoders: self.decoders.clone(),
+            running: self.running_summary(),
         }
+    }
+
+    /// The chunks it runs, by job and chunk.
+    fn running_summary(&self) -> Vec<RunningChunk> {
+        let mut running: Vec<RunningChunk> = self.running.values().map(Running::summary).collect();
+        running.sort_by(|a, b| a.job_id.cmp(&b.job_id).then(a.chunk.cmp(&b.chunk)));
+        running
     }
 
     /// True when the worker can take chunks encoded with `encoder` (any, for `None`).
@@ -121,14 +150,12 @@ impl Entry {
 
     /// The chunks it holds.
     pub(super) fn busy(&self) -> u32 {
-        self.busy_with.values().sum()
+        u32::try_from(self.running.len()).unwrap_or(u32::MAX)
     }
 
-    /// Frees the slot of a chunk written with `encoder`.
-    pub(super) fn take_back(&mut self, encoder: Option<VideoEncoder>, priority: Priority) {
-        if let Some(chunks) = self.busy_with.get_mut(&(encoder, priority)) {
-            *chunks = chunks.saturating_sub(1);
-        }
+    /// Frees the slot of grant `grant`.
+    pub(super) fn take_back(&mut self, grant: u64) {
+        self.running.remove(&grant);
     }
 
     /// Slots a new chunk may take.
