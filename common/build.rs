@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Totals",
         "CostSummary",
         "GpuTypeUse",
+        "TenantUse",
         "PlanCandidate",
         "PredictionAccuracy",
         "PlanJobResponse",

@@ -72,6 +72,9 @@ pub struct CostsArgs {
     /// Only jobs with this label, `key=value`, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// One row per GPU type (`gpu`) or per tenant (`tenant`).
+    #[arg(long, value_enum, default_value_t = render::Grouping::Gpu)]
+    pub by: render::Grouping,
     /// The orchestrator to talk to.
     #[command(flatten)]
     pub connection: Connection,
@@ -235,7 +238,7 @@ pub async fn costs(args: CostsArgs) -> anyhow::Result<()> {
     if args.connection.json {
         println!("{}", summary.to_json());
     } else {
-        print!("{}", render::cost_summary_table(&summary));
+        print!("{}", render::cost_summary_table(&summary, args.by));
     }
     Ok(())
 }

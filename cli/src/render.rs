@@ -324,9 +324,19 @@ pub fn workers_table(workers: &[WorkerSummary]) -> String {
     out
 }
 
+/// How `framefleet costs` groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Grouping {
+    /// One row per GPU type.
+    #[default]
+    Gpu,
+    /// One row per tenant.
+    Tenant,
+}
+
 /// A cost summary as text: jobs by state, video, GPU time and money, then one row per GPU
-/// type.
-pub fn cost_summary_table(summary: &CostSummary) -> String {
+/// type or per tenant (`by`).
+pub fn cost_summary_table(summary: &CostSummary, by: Grouping) -> String {
     let mut out = String::new();
     let states: Vec<String> = summary
         .by_state
@@ -348,20 +358,21 @@ pub fn cost_summary_table(summary: &CostSummary) -> String {
         summary.cost_usd,
         summary.usd_per_video_minute
     );
+    let (head, count, rows) = use_rows(summary, by);
     let _ = writeln!(
         out,
-        "{:<12} {:>7} {:>10} {:>10} {:>12}",
-        "gpu", "chunks", "gpu-s", "wasted", "usd"
+        "{head:<12} {count:>7} {:>10} {:>10} {:>12}",
+        "gpu-s", "wasted", "usd"
     );
-    for (gpu, used) in &summary.by_gpu_type {
+    for row in rows {
         let _ = writeln!(
             out,
             "{:<12} {:>7} {:>10.2} {:>10.2} {:>12.6}",
-            truncate(gpu, 12),
-            used.chunks,
-            used.gpu_seconds,
-            used.wasted_gpu_seconds,
-            used.cost_usd
+            truncate(&printable(&row.name), 12),
+            row.count,
+            row.gpu_seconds,
+            row.wasted_gpu_seconds,
+            row.cost_usd
         );
     }
     if !summary.predictions.is_empty() {
@@ -380,6 +391,41 @@ pub fn cost_summary_table(summary: &CostSummary) -> String {
         }
     }
     out
+}
+
+/// One row of the cost summary's grouping.
+struct UseRow {
+    name: String,
+    count: u64,
+    gpu_seconds: f64,
+    wasted_gpu_seconds: f64,
+    cost_usd: f64,
+}
+
+/// The grouping's column heads (name, count) and rows.
+fn use_rows(summary: &CostSummary, by: Grouping) -> (&'static str, &'static str, Vec<UseRow>) {
+    match by {
+        Grouping::Gpu => {
+            let rows = summary.by_gpu_type.iter().map(|(gpu, used)| UseRow {
+                name: gpu.clone(),
+                count: used.chunks,
+                gpu_seconds: used.gpu_seconds,
+                wasted_gpu_seconds: used.wasted_gpu_seconds,
+                cost_usd: used.cost_usd,
+            });
+            ("gpu", "chunks", rows.collect())
+        }
+        Grouping::Tenant => {
+            let rows = summary.by_tenant.iter().map(|(tenant, used)| UseRow {
+                name: tenant.clone(),
+                count: used.jobs,
+                gpu_seconds: used.gpu_seconds,
+                wasted_gpu_seconds: used.wasted_gpu_seconds,
+                cost_usd: used.cost_usd,
+            });
+            ("tenant", "jobs", rows.collect())
+        }
+    }
 }
 
 fn truncate(text: &str, width: usize) -> String {

@@ -39,6 +39,7 @@ pub fn build(
         combine(parts, inputs, wall_seconds)
     };
     report.inputs = entries;
+    report.tenant = job.tenant.name.to_string();
     report
 }
 

@@ -24,6 +24,16 @@ impl CostSummary {
             let accuracy = self.predictions.entry(report.plan().kind).or_default();
             accuracy.add(outcome.wall_error.abs());
         }
+        let tenant = if report.tenant.is_empty() {
+            "default"
+        } else {
+            report.tenant.as_str()
+        };
+        let used = self.by_tenant.entry(tenant.to_string()).or_default();
+        used.jobs += 1;
+        used.gpu_seconds += totals.gpu_seconds;
+        used.wasted_gpu_seconds += totals.wasted_gpu_seconds;
+        used.cost_usd += totals.cost_usd;
         for chunk in &report.chunks {
             let used = self.by_gpu_type.entry(chunk.gpu_type.clone()).or_default();
             used.chunks += 1;
@@ -89,6 +99,26 @@ mod tests {
         };
         report.finalize(5.0, 0);
         report
+    }
+
+    #[test]
+    fn jobs_add_up_by_tenant() {
+        let mut summary = CostSummary::default();
+        let mut studio = report("SUCCEEDED", 60.0, &[("T4", 100.0, 0.0)]);
+        studio.tenant = "studio".into();
+        summary.add(&studio);
+        summary.add(&studio);
+        summary.add(&report("FAILED", 0.0, &[("T4", 10.0, 5.0)]));
+        let used = &summary.by_tenant["studio"];
+        assert_eq!(used.jobs, 2);
+        assert!((used.gpu_seconds - 200.0).abs() < 1e-9);
+        assert!((used.cost_usd - 0.2).abs() < 1e-9, "{used:?}");
+        let default = &summary.by_tenant["default"];
+        assert_eq!(
+            default.jobs, 1,
+            "a report without a tenant is the default's"
+        );
+        assert!((default.wasted_gpu_seconds - 5.0).abs() < 1e-9);
     }
 
     #[test]
