@@ -50,6 +50,14 @@ fn progress_line(job: &Job, progress: &Progress) -> String {
         progress.chunks_done,
         progress.chunks_total
     );
+    if progress.chunks_ahead > 0 && progress.phase == "waiting" {
+        let _ = write!(
+            line,
+            " waiting for a slot: {} chunk{} ahead",
+            progress.chunks_ahead,
+            if progress.chunks_ahead == 1 { "" } else { "s" }
+        );
+    }
     if progress.seconds_remaining > 0.0 {
         let _ = write!(line, " ~{:.0} s left", progress.seconds_remaining.ceil());
     }
@@ -446,6 +454,22 @@ fn bytes(count: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_job_shows_what_is_ahead_of_it() {
+        let job = Job::default();
+        let progress = Progress {
+            phase: "waiting".into(),
+            chunks_ahead: 7,
+            chunks_total: 2,
+            ..Progress::default()
+        };
+        let line = progress_line(&job, &progress);
+        assert!(
+            line.ends_with("waiting for a slot: 7 chunks ahead"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn the_workers_table_shows_each_worker_its_slots_and_whether_it_drains() {

@@ -145,6 +145,32 @@ impl Queue {
             .sum()
     }
 
+    /// What the queue, as it stands, serves before job `job`'s next waiting chunk: every
+    /// chunk of a more urgent level, and one turn of each job ahead of it at its own level
+    /// (tenants ahead of its tenant, then its tenant's jobs ahead of it). `None` when none
+    /// of its chunks waits.
+    pub(super) fn chunks_ahead(&self, job: u64) -> Option<usize> {
+        let (rank, tenant) = self.levels.iter().enumerate().find_map(|(rank, level)| {
+            let line = level.tenants.values().find(|t| t.jobs.contains_key(&job))?;
+            Some((rank, line))
+        })?;
+        let urgent: usize = self.levels[..rank]
+            .iter()
+            .flat_map(|level| level.tenants.values())
+            .flat_map(|line| line.jobs.values())
+            .map(|line| line.chunks.len())
+            .sum();
+        let level = &self.levels[rank];
+        let tenants_ahead: usize = level
+            .order
+            .range(..tenant.key.clone())
+            .map(|(_, _, name)| level.tenants[name].jobs.len())
+            .sum();
+        let own_key = tenant.jobs[&job].key;
+        let jobs_ahead = tenant.order.range(..own_key).count();
+        Some(urgent + tenants_ahead + jobs_ahead)
+    }
+
     /// Files a waiter in its place.
     pub(super) fn push(&mut self, waiter: Waiter) {
         let ticket = &waiter.ticket;

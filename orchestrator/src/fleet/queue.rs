@@ -98,6 +98,13 @@ impl Fleet {
         self.lock().queue.len()
     }
 
+    /// What the queue serves before the next waiting chunk of job number `job` (see the
+    /// policy); `None` when none of its chunks waits.
+    pub fn chunks_ahead(&self, job: u64) -> Option<u32> {
+        let ahead = self.lock().queue.chunks_ahead(job)?;
+        Some(u32::try_from(ahead).unwrap_or(u32::MAX))
+    }
+
     /// Chunks waiting for a slot at `priority`.
     pub fn waiting_at(&self, priority: Priority) -> usize {
         self.lock().queue.waiting_at(priority)

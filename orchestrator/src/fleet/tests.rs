@@ -456,6 +456,13 @@ async fn an_interactive_chunk_takes_the_next_slot_ahead_of_queued_batch_work() {
     until_queued(&fleet, 4).await;
     assert_eq!(fleet.waiting_at(Priority::Batch), 3);
     assert_eq!(fleet.waiting_at(Priority::Interactive), 1);
+    assert_eq!(
+        fleet.chunks_ahead(0),
+        Some(1),
+        "the interactive chunk goes first"
+    );
+    assert_eq!(fleet.chunks_ahead(1), Some(0));
+    assert_eq!(fleet.chunks_ahead(7), None, "no chunk of job 7 waits");
     drop(held);
     tokio::time::timeout(Duration::from_secs(5), interactive)
         .await

@@ -77,6 +77,11 @@ struct ProgressFold {
     /// The cost model's prediction for the plan, when it made one: (when the job was
     /// accepted, its whole wall time, its stitch).
     predicted: Option<(Instant, f64, f64)>,
+    /// Whether its chunks are encoded: then the time left follows the frames encoded,
+    /// which the slowest stage (model or encoder) sets, not the model's alone.
+    encodes: bool,
+    /// What the queue serves before this job's next waiting chunk.
+    chunks_ahead: u32,
 }
 
 /// Where a chunk stands between dispatch and acceptance.
@@ -211,6 +216,7 @@ impl JobRecord {
                 .predicted
                 .as_ref()
                 .map(|p| (self.accepted, p.wall_seconds, p.stitch_seconds));
+            fold.encodes = !self.request.is_infer();
         }
         self.state.send_modify(|job| {
             job.plan = Some(plan.clone());
@@ -255,6 +261,20 @@ impl JobRecord {
             } else {
                 ChunkStage::Waiting
             };
+            fold.progress(Instant::now())
+        };
+        self.publish_progress(progress);
+    }
+
+    /// How many chunks of other jobs the fleet's queue serves before this job's next
+    /// waiting chunk (0 when none waits).
+    pub fn set_chunks_ahead(&self, chunks: u32) {
+        let progress = {
+            let mut fold = self.lock_progress();
+            if fold.chunks_ahead == chunks || fold.stages.is_empty() {
+                return;
+            }
+            fold.chunks_ahead = chunks;
             fold.progress(Instant::now())
         };
         self.publish_progress(progress);
@@ -384,6 +404,7 @@ impl ProgressFold {
         let total: u64 = self.frames_per_chunk.iter().sum();
         let mut weighted = 0.0;
         let mut frames_done = 0;
+        let mut through = 0;
         let mut slowest: Option<(u8, &'static str)> = None;
         for ((frames, done), stage) in self
             .frames_per_chunk
@@ -398,7 +419,13 @@ impl ProgressFold {
                 })
                 .sum();
             weighted += fraction * *frames as f64;
-            frames_done += done.value_or(Phase::Process, 0).min(*frames);
+            let modelled = done.value_or(Phase::Process, 0).min(*frames);
+            frames_done += modelled;
+            through += if self.encodes {
+                modelled.min(done.value_or(Phase::Encode, 0))
+            } else {
+                modelled
+            };
             if let Some(current) = current_phase(*stage, done, *frames) {
                 slowest = Some(slowest.map_or(current, |s| s.min(current)));
             }
@@ -416,12 +443,18 @@ impl ProgressFold {
                 .filter(|&&s| s == ChunkStage::Done)
                 .count() as u32,
             chunks_total: self.frames_per_chunk.len() as u32,
-            seconds_remaining: self.seconds_remaining(now, frames_done, total),
+            seconds_remaining: self.seconds_remaining(now, through, total),
+            chunks_ahead: if self.stages.contains(&ChunkStage::Waiting) {
+                self.chunks_ahead
+            } else {
+                0
+            },
         }
     }
 
-    /// Seconds until the job is done: the model's frames left at the rate measured since
-    /// its first frame of the job, plus the predicted stitch. Until that rate spans
+    /// Seconds until the job is done: the frames left at the rate measured since its
+    /// first frame through the pipeline (encoded, for a video job; through the model for
+    /// an infer job), plus the predicted stitch. Until that rate spans
     /// [`MIN_RATE_SECONDS`], the predicted wall time less the time run (0 without one).
     fn seconds_remaining(&mut self, now: Instant, frames_done: u64, total: u64) -> f64 {
         let (stitch, predicted_left) = match self.predicted {
@@ -581,6 +614,54 @@ mod tests {
         assert_eq!(fold.progress(at(40)).phase, "encode");
         fold.stages = vec![ChunkStage::Done; 2];
         assert_eq!(fold.progress(at(41)).phase, "stitch");
+    }
+
+    #[test]
+    fn the_time_left_of_a_video_job_follows_the_encoder_when_it_is_slower() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + std::time::Duration::from_secs(seconds);
+        let mut fold = ProgressFold {
+            frames_per_chunk: vec![250],
+            done: vec![PerPhase::default()],
+            stages: vec![ChunkStage::Running],
+            encodes: true,
+            ..ProgressFold::default()
+        };
+        let mut report = |process: u64, encode: u64, seconds: u64| {
+            *fold.done[0].get_mut(Phase::Process).expect("phase") = process;
+            *fold.done[0].get_mut(Phase::Encode).expect("phase") = encode;
+            fold.progress(at(seconds))
+        };
+        report(40, 10, 10);
+        // The model raced ahead (160 of 250 frames) while 20 more frames were encoded in
+        // 10 s: 2 frames/s through the pipeline, 220 frames to go.
+        let now = report(160, 30, 20);
+        assert!(
+            (now.seconds_remaining - 110.0).abs() < 1e-9,
+            "the encoder's rate, not the model's: {now:?}"
+        );
+        assert_eq!(
+            now.frames_done, 160,
+            "the bar still counts the model's frames"
+        );
+    }
+
+    #[test]
+    fn a_waiting_job_says_what_the_queue_serves_first() {
+        let mut fold = ProgressFold {
+            frames_per_chunk: vec![10, 10],
+            done: vec![PerPhase::default(); 2],
+            stages: vec![ChunkStage::Running, ChunkStage::Waiting],
+            chunks_ahead: 7,
+            ..ProgressFold::default()
+        };
+        assert_eq!(fold.progress(Instant::now()).chunks_ahead, 7);
+        fold.stages[1] = ChunkStage::Running;
+        assert_eq!(
+            fold.progress(Instant::now()).chunks_ahead,
+            0,
+            "nothing is ahead once no chunk waits"
+        );
     }
 
     #[test]

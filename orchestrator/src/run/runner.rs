@@ -62,6 +62,9 @@ const BLOCKING_DRAIN: Duration = Duration::from_secs(30);
 /// worker was finishing an upload as it was told to stop.
 const CLEANUP_GRACE: Duration = Duration::from_millis(1500);
 
+/// How often a running job's progress learns what is ahead of it in the fleet's queue.
+const QUEUE_CHECK: Duration = Duration::from_secs(1);
+
 /// Inputs of one job probed at once.
 const PROBES_AT_ONCE: usize = 4;
 
@@ -207,7 +210,10 @@ impl JobRunner {
         let run = async {
             // Queued until its turn among `limits.max_running_jobs`.
             let _admitted = self.admission.enter(&job).await;
-            self.execute(&job, &inputs, trusted).await
+            tokio::select! {
+                result = self.execute(&job, &inputs, trusted) => result,
+                never = self.follow_queue(&job) => match never {},
+            }
         };
         let outcome = tokio::select! {
             result = run => result,
@@ -219,6 +225,17 @@ impl JobRunner {
             return;
         }
         self.end_job(&job, &inputs, outcome).await;
+    }
+
+    /// Keeps `job`'s progress saying what the fleet's queue serves before its next waiting
+    /// chunk, once a second, for as long as it runs.
+    async fn follow_queue(&self, job: &JobRecord) -> std::convert::Infallible {
+        let mut every = tokio::time::interval(QUEUE_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            job.set_chunks_ahead(self.fleet.chunks_ahead(job.seq).unwrap_or(0));
+        }
     }
 
     /// Ends `job` with `outcome`: its scratch cleaned up, its report built, its costs
