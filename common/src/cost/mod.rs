@@ -47,9 +47,17 @@ impl CostReport {
         let orchestrator = self.orchestrator.unwrap_or_default();
         let input_bytes_read =
             chunks.iter().map(|c| c.bytes_read).sum::<u64>() + orchestrator.input_bytes_read;
-        let sequential: f64 = chunks.iter().map(|c| c.wall_seconds).sum::<f64>()
-            + orchestrator.probe_seconds
-            + orchestrator.stitch_seconds;
+        let predicted_one_chunk = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.candidates.iter().find(|c| c.chunks == 1))
+            .map(|one| one.wall_seconds)
+            .filter(|&seconds| seconds > 0.0);
+        let sequential = predicted_one_chunk.unwrap_or_else(|| {
+            chunks.iter().map(|c| c.wall_seconds).sum::<f64>()
+                + orchestrator.probe_seconds
+                + orchestrator.stitch_seconds
+        });
         self.totals = Some(Totals {
             frames: chunks.iter().map(|c| c.frames).sum(),
             attempts: chunks.iter().map(|c| c.attempts).sum(),
@@ -195,7 +203,27 @@ mod tests {
         assert!((totals.cost_usd - expected).abs() < 1e-12);
         assert_eq!(totals.bytes_read, 207);
         assert_eq!(totals.bytes_written, 103);
-        assert!((totals.speedup - 2.0).abs() < 1e-9);
+        assert!((totals.speedup - 2.0).abs() < 1e-9, "no plan: the chunks end to end");
+        // With the plan's cost model, one chunk's predicted wall time (workers sharing a
+        // machine run each chunk slower than one would alone, so their sum overstates it).
+        report.plan = Some(PlanSummary {
+            candidates: vec![
+                PlanCandidate {
+                    chunks: 1,
+                    wall_seconds: 11.0,
+                    ..PlanCandidate::default()
+                },
+                PlanCandidate {
+                    chunks: 2,
+                    wall_seconds: 10.5,
+                    ..PlanCandidate::default()
+                },
+            ],
+            ..PlanSummary::default()
+        });
+        report.finalize(10.0, 410);
+        assert!((report.totals().speedup - 1.1).abs() < 1e-9);
+        assert!((report.totals().sequential_estimate_seconds - 11.0).abs() < 1e-9);
         assert_eq!(totals.input_bytes_read, 205);
         assert_eq!(totals.read_amplification, 0.5);
         assert_eq!(totals.requests, 10);
