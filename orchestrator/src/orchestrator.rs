@@ -19,7 +19,7 @@ use framefleet_common::storage::Storage;
 use framefleet_common::telemetry::metrics::MetricsSource;
 
 use crate::fleet::registration::{RegisterError, RegistrationPolicy};
-use crate::fleet::{Fleet, WorkerAccess};
+use crate::fleet::{Fleet, FleetOffer, WorkerAccess};
 use crate::jobs::io::JobIo;
 use crate::jobs::live::{KeyConflict, LiveJobs};
 use crate::jobs::record::JobRecord;
@@ -357,8 +357,12 @@ impl Orchestrator {
         let plan = planning::plan_job(
             &self.config,
             &self.runner.history,
-            self.fleet
-                .offer(&request.processor.model, request.encoder()),
+            FleetOffer {
+                fair_slots: self.fleet.fair_slots(request.priority),
+                ..self
+                    .fleet
+                    .offer(&request.processor.model, request.encoder())
+            },
             target,
             &request,
             &info.video,

@@ -203,7 +203,10 @@ mod tests {
         assert!((totals.cost_usd - expected).abs() < 1e-12);
         assert_eq!(totals.bytes_read, 207);
         assert_eq!(totals.bytes_written, 103);
-        assert!((totals.speedup - 2.0).abs() < 1e-9, "no plan: the chunks end to end");
+        assert!(
+            (totals.speedup - 2.0).abs() < 1e-9,
+            "no plan: the chunks end to end"
+        );
         // With the plan's cost model, one chunk's predicted wall time (workers sharing a
         // machine run each chunk slower than one would alone, so their sum overstates it).
         report.plan = Some(PlanSummary {

@@ -171,6 +171,21 @@ impl Queue {
         Some(urgent + tenants_ahead + jobs_ahead)
     }
 
+    /// Jobs a new job at level `rank` shares the slots with: those holding slots now, and
+    /// those with chunks waiting at its level or a more urgent one.
+    pub(super) fn competing_jobs(&self, rank: usize) -> usize {
+        let mut jobs: std::collections::HashSet<u64> = self.held_by_job.keys().copied().collect();
+        for level in &self.levels[..=rank.min(self.levels.len() - 1)] {
+            jobs.extend(
+                level
+                    .tenants
+                    .values()
+                    .flat_map(|line| line.jobs.keys().copied()),
+            );
+        }
+        jobs.len()
+    }
+
     /// Files a waiter in its place.
     pub(super) fn push(&mut self, waiter: Waiter) {
         let ticket = &waiter.ticket;

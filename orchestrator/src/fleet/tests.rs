@@ -463,6 +463,9 @@ async fn an_interactive_chunk_takes_the_next_slot_ahead_of_queued_batch_work() {
     );
     assert_eq!(fleet.chunks_ahead(1), Some(0));
     assert_eq!(fleet.chunks_ahead(7), None, "no chunk of job 7 waits");
+    // A new interactive job shares the one slot with the interactive job waiting and the
+    // batch job holding it: a share of one, as small as a share gets.
+    assert_eq!(fleet.fair_slots(Priority::Interactive), 1);
     drop(held);
     tokio::time::timeout(Duration::from_secs(5), interactive)
         .await
@@ -508,6 +511,11 @@ async fn slots_split_by_tenant_weight_and_a_capped_tenant_holds_no_one_up() {
     }
     until_queued(&fleet, 16).await;
     fleet.register(registration("a", 8)).expect("registers");
+    assert_eq!(
+        fleet.fair_slots(Priority::Normal),
+        2,
+        "8 slots shared by two jobs and a third arriving"
+    );
     {
         let state = fleet.lock();
         assert_eq!(

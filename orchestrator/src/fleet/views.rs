@@ -26,6 +26,9 @@ pub struct FleetOffer {
     /// The encoder the job's chunks would be written with, chosen from the workers'
     /// (see [`choose_encoder`]); `None` for a job that encodes nothing.
     pub encoder: Option<VideoEncoder>,
+    /// The slots the job can expect to hold while other jobs compete for them (its fair
+    /// share, see [`Fleet::fair_slots`]); `u32::MAX` when none does.
+    pub fair_slots: u32,
 }
 
 /// The chunks the fleet runs now, as seen from one GPU type and set of encoders (the
@@ -87,12 +90,34 @@ impl Fleet {
                 1.0
             },
             encoder: encoder.map(|request| choose_encoder(request, &encoders)),
+            fair_slots: u32::MAX,
             gpu_type: types
                 .into_iter()
                 .max_by_key(|&(name, slots)| (slots, std::cmp::Reverse(name)))
                 .map(|(name, _)| name.to_string())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The slots a new job at `priority` can expect to hold while the jobs holding slots
+    /// or waiting at its level or a more urgent one compete for them: an equal share of
+    /// the fleet's slots (at least one), as the policy gives it; `u32::MAX` when no job
+    /// competes. The planner cuts no more chunks than this for a busy fleet, so a job that
+    /// arrives behind others is not split into pieces that could only wait.
+    pub fn fair_slots(&self, priority: Priority) -> u32 {
+        let state = self.lock();
+        let competing = state.queue.competing_jobs(priority.rank());
+        if competing == 0 {
+            return u32::MAX;
+        }
+        let slots: u32 = state
+            .workers
+            .values()
+            .filter(|e| !e.draining)
+            .map(|e| e.info.slots)
+            .sum();
+        let share = slots / u32::try_from(competing + 1).unwrap_or(u32::MAX);
+        share.max(1)
     }
 
     /// The chunks running on workers of `gpu_type` (every type when `None`), and those

@@ -134,6 +134,11 @@ pub fn capacity(config: &Config, offer: FleetOffer, target: &Target) -> (Capacit
     } else {
         f64::from(config.worker.gpus_held().max(1)) / f64::from(config.worker.slots.max(1))
     };
+    let slots = if target.local_workers > 0 {
+        slots
+    } else {
+        slots.min(offer.fair_slots)
+    };
     let capacity = Capacity {
         slots: slots.max(1),
         hosts: hosts.max(1),
@@ -162,6 +167,7 @@ mod tests {
                 String::new()
             },
             encoder: None,
+            fair_slots: u32::MAX,
         }
     }
 
@@ -198,5 +204,11 @@ mod tests {
             },
         );
         assert_eq!(gpu, "T4");
+        let busy = FleetOffer {
+            fair_slots: 2,
+            ..offer(8, 2)
+        };
+        let (c, _) = capacity(&Config::default(), busy, &Target::default());
+        assert_eq!(c.slots, 2, "planned for its share of a busy fleet");
     }
 }

@@ -414,6 +414,7 @@ impl JobRunner {
         let probe_seconds = probe_started.elapsed().as_secs_f64();
         let offer = FleetOffer {
             encoder,
+            fair_slots: self.fleet.fair_slots(request.priority),
             ..self
                 .fleet
                 .offer(&request.processor.model, request.encoder())
