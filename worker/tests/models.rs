@@ -61,7 +61,7 @@ fn every_shipped_model_matches_ncnn_to_one_hundredth() {
             .collect::<Vec<u8>>(),
     )
     .expect("write input");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ncnn_reference.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ncnn_reference.py");
     for info in &CATALOG {
         let (param, bin) = models::installed_files(cache.path(), info.name).expect("installed");
         let output_path = work.path().join(format!("{}.f32", info.name));
