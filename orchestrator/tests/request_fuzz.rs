@@ -166,6 +166,11 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
         proptest::collection::vec((uri(root), uri(root)), 0..3),
         any::<bool>(),
         prop_oneof![Just(0i32), Just(1), Just(3), any::<i32>()],
+        prop_oneof![
+            Just(String::new()),
+            Just("http://127.0.0.1:9/hook".to_string()),
+            text()
+        ],
     );
     let processing = (model(root), number(), any::<bool>(), encoder(), count());
     let planning = (
@@ -178,7 +183,7 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
     );
     (places, processing, planning).prop_map(
         |(
-            (input, output, inputs, skip, priority),
+            (input, output, inputs, skip, priority, notify_url),
             (model, scale, deinterlace, encoder, chunks),
             (profile, labels, task, top_k, (deadline, max_cost), frames),
         )| {
@@ -209,7 +214,7 @@ fn spec(root: &str) -> impl Strategy<Value = JobSpec> {
                 frames,
                 skip_unreadable_inputs: skip,
                 priority,
-                notify_url: String::new(),
+                notify_url,
             }
         },
     )

@@ -335,9 +335,20 @@ mod tests {
         );
     }
 
+    /// A job of `spec` (valid under the default configuration), of the default tenant.
+    fn record(spec: framefleet_common::proto::JobSpec) -> JobRecord {
+        let config = framefleet_common::config::Config::default();
+        let valid = crate::jobs::validate::check(spec, &config).expect("valid job");
+        JobRecord::new(
+            "job".into(),
+            0,
+            valid,
+            crate::jobs::tenant::Tenant::default_tenant(),
+        )
+    }
+
     #[test]
     fn only_jobs_the_scaled_workers_can_encode_count_for_them() {
-        use framefleet_common::config::Config;
         use framefleet_common::proto::{EncoderSettings, JobSpec, ProcessorSpec, Task};
         let job = |encoder: &str, task: Task| {
             let spec = JobSpec {
@@ -359,13 +370,7 @@ mod tests {
                 }),
                 ..JobSpec::default()
             };
-            let valid = crate::jobs::validate::check(spec, &Config::default()).expect("valid job");
-            JobRecord::new(
-                "job".into(),
-                0,
-                valid,
-                crate::jobs::tenant::Tenant::default_tenant(),
-            )
+            record(spec)
         };
         let nvenc_pool = ScaledTarget {
             gpu_type: Some("L4".into()),
@@ -395,7 +400,6 @@ mod tests {
 
     #[test]
     fn an_interactive_pool_counts_interactive_work_alone() {
-        use framefleet_common::config::Config;
         use framefleet_common::proto::{JobSpec, Priority as Wire};
         let metadata = [("gpuType", "L4"), ("priority", "interactive")];
         let pool = ScaledTarget::parse(&reference(&metadata), 1).expect("valid");
@@ -407,13 +411,7 @@ mod tests {
                 priority: priority as i32,
                 ..JobSpec::default()
             };
-            let valid = crate::jobs::validate::check(spec, &Config::default()).expect("valid job");
-            JobRecord::new(
-                "job".into(),
-                0,
-                valid,
-                crate::jobs::tenant::Tenant::default_tenant(),
-            )
+            record(spec)
         };
         assert!(pool.counts_job(&job(Wire::Interactive)));
         assert!(!pool.counts_job(&job(Wire::Batch)) && !pool.counts_job(&job(Wire::Unspecified)));

@@ -94,6 +94,8 @@ struct Level {
     order: BTreeSet<TenantKey>,
     /// Since when it has gone unserved: its last grant, or when it began to wait.
     unserved_since: Instant,
+    /// Chunks waiting at this level.
+    waiting: usize,
 }
 
 /// One tenant's waiting chunks at one level.
@@ -119,6 +121,7 @@ impl Queue {
                 tenants: HashMap::new(),
                 order: BTreeSet::new(),
                 unserved_since: now,
+                waiting: 0,
             }),
             filed: HashMap::new(),
             held_by_tenant: HashMap::new(),
@@ -137,12 +140,7 @@ impl Queue {
 
     /// Chunks waiting at `priority`.
     pub(super) fn waiting_at(&self, priority: Priority) -> usize {
-        self.levels[priority.rank()]
-            .tenants
-            .values()
-            .flat_map(|t| t.jobs.values())
-            .map(|j| j.chunks.len())
-            .sum()
+        self.levels[priority.rank()].waiting
     }
 
     /// What the queue, as it stands, serves before job `job`'s next waiting chunk: every
@@ -154,12 +152,7 @@ impl Queue {
             let line = level.tenants.values().find(|t| t.jobs.contains_key(&job))?;
             Some((rank, line))
         })?;
-        let urgent: usize = self.levels[..rank]
-            .iter()
-            .flat_map(|level| level.tenants.values())
-            .flat_map(|line| line.jobs.values())
-            .map(|line| line.chunks.len())
-            .sum();
+        let urgent: usize = self.levels[..rank].iter().map(|level| level.waiting).sum();
         let level = &self.levels[rank];
         let tenants_ahead: usize = level
             .order
@@ -218,6 +211,7 @@ impl Queue {
         });
         line.order.insert(job.key);
         job.chunks.insert(filed.key, waiter);
+        level.waiting += 1;
         self.filed.insert(filed.key.2, filed);
     }
 
@@ -228,6 +222,7 @@ impl Queue {
         let line = level.tenants.get_mut(&filed.tenant)?;
         let job = line.jobs.get_mut(&filed.job)?;
         let waiter = job.chunks.remove(&filed.key);
+        level.waiting -= usize::from(waiter.is_some());
         if job.chunks.is_empty() {
             line.order.remove(&job.key);
             line.jobs.remove(&filed.job);

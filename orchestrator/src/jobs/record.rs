@@ -266,6 +266,11 @@ impl JobRecord {
         self.publish_progress(progress);
     }
 
+    /// True while one of the job's planned chunks waits for a worker's slot.
+    pub fn has_waiting_chunk(&self) -> bool {
+        self.lock_progress().stages.contains(&ChunkStage::Waiting)
+    }
+
     /// How many chunks of other jobs the fleet's queue serves before this job's next
     /// waiting chunk (0 when none waits).
     pub fn set_chunks_ahead(&self, chunks: u32) {

@@ -228,13 +228,19 @@ impl JobRunner {
     }
 
     /// Keeps `job`'s progress saying what the fleet's queue serves before its next waiting
-    /// chunk, once a second, for as long as it runs.
+    /// chunk, once a second, for as long as it runs (the queue is asked only while one of
+    /// its chunks waits).
     async fn follow_queue(&self, job: &JobRecord) -> std::convert::Infallible {
         let mut every = tokio::time::interval(QUEUE_CHECK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            job.set_chunks_ahead(self.fleet.chunks_ahead(job.seq).unwrap_or(0));
+            let ahead = if job.has_waiting_chunk() {
+                self.fleet.chunks_ahead(job.seq).unwrap_or(0)
+            } else {
+                0
+            };
+            job.set_chunks_ahead(ahead);
         }
     }
 
